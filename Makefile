@@ -1,0 +1,53 @@
+# Kiln — two commands do everything on a fresh machine with only the OS Python:
+#   make demo   creates .venv, installs Kiln, runs the bundled example end to end
+#   make test   creates/updates .venv with the test tools and runs the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lint typecheck unit integration bench clean venv corpus
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Installs the package (editable) and registers this venv's kernels inside the venv, so runs
+# use this environment's ipykernel, never a kernel left on the machine.
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[demo]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-demo
+	$(PIP) install -e '.[test]'
+	$(BIN)/python -m bash_kernel.install --sys-prefix >/dev/null
+	touch $@
+
+venv: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/python examples/run_demo.py
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+corpus: $(VENV)/.installed-test
+	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus}; \
+	  if [ ! -f "$$KILN_CORPUS/INDEX.tsv" ] && [ -f ../shared/corpus/get.sh ]; then \
+	    EXTRAS=$${EXTRAS:-1} PYTHON=$(BIN)/python bash ../shared/corpus/get.sh "$$KILN_CORPUS" \
+	      || echo "corpus: download failed; corpus tests will be skipped"; \
+	  fi
+
+test: $(VENV)/.installed-test corpus lint typecheck
+	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus} $(BIN)/python -m pytest -n 2 -q
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) .kiln .pytest_cache .mypy_cache .ruff_cache examples/output

@@ -1,0 +1,51 @@
+"""Kiln: run Jupyter notebooks as production work.
+
+Imported inside user kernels (``import kiln; kiln.record(...)``), so this module stays light:
+everything but ``record`` loads on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from kiln.recording import record
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KilnError",
+    "Run",
+    "__version__",
+    "list_runs",
+    "read_run",
+    "record",
+    "run",
+]
+
+if TYPE_CHECKING:
+    from kiln.api import list_runs, read_run, run
+    from kiln.errors import KilnError
+    from kiln.store.records import Run
+
+_LAZY = {
+    "run": "kiln.api",
+    "read_run": "kiln.api",
+    "list_runs": "kiln.api",
+    "Run": "kiln.store.records",
+    "KilnError": "kiln.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

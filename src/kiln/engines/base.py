@@ -1,0 +1,110 @@
+"""The engine protocol: how a notebook's cells get executed.
+
+An engine executes the code cells of a notebook in order, filling in outputs and execution
+counts in place, and tells the runner what happens through events. It never writes files,
+never touches the store and never decides a run's state: the runner does. Normal outcomes
+(a cell error, a timeout, a dead kernel) are returned as an :class:`ExecutionOutcome`, not
+raised; only a failure to start at all raises :class:`kiln.errors.EngineError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from kiln.errors import CellFailure
+
+OutcomeStatus = Literal["ok", "error", "timeout", "dead", "cancelled"]
+
+
+@dataclass(frozen=True)
+class KernelReady:
+    """The engine is ready to execute cells."""
+
+    kernel_name: str
+    language: str
+    kernel_version: str | None = None
+    language_version: str | None = None
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class CellStarted:
+    index: int
+
+
+@dataclass(frozen=True)
+class CellOutput:
+    """One output appended to a cell (stream text, display data, result or error)."""
+
+    index: int
+    output: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CellFinished:
+    index: int
+    duration: float
+    status: Literal["ok", "error", "skipped"]
+
+
+Event = KernelReady | CellStarted | CellOutput | CellFinished
+EventSink = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class ExecuteOptions:
+    """What the runner asks of an engine for one run."""
+
+    kernel_name: str
+    cwd: Path | None = None
+    env: Mapping[str, str] | None = None
+    cell_timeout: float | None = None
+    #: ``time.monotonic()`` value after which the whole run is over (``None``: no limit)
+    deadline: float | None = None
+    allow_errors: bool = False
+    skip_tag: str = "skip-execution"
+    startup_timeout: float = 60.0
+    #: file that receives the kernel process's own stdout/stderr (appended), if any
+    process_log: Path | None = None
+
+
+@dataclass
+class ExecutionOutcome:
+    status: OutcomeStatus
+    message: str = ""
+    failed_cell: int | None = None
+    failure: CellFailure | None = None
+    #: cells that raised but were allowed to (``allow_errors``)
+    allowed_errors: list[CellFailure] = field(default_factory=list)
+    timeout_kind: Literal["cell", "run"] | None = None
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Executes a notebook's cells; implementations: KernelEngine, FakeEngine."""
+
+    name: str
+
+    async def execute(
+        self, nb: Any, options: ExecuteOptions, emit: EventSink
+    ) -> ExecutionOutcome: ...
+
+
+def failure_from_error_output(
+    cell: Any, index: int, output: Mapping[str, Any] | None
+) -> CellFailure:
+    """Build a CellFailure from a cell and its error output (or execute_reply content)."""
+    ename = str(output.get("ename", "Error")) if output else "Error"
+    evalue = str(output.get("evalue", "")) if output else ""
+    tb = list(output.get("traceback", [])) if output else []
+    return CellFailure(
+        cell_index=index,
+        execution_count=cell.get("execution_count"),
+        ename=ename,
+        evalue=evalue,
+        traceback=[str(t) for t in tb],
+        source=str(cell.get("source", "")),
+    )

@@ -1,0 +1,223 @@
+"""Every exception Kiln raises, in one tree.
+
+::
+
+    KilnError                      exit 1 unless a branch says otherwise
+    ├── UsageError                 exit 2: a bad command line or option value
+    ├── NotebookError              exit 2: the input notebook cannot be used
+    │   ├── NotebookNotFound
+    │   └── NotebookReadError      empty, not JSON (line/column), not a valid notebook, unknown nbformat
+    ├── ParameterError             exit 2: refused before any kernel starts
+    │   ├── UnknownParameter
+    │   ├── ParameterTypeError
+    │   ├── MissingParameter
+    │   ├── InvalidParameterName
+    │   └── NoTranslator           no parameter translator for the kernel's language
+    ├── EngineError                exit 2: the engine cannot start (no such kernel, ...)
+    │   └── NoSuchKernel
+    ├── StoreError                 the runs database or artefact folders
+    │   └── RunNotFound            exit 2
+    └── RunFailed                  exit 1: the run started and ended in a non-success state
+        ├── CellExecutionError     a cell raised; carries the cell, ename, evalue, traceback
+        ├── RunTimedOut            a cell timeout or the whole-run timeout expired
+        ├── KernelDied             the kernel process died (os._exit, segfault, OOM kill)
+        └── RunCancelled           SIGINT/SIGTERM or an API cancel
+
+User-facing errors know their exit code and how to show themselves (``show()``); the CLI is the
+one place that turns them into output and an exit status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from kiln.store.records import Run
+
+__all__ = [
+    "CellExecutionError",
+    "EngineError",
+    "InvalidParameterName",
+    "KernelDied",
+    "KilnError",
+    "MissingParameter",
+    "NoSuchKernel",
+    "NoTranslator",
+    "NotebookError",
+    "NotebookNotFound",
+    "NotebookReadError",
+    "ParameterError",
+    "ParameterTypeError",
+    "RunCancelled",
+    "RunFailed",
+    "RunNotFound",
+    "RunTimedOut",
+    "StoreError",
+    "UnknownParameter",
+    "UsageError",
+]
+
+
+class KilnError(Exception):
+    """Root of every error Kiln raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def show(self) -> str:
+        """The paragraph a user sees (no traceback)."""
+        return f"Error: {self.message}"
+
+
+class UsageError(KilnError):
+    exit_code = 2
+
+
+class NotebookError(KilnError):
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class NotebookNotFound(NotebookError):
+    pass
+
+
+class NotebookReadError(NotebookError):
+    pass
+
+
+class ParameterError(KilnError):
+    """A parameter was refused; carries the name and what was expected."""
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str | None = None,
+        expected: str | None = None,
+        notebook: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.expected = expected
+        self.notebook = notebook
+
+
+class UnknownParameter(ParameterError):
+    pass
+
+
+class ParameterTypeError(ParameterError):
+    pass
+
+
+class MissingParameter(ParameterError):
+    pass
+
+
+class InvalidParameterName(ParameterError):
+    pass
+
+
+class NoTranslator(ParameterError):
+    pass
+
+
+class EngineError(KilnError):
+    exit_code = 2
+
+
+class NoSuchKernel(EngineError):
+    pass
+
+
+class StoreError(KilnError):
+    pass
+
+
+class RunNotFound(StoreError):
+    exit_code = 2
+
+
+class RunFailed(KilnError):
+    """The run was recorded and ended in a non-success terminal state."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, run: Run | None = None) -> None:
+        super().__init__(message)
+        self.run = run
+
+    def show(self) -> str:
+        text = f"Error: {self.message}"
+        if self.run is not None:
+            where = self.run.output_path or "-"
+            text += f"\nRun {self.run.id}: output notebook {where}, log {self.run.log_path}"
+        return text
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """Where and how a cell failed (stored with the run as its error summary)."""
+
+    cell_index: int
+    execution_count: int | None
+    ename: str
+    evalue: str
+    traceback: Sequence[str]
+    source: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cell_index": self.cell_index,
+            "execution_count": self.execution_count,
+            "ename": self.ename,
+            "evalue": self.evalue,
+            "traceback": list(self.traceback),
+            "source": self.source,
+        }
+
+
+class CellExecutionError(RunFailed):
+    """A cell raised an exception; the message shows the failing cell."""
+
+    def __init__(self, failure: CellFailure, *, notebook: str, run: Run | None = None) -> None:
+        self.failure = failure
+        self.notebook = notebook
+        self.cell_index = failure.cell_index
+        self.ename = failure.ename
+        self.evalue = failure.evalue
+        self.traceback = list(failure.traceback)
+        source = failure.source.strip()
+        if len(source) > 600:
+            source = source[:600] + "\n..."
+        label = f"cell {failure.cell_index}"
+        if failure.execution_count is not None:
+            label += f" (In [{failure.execution_count}])"
+        message = (
+            f"{notebook}: {label} raised {failure.ename}: {failure.evalue}\n"
+            f"---- cell source ----\n{source}\n---------------------"
+        )
+        super().__init__(message, run=run)
+
+
+class RunTimedOut(RunFailed):
+    pass
+
+
+class KernelDied(RunFailed):
+    pass
+
+
+class RunCancelled(RunFailed):
+    exit_code = 130

@@ -1,0 +1,160 @@
+"""Reading and writing notebooks: clear errors on bad input, atomic saves.
+
+Reading is strict about what it accepts (a missing, empty, non-JSON or invalid file is refused
+with one paragraph naming the file and the problem) and tolerant about what it can repair
+(nbformat v3 is upgraded, missing cell ids are added). The input file is never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import NotebookNotFound, NotebookReadError
+
+SUPPORTED_MAJOR = (3, 4)
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a notebook file, translating OS errors into clear Kiln errors."""
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise NotebookNotFound(f"notebook not found: {p}", path=str(p)) from None
+    except IsADirectoryError:
+        raise NotebookReadError(
+            f"{p} is a directory, not a notebook file (.ipynb)", path=str(p)
+        ) from None
+    except PermissionError:
+        raise NotebookReadError(f"cannot read {p}: permission denied", path=str(p)) from None
+    except OSError as exc:
+        raise NotebookReadError(f"cannot read {p}: {exc.strerror}", path=str(p)) from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_notebook(data: bytes, *, path: str) -> Any:
+    """Parse, upgrade to nbformat 4.5 and validate notebook bytes; returns a NotebookNode."""
+    if not data.strip():
+        raise NotebookReadError(
+            f"{path} is empty ({len(data)} bytes): expected a Jupyter notebook (JSON)", path=path
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise NotebookReadError(
+            f"{path} is not UTF-8 text (invalid byte at offset {exc.start}): "
+            "expected a Jupyter notebook (JSON)",
+            path=path,
+        ) from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise NotebookReadError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}. "
+            "Expected a Jupyter notebook (.ipynb).",
+            path=path,
+        ) from None
+    if not isinstance(raw, dict) or "nbformat" not in raw:
+        kind = type(raw).__name__ if not isinstance(raw, dict) else "a JSON object"
+        raise NotebookReadError(
+            f"{path} is not a Jupyter notebook: it is {kind} without an 'nbformat' field",
+            path=path,
+        )
+    major = raw.get("nbformat")
+    if not isinstance(major, int) or major not in SUPPORTED_MAJOR:
+        raise NotebookReadError(
+            f"{path} has nbformat {major!r}; Kiln reads nbformat 3 and 4 notebooks", path=path
+        )
+    return _to_v4(raw, path=path)
+
+
+def _to_v4(raw: dict[str, Any], *, path: str) -> Any:
+    import nbformat
+    from nbformat.validator import ValidationError
+
+    try:
+        nb = nbformat.versions[raw["nbformat"]].to_notebook_json(raw, minor=raw.get("nbformat_minor", 0))
+        if nb.nbformat == 3:
+            nb = nbformat.convert(nb, 4)
+        minor = nb.get("nbformat_minor", 0)
+        if minor < 5:
+            nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=minor)
+            nb.nbformat_minor = 5
+    except (ValidationError, KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise NotebookReadError(f"{path} is not a valid notebook: {_short(exc)}", path=path) from exc
+    _ensure_ids(nb)
+    try:
+        nbformat.validate(nb)
+    except ValidationError as exc:
+        where = "/".join(str(p) for p in getattr(exc, "absolute_path", []) or [])
+        at = f" (at {where})" if where else ""
+        raise NotebookReadError(
+            f"{path} is not a valid notebook: {_short(exc)}{at}", path=path
+        ) from exc
+    return nb
+
+
+def _ensure_ids(nb: Any) -> None:
+    import uuid
+
+    seen: set[str] = set()
+    for cell in nb.cells:
+        cid = cell.get("id")
+        if not isinstance(cid, str) or not cid or cid in seen:
+            cell["id"] = uuid.uuid4().hex[:8]
+        seen.add(cell["id"])
+
+
+def _short(exc: BaseException) -> str:
+    msg = getattr(exc, "message", None) or str(exc)
+    first = str(msg).strip().splitlines()[0] if str(msg).strip() else type(exc).__name__
+    return first[:300]
+
+
+def load_notebook(path: str | os.PathLike[str]) -> Any:
+    """Load a notebook file as an nbformat 4.5 NotebookNode (v3 upgraded, ids added)."""
+    return parse_notebook(read_bytes(path), path=str(path))
+
+
+def dumps(nb: Any) -> str:
+    """Serialise a notebook as nbformat writes it (1-space indent, sorted keys), no validation."""
+    from nbformat.v4.nbjson import JSONWriter
+
+    return str(JSONWriter().writes(nb)) + "\n"
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write text to path via a temporary file in the same folder and a rename.
+
+    A reader (or a crash) sees either the previous complete file or the new complete file,
+    never a truncated one.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_notebook(nb: Any, path: str | os.PathLike[str]) -> None:
+    """Save a notebook atomically."""
+    atomic_write_text(path, dumps(nb))

@@ -1,0 +1,354 @@
+"""Parameter values: coerce command-line text, read YAML, check values against the schema.
+
+Everything here runs before a kernel starts, so a bad name, a wrong type or a forgotten required
+parameter is refused with a message that names the parameter and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kiln.errors import (
+    InvalidParameterName,
+    MissingParameter,
+    ParameterError,
+    ParameterTypeError,
+    UnknownParameter,
+)
+from kiln.parameters.schema import Parameter, ParameterSchema, _short, validate_name
+
+if TYPE_CHECKING:
+    import yaml
+
+__all__ = [
+    "CliValue",
+    "check_plain_data",
+    "coerce_cli_value",
+    "load_yaml_values",
+    "resolve_parameters",
+]
+
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+_NULL_WORDS = frozenset({"None", "null"})
+_INT_TEXT = re.compile(r"[+-]?\d+(?:_\d+)*", re.ASCII)
+_FLOAT_TEXT = re.compile(
+    r"[+-]?(?:(?:\d+(?:_\d+)*)?\.?\d+(?:_\d+)*(?:[eE][+-]?\d+)?|\d+\.|inf|infinity|nan)",
+    re.ASCII | re.IGNORECASE,
+)
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_PLAIN_TYPES = "str, int, float, bool, None, list or dict"
+
+
+@dataclass(frozen=True)
+class CliValue:
+    """A value typed on the command line with -p NAME VALUE, still text; coerced by the schema.
+
+    >>> resolve_parameters(schema, {"n": CliValue("3")})   # doctest: +SKIP
+    {'n': 3}
+    """
+
+    text: str
+
+
+def coerce_cli_value(param: Parameter | None, text: str, *, notebook: str | None = None) -> Any:
+    """Turn ``-p NAME VALUE`` text into a value of the parameter's type.
+
+    Unknown parameters and type ``any`` get papermill's inference (int, float, True/False,
+    None/null, else the text). A ``str`` parameter always gets the text unchanged. ``list`` and
+    ``dict`` read the text as YAML flow style (``[1, 2]``, ``{a: 1}``).
+    """
+    if param is None or param.type == "any":
+        return _infer_text(text)
+    ptype = param.type
+    if ptype == "str":
+        return text
+    if param.optional and text.strip() in _NULL_WORDS:
+        return None
+    if ptype == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise _cli_error(param, text, notebook, "") from None
+    if ptype == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise _cli_error(param, text, notebook, "") from None
+    if ptype == "bool":
+        word = text.strip().lower()
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return word in _TRUE_WORDS
+        accepted = "true/false, yes/no, on/off, 1/0"
+        raise _cli_error(param, text, notebook, f" (accepted: {accepted})")
+    if ptype in ("list", "dict"):
+        return _coerce_yaml(param, text, notebook)
+    raise ParameterTypeError(
+        f"parameter {param.name!r}{_of(notebook)} has an unknown type {ptype!r}",
+        name=param.name,
+        expected=ptype,
+        notebook=notebook,
+    )
+
+
+def _infer_text(text: str) -> Any:
+    if _INT_TEXT.fullmatch(text):
+        return int(text)
+    if _FLOAT_TEXT.fullmatch(text):
+        return float(text)
+    if text in ("True", "true"):
+        return True
+    if text in ("False", "false"):
+        return False
+    if text in _NULL_WORDS:
+        return None
+    return text
+
+
+def _coerce_yaml(param: Parameter, text: str, notebook: str | None) -> Any:
+    import yaml
+
+    example = "[1, 2]" if param.type == "list" else "{a: 1}"
+    hint = f" (YAML flow style such as {example})"
+    try:
+        value = yaml.load(text, Loader=_loader())
+    except (yaml.YAMLError, RecursionError):
+        raise _cli_error(param, text, notebook, hint) from None
+    if value is None and param.optional:
+        return None
+    expected_type = list if param.type == "list" else dict
+    if not isinstance(value, expected_type):
+        raise _cli_error(param, text, notebook, hint)
+    return check_plain_data(value, name=param.name, notebook=notebook)
+
+
+def _cli_error(param: Parameter, text: str, notebook: str | None, hint: str) -> ParameterTypeError:
+    optional = " or None" if param.optional else ""
+    return ParameterTypeError(
+        f"parameter {param.name!r}{_of(notebook)} expects {param.type}{optional}, "
+        f"got {_short(text)}{hint}",
+        name=param.name,
+        expected=param.type,
+        notebook=notebook,
+    )
+
+
+def _of(notebook: str | None) -> str:
+    return f" of {notebook}" if notebook else ""
+
+
+def check_plain_data(value: Any, *, name: str, notebook: str | None = None) -> Any:
+    """``value`` as plain data (tuples become lists), or ParameterTypeError.
+
+    Plain data is what JSON and YAML can hold: str, int, float (NaN and infinities too), bool,
+    None, and lists and dicts with string keys of those. Subclasses (``IntEnum``, numpy scalars)
+    are refused rather than guessed at.
+    """
+    return _plain(value, name, notebook, path="", seen=())
+
+
+def _plain(value: Any, name: str, notebook: str | None, *, path: str, seen: tuple[int, ...]) -> Any:
+    kind = type(value)
+    if value is None or kind in (str, int, float, bool):
+        return value
+    if kind in (list, tuple, dict):
+        if id(value) in seen:
+            raise _plain_error(name, notebook, path, "contains itself")
+        inner = (*seen, id(value))
+        if kind is dict:
+            result = {}
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise _plain_error(name, notebook, path, f"has a non-string key {_short(key)}")
+                result[key] = _plain(item, name, notebook, path=f"{path}[{key!r}]", seen=inner)
+            return result
+        return [
+            _plain(item, name, notebook, path=f"{path}[{i}]", seen=inner)
+            for i, item in enumerate(value)
+        ]
+    shown = (
+        f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__name__
+    )
+    raise _plain_error(name, notebook, path, f"is a {shown}, not {_PLAIN_TYPES}")
+
+
+def _plain_error(name: str, notebook: str | None, path: str, problem: str) -> ParameterTypeError:
+    what = f"value{path}" if path else "value"
+    return ParameterTypeError(
+        f"parameter {name!r}{_of(notebook)}: the {what} {problem}; "
+        f"parameters must be plain data ({_PLAIN_TYPES})",
+        name=name,
+        expected=_PLAIN_TYPES,
+        notebook=notebook,
+    )
+
+
+def _check_value(param: Parameter | None, name: str, value: Any, notebook: str | None) -> Any:
+    value = check_plain_data(value, name=name, notebook=notebook)
+    if param is None or param.type == "any":
+        return value
+    ptype = param.type
+    if value is None:
+        if param.optional:
+            return None
+        raise _type_error(param, value, notebook, " (the parameter is not optional)")
+    kind = type(value)
+    if ptype == "float" and kind in (int, float):
+        try:
+            return float(value)
+        except OverflowError:
+            raise _type_error(param, value, notebook, " (too large for a float)") from None
+    accepted = {"int": int, "bool": bool, "str": str, "list": list, "dict": dict}.get(ptype)
+    if kind is accepted:
+        return value
+    raise _type_error(param, value, notebook, "")
+
+
+def _type_error(
+    param: Parameter, value: Any, notebook: str | None, hint: str
+) -> ParameterTypeError:
+    optional = " or None" if param.optional else ""
+    got = "None" if value is None else f"{type(value).__name__} {_short(value)}"
+    return ParameterTypeError(
+        f"parameter {param.name!r}{_of(notebook)} expects {param.type}{optional}, got {got}{hint}",
+        name=param.name,
+        expected=param.type,
+        notebook=notebook,
+    )
+
+
+def resolve_parameters(
+    schema: ParameterSchema,
+    values: Mapping[str, Any],
+    *,
+    allow_unknown: bool = False,
+    notebook: str | None = None,
+) -> dict[str, Any]:
+    """Check ``values`` against ``schema`` and return them coerced, in the order given.
+
+    :class:`CliValue` text is coerced with :func:`coerce_cli_value`; other values must already
+    have the parameter's type (an int is accepted for a float). Unknown names are refused when
+    the notebook has a ``parameters`` cell, unless ``allow_unknown``; a notebook without one
+    takes any name (the values are injected at the top, as papermill does).
+    """
+    declares = schema.cell_index is not None or bool(schema.parameters)
+    resolved: dict[str, Any] = {}
+    for name, value in values.items():
+        validate_name(name, notebook=notebook)
+        param = schema.get(name)
+        if param is None and declares and not allow_unknown:
+            raise _unknown(schema, name, notebook)
+        if isinstance(value, CliValue):
+            coerced = coerce_cli_value(param, value.text, notebook=notebook)
+            resolved[name] = check_plain_data(coerced, name=name, notebook=notebook)
+        else:
+            resolved[name] = _check_value(param, name, value, notebook)
+    missing = [p for p in schema if p.required and p.name not in values]
+    if missing:
+        raise _missing(missing, notebook)
+    return resolved
+
+
+def _unknown(schema: ParameterSchema, name: str, notebook: str | None) -> UnknownParameter:
+    names = schema.names()
+    where = f" for notebook {notebook}" if notebook else ""
+    known = ", ".join(names) if names else "none (the parameters cell declares nothing)"
+    message = f"unknown parameter {name!r}{where}; known parameters: {known}"
+    close = difflib.get_close_matches(name, names, n=1)
+    if close:
+        message += f" (did you mean {close[0]!r}?)"
+    return UnknownParameter(message, name=name, expected=", ".join(names), notebook=notebook)
+
+
+def _missing(missing: list[Parameter], notebook: str | None) -> MissingParameter:
+    where = f" for {notebook}" if notebook else ""
+    shown = ", ".join(f"{p.name!r} ({p.type})" for p in missing)
+    flags = " ".join(f"-p {p.name} VALUE" for p in missing)
+    plural = "s" if len(missing) > 1 else ""
+    return MissingParameter(
+        f"missing required parameter{plural} {shown}{where}; pass {'them' if plural else 'it'} "
+        f"with {flags}",
+        name=missing[0].name,
+        expected=missing[0].type,
+        notebook=notebook,
+    )
+
+
+# -- YAML ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _loader() -> type[yaml.SafeLoader]:
+    """SafeLoader whose timestamps stay strings: ``date: 2024-01-01`` gives "2024-01-01"."""
+    import yaml
+
+    class _KilnLoader(yaml.SafeLoader):
+        pass
+
+    _KilnLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _KilnLoader.add_constructor(_TIMESTAMP_TAG, _timestamp_as_text)
+    return _KilnLoader
+
+
+def _timestamp_as_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    return str(node.value)
+
+
+def load_yaml_values(text: str, *, origin: str) -> dict[str, Any]:
+    """Read a YAML mapping of parameter values (``-y TEXT`` or ``-f FILE``).
+
+    ``origin`` names where the text came from (``"-y"``, a file path) in error messages. An empty
+    document gives ``{}``. Dates and times stay strings, as the user wrote them.
+    """
+    import yaml
+
+    try:
+        data = yaml.load(text, Loader=_loader())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "cannot parse"
+        raise ParameterError(f"{origin}: invalid YAML{where}: {problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{origin}: invalid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ParameterError(f"{origin}: invalid YAML: nested too deeply") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = "list" if isinstance(data, list) else type(data).__name__
+        raise ParameterError(
+            f"{origin}: expected a mapping of parameter names to values (name: value), "
+            f"got a YAML {kind}",
+            expected="a mapping",
+        )
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        values[_yaml_key(key, origin)] = check_plain_data(value, name=key, notebook=origin)
+    return values
+
+
+def _yaml_key(key: Any, origin: str) -> str:
+    if not isinstance(key, str):
+        hint = ""
+        if isinstance(key, bool) or key is None:
+            hint = " (YAML reads yes/no/on/off/true/false/null as values; quote the name)"
+        raise InvalidParameterName(
+            f"{origin}: parameter name {_short(key)} is not a string{hint}",
+            expected="an identifier",
+        )
+    try:
+        validate_name(key)
+    except InvalidParameterName as exc:
+        raise InvalidParameterName(
+            f"{origin}: {exc.message}", name=exc.name, expected=exc.expected
+        ) from exc
+    return key

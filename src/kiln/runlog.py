@@ -1,0 +1,57 @@
+"""The per-run log file: one timestamped line per event, cell output included."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class RunLog:
+    """Append-only, line-buffered log of one run (``runs/<id>/run.log``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] | None = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+
+    def line(self, text: str) -> None:
+        if self._fh is None:
+            return
+        stamp = _now()
+        for part in text.splitlines() or [""]:
+            self._fh.write(f"{stamp} {part}\n")
+
+    def output(self, cell: int, output: Any) -> None:
+        kind = output.get("output_type")
+        if kind == "stream":
+            name = output.get("name", "stdout")
+            for part in str(output.get("text", "")).splitlines():
+                self.line(f"[cell {cell} {name}] {part}")
+        elif kind == "error":
+            self.line(f"[cell {cell} error] {output.get('ename')}: {output.get('evalue')}")
+            from kiln.textutil import strip_ansi
+
+            for tb in output.get("traceback", []):
+                for part in strip_ansi(str(tb)).splitlines():
+                    self.line(f"[cell {cell} traceback] {part}")
+        elif kind in ("display_data", "execute_result"):
+            mimes = ", ".join(sorted(output.get("data", {})))
+            self.line(f"[cell {cell} {kind}] {mimes}")
+
+    def fields(self, label: str, values: Any) -> None:
+        self.line(f"{label} {json.dumps(values, default=str, ensure_ascii=False)}")
+
+    @property
+    def handle(self) -> IO[str] | None:
+        return self._fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

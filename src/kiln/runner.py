@@ -1,0 +1,461 @@
+"""The one path every run takes.
+
+::
+
+    RunRequest -> prepare (load, schema, validate parameters, kernel, inject)
+               -> store: run row committed (queued)      before anything executes
+               -> engine.execute(...)  events -> atomic saves, log, records, observers
+               -> store: exactly one terminal state
+               -> Run (or a RunFailed carrying it)
+
+Whatever starts a run (CLI, Python API, later the server, schedules and pipelines) builds a
+:class:`RunRequest` and calls :class:`Runner`, so every run is validated, recorded and logged
+the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kiln import __version__
+from kiln.engines.base import (
+    CellFinished,
+    CellOutput,
+    CellStarted,
+    Engine,
+    Event,
+    ExecuteOptions,
+    ExecutionOutcome,
+    KernelReady,
+)
+from kiln.errors import (
+    CellExecutionError,
+    KernelDied,
+    RunCancelled,
+    RunFailed,
+    RunTimedOut,
+    UsageError,
+)
+from kiln.notebook import parse_notebook, read_bytes, save_notebook, sha256_bytes
+from kiln.notebook.io import atomic_write_text
+from kiln.notebook.marks import add_failure_marks, remove_marks
+from kiln.recording import record_from_output
+from kiln.runlog import RunLog
+from kiln.store.records import Record, Run
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """Everything that defines one run. Options are keyword-only and documented here."""
+
+    #: the notebook file to run (never modified)
+    notebook: Path
+    #: parameter values: plain data, or ``CliValue`` text to be coerced by the schema
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    #: where to write the output notebook (default: ``$KILN_HOME/runs/<id>/output.ipynb``)
+    output: Path | None = None
+    #: kernel name (default: the notebook's kernelspec, else ``python3``)
+    kernel: str | None = None
+    #: engine name: ``kernel`` (any Jupyter kernel) or ``fake`` (tests)
+    engine: str = "kernel"
+    #: working directory of the kernel (default: the notebook's folder)
+    cwd: Path | None = None
+    #: seconds one cell may run
+    cell_timeout: float | None = None
+    #: seconds the whole run may take, kernel start included
+    timeout: float | None = None
+    #: keep going after a cell raises
+    allow_errors: bool = False
+    #: accept parameters the notebook does not declare
+    allow_unknown: bool = False
+    #: hide the input of every cell in the output notebook
+    report_mode: bool = False
+    #: inject parameters and save the output notebook without executing it
+    prepare_only: bool = False
+    #: extra environment variables for the kernel
+    env: Mapping[str, str] | None = None
+
+
+@dataclass
+class Prepared:
+    """A validated request: the notebook to execute and everything decided about it."""
+
+    request: RunRequest
+    source_bytes: bytes
+    sha256: str
+    notebook: Any
+    values: dict[str, Any]
+    kernel_name: str
+    language: str
+    warnings: list[str]
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run: Run
+    cells: int
+    code_cells: int
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    run: Run
+
+
+@dataclass(frozen=True)
+class RunWarning:
+    text: str
+
+
+RunEvent = Event | RunStarted | RunEnded | RunWarning
+Observer = Callable[[RunEvent], None]
+
+_STATE_BY_OUTCOME = {
+    "ok": "succeeded",
+    "error": "failed",
+    "timeout": "timed_out",
+    "dead": "crashed",
+    "cancelled": "cancelled",
+}
+
+
+def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
+    """Validate a request without starting anything: raises NotebookError/ParameterError/..."""
+    from kiln.parameters import infer_schema, inject_parameters, resolve_parameters
+
+    path = str(request.notebook)
+    data = read_bytes(request.notebook)
+    nb = parse_notebook(data, path=path)
+    schema = infer_schema(nb)
+    values = resolve_parameters(
+        schema, request.parameters, allow_unknown=request.allow_unknown, notebook=path
+    )
+    kernel_name = request.kernel or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    if (engine_name or request.engine) == "kernel":
+        from kiln.engines.kernel import kernel_spec
+
+        language = str(kernel_spec(kernel_name).language or "python").lower()
+    else:
+        language = schema.language or "python"
+    warnings = []
+    out = nb
+    if values:  # like papermill: no values, no injected cell (an earlier one is kept)
+        injected = inject_parameters(nb, values, schema=schema, language=language)
+        if not injected.had_parameters_cell:
+            warnings.append(
+                f"{path} has no cell tagged 'parameters': the parameters were injected at the "
+                "top"
+            )
+        out = injected.notebook
+    remove_marks(out)
+    if request.output is not None and _same_file(request.output, request.notebook):
+        raise UsageError(
+            f"the output path {request.output} is the input notebook; Kiln never overwrites "
+            "its input: choose another output path"
+        )
+    return Prepared(request, data, sha256_bytes(data), out, values, kernel_name, language, warnings)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+class Runner:
+    """Runs requests through the one path, recording them in a RunStore."""
+
+    def __init__(
+        self,
+        *,
+        home: Path | None = None,
+        store: Any = None,
+        engine: Engine | None = None,
+        observers: Sequence[Observer] = (),
+    ) -> None:
+        self._home = home
+        self._store = store
+        self._engine = engine
+        self.observers = list(observers)
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from kiln.store import RunStore
+
+            self._store = RunStore(self._home)
+        return self._store
+
+    def _notify(self, event: RunEvent) -> None:
+        for observer in self.observers:
+            observer(event)
+
+    def run(self, request: RunRequest, *, check: bool = True) -> Run:
+        """Run synchronously (the CLI and ``kiln.run``)."""
+        return asyncio.run(self.arun(request, check=check))
+
+    async def arun(self, request: RunRequest, *, check: bool = True) -> Run:
+        engine = self._engine
+        if engine is None:
+            from kiln.engines import get_engine
+
+            engine = get_engine(request.engine)
+        prepared = prepare(request, engine_name=engine.name)
+        for text in prepared.warnings:
+            self._notify(RunWarning(text))
+        run = await self._execute(prepared, engine)
+        if check:
+            raise_for_state(run)
+        return run
+
+    async def _execute(self, prepared: Prepared, engine: Engine) -> Run:
+        from kiln.store import current_owner, new_run_id
+
+        request = prepared.request
+        store = self.store
+        store.recover_orphans()
+        pid, host, started = current_owner()
+        run = store.create_run(
+            Run(
+                id=new_run_id(),
+                notebook_path=str(Path(request.notebook).resolve()),
+                notebook_sha256=prepared.sha256,
+                state="queued",
+                parameters=prepared.values,
+                engine=engine.name,
+                kernel_name=prepared.kernel_name,
+                language=prepared.language,
+                python_version=platform.python_version(),
+                kiln_version=__version__,
+                owner_pid=pid,
+                owner_host=host,
+                owner_started=started,
+            )
+        )
+        try:
+            return await self._execute_recorded(prepared, engine, run)
+        except BaseException as exc:
+            # nothing is left running: whatever went wrong, the row gets a terminal state
+            state = "cancelled" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) \
+                else "crashed"
+            store.finish_run(run.id, state, reason=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+
+    async def _execute_recorded(self, prepared: Prepared, engine: Engine, run: Run) -> Run:
+        request = prepared.request
+        store = self.store
+        run_dir = Path(str(run.run_dir))
+        input_path = run_dir / "input.ipynb"
+        output_path = Path(request.output) if request.output else run_dir / "output.ipynb"
+        log_path = run_dir / "run.log"
+        atomic_write_text(input_path, prepared.source_bytes.decode("utf-8-sig"))
+        store.update_run(
+            run.id, input_path=str(input_path), output_path=str(output_path.resolve()),
+            log_path=str(log_path),
+        )
+        run.input_path, run.output_path, run.log_path = (
+            str(input_path), str(output_path.resolve()), str(log_path)
+        )
+        nb = prepared.notebook
+        log = RunLog(log_path)
+        try:
+            return await self._drive(prepared, engine, run, nb, output_path, log)
+        finally:
+            log.close()
+
+    async def _drive(
+        self, prepared: Prepared, engine: Engine, run: Run, nb: Any, output_path: Path,
+        log: RunLog,
+    ) -> Run:
+        request = prepared.request
+        store = self.store
+        cwd = Path(request.cwd) if request.cwd else Path(request.notebook).resolve().parent
+        if not cwd.is_dir():
+            raise UsageError(f"--cwd {cwd} is not a directory")
+        _reset_outputs(nb, skip_tag="skip-execution")
+        if request.report_mode:
+            for cell in nb.cells:
+                cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
+        started_at = datetime.now(timezone.utc)
+        nb.metadata["kiln"] = {
+            "run_id": run.id,
+            "parameters": prepared.values,
+            "input_path": str(Path(request.notebook).resolve()),
+            "output_path": str(output_path.resolve()),
+            "kernel_name": prepared.kernel_name,
+            "started_at": started_at.isoformat(),
+            "state": "running",
+        }
+        log.fields(f"run {run.id} notebook", str(request.notebook))
+        log.fields("parameters", prepared.values)
+        for text in prepared.warnings:
+            log.line(f"warning: {text}")
+        save_notebook(nb, output_path)
+        if request.prepare_only:
+            nb.metadata["kiln"]["state"] = "prepared"
+            save_notebook(nb, output_path)
+            store.finish_run(run.id, "succeeded", reason="prepared only (not executed)",
+                             started_at=started_at, ended_at=datetime.now(timezone.utc))
+            log.line("prepared only: parameters injected, not executed")
+            return store.get_run(run.id)  # type: ignore[no-any-return]
+        store.update_run(run.id, state="running", started_at=started_at)
+        run.state, run.started_at = "running", started_at
+        code_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
+        self._notify(RunStarted(run, len(nb.cells), code_cells))
+
+        durations: list[float | None] = [None] * len(nb.cells)
+        records: list[Record] = []
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, CellStarted):
+                log.line(f"cell {event.index} started")
+            elif isinstance(event, CellOutput):
+                log.output(event.index, event.output)
+                entry = record_from_output(event.output)
+                if entry is not None:
+                    records.append(Record(entry["name"], str(entry.get("kind", "json")),
+                                          entry.get("value"), event.index))
+            elif isinstance(event, CellFinished):
+                durations[event.index] = round(event.duration, 6)
+                log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
+                save_notebook(nb, output_path)
+            elif isinstance(event, KernelReady):
+                log.line(f"kernel {event.kernel_name} ready ({event.kernel_version}, "
+                         f"{event.language} {event.language_version}, pid {event.pid})")
+                store.update_run(run.id, kernel_pid=event.pid,
+                                 kernel_version=_kernel_version(event))
+            self._notify(event)
+
+        deadline = time.monotonic() + request.timeout if request.timeout else None
+        env = {"KILN_RUN_ID": run.id, "KILN_HOME": str(store.home)} | dict(request.env or {})
+        options = ExecuteOptions(
+            kernel_name=prepared.kernel_name, cwd=cwd, env=env,
+            cell_timeout=request.cell_timeout, deadline=deadline,
+            allow_errors=request.allow_errors, process_log=log.path,
+        )
+        outcome = await _execute_cancellable(engine, nb, options, on_event, log)
+        return self._finish(prepared, run, nb, output_path, log, outcome, durations, records)
+
+    def _finish(
+        self, prepared: Prepared, run: Run, nb: Any, output_path: Path, log: RunLog,
+        outcome: ExecutionOutcome, durations: list[float | None], records: list[Record],
+    ) -> Run:
+        state = _STATE_BY_OUTCOME[outcome.status]
+        error = outcome.failure.to_json() if outcome.failure else None
+        if outcome.status != "ok":
+            title, what = _describe(outcome)
+            detail = ""
+            if outcome.failure is not None:
+                from kiln.textutil import strip_ansi
+
+                detail = strip_ansi("\n".join(outcome.failure.traceback))[-4000:]
+            add_failure_marks(nb, outcome.failed_cell, title=title, what=what, detail=detail)
+            if error is None:
+                error = {"cell_index": outcome.failed_cell, "ename": state, "evalue": what}
+        elif outcome.allowed_errors:
+            error = {"allowed": [f.to_json() for f in outcome.allowed_errors]}
+        ended_at = datetime.now(timezone.utc)
+        meta = nb.metadata["kiln"]
+        meta.update(state=state, ended_at=ended_at.isoformat())
+        if outcome.status != "ok":
+            meta["error"] = {"cell_index": outcome.failed_cell, "message": outcome.message}
+        save_notebook(nb, output_path)
+        log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
+        self.store.finish_run(
+            run.id, state, reason=outcome.message or None, error=error, ended_at=ended_at,
+            cell_durations=durations, records=records,
+        )
+        final: Run = self.store.get_run(run.id)
+        self._notify(RunEnded(final))
+        return final
+
+
+async def _execute_cancellable(
+    engine: Engine, nb: Any, options: ExecuteOptions, on_event: Callable[[Event], None],
+    log: RunLog,
+) -> ExecutionOutcome:
+    """Execute, turning SIGINT/SIGTERM (main thread only) into a cancelled outcome."""
+    task = asyncio.ensure_future(engine.execute(nb, options, on_event))
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+    installed: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signal.Signals(signum).name)
+        task.cancel()
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, on_signal, signum)
+                installed.append(signum)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not received and not task.cancelled():
+            raise
+        why = f"cancelled by {received[0]}" if received else "cancelled"
+        return ExecutionOutcome("cancelled", why)
+    finally:
+        for signum in installed:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(signum)
+
+
+def _reset_outputs(nb: Any, *, skip_tag: str) -> None:
+    """Clear outputs and counts of cells about to run (skipped cells keep theirs)."""
+    for cell in nb.cells:
+        if cell.cell_type != "code" or skip_tag in cell.metadata.get("tags", []):
+            continue
+        cell.outputs = []
+        cell.execution_count = None
+        cell.metadata.pop("execution", None)
+
+
+def _kernel_version(event: KernelReady) -> str | None:
+    parts = [p for p in (event.kernel_version,
+                         f"{event.language} {event.language_version}"
+                         if event.language_version else None) if p]
+    return "; ".join(parts) or None
+
+
+def _describe(outcome: ExecutionOutcome) -> tuple[str, str]:
+    if outcome.status == "error" and outcome.failure is not None:
+        return "failed", f"raised {outcome.failure.ename}: {outcome.failure.evalue}"
+    if outcome.status == "timeout":
+        return "timed out", outcome.message
+    if outcome.status == "dead":
+        return "crashed", outcome.message
+    if outcome.status == "cancelled":
+        return "was cancelled", outcome.message
+    return "failed", outcome.message
+
+
+def raise_for_state(run: Run) -> None:
+    """Raise the RunFailed subclass matching a finished run's state (nothing on success)."""
+    if run.state == "succeeded":
+        return
+    reason = run.reason or run.state
+    if run.state == "failed" and run.error and "ename" in run.error and "traceback" in run.error:
+        from kiln.errors import CellFailure
+
+        failure = CellFailure(**{k: run.error[k] for k in (
+            "cell_index", "execution_count", "ename", "evalue", "traceback", "source")})
+        raise CellExecutionError(failure, notebook=run.notebook_path, run=run)
+    cls: type[RunFailed] = {
+        "timed_out": RunTimedOut, "crashed": KernelDied, "cancelled": RunCancelled,
+    }.get(run.state, RunFailed)
+    raise cls(f"{os.path.basename(run.notebook_path)}: run {run.state.replace('_', ' ')}: "
+              f"{reason}", run=run)

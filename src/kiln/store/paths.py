@@ -1,0 +1,49 @@
+"""Where the store lives on disk and what runs are called.
+
+Kept free of SQLAlchemy so that naming a run or finding the home folder costs no imports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+#: Run ids become folder names and URL segments: letters, digits, ``.``, ``_`` and ``-`` only.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+#: Names that mean something else to :meth:`RunStore.get_run` and so cannot be run ids.
+RESERVED_IDS = frozenset({"last"})
+
+
+def default_home(cwd: Path | None = None) -> Path:
+    """The Kiln home folder: ``$KILN_HOME`` when set, else ``<cwd>/.kiln``."""
+    env = os.environ.get("KILN_HOME")
+    if env:
+        return Path(env).expanduser()
+    return (cwd if cwd is not None else Path.cwd()) / ".kiln"
+
+
+def new_run_id() -> str:
+    """A new run id such as ``20240131-154502-3fa9c1``.
+
+    UTC time to the second, then 24 random bits: ids sort by creation time, are unique in
+    practice (1 in 16 million for two runs started in the same second) and are safe in file
+    names and URLs.
+    """
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def check_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is usable as a folder name, else raise ``ValueError``."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ValueError(
+            f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    if run_id in RESERVED_IDS:
+        raise ValueError(f"invalid run id {run_id!r}: the name is reserved")
+    return run_id

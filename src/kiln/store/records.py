@@ -1,0 +1,119 @@
+"""The run record: what Kiln knows about one run, as stored and as returned by the API."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+RunState = Literal["queued", "running", "succeeded", "failed", "timed_out", "crashed", "cancelled"]
+
+STATES: tuple[str, ...] = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "crashed",
+    "cancelled",
+)
+TERMINAL_STATES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "timed_out", "crashed", "cancelled"}
+)
+
+
+@dataclass
+class Record:
+    """One value recorded by ``kiln.record(name, value)`` inside a notebook.
+
+    ``kind`` is ``json`` (any JSON value), ``dataframe`` (value is
+    ``{"columns": [...], "index": [...], "data": [[...]]}``) or ``image`` (value is
+    ``{"mime": "image/png", "data": "<base64>"}``).
+    """
+
+    name: str
+    kind: str
+    value: Any
+    cell_index: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def image_bytes(self) -> bytes:
+        if self.kind != "image":
+            raise ValueError(f"record {self.name!r} is a {self.kind}, not an image")
+        return base64.b64decode(self.value["data"])
+
+    def to_dataframe(self) -> Any:
+        if self.kind != "dataframe":
+            raise ValueError(f"record {self.name!r} is a {self.kind}, not a dataframe")
+        import pandas as pd
+
+        v = self.value
+        return pd.DataFrame(v["data"], columns=v["columns"], index=v["index"])
+
+
+@dataclass
+class Run:
+    """One run of one notebook, from the moment it was recorded to its terminal state."""
+
+    id: str
+    notebook_path: str
+    notebook_sha256: str
+    state: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    run_dir: str | None = None
+    input_path: str | None = None
+    output_path: str | None = None
+    log_path: str | None = None
+    engine: str | None = None
+    kernel_name: str | None = None
+    kernel_version: str | None = None
+    language: str | None = None
+    python_version: str | None = None
+    kiln_version: str | None = None
+    cell_durations: list[float | None] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    reason: str | None = None
+    records_list: list[Record] = field(default_factory=list)
+    owner_pid: int | None = None
+    owner_host: str | None = None
+    owner_started: float | None = None
+    kernel_pid: int | None = None
+    #: Start time of ``kernel_pid`` (epoch seconds), so a recycled pid is never mistaken for
+    #: the run's leftover kernel.
+    kernel_started: float | None = None
+
+    @property
+    def records(self) -> dict[str, Any]:
+        """Recorded values by name (the last value wins when a name is recorded twice)."""
+        return {r.name: r.value for r in self.records_list}
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in asdict(self).items():
+            if key == "records_list":
+                continue
+            out[key] = value.isoformat() if isinstance(value, datetime) else value
+        out["duration"] = self.duration
+        out["records"] = self.records
+        out["record_kinds"] = {r.name: r.kind for r in self.records_list}
+        return out

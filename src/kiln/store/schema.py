@@ -1,0 +1,55 @@
+"""The runs table, as SQLAlchemy Core sees it.
+
+The migrations in ``migrations/versions`` are the source of truth for the database; this table
+definition must describe the same schema (a test compares them) and is what queries are built
+from. Types are portable: ``JSON`` and ``DateTime(timezone=True)`` map to ``TEXT`` on SQLite and
+to ``json`` / ``timestamptz`` on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+#: The newest migration. The store compares it with ``alembic_version`` on open and only imports
+#: Alembic when the database is new or behind; a test checks it equals Alembic's script head.
+SCHEMA_HEAD = "0001"
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("notebook_path", sa.Text, nullable=False),
+    # Derived from notebook_path so "runs of report.ipynb" is an indexed, exact comparison.
+    sa.Column("notebook_name", sa.Text, nullable=False),
+    sa.Column("notebook_sha256", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("parameters", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("run_dir", sa.Text),
+    sa.Column("input_path", sa.Text),
+    sa.Column("output_path", sa.Text),
+    sa.Column("log_path", sa.Text),
+    sa.Column("engine", sa.String(64)),
+    sa.Column("kernel_name", sa.String(255)),
+    sa.Column("kernel_version", sa.String(64)),
+    sa.Column("language", sa.String(64)),
+    sa.Column("python_version", sa.String(64)),
+    sa.Column("kiln_version", sa.String(64)),
+    sa.Column("cell_durations", sa.JSON, nullable=False),
+    sa.Column("error", sa.JSON(none_as_null=True)),
+    sa.Column("reason", sa.Text),
+    sa.Column("records", sa.JSON, nullable=False),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("owner_host", sa.String(255)),
+    sa.Column("owner_started", sa.Double),
+    sa.Column("kernel_pid", sa.Integer),
+    sa.Column("kernel_started", sa.Double),
+    sa.Index("ix_runs_state", "state"),
+    sa.Index("ix_runs_created_at", "created_at"),
+    sa.Index("ix_runs_notebook_path", "notebook_path"),
+    sa.Index("ix_runs_notebook_name", "notebook_name"),
+)

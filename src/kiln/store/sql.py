@@ -1,0 +1,495 @@
+"""The run history database (SQLAlchemy Core) and each run's artefact folder.
+
+Everything that starts a run records it here first, and every run ends here in exactly one
+terminal state. The default database is SQLite in the Kiln home folder; any SQLAlchemy URL can
+be given instead (PostgreSQL for a team).
+
+SQLite is set up for many writers on one machine: WAL (readers never wait for the writer), a
+30 s busy timeout, and every write in a ``BEGIN IMMEDIATE`` transaction, so a writer takes the
+lock when its transaction starts, waits its turn if another holds it, and never fails half-way
+with "database is locked".
+
+Processes and threads: the SQLite engine keeps no connections between calls (``NullPool``), so
+a store may be shared by threads and survives ``fork``. For pooled databases a store used in a
+forked child drops the inherited pool before its first query; still, prefer opening the store
+after the fork, or call :meth:`RunStore.close` before forking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import fields, replace
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+
+from kiln.errors import RunNotFound, StoreError
+from kiln.store.migrate import ensure_schema
+from kiln.store.paths import check_run_id, default_home
+from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
+from kiln.store.records import STATES, TERMINAL_STATES, Record, Run
+from kiln.store.schema import runs
+
+_DATETIME_FIELDS = frozenset({"created_at", "started_at", "ended_at"})
+_RUN_FIELDS = tuple(f.name for f in fields(Run))
+#: Fields ``update_run`` accepts: every Run field but the id; ``records`` means ``records_list``.
+_UPDATABLE = frozenset(_RUN_FIELDS) - {"id"} | {"records"}
+_ACTIVE_STATES = ("queued", "running")
+_TERMINAL = tuple(state for state in STATES if state in TERMINAL_STATES)
+#: Columns that cannot be NULL (the derived notebook_name aside).
+_REQUIRED = frozenset({"notebook_path", "notebook_sha256", "state", "created_at"})
+_NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.id.desc())
+_BUSY_TIMEOUT_MS = 30_000
+
+
+class RunStore:
+    """The history of every run: one row per run and one folder per run under ``runs/``.
+
+    ::
+
+        with RunStore() as store:              # $KILN_HOME, or ./.kiln
+            run = store.create_run(Run(id=new_run_id(), notebook_path="report.ipynb",
+                                       notebook_sha256=digest, state="queued"))
+            store.update_run(run.id, state="running", started_at=now)
+            store.finish_run(run.id, "succeeded")
+            store.get_run("last").state        # 'succeeded'
+
+    ``home`` holds ``kiln.db`` and ``runs/``; ``url`` puts the database elsewhere (any
+    SQLAlchemy URL) while run folders stay under ``home``. Opening creates or upgrades the
+    schema as needed.
+    """
+
+    def __init__(self, home: Path | str | None = None, *, url: str | None = None) -> None:
+        self.home = (Path(home).expanduser() if home is not None else default_home()).absolute()
+        self.runs_dir = self.home / "runs"
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the Kiln home folder {self.home}: {exc}") from exc
+        self.url = url if url is not None else f"sqlite:///{self.home / 'kiln.db'}"
+        try:
+            self._engine = _make_engine(self.url)
+        except (sa.exc.ArgumentError, ImportError) as exc:
+            raise StoreError(f"cannot use the runs database URL {self.url!r}: {exc}") from exc
+        self._pid = os.getpid()
+        try:
+            ensure_schema(self._engine, self.home / "kiln.db.lock")
+        except sa.exc.SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise StoreError(f"cannot open the runs database {self._where}: {exc}") from exc
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release database connections. Call before ``fork`` when the child won't use them."""
+        self._engine.dispose()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.home)!r}, url={self._where!r})"
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def create_run(self, run: Run) -> Run:
+        """Commit a new run row and create its folder; return the run as stored.
+
+        ``created_at`` defaults to now (UTC) and ``run_dir`` to ``<home>/runs/<id>``.
+        """
+        check_run_id(run.id)
+        _check_state(run.state)
+        if run.run_dir is None:
+            folder = self.run_folder(run.id)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the run folder {folder}: {exc}") from exc
+            run = replace(run, run_dir=str(folder))
+        if run.created_at is None:
+            run = replace(run, created_at=_now())
+        values = _column_values({name: getattr(run, name) for name in _RUN_FIELDS})
+        with self._write() as conn:
+            try:
+                conn.execute(runs.insert().values(values))
+            except sa.exc.IntegrityError as exc:
+                raise StoreError(f"run {run.id} already exists in {self._where}") from exc
+            row = conn.execute(runs.select().where(runs.c.id == run.id)).one()
+        return _row_to_run(row)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set some fields of a run (any :class:`Run` field but ``id``) and commit.
+
+        ``state`` may only move between non-terminal states: a run ends through
+        :meth:`finish_run`, and a finished run's state never changes again (``StoreError``).
+        """
+        if "id" in fields:
+            raise ValueError("a run's id cannot change")
+        state = fields.get("state")
+        if "state" in fields:
+            _check_state(fields["state"])
+            if state in TERMINAL_STATES:
+                raise ValueError(f"state {state!r} is terminal: end the run with finish_run()")
+        values = _column_values(fields)
+        if not values:
+            self.get_run_exact(run_id)
+            return
+        where = runs.c.id == run_id
+        if "state" in values:
+            where = where & runs.c.state.not_in(_TERMINAL)
+        with self._write() as conn:
+            if conn.execute(runs.update().where(where).values(values)).rowcount:
+                return
+            current = conn.execute(sa.select(runs.c.state).where(runs.c.id == run_id)).first()
+        if current is None:
+            raise RunNotFound(f"no run {run_id!r} in {self._where}")
+        raise StoreError(f"run {run_id} already finished ({current.state}); it cannot be {state}")
+
+    def finish_run(
+        self,
+        run_id: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        error: Mapping[str, Any] | None = None,
+        ended_at: datetime | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Give a run its one terminal state; ``False`` (and no change) if it already has one.
+
+        ``ended_at`` defaults to now; ``reason`` and ``error`` are only written when given.
+        Other keyword arguments are fields to set in the same transaction.
+        """
+        _check_state(state)
+        if state not in TERMINAL_STATES:
+            raise ValueError(f"{state!r} is not a terminal state ({', '.join(_TERMINAL)})")
+        if "state" in fields:
+            raise ValueError("pass the state as finish_run's second argument")
+        fields["state"] = state
+        fields["ended_at"] = ended_at if ended_at is not None else _now()
+        if reason is not None:
+            fields["reason"] = reason
+        if error is not None:
+            fields["error"] = dict(error)
+        return self._end(run_id, _column_values(fields))
+
+    def _end(self, run_id: str, values: dict[str, Any], *only_if: sa.ColumnElement[bool]) -> bool:
+        """Write a terminal state unless the run already has one (or ``only_if`` fails)."""
+        where = sa.and_(runs.c.id == run_id, runs.c.state.not_in(_TERMINAL), *only_if)
+        with self._write() as conn:
+            if conn.execute(runs.update().where(where).values(values)).rowcount:
+                return True
+            exists = conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first()
+        if exists is None:
+            raise RunNotFound(f"no run {run_id!r} in {self._where}")
+        return False
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_run_exact(self, run_id: str) -> Run:
+        """The run with exactly this id (no prefixes, no ``last``)."""
+        with self._read() as conn:
+            row = conn.execute(runs.select().where(runs.c.id == run_id)).first()
+        if row is None:
+            raise RunNotFound(f"no run {run_id!r} in {self._where}")
+        return _row_to_run(row)
+
+    def get_run(self, run_id_or_prefix: str) -> Run:
+        """A run by id, by a prefix that only one run id starts with, or ``"last"`` (newest)."""
+        key = run_id_or_prefix.strip()
+        if not key:
+            raise RunNotFound("no run id given")
+        with self._read() as conn:
+            if key == "last":
+                row = conn.execute(runs.select().order_by(*_NEWEST_FIRST).limit(1)).first()
+                if row is None:
+                    raise RunNotFound(f"no run 'last': no runs are recorded in {self._where}")
+                return _row_to_run(row)
+            row = conn.execute(runs.select().where(runs.c.id == key)).first()
+            if row is not None:
+                return _row_to_run(row)
+            # LIKE ignores case on SQLite: keep only true prefixes.
+            query = sa.select(runs.c.id).where(runs.c.id.startswith(key, autoescape=True))
+            matches = conn.execute(query.order_by(runs.c.id)).scalars()
+            ids = [found for found in matches if found.startswith(key)]
+            if len(ids) == 1:
+                row = conn.execute(runs.select().where(runs.c.id == ids[0])).one()
+                return _row_to_run(row)
+        if not ids:
+            raise RunNotFound(f"no run with id or id prefix {key!r} in {self._where}")
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        raise RunNotFound(
+            f"run id prefix {key!r} is ambiguous: it matches {len(ids)} runs ({shown}); "
+            "give more characters"
+        )
+
+    def list_runs(
+        self,
+        *,
+        notebook: str | None = None,
+        state: str | Sequence[str] | None = None,
+        limit: int | None = 50,
+        since: datetime | None = None,
+    ) -> list[Run]:
+        """Runs, newest first.
+
+        ``notebook`` matches the stored path as given, as an absolute path, or (for a bare file
+        name such as ``report.ipynb``) the file name in any folder. ``state`` is one state or
+        several; ``since`` keeps runs created at or after that time; ``limit=None`` is all.
+        """
+        query = runs.select()
+        if notebook is not None:
+            query = query.where(_notebook_filter(notebook))
+        if state is not None:
+            states = [state] if isinstance(state, str) else list(state)
+            for one in states:
+                _check_state(one)
+            query = query.where(runs.c.state.in_(states))
+        if since is not None:
+            query = query.where(runs.c.created_at >= _to_utc(since))
+        query = query.order_by(*_NEWEST_FIRST)
+        if limit is not None:
+            if limit < 0:
+                raise ValueError(f"limit must be >= 0 or None, not {limit}")
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [_row_to_run(row) for row in conn.execute(query)]
+
+    def run_folder(self, run_id: str) -> Path:
+        """The artefact folder of a run: ``<home>/runs/<id>`` (not created here)."""
+        return self.runs_dir / check_run_id(run_id)
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def recover_orphans(self) -> list[Run]:
+        """Mark ``crashed`` the queued/running runs whose Kiln process has died; return them.
+
+        Only runs owned by a process on this host are judged. The owner counts as gone when its
+        pid no longer exists, or now belongs to a process that started at another time (the pid
+        was reused). A leftover kernel of such a run is killed. Runs with no recorded owner,
+        owned elsewhere, or whose owner cannot be judged are left alone.
+        """
+        me, host, _ = current_owner()
+        query = runs.select().where(
+            runs.c.state.in_(_ACTIVE_STATES),
+            runs.c.owner_host == host,
+            runs.c.owner_pid.is_not(None),
+        )
+        with self._read() as conn:
+            candidates = [_row_to_run(row) for row in conn.execute(query)]
+        recovered = []
+        for run in candidates:
+            if run.owner_pid is None or same_process(run.owner_pid, run.owner_started) is not False:
+                continue
+            reason = (
+                f"Kiln process {run.owner_pid} on host {host} exited while the run was {run.state}"
+            )
+            if pid_exists(run.owner_pid):
+                reason += f"; pid {run.owner_pid} now belongs to another process"
+            reason += f" (found by pid {me})"
+            values = _column_values({"state": "crashed", "ended_at": _now(), "reason": reason})
+            # Only if nothing moved meanwhile: the run may have finished, been recovered by
+            # another process, or been claimed by a live worker since it was read.
+            same_owner = (runs.c.owner_pid == run.owner_pid, runs.c.owner_host == host)
+            if not self._end(run.id, values, runs.c.state == run.state, *same_owner):
+                continue
+            if run.kernel_pid is not None:
+                done = kill_leftover(
+                    run.kernel_pid, started=run.kernel_started, not_before=run.owner_started
+                )
+                if done is not None:
+                    self.update_run(run.id, reason=f"{reason}; {done}")
+            recovered.append(self.get_run_exact(run.id))
+        return recovered
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def _live_engine(self) -> sa.Engine:
+        if os.getpid() != self._pid:
+            # Inherited across fork: never touch the parent's pooled connections.
+            self._engine.dispose(close=False)
+            self._pid = os.getpid()
+        return self._engine
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
+        try:
+            with self._live_engine().begin() as conn:
+                yield conn
+        except sa.exc.StatementError as exc:
+            if isinstance(exc.orig, (TypeError, ValueError)):
+                raise StoreError(f"cannot store the value: {exc.orig}") from exc
+            raise StoreError(f"runs database {self._where}: {exc}") from exc
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"runs database {self._where}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        """A read-only snapshot (a deferred ``BEGIN`` on SQLite: it never waits for writers)."""
+        try:
+            with self._live_engine().connect() as conn:
+                conn.execution_options(kiln_read_only=True)
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"runs database {self._where}: {exc}") from exc
+
+
+# -- engine ---------------------------------------------------------------------------------
+
+
+def _make_engine(url: str) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(
+            parsed, json_serializer=_dumps, pool_pre_ping=True, pool_size=2, max_overflow=4
+        )
+    memory = parsed.database in (None, "", ":memory:")
+    engine = sa.create_engine(
+        parsed,
+        json_serializer=_dumps,
+        # One shared connection for an in-memory database (else each connection is a new,
+        # empty database); none kept between calls for a file, so nothing outlives a fork.
+        poolclass=sa.StaticPool if memory else sa.NullPool,
+        connect_args={"check_same_thread": False} if memory else {},
+    )
+    sa.event.listen(engine, "connect", _sqlite_on_connect)
+    sa.event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy's documented pysqlite recipe: stop the driver from emitting its own
+    # (deferred) BEGIN so that _sqlite_on_begin decides how each transaction starts.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")  # first: the next may wait
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    # A write takes the database's write lock when its transaction starts: if another writer
+    # holds it, this waits (busy_timeout) instead of failing later on lock upgrade.
+    read_only = conn.get_execution_options().get("kiln_read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+# -- values in and out ----------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _to_utc(value: datetime) -> datetime:
+    """Aware UTC. A naive datetime is taken to be UTC already (the store's convention)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}: {value!r}")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _check_state(state: str) -> None:
+    if state not in STATES:
+        raise ValueError(f"unknown run state {state!r}: expected one of {', '.join(STATES)}")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    for convert in ("tolist", "item"):  # numpy arrays and scalars
+        method = getattr(value, convert, None)
+        if callable(method):
+            return method()
+    raise TypeError(f"{type(value).__name__} value {value!r} cannot be stored as JSON")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default, ensure_ascii=False)
+
+
+def _column_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Run fields -> column values (records serialised, datetimes in UTC, derived columns)."""
+    unknown = sorted(set(values) - _UPDATABLE - {"id"})
+    if unknown:
+        raise ValueError(
+            f"unknown run field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
+            f"expected some of {', '.join(sorted(_UPDATABLE))}"
+        )
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None and name in _REQUIRED:
+            raise ValueError(f"run field {name} cannot be None")
+        if name in ("records", "records_list"):
+            out["records"] = [r.to_json() if isinstance(r, Record) else dict(r) for r in value]
+        elif name in _DATETIME_FIELDS:
+            out[name] = None if value is None else _to_utc(value)
+        elif name in ("parameters", "cell_durations") and value is None:
+            out[name] = {} if name == "parameters" else []
+        elif name == "notebook_path":
+            out[name] = str(value)
+            out["notebook_name"] = _basename(str(value))
+        else:
+            out[name] = value
+    return out
+
+
+def _row_to_run(row: sa.Row[Any]) -> Run:
+    data = row._mapping
+    values: dict[str, Any] = {}
+    for name in _RUN_FIELDS:
+        if name == "records_list":
+            values[name] = [
+                Record(r["name"], r["kind"], r.get("value"), r.get("cell_index"))
+                for r in data["records"] or []
+            ]
+        elif name in _DATETIME_FIELDS:
+            value = data[name]
+            values[name] = None if value is None else _to_utc(value)
+        else:
+            values[name] = data[name]
+    values["parameters"] = values["parameters"] or {}
+    values["cell_durations"] = values["cell_durations"] or []
+    return Run(**values)
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _notebook_filter(notebook: str) -> sa.ColumnElement[bool]:
+    paths = {notebook}
+    with contextlib.suppress(OSError, RuntimeError):
+        paths.add(str(Path(notebook).expanduser().resolve()))
+    condition: sa.ColumnElement[bool] = runs.c.notebook_path.in_(sorted(paths))
+    if _basename(notebook) == notebook:
+        condition = condition | (runs.c.notebook_name == notebook)
+    return condition

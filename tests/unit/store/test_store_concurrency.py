@@ -1,0 +1,74 @@
+"""Many processes write to one store at once and none sees "database is locked"."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kiln.store import RunStore
+
+WORKERS = 8
+RUNS_EACH = 30
+FINAL_STATES = ("succeeded", "failed", "timed_out", "cancelled", "crashed")
+
+WORKER = """
+import sys, time
+from datetime import datetime, timezone
+from pathlib import Path
+from kiln.store import Record, Run, RunStore
+import alembic.command  # loaded before the start line so every process starts together
+
+home, worker, go, runs_each = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+finals = ("succeeded", "failed", "timed_out", "cancelled", "crashed")
+while not go.exists():
+    time.sleep(0.001)
+store = RunStore(home)  # the home is brand new: this races the migration too
+for i in range(runs_each):
+    run_id = f"w{worker:02d}-{i:03d}"
+    store.create_run(Run(id=run_id, notebook_path=f"nb{worker}.ipynb", notebook_sha256="x",
+                         state="queued", parameters={"worker": worker, "i": i}))
+    store.update_run(run_id, state="running", started_at=datetime.now(timezone.utc))
+    store.update_run(run_id, records_list=[Record("i", "json", i)], cell_durations=[0.01])
+    assert store.finish_run(run_id, finals[i % len(finals)], reason=f"worker {worker}")
+    assert not store.finish_run(run_id, "crashed")
+    store.list_runs(limit=5)
+print("ok")
+"""
+
+
+def test_concurrent_writers_never_fail(tmp_path: Path) -> None:
+    home = tmp_path / "shared"
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(home), str(n), str(go), str(RUNS_EACH)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(WORKERS)
+    ]
+    time.sleep(1.5)
+    go.touch()
+    results = [proc.communicate(timeout=240) for proc in procs]
+    for proc, (out, err) in zip(procs, results, strict=True):
+        assert "locked" not in err
+        assert proc.returncode == 0, err
+        assert out.strip() == "ok"
+
+    with RunStore(home) as store:
+        runs = store.list_runs(limit=None)
+        assert len(runs) == WORKERS * RUNS_EACH
+        by_id = {run.id: run for run in runs}
+        for worker in range(WORKERS):
+            for i in range(RUNS_EACH):
+                run = by_id[f"w{worker:02d}-{i:03d}"]
+                assert run.state == FINAL_STATES[i % len(FINAL_STATES)]
+                assert run.reason == f"worker {worker}"
+                assert run.parameters == {"worker": worker, "i": i}
+                assert run.records == {"i": i}
+                assert run.started_at is not None
+                assert run.ended_at is not None
+        assert len(store.list_runs(notebook="nb3.ipynb", limit=None)) == RUNS_EACH

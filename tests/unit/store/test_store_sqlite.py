@@ -1,0 +1,88 @@
+"""SQLite is set up for many writers: WAL, a busy timeout, and BEGIN IMMEDIATE for writes."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
+from kiln.store import Run, RunStore
+
+MakeRun = Callable[..., Run]
+
+
+def test_database_is_in_wal_mode(store: RunStore, home: Path) -> None:
+    raw = sqlite3.connect(home / "kiln.db")
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        raw.close()
+
+
+def test_connection_pragmas(store: RunStore) -> None:
+    with store._engine.connect() as conn:
+        pragma = conn.exec_driver_sql
+        assert pragma("PRAGMA busy_timeout").scalar() == 30000
+        assert pragma("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert pragma("PRAGMA foreign_keys").scalar() == 1
+        assert pragma("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_writes_begin_immediate_and_reads_do_not(store: RunStore, make_run: MakeRun) -> None:
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("BEGIN"):
+            statements.append(statement)
+
+    event.listen(store._engine, "before_cursor_execute", record)
+    try:
+        run = make_run()
+        store.update_run(run.id, state="running")
+        store.finish_run(run.id, "succeeded")
+        assert statements == ["BEGIN IMMEDIATE"] * 3
+        statements.clear()
+        store.get_run(run.id)
+        store.list_runs()
+        assert statements == ["BEGIN"] * 2
+    finally:
+        event.remove(store._engine, "before_cursor_execute", record)
+
+
+def test_a_writer_waits_for_the_lock_instead_of_failing(
+    store: RunStore, make_run: MakeRun, home: Path
+) -> None:
+    run = make_run(state="running")
+    holder = sqlite3.connect(home / "kiln.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holding the write lock
+    errors: list[BaseException] = []
+    waited: list[float] = []
+
+    def write() -> None:
+        started = time.perf_counter()
+        try:
+            store.finish_run(run.id, "succeeded")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        waited.append(time.perf_counter() - started)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    time.sleep(1.0)
+    # While the lock is held, the writer is still waiting and readers are not blocked (WAL).
+    assert writer.is_alive()
+    read_started = time.perf_counter()
+    assert store.get_run(run.id).state == "running"
+    assert time.perf_counter() - read_started < 0.5
+    holder.execute("COMMIT")
+    holder.close()
+    writer.join(timeout=30)
+    assert not writer.is_alive()
+    assert errors == []
+    assert waited[0] >= 0.9
+    assert store.get_run(run.id).state == "succeeded"
