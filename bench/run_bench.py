@@ -108,14 +108,20 @@ def main() -> int:
             seq[tool].append(time.perf_counter() - t0)
     results[f"seq{args.seq}"] = seq
 
-    print(f"\nKiln vs papermill on {platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()} (medians; ratio = papermill / kiln)")
+    print(
+        f"\nKiln vs papermill on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()} (medians; ratio = papermill / kiln)"
+    )
     print(f"{'scenario':<10} {'kiln (s)':>10} {'papermill (s)':>14} {'ratio':>7}")
     summary = {}
     for scenario, times in results.items():
         k, p = statistics.median(times["kiln"]), statistics.median(times["papermill"])
-        summary[scenario] = {"kiln_s": round(k, 3), "papermill_s": round(p, 3),
-                             "ratio": round(p / k, 2), "samples": times}
+        summary[scenario] = {
+            "kiln_s": round(k, 3),
+            "papermill_s": round(p, 3),
+            "ratio": round(p / k, 2),
+            "samples": times,
+        }
         print(f"{scenario:<10} {k:>10.3f} {p:>14.3f} {p / k:>6.2f}x")
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)

@@ -26,8 +26,20 @@ def main() -> int:
     OUT.mkdir(parents=True)
     nb = "daily_sales.ipynb"
     kiln("params", nb)
-    kiln("run", nb, str(OUT / "daily_sales_EU.ipynb"), "-p", "region", "EU", "-p", "date",
-         "2026-11-21", "-p", "n_orders", "500")
+    kiln(
+        "run",
+        nb,
+        str(OUT / "daily_sales_EU.ipynb"),
+        "-p",
+        "region",
+        "EU",
+        "-p",
+        "date",
+        "2026-11-21",
+        "-p",
+        "n_orders",
+        "500",
+    )
     kiln("run", nb, str(OUT / "daily_sales_US.ipynb"), "-f", "kiln-demo-params.yaml")
     kiln("runs", "list")
     kiln("runs", "show", "last")

@@ -63,8 +63,13 @@ def kiln_cli(home: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedPr
         env = dict(os.environ, KILN_HOME=str(home))
         env.update(kw.pop("env", {}))
         return subprocess.run(
-            [KILN, *args], capture_output=True, text=True, timeout=timeout, env=env,
-            cwd=kw.pop("cwd", tmp_path), **kw,
+            [KILN, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=kw.pop("cwd", tmp_path),
+            **kw,
         )
 
     return run
@@ -76,6 +81,7 @@ def read_nb(path: Path | str) -> Any:
 
 def stream_text(cell: Any, name: str = "stdout") -> str:
     return "".join(
-        o.get("text", "") for o in cell.get("outputs", [])
+        o.get("text", "")
+        for o in cell.get("outputs", [])
         if o.get("output_type") == "stream" and o.get("name") == name
     )

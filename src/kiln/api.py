@@ -42,7 +42,7 @@ def run(
     >>> result = kiln.run("report.ipynb", parameters={"region": "EU", "n": 3})
     >>> result.records["total"]
     """
-    from kiln.runner import Observer, RunEvent, RunRequest, Runner
+    from kiln.runner import Observer, RunEvent, Runner, RunRequest
 
     observers: list[Observer] = []
     if log_output:

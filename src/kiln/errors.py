@@ -6,7 +6,7 @@
     ├── UsageError                 exit 2: a bad command line or option value
     ├── NotebookError              exit 2: the input notebook cannot be used
     │   ├── NotebookNotFound
-    │   └── NotebookReadError      empty, not JSON (line/column), not a valid notebook, unknown nbformat
+    │   └── NotebookReadError      empty, not JSON (line, column), invalid, unknown nbformat
     ├── ParameterError             exit 2: refused before any kernel starts
     │   ├── UnknownParameter
     │   ├── ParameterTypeError

@@ -90,7 +90,7 @@ def _publish(name: str, bundle: dict[str, Any]) -> None:
         _sink(bundle)
         return
     ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None  # type: ignore[attr-defined]
+    shell = ipython.get_ipython() if ipython is not None else None
     if shell is not None and getattr(shell, "kernel", None) is not None:
         from IPython.display import publish_display_data
 

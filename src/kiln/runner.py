@@ -52,6 +52,7 @@ from kiln.notebook.io import atomic_write_text
 from kiln.notebook.marks import add_failure_marks, remove_marks
 from kiln.recording import record_from_output
 from kiln.runlog import RunLog
+from kiln.store.process import process_start_time
 from kiln.store.records import Record, Run
 
 
@@ -154,8 +155,7 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
         injected = inject_parameters(nb, values, schema=schema, language=language)
         if not injected.had_parameters_cell:
             warnings.append(
-                f"{path} has no cell tagged 'parameters': the parameters were injected at the "
-                "top"
+                f"{path} has no cell tagged 'parameters': the parameters were injected at the top"
             )
         out = injected.notebook
     remove_marks(out)
@@ -248,8 +248,11 @@ class Runner:
             return await self._execute_recorded(prepared, engine, run)
         except BaseException as exc:
             # nothing is left running: whatever went wrong, the row gets a terminal state
-            state = "cancelled" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) \
+            state = (
+                "cancelled"
+                if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
                 else "crashed"
+            )
             store.finish_run(run.id, state, reason=f"{type(exc).__name__}: {exc}"[:2000])
             raise
 
@@ -262,11 +265,15 @@ class Runner:
         log_path = run_dir / "run.log"
         atomic_write_text(input_path, prepared.source_bytes.decode("utf-8-sig"))
         store.update_run(
-            run.id, input_path=str(input_path), output_path=str(output_path.resolve()),
+            run.id,
+            input_path=str(input_path),
+            output_path=str(output_path.resolve()),
             log_path=str(log_path),
         )
         run.input_path, run.output_path, run.log_path = (
-            str(input_path), str(output_path.resolve()), str(log_path)
+            str(input_path),
+            str(output_path.resolve()),
+            str(log_path),
         )
         nb = prepared.notebook
         log = RunLog(log_path)
@@ -276,7 +283,12 @@ class Runner:
             log.close()
 
     async def _drive(
-        self, prepared: Prepared, engine: Engine, run: Run, nb: Any, output_path: Path,
+        self,
+        prepared: Prepared,
+        engine: Engine,
+        run: Run,
+        nb: Any,
+        output_path: Path,
         log: RunLog,
     ) -> Run:
         request = prepared.request
@@ -306,8 +318,13 @@ class Runner:
         if request.prepare_only:
             nb.metadata["kiln"]["state"] = "prepared"
             save_notebook(nb, output_path)
-            store.finish_run(run.id, "succeeded", reason="prepared only (not executed)",
-                             started_at=started_at, ended_at=datetime.now(timezone.utc))
+            store.finish_run(
+                run.id,
+                "succeeded",
+                reason="prepared only (not executed)",
+                started_at=started_at,
+                ended_at=datetime.now(timezone.utc),
+            )
             log.line("prepared only: parameters injected, not executed")
             return store.get_run(run.id)  # type: ignore[no-any-return]
         store.update_run(run.id, state="running", started_at=started_at)
@@ -325,32 +342,56 @@ class Runner:
                 log.output(event.index, event.output)
                 entry = record_from_output(event.output)
                 if entry is not None:
-                    records.append(Record(entry["name"], str(entry.get("kind", "json")),
-                                          entry.get("value"), event.index))
+                    records.append(
+                        Record(
+                            entry["name"],
+                            str(entry.get("kind", "json")),
+                            entry.get("value"),
+                            event.index,
+                        )
+                    )
             elif isinstance(event, CellFinished):
                 durations[event.index] = round(event.duration, 6)
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
                 save_notebook(nb, output_path)
             elif isinstance(event, KernelReady):
-                log.line(f"kernel {event.kernel_name} ready ({event.kernel_version}, "
-                         f"{event.language} {event.language_version}, pid {event.pid})")
-                store.update_run(run.id, kernel_pid=event.pid,
-                                 kernel_version=_kernel_version(event))
+                log.line(
+                    f"kernel {event.kernel_name} ready ({event.kernel_version}, "
+                    f"{event.language} {event.language_version}, pid {event.pid})"
+                )
+                started = process_start_time(event.pid) if event.pid else None
+                store.update_run(
+                    run.id,
+                    kernel_pid=event.pid,
+                    kernel_started=started,
+                    kernel_version=_kernel_version(event),
+                )
             self._notify(event)
 
         deadline = time.monotonic() + request.timeout if request.timeout else None
         env = {"KILN_RUN_ID": run.id, "KILN_HOME": str(store.home)} | dict(request.env or {})
         options = ExecuteOptions(
-            kernel_name=prepared.kernel_name, cwd=cwd, env=env,
-            cell_timeout=request.cell_timeout, deadline=deadline,
-            allow_errors=request.allow_errors, process_log=log.path,
+            kernel_name=prepared.kernel_name,
+            cwd=cwd,
+            env=env,
+            cell_timeout=request.cell_timeout,
+            deadline=deadline,
+            allow_errors=request.allow_errors,
+            process_log=log.path,
         )
         outcome = await _execute_cancellable(engine, nb, options, on_event, log)
         return self._finish(prepared, run, nb, output_path, log, outcome, durations, records)
 
     def _finish(
-        self, prepared: Prepared, run: Run, nb: Any, output_path: Path, log: RunLog,
-        outcome: ExecutionOutcome, durations: list[float | None], records: list[Record],
+        self,
+        prepared: Prepared,
+        run: Run,
+        nb: Any,
+        output_path: Path,
+        log: RunLog,
+        outcome: ExecutionOutcome,
+        durations: list[float | None],
+        records: list[Record],
     ) -> Run:
         state = _STATE_BY_OUTCOME[outcome.status]
         error = outcome.failure.to_json() if outcome.failure else None
@@ -374,8 +415,13 @@ class Runner:
         save_notebook(nb, output_path)
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
         self.store.finish_run(
-            run.id, state, reason=outcome.message or None, error=error, ended_at=ended_at,
-            cell_durations=durations, records=records,
+            run.id,
+            state,
+            reason=outcome.message or None,
+            error=error,
+            ended_at=ended_at,
+            cell_durations=durations,
+            records=records,
         )
         final: Run = self.store.get_run(run.id)
         self._notify(RunEnded(final))
@@ -383,17 +429,20 @@ class Runner:
 
 
 async def _execute_cancellable(
-    engine: Engine, nb: Any, options: ExecuteOptions, on_event: Callable[[Event], None],
+    engine: Engine,
+    nb: Any,
+    options: ExecuteOptions,
+    on_event: Callable[[Event], None],
     log: RunLog,
 ) -> ExecutionOutcome:
     """Execute, turning SIGINT/SIGTERM (main thread only) into a cancelled outcome."""
     task = asyncio.ensure_future(engine.execute(nb, options, on_event))
     loop = asyncio.get_running_loop()
     received: list[str] = []
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
 
-    def on_signal(signum: int) -> None:
-        received.append(signal.Signals(signum).name)
+    def on_signal(signum: signal.Signals) -> None:
+        received.append(signum.name)
         task.cancel()
 
     if threading.current_thread() is threading.main_thread():
@@ -402,7 +451,14 @@ async def _execute_cancellable(
                 loop.add_signal_handler(signum, on_signal, signum)
                 installed.append(signum)
     try:
-        return await task
+        outcome = await task
+        if received:
+            # the engine may have turned the cancellation into another outcome (nbclient
+            # reports a cancelled wait as a dead kernel): the signal is what happened
+            return ExecutionOutcome(
+                "cancelled", f"cancelled by {received[0]}", failed_cell=outcome.failed_cell
+            )
+        return outcome
     except asyncio.CancelledError:
         if not received and not task.cancelled():
             raise
@@ -425,9 +481,14 @@ def _reset_outputs(nb: Any, *, skip_tag: str) -> None:
 
 
 def _kernel_version(event: KernelReady) -> str | None:
-    parts = [p for p in (event.kernel_version,
-                         f"{event.language} {event.language_version}"
-                         if event.language_version else None) if p]
+    parts = [
+        p
+        for p in (
+            event.kernel_version,
+            f"{event.language} {event.language_version}" if event.language_version else None,
+        )
+        if p
+    ]
     return "; ".join(parts) or None
 
 
@@ -451,11 +512,19 @@ def raise_for_state(run: Run) -> None:
     if run.state == "failed" and run.error and "ename" in run.error and "traceback" in run.error:
         from kiln.errors import CellFailure
 
-        failure = CellFailure(**{k: run.error[k] for k in (
-            "cell_index", "execution_count", "ename", "evalue", "traceback", "source")})
+        failure = CellFailure(
+            **{
+                k: run.error[k]
+                for k in ("cell_index", "execution_count", "ename", "evalue", "traceback", "source")
+            }
+        )
         raise CellExecutionError(failure, notebook=run.notebook_path, run=run)
     cls: type[RunFailed] = {
-        "timed_out": RunTimedOut, "crashed": KernelDied, "cancelled": RunCancelled,
+        "timed_out": RunTimedOut,
+        "crashed": KernelDied,
+        "cancelled": RunCancelled,
     }.get(run.state, RunFailed)
-    raise cls(f"{os.path.basename(run.notebook_path)}: run {run.state.replace('_', ' ')}: "
-              f"{reason}", run=run)
+    raise cls(
+        f"{os.path.basename(run.notebook_path)}: run {run.state.replace('_', ' ')}: {reason}",
+        run=run,
+    )

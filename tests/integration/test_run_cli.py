@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from conftest import read_nb, stream_text
 
 pytestmark = pytest.mark.kernel
@@ -40,9 +41,30 @@ def test_typed_parameters_arrive_with_their_types(make_nb, kiln_cli, tmp_path):
     nb = make_nb([(PARAMS_CELL, ["parameters"]), SHOW])
     out = tmp_path / "out.ipynb"
     res = kiln_cli(
-        "run", str(nb), str(out), "-p", "n", "7", "-p", "ratio", "1", "-p", "flag", "false",
-        "-p", "region", "US", "-y", "items: [1, a, null]", "-p", "opts", "{k: 2}",
-        "-p", "maybe", "None", "--json",
+        "run",
+        str(nb),
+        str(out),
+        "-p",
+        "n",
+        "7",
+        "-p",
+        "ratio",
+        "1",
+        "-p",
+        "flag",
+        "false",
+        "-p",
+        "region",
+        "US",
+        "-y",
+        "items: [1, a, null]",
+        "-p",
+        "opts",
+        "{k: 2}",
+        "-p",
+        "maybe",
+        "None",
+        "--json",
     )
     assert res.returncode == 0, res.stderr
     run = json.loads(res.stdout)
@@ -67,12 +89,20 @@ def test_typed_parameters_arrive_with_their_types(make_nb, kiln_cli, tmp_path):
         "back\\slash \\n not a newline",
         "line1\nline2\r\n",
         "sep\u2028arator\u2029",
-        "quote ' and \" and \"\"\" triple",
+        'quote \' and " and """ triple',
         "{x} %s $(whoami) `id`",
         "",
     ],
-    ids=["close-call", "double-quote-escape", "backslashes", "newlines", "u2028", "quotes",
-         "format-chars", "empty"],
+    ids=[
+        "close-call",
+        "double-quote-escape",
+        "backslashes",
+        "newlines",
+        "u2028",
+        "quotes",
+        "format-chars",
+        "empty",
+    ],
 )
 def test_hostile_strings_arrive_as_the_same_string(make_nb, kiln_cli, tmp_path, value):
     nb = make_nb([('s = "default"', ["parameters"]), "import kiln\nkiln.record('s', s)"])
@@ -98,11 +128,20 @@ def test_hostile_strings_arrive_as_the_same_string(make_nb, kiln_cli, tmp_path, 
         (["-p", "regoin", "EU"], "did you mean 'region'"),
         (["-y", "n: 1.5"], "'n'"),
     ],
-    ids=["digit-first", "keyword", "dunder", "dash", "yaml-code-name", "int-text",
-         "float-text", "bool-word", "unknown-typo", "float-for-int"],
+    ids=[
+        "digit-first",
+        "keyword",
+        "dunder",
+        "dash",
+        "yaml-code-name",
+        "int-text",
+        "float-text",
+        "bool-word",
+        "unknown-typo",
+        "float-for-int",
+    ],
 )
-def test_bad_parameters_are_refused_before_any_kernel_starts(make_nb, kiln_cli, home, args,
-                                                              needle):
+def test_bad_parameters_are_refused_before_any_kernel_starts(make_nb, kiln_cli, home, args, needle):
     nb = make_nb([(PARAMS_CELL, ["parameters"]), "print('ran')"])
     res = kiln_cli("run", str(nb), *args)
     assert res.returncode == 2, res.stderr
@@ -111,8 +150,7 @@ def test_bad_parameters_are_refused_before_any_kernel_starts(make_nb, kiln_cli, 
     assert _runs(home) == []  # nothing recorded, nothing started
 
 
-def test_unknown_parameter_lists_known_ones_and_allow_unknown_passes(make_nb, kiln_cli,
-                                                                      tmp_path):
+def test_unknown_parameter_lists_known_ones_and_allow_unknown_passes(make_nb, kiln_cli, tmp_path):
     nb = make_nb([(PARAMS_CELL, ["parameters"]), "import kiln\nkiln.record('extra', extra)"])
     res = kiln_cli("run", str(nb), "-p", "extra", "5")
     assert res.returncode == 2
@@ -187,8 +225,9 @@ def test_cell_error_banner_marker_partial_output(make_nb, kiln_cli, tmp_path, ho
     assert cells[0].cell_type == "markdown" and "kiln-error-banner" in cells[0].metadata.tags
     assert "ZeroDivisionError" in cells[0].source and "#kiln-error-cell" in cells[0].source
     assert stream_text(cells[1]) == "before\n"
-    assert "kiln-error-marker" in cells[2].metadata.tags and 'id="kiln-error-cell"' in \
-        cells[2].source
+    assert (
+        "kiln-error-marker" in cells[2].metadata.tags and 'id="kiln-error-cell"' in cells[2].source
+    )
     assert cells[3].outputs[-1].output_type == "error"
     assert cells[4].outputs == [] and cells[4].execution_count is None
     assert _runs(home)[0][1] == "failed"
@@ -231,11 +270,15 @@ def test_cwd_and_kernel_flags(make_nb, kiln_cli, tmp_path):
 
 
 def test_bash_kernel_gets_literal_parameters(make_nb, kiln_cli, tmp_path):
-    nb = make_nb([("name='x'\ncount=1", ["parameters"]), 'echo "[$name] [$count]"'],
-                 kernel="bash", language="bash")
+    nb = make_nb(
+        [("name='x'\ncount=1", ["parameters"]), 'echo "[$name] [$count]"'],
+        kernel="bash",
+        language="bash",
+    )
     out = tmp_path / "o.ipynb"
-    res = kiln_cli("run", str(nb), str(out), "-r", "name", "$(echo pwned) 'q' `id`",
-                   "-p", "count", "4")
+    res = kiln_cli(
+        "run", str(nb), str(out), "-r", "name", "$(echo pwned) 'q' `id`", "-p", "count", "4"
+    )
     assert res.returncode == 0, res.stderr
     text = stream_text(read_nb(out).cells[2])
     assert "[$(echo pwned) 'q' `id`] [4]" in text

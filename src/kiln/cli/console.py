@@ -32,8 +32,11 @@ class Console:
             )
 
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), transient=True,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=True,
             )
             name = event.run.notebook_path.rsplit("/", 1)[-1]
             self._task = self._progress.add_task(name, total=event.code_cells)
@@ -82,8 +85,11 @@ class Console:
 
     def summary(self, run: Run) -> None:
         took = f" in {run.duration:.2f}s" if run.duration is not None else ""
-        lines = [f"Run {run.id} {run.state}{took}", f"  output: {run.output_path}",
-                 f"  log:    {run.log_path}"]
+        lines = [
+            f"Run {run.id} {run.state}{took}",
+            f"  output: {run.output_path}",
+            f"  log:    {run.log_path}",
+        ]
         if run.records:
             names = ", ".join(run.records)
             lines.append(f"  records: {names}")

@@ -36,8 +36,10 @@ def handle(args: argparse.Namespace) -> int:
         default = "(required)" if p.required else (p.default_source or repr(p.default))
         rows.append((p.name, kind, default, p.help))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    print(f"{args.notebook}: {len(schema.parameters)} parameter(s), "
-          f"cell {schema.cell_index}, language {schema.language}")
+    print(
+        f"{args.notebook}: {len(schema.parameters)} parameter(s), "
+        f"cell {schema.cell_index}, language {schema.language}"
+    )
     for r in rows:
         print("  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
     return 0

@@ -32,30 +32,77 @@ def add_parser(sub: Any) -> None:
     p.add_argument("notebook", help="the notebook to run (never modified)")
     p.add_argument("output", nargs="?", help="output notebook path (default: in the run folder)")
     g = p.add_argument_group("parameters (applied in command-line order; later wins)")
-    g.add_argument("-p", "--parameters", nargs=2, metavar=("NAME", "VALUE"), action=_Ordered,
-                   const="p", dest="param_sources", help="a value, typed by the schema")
-    g.add_argument("-r", "--parameters-raw", nargs=2, metavar=("NAME", "VALUE"),
-                   action=_Ordered, const="r", dest="param_sources", help="a raw string value")
-    g.add_argument("-f", "--parameters-file", metavar="FILE", action=_Ordered, const="f",
-                   dest="param_sources", help="a YAML file of name: value")
-    g.add_argument("-y", "--parameters-yaml", metavar="YAML", action=_Ordered, const="y",
-                   dest="param_sources", help="inline YAML of name: value")
-    g.add_argument("--allow-unknown", action="store_true",
-                   help="pass parameters the notebook does not declare")
+    g.add_argument(
+        "-p",
+        "--parameters",
+        nargs=2,
+        metavar=("NAME", "VALUE"),
+        action=_Ordered,
+        const="p",
+        dest="param_sources",
+        help="a value, typed by the schema",
+    )
+    g.add_argument(
+        "-r",
+        "--parameters-raw",
+        nargs=2,
+        metavar=("NAME", "VALUE"),
+        action=_Ordered,
+        const="r",
+        dest="param_sources",
+        help="a raw string value",
+    )
+    g.add_argument(
+        "-f",
+        "--parameters-file",
+        metavar="FILE",
+        action=_Ordered,
+        const="f",
+        dest="param_sources",
+        help="a YAML file of name: value",
+    )
+    g.add_argument(
+        "-y",
+        "--parameters-yaml",
+        metavar="YAML",
+        action=_Ordered,
+        const="y",
+        dest="param_sources",
+        help="inline YAML of name: value",
+    )
+    g.add_argument(
+        "--allow-unknown", action="store_true", help="pass parameters the notebook does not declare"
+    )
     e = p.add_argument_group("execution")
     e.add_argument("-k", "--kernel", help="kernel name (default: the notebook's)")
     e.add_argument("--engine", default="kernel", choices=["kernel"], help="execution engine")
     e.add_argument("--cwd", help="working directory of the kernel (default: notebook's folder)")
-    e.add_argument("--cell-timeout", "--execution-timeout", type=_seconds, dest="cell_timeout",
-                   metavar="SECONDS", help="time limit for each cell")
-    e.add_argument("--timeout", type=_seconds, metavar="SECONDS",
-                   help="time limit for the whole run, kernel start included")
-    e.add_argument("--start-timeout", type=_seconds, metavar="SECONDS",
-                   help="accepted for papermill compatibility (kernel start is bounded by "
-                   "--timeout)")
+    e.add_argument(
+        "--cell-timeout",
+        "--execution-timeout",
+        type=_seconds,
+        dest="cell_timeout",
+        metavar="SECONDS",
+        help="time limit for each cell",
+    )
+    e.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="time limit for the whole run, kernel start included",
+    )
+    e.add_argument(
+        "--start-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="accepted for papermill compatibility (kernel start is bounded by --timeout)",
+    )
     e.add_argument("--allow-errors", action="store_true", help="keep going after a cell error")
-    e.add_argument("--prepare-only", action="store_true",
-                   help="inject parameters and write the output without executing")
+    e.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="inject parameters and write the output without executing",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--log-output", action="store_true", help="stream cell output live")
     o.add_argument("--report-mode", action="store_true", help="hide cell inputs in the output")
@@ -102,7 +149,7 @@ def collect_parameters(sources: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def handle(args: argparse.Namespace) -> int:
     from kiln.cli.console import Console
-    from kiln.runner import RunRequest, Runner
+    from kiln.runner import Runner, RunRequest
 
     request = RunRequest(
         notebook=Path(args.notebook),

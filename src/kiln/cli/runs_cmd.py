@@ -12,8 +12,11 @@ from kiln.store.records import STATES, Run
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("runs", help="list and inspect recorded runs",
-                       description="Query the run history in $KILN_HOME.")
+    p = sub.add_parser(
+        "runs",
+        help="list and inspect recorded runs",
+        description="Query the run history in $KILN_HOME.",
+    )
     rs = p.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=type(p))
     ls = rs.add_parser("list", help="list runs, newest first")
     ls.add_argument("--notebook", help="only runs of this notebook (path or file name)")
@@ -41,8 +44,9 @@ def _store() -> Any:
 
 def handle_list(args: argparse.Namespace) -> int:
     with _store() as store:
-        runs: list[Run] = store.list_runs(notebook=args.notebook, state=args.state,
-                                          limit=args.limit)
+        runs: list[Run] = store.list_runs(
+            notebook=args.notebook, state=args.state, limit=args.limit
+        )
     if args.json:
         print(json.dumps([r.to_json() for r in runs], indent=2, default=str))
         return 0
@@ -51,13 +55,17 @@ def handle_list(args: argparse.Namespace) -> int:
         return 0
     rows = [("ID", "STATE", "NOTEBOOK", "STARTED (UTC)", "DURATION", "PARAMETERS")]
     for r in runs:
-        when = (r.started_at or r.created_at)
-        rows.append((
-            r.id, r.state, Path(r.notebook_path).name,
-            when.strftime("%Y-%m-%d %H:%M:%S") if when else "-",
-            f"{r.duration:.2f}s" if r.duration is not None else "-",
-            _short_params(r.parameters),
-        ))
+        when = r.started_at or r.created_at
+        rows.append(
+            (
+                r.id,
+                r.state,
+                Path(r.notebook_path).name,
+                when.strftime("%Y-%m-%d %H:%M:%S") if when else "-",
+                f"{r.duration:.2f}s" if r.duration is not None else "-",
+                _short_params(r.parameters),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(row[i].ljust(widths[i]) for i in range(5)) + "  " + row[5])
@@ -76,14 +84,24 @@ def handle_show(args: argparse.Namespace) -> int:
         print(json.dumps(run.to_json(), indent=2, default=str))
         return 0
     fields = [
-        ("id", run.id), ("state", run.state), ("notebook", run.notebook_path),
-        ("sha256", run.notebook_sha256), ("parameters", json.dumps(run.parameters, default=str)),
-        ("created", run.created_at), ("started", run.started_at), ("ended", run.ended_at),
+        ("id", run.id),
+        ("state", run.state),
+        ("notebook", run.notebook_path),
+        ("sha256", run.notebook_sha256),
+        ("parameters", json.dumps(run.parameters, default=str)),
+        ("created", run.created_at),
+        ("started", run.started_at),
+        ("ended", run.ended_at),
         ("duration", f"{run.duration:.3f}s" if run.duration is not None else None),
-        ("engine", run.engine), ("kernel", run.kernel_name),
-        ("kernel version", run.kernel_version), ("python", run.python_version),
-        ("kiln", run.kiln_version), ("input", run.input_path), ("output", run.output_path),
-        ("log", run.log_path), ("reason", run.reason),
+        ("engine", run.engine),
+        ("kernel", run.kernel_name),
+        ("kernel version", run.kernel_version),
+        ("python", run.python_version),
+        ("kiln", run.kiln_version),
+        ("input", run.input_path),
+        ("output", run.output_path),
+        ("log", run.log_path),
+        ("reason", run.reason),
     ]
     for key, value in fields:
         if value not in (None, ""):
@@ -91,13 +109,17 @@ def handle_show(args: argparse.Namespace) -> int:
     executed = [(i, d) for i, d in enumerate(run.cell_durations) if d is not None]
     if executed:
         slowest = sorted(executed, key=lambda x: -float(x[1] or 0))[:5]
-        print(f"{'cells':>15}: {len(executed)} executed, slowest: "
-              + ", ".join(f"cell {i} {d:.3f}s" for i, d in slowest))
+        print(
+            f"{'cells':>15}: {len(executed)} executed, slowest: "
+            + ", ".join(f"cell {i} {d:.3f}s" for i, d in slowest)
+        )
     if run.error:
         err = run.error
         if "ename" in err:
-            print(f"{'error':>15}: cell {err.get('cell_index')}: {err.get('ename')}: "
-                  f"{err.get('evalue')}")
+            print(
+                f"{'error':>15}: cell {err.get('cell_index')}: {err.get('ename')}: "
+                f"{err.get('evalue')}"
+            )
     for rec in run.records_list:
         shown = json.dumps(rec.value, default=str) if rec.kind == "json" else f"<{rec.kind}>"
         if len(shown) > 70:
@@ -116,7 +138,8 @@ def handle_logs(args: argparse.Namespace) -> int:
     try:
         text = Path(run.log_path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise StoreError(f"cannot read the log of run {run.id} ({run.log_path}): "
-                         f"{exc.strerror}") from None
+        raise StoreError(
+            f"cannot read the log of run {run.id} ({run.log_path}): {exc.strerror}"
+        ) from None
     sys.stdout.write(text)
     return 0

@@ -59,11 +59,14 @@ class FakeEngine:
             source = cell.source
             if source.startswith("%%fake-die"):
                 emit(CellFinished(index, time.monotonic() - t0, "error"))
-                return ExecutionOutcome("dead", f"the kernel died while running cell {index}", index)
+                return ExecutionOutcome(
+                    "dead", f"the kernel died while running cell {index}", index
+                )
             if source.startswith("%%fake-hang"):
                 emit(CellFinished(index, time.monotonic() - t0, "error"))
-                return ExecutionOutcome("timeout", f"cell {index} timed out", index,
-                                        timeout_kind="cell")
+                return ExecutionOutcome(
+                    "timeout", f"cell {index} timed out", index, timeout_kind="cell"
+                )
             if source.startswith("%%fake-cancel"):
                 raise asyncio.CancelledError
             error = self._run_cell(cell, index, namespace, emit)
@@ -73,8 +76,9 @@ class FakeEngine:
                 failure = failure_from_error_output(cell, index, error)
                 if not options.allow_errors:
                     emit(CellFinished(index, time.monotonic() - t0, "error"))
-                    return ExecutionOutcome("error", f"cell {index} raised {failure.ename}",
-                                            index, failure, allowed)
+                    return ExecutionOutcome(
+                        "error", f"cell {index} raised {failure.ename}", index, failure, allowed
+                    )
                 allowed.append(failure)
             emit(CellFinished(index, time.monotonic() - t0, status))
             await asyncio.sleep(0)
@@ -103,8 +107,11 @@ class FakeEngine:
                 last_expr = ast.Expression(tree.body.pop().value)
             with contextlib.redirect_stdout(out):
                 exec(compile(tree, f"<cell {index}>", "exec"), namespace)
-                value = eval(compile(last_expr, f"<cell {index}>", "eval"), namespace) \
-                    if last_expr is not None else None
+                value = (
+                    eval(compile(last_expr, f"<cell {index}>", "eval"), namespace)
+                    if last_expr is not None
+                    else None
+                )
         except Exception as exc:
             if out.getvalue():
                 add({"output_type": "stream", "name": "stdout", "text": out.getvalue()})
@@ -121,6 +128,12 @@ class FakeEngine:
         if out.getvalue():
             add({"output_type": "stream", "name": "stdout", "text": out.getvalue()})
         if value is not None:
-            add({"output_type": "execute_result", "execution_count": cell.execution_count,
-                 "data": {"text/plain": repr(value)}, "metadata": {}})
+            add(
+                {
+                    "output_type": "execute_result",
+                    "execution_count": cell.execution_count,
+                    "data": {"text/plain": repr(value)},
+                    "metadata": {},
+                }
+            )
         return None

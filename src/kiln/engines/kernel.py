@@ -15,7 +15,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from kiln.engines.base import (
     CellFinished,
@@ -52,7 +52,7 @@ def kernel_spec(name: str) -> Any:
 def _client_class() -> type[Any]:
     from nbclient import NotebookClient
 
-    class _EventClient(NotebookClient):  # type: ignore[misc]
+    class _EventClient(NotebookClient):
         """nbclient's client, reporting each new output as an event."""
 
         emit: EventSink | None = None
@@ -77,7 +77,7 @@ class KernelEngine:
         with contextlib.ExitStack() as stack:
             kernel_log = None
             if options.process_log is not None:
-                kernel_log = stack.enter_context(open(options.process_log, "a"))  # noqa: SIM115
+                kernel_log = stack.enter_context(open(options.process_log, "a"))
             return await self._execute(nb, options, emit, kernel_log)
 
     async def _execute(
@@ -105,9 +105,7 @@ class KernelEngine:
         try:
             await km.start_kernel(**start_kw)
         except Exception as exc:  # jupyter_client raises a variety of errors here
-            raise EngineError(
-                f"could not start the {options.kernel_name!r} kernel: {exc}"
-            ) from exc
+            raise EngineError(f"could not start the {options.kernel_name!r} kernel: {exc}") from exc
         pgid = getattr(km.provisioner, "pgid", None)
         outcome: ExecutionOutcome | None = None
         client: Any = None
@@ -143,8 +141,9 @@ class KernelEngine:
             if "died" in str(exc).lower():
                 return ExecutionOutcome("dead", f"the kernel died while starting: {exc}")
             if _deadline_passed(options, slack=1.0):
-                return ExecutionOutcome("timeout", "the run timed out while the kernel started",
-                                        timeout_kind="run")
+                return ExecutionOutcome(
+                    "timeout", "the run timed out while the kernel started", timeout_kind="run"
+                )
             raise EngineError(
                 f"the {options.kernel_name!r} kernel did not become ready: {exc}"
             ) from exc
@@ -182,7 +181,9 @@ class KernelEngine:
                 continue
             if _deadline_passed(options):
                 return ExecutionOutcome(
-                    "timeout", _run_timeout_message(options), failed_cell=index,
+                    "timeout",
+                    _run_timeout_message(options),
+                    failed_cell=index,
                     timeout_kind="run",
                 )
             emit(CellStarted(index))
@@ -194,13 +195,18 @@ class KernelEngine:
                 emit(CellFinished(index, time.monotonic() - t0, "error"))
                 failure = failure_from_error_output(cell, index, _error_of(cell, errored))
                 return ExecutionOutcome(
-                    "error", f"cell {index} raised {failure.ename}: {failure.evalue}",
-                    failed_cell=index, failure=failure, allowed_errors=allowed,
+                    "error",
+                    f"cell {index} raised {failure.ename}: {failure.evalue}",
+                    failed_cell=index,
+                    failure=failure,
+                    allowed_errors=allowed,
                 )
             except CellTimeoutError:
                 elapsed = time.monotonic() - t0
                 emit(CellFinished(index, elapsed, "error"))
-                kind = "run" if _deadline_passed(options, slack=0.2) else "cell"
+                kind: Literal["cell", "run"] = (
+                    "run" if _deadline_passed(options, slack=0.2) else "cell"
+                )
                 message = (
                     _run_timeout_message(options)
                     if kind == "run"
@@ -208,14 +214,19 @@ class KernelEngine:
                     f"{options.cell_timeout:g}s"
                 )
                 return ExecutionOutcome(
-                    "timeout", message, failed_cell=index, timeout_kind=kind,
+                    "timeout",
+                    message,
+                    failed_cell=index,
+                    timeout_kind=kind,
                     allowed_errors=allowed,
                 )
             except DeadKernelError:
                 emit(CellFinished(index, time.monotonic() - t0, "error"))
                 return ExecutionOutcome(
-                    "dead", f"the kernel died while running cell {index}",
-                    failed_cell=index, allowed_errors=allowed,
+                    "dead",
+                    f"the kernel died while running cell {index}",
+                    failed_cell=index,
+                    allowed_errors=allowed,
                 )
             status: Any = "ok"
             if errored:

@@ -7,6 +7,7 @@ with one paragraph naming the file and the problem) and tolerant about what it c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -81,7 +82,9 @@ def _to_v4(raw: dict[str, Any], *, path: str) -> Any:
     from nbformat.validator import ValidationError
 
     try:
-        nb = nbformat.versions[raw["nbformat"]].to_notebook_json(raw, minor=raw.get("nbformat_minor", 0))
+        nb = nbformat.versions[raw["nbformat"]].to_notebook_json(
+            raw, minor=raw.get("nbformat_minor", 0)
+        )
         if nb.nbformat == 3:
             nb = nbformat.convert(nb, 4)
         minor = nb.get("nbformat_minor", 0)
@@ -89,7 +92,9 @@ def _to_v4(raw: dict[str, Any], *, path: str) -> Any:
             nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=minor)
             nb.nbformat_minor = 5
     except (ValidationError, KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise NotebookReadError(f"{path} is not a valid notebook: {_short(exc)}", path=path) from exc
+        raise NotebookReadError(
+            f"{path} is not a valid notebook: {_short(exc)}", path=path
+        ) from exc
     _ensure_ids(nb)
     try:
         nbformat.validate(nb)
@@ -148,10 +153,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

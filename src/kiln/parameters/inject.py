@@ -86,7 +86,5 @@ def _has_cell_ids(nb: NotebookNode) -> bool:
 def _new_code_cell(source: str, *, tags: list[str]) -> NotebookNode:
     import nbformat
 
-    cell: NotebookNode = nbformat.v4.new_code_cell(  # type: ignore[no-untyped-call]
-        source=source, metadata={"tags": tags}
-    )
+    cell: NotebookNode = nbformat.v4.new_code_cell(source=source, metadata={"tags": tags})
     return cell

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiln.store import Run, RunStore, current_owner, process_start_time
-from kiln.store.process import pid_exists
+from kiln.store.process import pid_exists, same_process
 
 MakeRun = Callable[..., Run]
 
@@ -253,3 +253,27 @@ def test_kernel_pid_that_may_not_be_the_kernel_is_spared(
         kernel.wait(timeout=10)
         assert kernel.stdout is not None
         kernel.stdout.close()
+
+
+def test_a_run_claimed_by_a_live_worker_meanwhile_is_not_crashed(
+    store: RunStore,
+    make_run: MakeRun,
+    dead_owner: tuple[int, float | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kiln.store import sql
+
+    pid, started = dead_owner
+    run = make_run(state="queued", owner_pid=pid, owner_host=HOST, owner_started=started)
+    judge = same_process
+
+    def claimed_then_judged(owner_pid: int, owner_started: float | None) -> bool | None:
+        # A worker picks the queued run up between the recoverer's read and its write.
+        me, _, my_start = current_owner()
+        store.update_run(run.id, state="running", owner_pid=me, owner_started=my_start)
+        return judge(owner_pid, owner_started)
+
+    monkeypatch.setattr(sql, "same_process", claimed_then_judged)
+    assert store.recover_orphans() == []
+    got = store.get_run(run.id)
+    assert (got.state, got.owner_pid, got.reason) == ("running", os.getpid(), None)
