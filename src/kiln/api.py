@@ -70,8 +70,8 @@ def run(
         prepare_only=prepare_only,
         env=env,
     )
-    runner = Runner(home=Path(home) if home is not None else None, observers=observers)
-    return runner.run(request, check=check)
+    with Runner(home=Path(home) if home is not None else None, observers=observers) as runner:
+        return runner.run(request, check=check)
 
 
 def read_run(id_or_path: PathLike, *, home: PathLike | None = None) -> Run:

@@ -34,6 +34,7 @@ from kiln.engines.base import (
     CellOutput,
     CellStarted,
     Engine,
+    EngineSession,
     Event,
     ExecuteOptions,
     ExecutionOutcome,
@@ -185,8 +186,9 @@ class Runner:
         engine: Engine | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
-        self._home = home
+        self._home_dir = home
         self._store = store
+        self._owns_store = store is None
         self._engine = engine
         self.observers = list(observers)
 
@@ -195,8 +197,20 @@ class Runner:
         if self._store is None:
             from kiln.store import RunStore
 
-            self._store = RunStore(self._home)
+            self._store = RunStore(self._home_dir)
         return self._store
+
+    def close(self) -> None:
+        """Close the store if this runner opened it."""
+        if self._store is not None and self._owns_store:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _notify(self, event: RunEvent) -> None:
         for observer in self.observers:
@@ -220,20 +234,84 @@ class Runner:
             raise_for_state(run)
         return run
 
+    def _home(self) -> Path:
+        if self._store is not None:
+            return Path(self._store.home)
+        from kiln.store import default_home
+
+        return Path(self._home_dir) if self._home_dir is not None else default_home()
+
     async def _execute(self, prepared: Prepared, engine: Engine) -> Run:
-        from kiln.store import current_owner, new_run_id
+        """Start the engine, record the run while it boots, execute, close the engine."""
+        from kiln.store import new_run_id
+
+        request = prepared.request
+        cwd = Path(request.cwd) if request.cwd else Path(request.notebook).resolve().parent
+        if not cwd.is_dir():
+            raise UsageError(f"--cwd {cwd} is not a directory")
+        run_id = new_run_id()
+        home = self._home()
+        run_dir = home / "runs" / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = RunLog(run_dir / "run.log")
+        deadline = time.monotonic() + request.timeout if request.timeout else None
+        options = ExecuteOptions(
+            kernel_name=prepared.kernel_name,
+            cwd=cwd,
+            env={"KILN_RUN_ID": run_id, "KILN_HOME": str(home)} | dict(request.env or {}),
+            cell_timeout=request.cell_timeout,
+            deadline=deadline,
+            allow_errors=request.allow_errors,
+            process_log=log.path,
+        )
+        session = engine.session(options)
+        graceful = False
+        try:
+            if not request.prepare_only:
+                # the kernel boots in its own process while the run is being recorded
+                await session.start()
+            run = self._record(prepared, engine, run_id, run_dir)
+            try:
+                final = await self._drive(prepared, session, run, log)
+            except BaseException as exc:
+                # whatever went wrong, the row gets exactly one terminal state
+                state = (
+                    "cancelled"
+                    if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
+                    else "crashed"
+                )
+                self.store.finish_run(run.id, state, reason=f"{type(exc).__name__}: {exc}"[:2000])
+                raise
+            graceful = final.state == "succeeded"
+            return final
+        finally:
+            await session.close(graceful=graceful)
+            log.close()
+
+    def _record(self, prepared: Prepared, engine: Engine, run_id: str, run_dir: Path) -> Run:
+        """Commit the run row (queued) and its input copy: durable before anything runs."""
+        from kiln.store import current_owner
 
         request = prepared.request
         store = self.store
         store.recover_orphans()
         pid, host, started = current_owner()
-        run = store.create_run(
+        input_path = run_dir / "input.ipynb"
+        output_path = (
+            Path(request.output) if request.output else run_dir / "output.ipynb"
+        ).resolve()
+        atomic_write_text(input_path, prepared.source_bytes.decode("utf-8-sig"))
+        run: Run = store.create_run(
             Run(
-                id=new_run_id(),
+                id=run_id,
                 notebook_path=str(Path(request.notebook).resolve()),
                 notebook_sha256=prepared.sha256,
                 state="queued",
                 parameters=prepared.values,
+                run_dir=str(run_dir),
+                input_path=str(input_path),
+                output_path=str(output_path),
+                log_path=str(run_dir / "run.log"),
                 engine=engine.name,
                 kernel_name=prepared.kernel_name,
                 language=prepared.language,
@@ -244,58 +322,15 @@ class Runner:
                 owner_started=started,
             )
         )
-        try:
-            return await self._execute_recorded(prepared, engine, run)
-        except BaseException as exc:
-            # nothing is left running: whatever went wrong, the row gets a terminal state
-            state = (
-                "cancelled"
-                if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
-                else "crashed"
-            )
-            store.finish_run(run.id, state, reason=f"{type(exc).__name__}: {exc}"[:2000])
-            raise
-
-    async def _execute_recorded(self, prepared: Prepared, engine: Engine, run: Run) -> Run:
-        request = prepared.request
-        store = self.store
-        run_dir = Path(str(run.run_dir))
-        input_path = run_dir / "input.ipynb"
-        output_path = Path(request.output) if request.output else run_dir / "output.ipynb"
-        log_path = run_dir / "run.log"
-        atomic_write_text(input_path, prepared.source_bytes.decode("utf-8-sig"))
-        store.update_run(
-            run.id,
-            input_path=str(input_path),
-            output_path=str(output_path.resolve()),
-            log_path=str(log_path),
-        )
-        run.input_path, run.output_path, run.log_path = (
-            str(input_path),
-            str(output_path.resolve()),
-            str(log_path),
-        )
-        nb = prepared.notebook
-        log = RunLog(log_path)
-        try:
-            return await self._drive(prepared, engine, run, nb, output_path, log)
-        finally:
-            log.close()
+        return run
 
     async def _drive(
-        self,
-        prepared: Prepared,
-        engine: Engine,
-        run: Run,
-        nb: Any,
-        output_path: Path,
-        log: RunLog,
+        self, prepared: Prepared, session: EngineSession, run: Run, log: RunLog
     ) -> Run:
         request = prepared.request
         store = self.store
-        cwd = Path(request.cwd) if request.cwd else Path(request.notebook).resolve().parent
-        if not cwd.is_dir():
-            raise UsageError(f"--cwd {cwd} is not a directory")
+        nb = prepared.notebook
+        output_path = Path(str(run.output_path))
         _reset_outputs(nb, skip_tag="skip-execution")
         if request.report_mode:
             for cell in nb.cells:
@@ -305,7 +340,7 @@ class Runner:
             "run_id": run.id,
             "parameters": prepared.values,
             "input_path": str(Path(request.notebook).resolve()),
-            "output_path": str(output_path.resolve()),
+            "output_path": str(output_path),
             "kernel_name": prepared.kernel_name,
             "started_at": started_at.isoformat(),
             "state": "running",
@@ -314,7 +349,6 @@ class Runner:
         log.fields("parameters", prepared.values)
         for text in prepared.warnings:
             log.line(f"warning: {text}")
-        save_notebook(nb, output_path)
         if request.prepare_only:
             nb.metadata["kiln"]["state"] = "prepared"
             save_notebook(nb, output_path)
@@ -327,6 +361,7 @@ class Runner:
             )
             log.line("prepared only: parameters injected, not executed")
             return store.get_run(run.id)  # type: ignore[no-any-return]
+        save_notebook(nb, output_path)
         store.update_run(run.id, state="running", started_at=started_at)
         run.state, run.started_at = "running", started_at
         code_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
@@ -342,14 +377,8 @@ class Runner:
                 log.output(event.index, event.output)
                 entry = record_from_output(event.output)
                 if entry is not None:
-                    records.append(
-                        Record(
-                            entry["name"],
-                            str(entry.get("kind", "json")),
-                            entry.get("value"),
-                            event.index,
-                        )
-                    )
+                    kind = str(entry.get("kind", "json"))
+                    records.append(Record(entry["name"], kind, entry.get("value"), event.index))
             elif isinstance(event, CellFinished):
                 durations[event.index] = round(event.duration, 6)
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
@@ -368,18 +397,7 @@ class Runner:
                 )
             self._notify(event)
 
-        deadline = time.monotonic() + request.timeout if request.timeout else None
-        env = {"KILN_RUN_ID": run.id, "KILN_HOME": str(store.home)} | dict(request.env or {})
-        options = ExecuteOptions(
-            kernel_name=prepared.kernel_name,
-            cwd=cwd,
-            env=env,
-            cell_timeout=request.cell_timeout,
-            deadline=deadline,
-            allow_errors=request.allow_errors,
-            process_log=log.path,
-        )
-        outcome = await _execute_cancellable(engine, nb, options, on_event, log)
+        outcome = await _execute_cancellable(session, nb, on_event)
         return self._finish(prepared, run, nb, output_path, log, outcome, durations, records)
 
     def _finish(
@@ -429,14 +447,10 @@ class Runner:
 
 
 async def _execute_cancellable(
-    engine: Engine,
-    nb: Any,
-    options: ExecuteOptions,
-    on_event: Callable[[Event], None],
-    log: RunLog,
+    session: EngineSession, nb: Any, on_event: Callable[[Event], None]
 ) -> ExecutionOutcome:
     """Execute, turning SIGINT/SIGTERM (main thread only) into a cancelled outcome."""
-    task = asyncio.ensure_future(engine.execute(nb, options, on_event))
+    task = asyncio.ensure_future(session.execute(nb, on_event))
     loop = asyncio.get_running_loop()
     received: list[str] = []
     installed: list[signal.Signals] = []

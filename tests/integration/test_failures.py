@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import KILN, read_nb, stream_text
+from kilntest import KILN, read_nb, stream_text
 
 pytestmark = pytest.mark.kernel
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_nb, stream_text
+from kilntest import read_nb, stream_text
 
 pytestmark = pytest.mark.kernel
 

@@ -167,9 +167,9 @@ def handle(args: argparse.Namespace) -> int:
     )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = Console(progress=progress and not args.quiet, log_output=args.log_output)
-    runner = Runner(observers=[console.observe])
     try:
-        run = runner.run(request, check=False)
+        with Runner(observers=[console.observe]) as runner:
+            run = runner.run(request, check=False)
     finally:
         console.close()
     if args.json:

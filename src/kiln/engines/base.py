@@ -83,14 +83,29 @@ class ExecutionOutcome:
 
 
 @runtime_checkable
+class EngineSession(Protocol):
+    """One run on one engine: start, execute, close.
+
+    ``start`` only launches what the run needs (a kernel process) and returns at once, so the
+    runner can record the run while the kernel boots; ``execute`` waits until the engine is
+    ready and runs the cells; ``close`` stops everything the session started and is safe to
+    call whatever happened before.
+    """
+
+    async def start(self) -> None: ...
+
+    async def execute(self, nb: Any, emit: EventSink) -> ExecutionOutcome: ...
+
+    async def close(self, *, graceful: bool) -> None: ...
+
+
+@runtime_checkable
 class Engine(Protocol):
-    """Executes a notebook's cells; implementations: KernelEngine, FakeEngine."""
+    """Executes notebooks; implementations: KernelEngine, FakeEngine."""
 
     name: str
 
-    async def execute(
-        self, nb: Any, options: ExecuteOptions, emit: EventSink
-    ) -> ExecutionOutcome: ...
+    def session(self, options: ExecuteOptions) -> EngineSession: ...
 
 
 def failure_from_error_output(

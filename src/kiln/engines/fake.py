@@ -35,9 +35,33 @@ class FakeEngine:
     name = "fake"
 
     def __init__(self) -> None:
+        #: indexes of the cells executed, over all sessions (for assertions in tests)
         self.executed: list[int] = []
+        #: "start", "execute", "close" in the order the runner called them
+        self.calls: list[str] = []
+        #: called at the start of execute (tests use it to look at the store mid-run)
+        self.on_execute: Any = None
 
-    async def execute(self, nb: Any, options: ExecuteOptions, emit: EventSink) -> ExecutionOutcome:
+    def session(self, options: ExecuteOptions) -> FakeSession:
+        return FakeSession(self, options)
+
+
+class FakeSession:
+    def __init__(self, engine: FakeEngine, options: ExecuteOptions) -> None:
+        self.engine = engine
+        self.options = options
+
+    async def start(self) -> None:
+        self.engine.calls.append("start")
+
+    async def close(self, *, graceful: bool) -> None:
+        self.engine.calls.append("close")
+
+    async def execute(self, nb: Any, emit: EventSink) -> ExecutionOutcome:
+        self.engine.calls.append("execute")
+        if self.engine.on_execute is not None:
+            self.engine.on_execute()
+        options = self.options
         emit(KernelReady(kernel_name=options.kernel_name, language="python", pid=None))
         nb.metadata["language_info"] = {"name": "python"}
         namespace: dict[str, Any] = {"__name__": "__main__"}
@@ -52,7 +76,7 @@ class FakeEngine:
                 return ExecutionOutcome("timeout", "run timed out", index, timeout_kind="run")
             count += 1
             emit(CellStarted(index))
-            self.executed.append(index)
+            self.engine.executed.append(index)
             t0 = time.monotonic()
             cell.outputs = []
             cell.execution_count = count

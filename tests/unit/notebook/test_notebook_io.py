@@ -1,0 +1,158 @@
+"""Reading notebooks: every bad input gets one clear sentence; v3 and old v4 are upgraded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from kiln.errors import NotebookNotFound, NotebookReadError
+from kiln.notebook import load_notebook, save_notebook
+from kiln.notebook.io import atomic_write_text
+
+V3 = {
+    "nbformat": 3,
+    "nbformat_minor": 0,
+    "metadata": {"name": "old"},
+    "worksheets": [
+        {
+            "cells": [
+                {"cell_type": "heading", "level": 1, "source": ["Title"], "metadata": {}},
+                {
+                    "cell_type": "code",
+                    "input": ["x = 1\n", "print(x)"],
+                    "language": "python",
+                    "outputs": [],
+                    "metadata": {},
+                    "prompt_number": 1,
+                },
+                {"cell_type": "markdown", "source": ["text"], "metadata": {}},
+            ],
+            "metadata": {},
+        }
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        (b"", ["is empty", "0 bytes"]),
+        (b"   \n", ["is empty"]),
+        (b'{"cells": [\n  1,\n  }', ["not valid JSON", "line 3, column 3"]),
+        (b"\xff\xfe garbage", ["not UTF-8"]),
+        (b"[1, 2]", ["not a Jupyter notebook", "list"]),
+        (b'{"cells": []}', ["not a Jupyter notebook", "'nbformat'"]),
+        (b'{"nbformat": 5, "cells": []}', ["nbformat 5", "3 and 4"]),
+        (b'{"nbformat": "4", "cells": []}', ["nbformat '4'"]),
+        (
+            json.dumps(
+                {
+                    "nbformat": 4,
+                    "nbformat_minor": 5,
+                    "metadata": {},
+                    "cells": [{"cell_type": "code", "source": "x", "metadata": {}}],
+                }
+            ).encode(),
+            ["not a valid notebook"],
+        ),
+        (
+            json.dumps(
+                {
+                    "nbformat": 4,
+                    "nbformat_minor": 5,
+                    "metadata": {},
+                    "cells": [{"cell_type": "weird", "source": "x", "metadata": {}}],
+                }
+            ).encode(),
+            ["not a valid notebook"],
+        ),
+    ],
+    ids=[
+        "empty",
+        "whitespace",
+        "bad-json",
+        "not-utf8",
+        "json-list",
+        "no-nbformat",
+        "nbformat-5",
+        "nbformat-str",
+        "code-cell-missing-outputs",
+        "unknown-cell-type",
+    ],
+)
+def test_bad_input_is_refused_with_the_file_and_problem(tmp_path, content, needles):
+    path = tmp_path / "bad.ipynb"
+    path.write_bytes(content)
+    with pytest.raises(NotebookReadError) as info:
+        load_notebook(path)
+    message = info.value.message
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message
+    assert info.value.exit_code == 2
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(NotebookNotFound, match="notebook not found"):
+        load_notebook(tmp_path / "nope.ipynb")
+    with pytest.raises(NotebookReadError, match="is a directory"):
+        load_notebook(tmp_path)
+
+
+def test_v3_is_upgraded_to_45_with_ids(tmp_path):
+    path = tmp_path / "v3.ipynb"
+    path.write_text(json.dumps(V3))
+    nb = load_notebook(path)
+    assert (nb.nbformat, nb.nbformat_minor) == (4, 5)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "markdown"]
+    assert nb.cells[1].source == "x = 1\nprint(x)"
+    assert all(isinstance(c.id, str) and c.id for c in nb.cells)
+    nbformat.validate(nb)
+
+
+def test_v44_without_ids_gets_unique_ids(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("a"), new_code_cell("b")])
+    raw = json.loads(nbformat.writes(nb))
+    raw["nbformat_minor"] = 4
+    for cell in raw["cells"]:
+        del cell["id"]
+    path = tmp_path / "old.ipynb"
+    path.write_text(json.dumps(raw))
+    loaded = load_notebook(path)
+    ids = [c.id for c in loaded.cells]
+    assert len(set(ids)) == 2 and loaded.nbformat_minor == 5
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("x = 1")])
+    target = tmp_path / "out" / "o.ipynb"
+    save_notebook(nb, target)
+    save_notebook(nb, target)
+    assert os.listdir(target.parent) == ["o.ipynb"]
+    assert nbformat.read(target, as_version=4).cells[0].source == "x = 1"
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "o.txt"
+    atomic_write_text(target, "complete")
+
+    def fail(*_a: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "half")
+    assert target.read_text() == "complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_path_objects_and_strings(tmp_path):
+    nb = new_notebook(cells=[new_code_cell("x")])
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nb, path)
+    assert load_notebook(str(path)).cells[0].source == load_notebook(Path(path)).cells[0].source

@@ -1,0 +1,192 @@
+"""The run state machine on the fake engine: no kernel, a real SQLite store in tmp."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from kiln.engines.base import CellFinished, CellStarted
+from kiln.engines.fake import FakeEngine
+from kiln.errors import (
+    CellExecutionError,
+    KernelDied,
+    MissingParameter,
+    RunCancelled,
+    RunTimedOut,
+    UnknownParameter,
+)
+from kiln.parameters import CliValue
+from kiln.runner import Runner, RunRequest
+from kiln.store import RunStore
+
+from kilntest import build_notebook, read_nb
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def runner(tmp_path: Path, engine: FakeEngine):
+    with Runner(home=tmp_path / "home", engine=engine) as r:
+        yield r
+
+
+def _write(tmp_path: Path, cells, name: str = "nb.ipynb") -> Path:
+    path = tmp_path / name
+    nbformat.write(build_notebook(cells), path)
+    return path
+
+
+def test_success_records_everything(tmp_path, runner, engine):
+    nb = _write(
+        tmp_path,
+        [
+            ("n = 1", ["parameters"]),
+            "import kiln\nkiln.record('double', n * 2)\nprint('hello', n)",
+            "n + 40",
+        ],
+    )
+    run = runner.run(RunRequest(notebook=nb, parameters={"n": CliValue("3")}))
+    assert run.state == "succeeded"
+    assert run.parameters == {"n": 3}
+    assert run.records == {"double": 6}
+    assert engine.calls == ["start", "execute", "close"]
+    assert [d is not None for d in run.cell_durations] == [True, True, True, True]
+    out = read_nb(run.output_path)
+    assert out.cells[1].source == "# Parameters\nn = 3\n"
+    assert out.cells[2].outputs[-1].text == "hello 3\n"
+    assert out.cells[3].outputs[0].data["text/plain"] == "43"
+    assert out.metadata.kiln.state == "succeeded"
+    assert Path(run.input_path).read_bytes() == nb.read_bytes()
+    log = Path(run.log_path).read_text()
+    assert "cell 2 ok" in log and "[cell 2 stdout] hello 3" in log and "run succeeded" in log
+
+
+def test_row_is_committed_before_cells_run(tmp_path, runner, engine):
+    nb = _write(tmp_path, ["x = 1"])
+    seen = []
+
+    def look() -> None:
+        with RunStore(tmp_path / "home") as other:  # a separate connection sees it
+            seen.extend((r.state, r.owner_pid is not None) for r in other.list_runs())
+
+    engine.on_execute = look
+    runner.run(RunRequest(notebook=nb))
+    assert seen == [("running", True)]
+
+
+def test_cell_error_fails_with_banner_and_typed_error(tmp_path, runner):
+    nb = _write(tmp_path, ["x = 1", "raise ValueError('bad value')", "y = 2"])
+    with pytest.raises(CellExecutionError) as info:
+        runner.run(RunRequest(notebook=nb))
+    err = info.value
+    assert (err.cell_index, err.ename, err.evalue) == (1, "ValueError", "bad value")
+    assert "raise ValueError" in str(err) and err.run is not None
+    assert err.run.state == "failed" and err.run.error["ename"] == "ValueError"
+    out = read_nb(err.run.output_path)
+    assert "kiln-error-banner" in out.cells[0].metadata.tags
+    assert "kiln-error-marker" in out.cells[2].metadata.tags
+    assert out.cells[4].outputs == []
+
+
+def test_check_false_returns_the_failed_run(tmp_path, runner):
+    nb = _write(tmp_path, ["1/0"])
+    run = runner.run(RunRequest(notebook=nb), check=False)
+    assert run.state == "failed" and run.error["ename"] == "ZeroDivisionError"
+
+
+@pytest.mark.parametrize(
+    ("magic", "state", "error"),
+    [
+        ("%%fake-die", "crashed", KernelDied),
+        ("%%fake-hang", "timed_out", RunTimedOut),
+        ("%%fake-cancel", "cancelled", RunCancelled),
+    ],
+    ids=["dead-kernel", "timeout", "cancel"],
+)
+def test_every_ending_is_one_terminal_state(tmp_path, runner, engine, magic, state, error):
+    nb = _write(tmp_path, ["x = 1", magic, "y = 2"])
+    with pytest.raises(error) as info:
+        runner.run(RunRequest(notebook=nb))
+    assert info.value.run.state == state
+    assert engine.calls[-1] == "close"
+    assert info.value.run.ended_at is not None
+
+
+def test_allow_errors_succeeds_and_lists_the_errors(tmp_path, runner):
+    nb = _write(tmp_path, ["1/0", "z = 3"])
+    run = runner.run(RunRequest(notebook=nb, allow_errors=True))
+    assert run.state == "succeeded"
+    assert run.error["allowed"][0]["ename"] == "ZeroDivisionError"
+
+
+def test_bad_parameters_start_nothing_and_record_nothing(tmp_path, runner, engine):
+    nb = _write(tmp_path, [("region: str\nn = 1", ["parameters"]), "x = 1"])
+    with pytest.raises(MissingParameter):
+        runner.run(RunRequest(notebook=nb))
+    with pytest.raises(UnknownParameter):
+        runner.run(RunRequest(notebook=nb, parameters={"region": "EU", "m": 2}))
+    assert engine.calls == []
+    assert runner.store.list_runs() == []
+
+
+def test_prepare_only_does_not_start_the_engine(tmp_path, runner, engine):
+    nb = _write(tmp_path, [("n = 1", ["parameters"]), "raise SystemExit"])
+    run = runner.run(RunRequest(notebook=nb, parameters={"n": 5}, prepare_only=True))
+    assert run.state == "succeeded" and "prepared" in run.reason
+    assert "start" not in engine.calls and "execute" not in engine.calls
+
+
+def test_observers_see_the_run_in_order(tmp_path, engine):
+    nb = _write(tmp_path, ["print(1)"])
+    events = []
+    with Runner(home=tmp_path / "h", engine=engine, observers=[events.append]) as runner:
+        runner.run(RunRequest(notebook=nb, parameters={"undeclared": 1}))
+    kinds = [type(e).__name__ for e in events]
+    # no parameters cell: a warning, then the value injected as cell 0
+    assert kinds == [
+        "RunWarning",
+        "RunStarted",
+        "KernelReady",
+        "CellStarted",
+        "CellFinished",
+        "CellStarted",
+        "CellOutput",
+        "CellFinished",
+        "RunEnded",
+    ]
+    assert [e.index for e in events if isinstance(e, (CellStarted, CellFinished))] == [0, 0, 1, 1]
+
+
+def test_an_engine_bug_still_ends_the_run(tmp_path, runner, engine):
+    nb = _write(tmp_path, ["x = 1"])
+
+    def boom() -> None:
+        raise RuntimeError("engine bug")
+
+    engine.on_execute = boom
+    with pytest.raises(RuntimeError):
+        runner.run(RunRequest(notebook=nb))
+    (run,) = runner.store.list_runs()
+    assert run.state == "crashed" and "engine bug" in run.reason
+    assert engine.calls[-1] == "close"
+
+
+def test_rerun_of_failed_output_drops_old_banner(tmp_path, runner):
+    nb = _write(tmp_path, [("ok = False", ["parameters"]), "assert ok"])
+    failed = runner.run(RunRequest(notebook=nb), check=False)
+    again = runner.run(
+        RunRequest(
+            notebook=Path(failed.output_path),
+            parameters={"ok": True},
+            output=tmp_path / "again.ipynb",
+        )
+    )
+    cells = read_nb(again.output_path).cells
+    tags = [t for c in cells for t in c.metadata.get("tags", [])]
+    assert "kiln-error-banner" not in tags and "kiln-error-marker" not in tags
+    assert tags.count("injected-parameters") == 1
