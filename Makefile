@@ -36,10 +36,14 @@ lint: $(VENV)/.installed-test
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
+# The peers' test notebooks, fetched once from PyPI and cached. get.sh runs from an empty
+# folder: its include globs are unquoted and would expand against our own tests/ folder.
 corpus: $(VENV)/.installed-test
-	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus}; \
-	  if [ ! -f "$$KILN_CORPUS/INDEX.tsv" ] && [ -f ../shared/corpus/get.sh ]; then \
-	    EXTRAS=$${EXTRAS:-1} PYTHON=$(BIN)/python bash ../shared/corpus/get.sh "$$KILN_CORPUS" \
+	@KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus}; GET="$(CURDIR)/../shared/corpus/get.sh"; \
+	  if [ ! -f "$$KILN_CORPUS/INDEX.tsv" ] && [ -f "$$GET" ]; then \
+	    mkdir -p "$$KILN_CORPUS"; KILN_CORPUS="$$(cd "$$KILN_CORPUS" && pwd)"; \
+	    ( cd "$$(mktemp -d)" && EXTRAS=$${EXTRAS:-0} PYTHON="$(CURDIR)/$(BIN)/python" \
+	        bash "$$GET" "$$KILN_CORPUS" ) \
 	      || echo "corpus: download failed; corpus tests will be skipped"; \
 	  fi
 

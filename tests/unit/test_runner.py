@@ -190,3 +190,18 @@ def test_rerun_of_failed_output_drops_old_banner(tmp_path, runner):
     tags = [t for c in cells for t in c.metadata.get("tags", [])]
     assert "kiln-error-banner" not in tags and "kiln-error-marker" not in tags
     assert tags.count("injected-parameters") == 1
+
+
+@pytest.mark.parametrize(
+    "stop", ["raise SystemExit", "import sys\nsys.exit(0)"], ids=["bare", "exit-0"]
+)
+def test_system_exit_zero_is_an_early_success(tmp_path, runner, engine, stop):
+    nb = _write(tmp_path, ["x = 1", stop, "y = 2"])
+    run = runner.run(RunRequest(notebook=nb))
+    assert run.state == "succeeded" and "SystemExit" in run.reason
+    assert engine.executed == [0, 1]
+
+
+def test_system_exit_nonzero_fails(tmp_path, runner):
+    nb = _write(tmp_path, ["raise SystemExit(3)"])
+    assert runner.run(RunRequest(notebook=nb), check=False).state == "failed"

@@ -18,6 +18,7 @@ class Console:
         self.log_output = log_output
         self._progress: Any = None
         self._task: Any = None
+        self._name = ""
 
     def observe(self, event: RunEvent) -> None:
         if isinstance(event, RunWarning):
@@ -38,11 +39,11 @@ class Console:
                 TimeElapsedColumn(),
                 transient=True,
             )
-            name = event.run.notebook_path.rsplit("/", 1)[-1]
-            self._task = self._progress.add_task(name, total=event.code_cells)
+            self._name = event.run.notebook_path.rsplit("/", 1)[-1]
+            self._task = self._progress.add_task(self._name, total=event.code_cells)
             self._progress.start()
         elif isinstance(event, CellStarted) and self._progress is not None:
-            self._progress.update(self._task, description=f"cell {event.index}")
+            self._progress.update(self._task, description=f"{self._name} cell {event.index}")
         elif isinstance(event, CellFinished) and self._progress is not None:
             self._progress.advance(self._task)
         elif isinstance(event, CellOutput) and self.log_output:

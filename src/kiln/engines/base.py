@@ -108,6 +108,12 @@ class Engine(Protocol):
     def session(self, options: ExecuteOptions) -> EngineSession: ...
 
 
+def is_clean_exit(failure: CellFailure) -> bool:
+    """``sys.exit(0)`` / ``raise SystemExit``: the notebook chose to stop early, successfully
+    (papermill treats it the same way)."""
+    return failure.ename == "SystemExit" and failure.evalue.strip() in ("", "0", "None")
+
+
 def failure_from_error_output(
     cell: Any, index: int, output: Mapping[str, Any] | None
 ) -> CellFailure:

@@ -27,6 +27,7 @@ from kiln.engines.base import (
     ExecutionOutcome,
     KernelReady,
     failure_from_error_output,
+    is_clean_exit,
 )
 from kiln.errors import CellFailure
 
@@ -98,6 +99,9 @@ class FakeSession:
             if error is not None:
                 status = "error"
                 failure = failure_from_error_output(cell, index, error)
+                if is_clean_exit(failure):
+                    emit(CellFinished(index, time.monotonic() - t0, "ok"))
+                    return ExecutionOutcome("ok", f"stopped early by SystemExit in cell {index}")
                 if not options.allow_errors:
                     emit(CellFinished(index, time.monotonic() - t0, "error"))
                     return ExecutionOutcome(
@@ -136,7 +140,7 @@ class FakeSession:
                     if last_expr is not None
                     else None
                 )
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             if out.getvalue():
                 add({"output_type": "stream", "name": "stdout", "text": out.getvalue()})
             error = {

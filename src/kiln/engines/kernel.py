@@ -26,6 +26,7 @@ from kiln.engines.base import (
     ExecutionOutcome,
     KernelReady,
     failure_from_error_output,
+    is_clean_exit,
 )
 from kiln.errors import CellFailure, EngineError, NoSuchKernel
 
@@ -137,6 +138,10 @@ class KernelSession:
         start_kw: dict[str, Any] = {"env": env}
         if options.cwd is not None:
             start_kw["cwd"] = str(options.cwd)
+        if _is_ipykernel(km._kernel_spec):
+            # keep each run's code out of the user's IPython history database (shared by
+            # every run, and a place secrets would otherwise end up)
+            start_kw["extra_arguments"] = ["--HistoryManager.hist_file=:memory:"]
         if kernel_log is not None:
             start_kw["stdout"] = kernel_log
             start_kw["stderr"] = kernel_log
@@ -239,8 +244,15 @@ class KernelSession:
             try:
                 await client.async_execute_cell(cell, index)
             except CellExecutionError:
-                emit(CellFinished(index, time.monotonic() - t0, "error"))
                 failure = failure_from_error_output(cell, index, _error_of(cell, errored))
+                if is_clean_exit(failure):
+                    emit(CellFinished(index, time.monotonic() - t0, "ok"))
+                    return ExecutionOutcome(
+                        "ok",
+                        f"stopped early by SystemExit in cell {index}",
+                        allowed_errors=allowed,
+                    )
+                emit(CellFinished(index, time.monotonic() - t0, "error"))
                 return ExecutionOutcome(
                     "error",
                     f"cell {index} raised {failure.ename}: {failure.evalue}",
@@ -281,6 +293,11 @@ class KernelSession:
                 allowed.append(failure_from_error_output(cell, index, _error_of(cell, errored)))
             emit(CellFinished(index, time.monotonic() - t0, status))
         return ExecutionOutcome("ok", allowed_errors=allowed)
+
+
+def _is_ipykernel(spec: Any) -> bool:
+    argv = " ".join(getattr(spec, "argv", []) or [])
+    return "ipykernel" in argv
 
 
 def _will_execute(cell: Any, skip_tag: str) -> bool:
