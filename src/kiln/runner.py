@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import shutil
 import signal
 import threading
 import time
@@ -48,7 +49,7 @@ from kiln.errors import (
     RunTimedOut,
     UsageError,
 )
-from kiln.notebook import parse_notebook, read_bytes, save_notebook, sha256_bytes
+from kiln.notebook import read_bytes, save_notebook, sha256_bytes
 from kiln.notebook.io import atomic_write_text
 from kiln.notebook.marks import add_failure_marks, remove_marks
 from kiln.recording import record_from_output
@@ -91,16 +92,38 @@ class RunRequest:
 
 @dataclass
 class Prepared:
-    """A validated request: the notebook to execute and everything decided about it."""
+    """A validated request: everything decided about it before anything starts.
+
+    The notebook's JSON, parameters and kernel are checked first (cheap: no nbformat), so the
+    kernel can be launched at once; :meth:`complete` then does the full nbformat upgrade,
+    validation and injection while the kernel boots.
+    """
 
     request: RunRequest
     source_bytes: bytes
     sha256: str
-    notebook: Any
+    raw: dict[str, Any]
+    schema: Any
     values: dict[str, Any]
     kernel_name: str
     language: str
     warnings: list[str]
+    notebook: Any = None
+
+    def complete(self) -> Any:
+        """The notebook to execute: upgraded, validated, parameters injected, old marks gone."""
+        if self.notebook is None:
+            from kiln.notebook.io import to_v4
+            from kiln.parameters import inject_parameters
+
+            nb = to_v4(self.raw, path=str(self.request.notebook))
+            if self.values:  # like papermill: no values, no injected cell (an old one stays)
+                nb = inject_parameters(
+                    nb, self.values, schema=self.schema, language=self.language
+                ).notebook
+            remove_marks(nb)
+            self.notebook = nb
+        return self.notebook
 
 
 @dataclass(frozen=True)
@@ -133,39 +156,51 @@ _STATE_BY_OUTCOME = {
 
 
 def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
-    """Validate a request without starting anything: raises NotebookError/ParameterError/..."""
-    from kiln.parameters import infer_schema, inject_parameters, resolve_parameters
+    """Validate a request without starting anything: raises NotebookError/ParameterError/...
+
+    For nbformat 4 the schema is read from the raw JSON; the full nbformat validation waits
+    for :meth:`Prepared.complete` (which the runner calls while the kernel boots).
+    """
+    from kiln.notebook.io import load_json, to_v4
+    from kiln.parameters import infer_schema, resolve_parameters
 
     path = str(request.notebook)
+    if request.output is not None and _same_file(request.output, request.notebook):
+        raise UsageError(
+            f"the output path {request.output} is the input notebook; Kiln never overwrites "
+            "its input: choose another output path"
+        )
     data = read_bytes(request.notebook)
-    nb = parse_notebook(data, path=path)
-    schema = infer_schema(nb)
+    raw = load_json(data, path=path)
+    nb = to_v4(raw, path=path) if raw["nbformat"] != 4 else None
+    view = nb if nb is not None else raw
+    schema = infer_schema(view, notebook=path)
     values = resolve_parameters(
         schema, request.parameters, allow_unknown=request.allow_unknown, notebook=path
     )
-    kernel_name = request.kernel or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    meta = view.get("metadata", {})
+    kernel_name = request.kernel or meta.get("kernelspec", {}).get("name") or "python3"
     if (engine_name or request.engine) == "kernel":
         from kiln.engines.kernel import kernel_spec
 
         language = str(kernel_spec(kernel_name).language or "python").lower()
     else:
         language = schema.language or "python"
+    if values:
+        from kiln.parameters import get_translator
+
+        get_translator(language)  # refuse a language without a translator now
     warnings = []
-    out = nb
-    if values:  # like papermill: no values, no injected cell (an earlier one is kept)
-        injected = inject_parameters(nb, values, schema=schema, language=language)
-        if not injected.had_parameters_cell:
-            warnings.append(
-                f"{path} has no cell tagged 'parameters': the parameters were injected at the top"
-            )
-        out = injected.notebook
-    remove_marks(out)
-    if request.output is not None and _same_file(request.output, request.notebook):
-        raise UsageError(
-            f"the output path {request.output} is the input notebook; Kiln never overwrites "
-            "its input: choose another output path"
+    if values and schema.cell_index is None:
+        warnings.append(
+            f"{path} has no cell tagged 'parameters': the parameters were injected at the top"
         )
-    return Prepared(request, data, sha256_bytes(data), out, values, kernel_name, language, warnings)
+    prepared = Prepared(
+        request, data, sha256_bytes(data), raw, schema, values, kernel_name, language, warnings
+    )
+    if nb is not None:
+        prepared.complete()
+    return prepared
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -266,11 +301,15 @@ class Runner:
         )
         session = engine.session(options)
         graceful = False
+        recorded = False
         try:
             if not request.prepare_only:
-                # the kernel boots in its own process while the run is being recorded
+                # the kernel boots in its own process while the notebook is validated in full
+                # and the run is recorded
                 await session.start()
+            prepared.complete()
             run = self._record(prepared, engine, run_id, run_dir)
+            recorded = True
             try:
                 final = await self._drive(prepared, session, run, log)
             except BaseException as exc:
@@ -287,6 +326,8 @@ class Runner:
         finally:
             await session.close(graceful=graceful)
             log.close()
+            if not recorded:  # refused before the run existed: leave nothing behind
+                shutil.rmtree(run_dir, ignore_errors=True)
 
     def _record(self, prepared: Prepared, engine: Engine, run_id: str, run_dir: Path) -> Run:
         """Commit the run row (queued) and its input copy: durable before anything runs."""

@@ -205,3 +205,28 @@ def test_system_exit_zero_is_an_early_success(tmp_path, runner, engine, stop):
 def test_system_exit_nonzero_fails(tmp_path, runner):
     nb = _write(tmp_path, ["raise SystemExit(3)"])
     assert runner.run(RunRequest(notebook=nb), check=False).state == "failed"
+
+
+def test_invalid_notebook_found_after_kernel_launch_leaves_nothing(tmp_path, runner, engine):
+    import json
+
+    from kiln.errors import NotebookReadError
+
+    path = tmp_path / "invalid.ipynb"
+    # valid JSON with a supported nbformat, but a code cell without outputs: only the full
+    # validation (done while the kernel boots) refuses it
+    path.write_text(
+        json.dumps(
+            {
+                "nbformat": 4,
+                "nbformat_minor": 5,
+                "metadata": {},
+                "cells": [{"cell_type": "code", "source": "x", "metadata": {}, "id": "a"}],
+            }
+        )
+    )
+    with pytest.raises(NotebookReadError):
+        runner.run(RunRequest(notebook=path))
+    assert engine.calls == ["start", "close"]
+    assert runner.store.list_runs() == []
+    assert not list((tmp_path / "home" / "runs").iterdir())

@@ -43,6 +43,12 @@ def sha256_bytes(data: bytes) -> str:
 
 def parse_notebook(data: bytes, *, path: str) -> Any:
     """Parse, upgrade to nbformat 4.5 and validate notebook bytes; returns a NotebookNode."""
+    return to_v4(load_json(data, path=path), path=path)
+
+
+def load_json(data: bytes, *, path: str) -> dict[str, Any]:
+    """The notebook's JSON, checked only as far as it can be without nbformat: not empty,
+    UTF-8, JSON, an object with a supported ``nbformat``. Cheap: no nbformat import."""
     if not data.strip():
         raise NotebookReadError(
             f"{path} is empty ({len(data)} bytes): expected a Jupyter notebook (JSON)", path=path
@@ -74,10 +80,13 @@ def parse_notebook(data: bytes, *, path: str) -> Any:
         raise NotebookReadError(
             f"{path} has nbformat {major!r}; Kiln reads nbformat 3 and 4 notebooks", path=path
         )
-    return _to_v4(raw, path=path)
+    if major == 4 and not isinstance(raw.get("cells"), list):
+        raise NotebookReadError(f"{path} is not a valid notebook: 'cells' is not a list", path=path)
+    return raw
 
 
-def _to_v4(raw: dict[str, Any], *, path: str) -> Any:
+def to_v4(raw: dict[str, Any], *, path: str) -> Any:
+    """Upgrade (v3, old v4) and validate raw notebook JSON; returns a NotebookNode."""
     import nbformat
     from nbformat.validator import ValidationError
 

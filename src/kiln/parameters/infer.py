@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +73,7 @@ def cell_source(cell: NotebookNode) -> str:
     return "".join(source) if isinstance(source, list) else str(source)
 
 
-def notebook_language(nb: NotebookNode) -> str:
+def notebook_language(nb: Mapping[str, Any]) -> str:
     """The kernel language: ``kernelspec.language``, then ``language_info.name``, else python."""
     metadata = nb.get("metadata", {})
     for section, key in (("kernelspec", "language"), ("language_info", "name")):
@@ -88,7 +88,7 @@ def is_python(language: str) -> bool:
     return lang.startswith("python") or lang == "ipython"
 
 
-def infer_schema(nb: NotebookNode, *, notebook: str | None = None) -> ParameterSchema:
+def infer_schema(nb: Mapping[str, Any], *, notebook: str | None = None) -> ParameterSchema:
     """Read the parameters the first ``parameters``-tagged cell declares.
 
     ``notebook`` (a path or name) only appears in error messages. A notebook without a
@@ -98,7 +98,7 @@ def infer_schema(nb: NotebookNode, *, notebook: str | None = None) -> ParameterS
     index = find_tagged_cell(nb.get("cells", []), PARAMETERS_TAG)
     if index is None:
         return ParameterSchema(parameters=(), cell_index=None, language=language)
-    cell = nb.cells[index]
+    cell = nb["cells"][index]
     params: tuple[Parameter, ...] = ()
     if cell.get("cell_type") == "code":
         source = cell_source(cell)
