@@ -19,8 +19,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message}\n\n{self.format_usage().strip()}")
 
 
+#: command modules under kiln.cli, each with ``add_parser(subparsers)``; data, in help order
+COMMANDS = ("run_cmd", "params_cmd", "runs_cmd")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from kiln.cli import params_cmd, run_cmd, runs_cmd
+    import importlib
 
     parser = _Parser(
         prog="kiln",
@@ -33,9 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--home", metavar="DIR", help="Kiln's state folder (default: $KILN_HOME or ./.kiln)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    run_cmd.add_parser(sub)
-    params_cmd.add_parser(sub)
-    runs_cmd.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"kiln.cli.{name}").add_parser(sub)
     return parser
 
 
