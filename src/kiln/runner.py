@@ -487,24 +487,56 @@ class Runner:
         return final
 
 
+class _Cancellation:
+    """SIGINT/SIGTERM while runs execute: every active run of this event loop is cancelled.
+
+    Handlers are installed when the first run starts and removed when the last one ends, so
+    concurrent runs (sweeps, ``-j N``) share one pair of handlers instead of replacing each
+    other's. Only the main thread can install signal handlers; elsewhere runs are cancelled
+    by cancelling their task.
+    """
+
+    def __init__(self) -> None:
+        self.active: dict[asyncio.Future[Any], list[str]] = {}
+        self.installed: list[signal.Signals] = []
+
+    def add(self, task: asyncio.Future[Any]) -> list[str]:
+        if not self.active and threading.current_thread() is threading.main_thread():
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(signum, self._on_signal, signum)
+                    self.installed.append(signum)
+        received: list[str] = []
+        self.active[task] = received
+        return received
+
+    def discard(self, task: asyncio.Future[Any]) -> None:
+        self.active.pop(task, None)
+        if not self.active and self.installed:
+            loop = asyncio.get_running_loop()
+            for signum in self.installed:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signum)
+            self.installed.clear()
+
+    def _on_signal(self, signum: signal.Signals) -> None:
+        for task, received in self.active.items():
+            received.append(signum.name)
+            task.cancel()
+
+
+_cancellations: dict[asyncio.AbstractEventLoop, _Cancellation] = {}
+
+
 async def _execute_cancellable(
     session: EngineSession, nb: Any, on_event: Callable[[Event], None]
 ) -> ExecutionOutcome:
-    """Execute, turning SIGINT/SIGTERM (main thread only) into a cancelled outcome."""
-    task = asyncio.ensure_future(session.execute(nb, on_event))
+    """Execute, turning SIGINT/SIGTERM into a cancelled outcome."""
     loop = asyncio.get_running_loop()
-    received: list[str] = []
-    installed: list[signal.Signals] = []
-
-    def on_signal(signum: signal.Signals) -> None:
-        received.append(signum.name)
-        task.cancel()
-
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, on_signal, signum)
-                installed.append(signum)
+    guard = _cancellations.setdefault(loop, _Cancellation())
+    task = asyncio.ensure_future(session.execute(nb, on_event))
+    received = guard.add(task)
     try:
         outcome = await task
         if received:
@@ -520,9 +552,9 @@ async def _execute_cancellable(
         why = f"cancelled by {received[0]}" if received else "cancelled"
         return ExecutionOutcome("cancelled", why)
     finally:
-        for signum in installed:
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(signum)
+        guard.discard(task)
+        if not guard.active:
+            _cancellations.pop(loop, None)
 
 
 def _reset_outputs(nb: Any, *, skip_tag: str) -> None:
