@@ -19,7 +19,8 @@ def run(
     *,
     parameters: Mapping[str, Any] | None = None,
     kernel: str | None = None,
-    engine: str = "kernel",
+    engine: str = "auto",
+    memory_limit: int | None = None,
     cwd: PathLike | None = None,
     cell_timeout: float | None = None,
     timeout: float | None = None,
@@ -69,6 +70,7 @@ def run(
         report_mode=report_mode,
         prepare_only=prepare_only,
         env=env,
+        memory_limit=memory_limit,
     )
     with Runner(home=Path(home) if home is not None else None, observers=observers) as runner:
         return runner.run(request, check=check)

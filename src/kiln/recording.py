@@ -89,15 +89,15 @@ def _publish(name: str, bundle: dict[str, Any]) -> None:
     if _sink is not None:
         _sink(bundle)
         return
+    entry = bundle[RECORD_MIME]
+    _local[name] = entry["value"]
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
-    if shell is not None and getattr(shell, "kernel", None) is not None:
+    if shell is not None:  # a Jupyter kernel, Kiln's fork engine (or a terminal IPython)
         from IPython.display import publish_display_data
 
         publish_display_data(data=bundle)
         return
-    entry = bundle[RECORD_MIME]
-    _local[name] = entry["value"]
     path = os.environ.get("KILN_RECORDS_FILE")
     if path:
         with open(path, "a", encoding="utf-8") as fh:

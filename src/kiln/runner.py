@@ -70,8 +70,10 @@ class RunRequest:
     output: Path | None = None
     #: kernel name (default: the notebook's kernelspec, else ``python3``)
     kernel: str | None = None
-    #: engine name: ``kernel`` (any Jupyter kernel) or ``fake`` (tests)
-    engine: str = "kernel"
+    #: engine: ``auto`` (fork for Python notebooks on Linux, else kernel), ``fork``, ``kernel``
+    engine: str = "auto"
+    #: cap on the run's memory in bytes (fork engine)
+    memory_limit: int | None = None
     #: working directory of the kernel (default: the notebook's folder)
     cwd: Path | None = None
     #: seconds one cell may run
@@ -108,6 +110,8 @@ class Prepared:
     kernel_name: str
     language: str
     warnings: list[str]
+    engine_name: str = "kernel"
+    imports: tuple[str, ...] = ()
     notebook: Any = None
 
     def complete(self) -> Any:
@@ -180,23 +184,48 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
     )
     meta = view.get("metadata", {})
     kernel_name = request.kernel or meta.get("kernelspec", {}).get("name") or "python3"
-    if (engine_name or request.engine) == "kernel":
+    warnings = []
+    imports: list[str] = []
+    if engine_name is None:
+        from kiln.engines import choose_engine
+        from kiln.engines.imports import notebook_imports
         from kiln.engines.kernel import kernel_spec
 
-        language = str(kernel_spec(kernel_name).language or "python").lower()
+        spec = kernel_spec(kernel_name)
+        language = str(spec.language or "python").lower()
+        imports = notebook_imports(view.get("cells", []))
+        sources = [
+            "".join(c.get("source", ""))
+            for c in view.get("cells", [])
+            if c.get("cell_type") == "code"
+        ]
+        engine_name, notice = choose_engine(
+            request.engine, spec, imports, sources=sources, memory_limit=request.memory_limit
+        )
+        if notice:
+            warnings.append(notice)
     else:
         language = schema.language or "python"
     if values:
         from kiln.parameters import get_translator
 
         get_translator(language)  # refuse a language without a translator now
-    warnings = []
     if values and schema.cell_index is None:
         warnings.append(
             f"{path} has no cell tagged 'parameters': the parameters were injected at the top"
         )
     prepared = Prepared(
-        request, data, sha256_bytes(data), raw, schema, values, kernel_name, language, warnings
+        request,
+        data,
+        sha256_bytes(data),
+        raw,
+        schema,
+        values,
+        kernel_name,
+        language,
+        warnings,
+        engine_name=engine_name,
+        imports=tuple(imports),
     )
     if nb is not None:
         prepared.complete()
@@ -225,6 +254,7 @@ class Runner:
         self._store = store
         self._owns_store = store is None
         self._engine = engine
+        self._engines: dict[str, Engine] = {}
         self.observers = list(observers)
 
     @property
@@ -252,16 +282,37 @@ class Runner:
             observer(event)
 
     def run(self, request: RunRequest, *, check: bool = True) -> Run:
-        """Run synchronously (the CLI and ``kiln.run``)."""
-        return asyncio.run(self.arun(request, check=check))
+        """Run synchronously (the CLI and ``kiln.run``); engines close with the event loop."""
 
-    async def arun(self, request: RunRequest, *, check: bool = True) -> Run:
-        engine = self._engine
+        async def once() -> Run:
+            try:
+                return await self.arun(request, check=check)
+            finally:
+                await self.aclose_engines()
+
+        return asyncio.run(once())
+
+    async def aclose_engines(self) -> None:
+        """Stop what the engines this runner created keep running (warm parents)."""
+        engines, self._engines = list(self._engines.values()), {}
+        for engine in engines:
+            closer = getattr(engine, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    def _engine_named(self, name: str) -> Engine:
+        engine = self._engines.get(name)
         if engine is None:
             from kiln.engines import get_engine
 
-            engine = get_engine(request.engine)
-        prepared = prepare(request, engine_name=engine.name)
+            engine = self._engines[name] = get_engine(name)
+        return engine
+
+    async def arun(self, request: RunRequest, *, check: bool = True) -> Run:
+        """Run inside a running event loop; concurrent calls share warm engines."""
+        fixed = self._engine
+        prepared = prepare(request, engine_name=fixed.name if fixed is not None else None)
+        engine = fixed if fixed is not None else self._engine_named(prepared.engine_name)
         for text in prepared.warnings:
             self._notify(RunWarning(text))
         run = await self._execute(prepared, engine)
@@ -298,6 +349,9 @@ class Runner:
             deadline=deadline,
             allow_errors=request.allow_errors,
             process_log=log.path,
+            preload=prepared.imports,
+            memory_limit=request.memory_limit,
+            argv=(str(Path(request.notebook).resolve()),),
         )
         session = engine.session(options)
         graceful = False

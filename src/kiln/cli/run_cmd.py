@@ -75,7 +75,19 @@ def add_parser(sub: Any) -> None:
     )
     e = p.add_argument_group("execution")
     e.add_argument("-k", "--kernel", help="kernel name (default: the notebook's)")
-    e.add_argument("--engine", default="kernel", choices=["kernel"], help="execution engine")
+    e.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "fork", "kernel"],
+        help="fork: a child of a warm Python per run (fresh state, no kernel start-up); "
+        "kernel: a Jupyter kernel; auto (default): fork for Python notebooks on Linux",
+    )
+    e.add_argument(
+        "--memory-limit",
+        type=_size,
+        metavar="SIZE",
+        help="cap the run's memory, e.g. 512M or 2G (fork engine)",
+    )
     e.add_argument("--cwd", help="working directory of the kernel (default: notebook's folder)")
     e.add_argument(
         "--cell-timeout",
@@ -123,6 +135,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _size(text: str) -> int:
+    units = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B") or "0"
+    unit = raw[-1] if raw[-1] in units else ""
+    number = raw[:-1] if unit else raw
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 512M or 2G, got {text!r}") from None
+    if value < 16 * 1024**2:
+        raise argparse.ArgumentTypeError(f"a memory limit under 16M cannot run Python: {text}")
+    return int(value)
+
+
 def collect_parameters(sources: list[tuple[str, Any]]) -> dict[str, Any]:
     """Turn -p/-r/-f/-y occurrences into one mapping (CliValue for -p)."""
     from kiln.parameters import CliValue, load_yaml_values, validate_name
@@ -164,6 +190,7 @@ def handle(args: argparse.Namespace) -> int:
         allow_unknown=args.allow_unknown,
         report_mode=args.report_mode,
         prepare_only=args.prepare_only,
+        memory_limit=args.memory_limit,
     )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = Console(progress=progress and not args.quiet, log_output=args.log_output)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+from typing import Any
+
 from kiln.engines.base import (
     CellFinished,
     CellOutput,
     CellStarted,
     Engine,
+    EngineSession,
     Event,
     ExecuteOptions,
     ExecutionOutcome,
@@ -14,22 +20,27 @@ from kiln.engines.base import (
 )
 
 __all__ = [
+    "ENGINES",
     "CellFinished",
     "CellOutput",
     "CellStarted",
     "Engine",
+    "EngineSession",
     "Event",
     "ExecuteOptions",
     "ExecutionOutcome",
     "KernelReady",
+    "choose_engine",
     "get_engine",
 ]
 
 #: engine name -> "module:Class"; data, not an import-time registry
 ENGINES = {
     "kernel": "kiln.engines.kernel:KernelEngine",
+    "fork": "kiln.engines.fork:ForkEngine",
     "fake": "kiln.engines.fake:FakeEngine",
 }
+CHOICES = ("auto", "fork", "kernel")
 
 
 def get_engine(name: str) -> Engine:
@@ -41,9 +52,64 @@ def get_engine(name: str) -> Engine:
     try:
         target = ENGINES[name]
     except KeyError:
-        raise UsageError(
-            f"unknown engine {name!r}; choose one of: {', '.join(sorted(ENGINES))}"
-        ) from None
+        raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(CHOICES)}") from None
     module, _, cls = target.partition(":")
     engine: Engine = getattr(importlib.import_module(module), cls)()
     return engine
+
+
+_KERNEL_OBJECT = re.compile(r"\.kernel\.|\bComm\(|comm_manager|\bipykernel\b")
+
+
+def fork_unsupported(spec: Any, imports: list[str], sources: list[str] | None = None) -> str | None:
+    """Why the fork engine cannot run this notebook (None when it can)."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return f"the fork engine needs Linux (this is {sys.platform})"
+    language = str(getattr(spec, "language", "") or "").lower()
+    if not language.startswith("python"):
+        return f"the notebook's kernel runs {language or 'another language'}, not Python"
+    argv = list(getattr(spec, "argv", []) or [])
+    exe = argv[0] if argv else ""
+    if exe in ("python", "python3", "{python}") or _same_file(exe, sys.executable):
+        pass
+    else:
+        return f"its kernel runs another Python ({exe}) than Kiln's ({sys.executable})"
+    if "ipykernel" not in " ".join(argv):
+        return "its kernel is not ipykernel"
+    if any(m.split(".")[0] == "ipywidgets" for m in imports):
+        return "it uses ipywidgets, which need a kernel's comm channel"
+    if any(_KERNEL_OBJECT.search(src) for src in sources or []):
+        return "it talks to the kernel object itself (get_ipython().kernel, comms)"
+    return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def choose_engine(
+    requested: str,
+    spec: Any,
+    imports: list[str],
+    *,
+    sources: list[str] | None = None,
+    memory_limit: int | None = None,
+) -> tuple[str, str | None]:
+    """The engine for a run, and a one-line notice when ``auto`` falls back to the kernel."""
+    from kiln.errors import UsageError
+
+    if requested not in ENGINES and requested != "auto":
+        raise UsageError(f"unknown engine {requested!r}; choose one of: {', '.join(CHOICES)}")
+    if requested in ("kernel", "fake"):
+        if memory_limit and requested == "kernel":
+            raise UsageError("--memory-limit needs the fork engine (--engine fork or auto)")
+        return requested, None
+    why = fork_unsupported(spec, imports, sources or [])
+    if why is None:
+        return "fork", None
+    if requested == "fork" or memory_limit:
+        raise UsageError(f"the fork engine cannot run this notebook: {why}")
+    return "kernel", f"using the kernel engine: {why}"

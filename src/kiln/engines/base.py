@@ -69,6 +69,12 @@ class ExecuteOptions:
     startup_timeout: float = 60.0
     #: file that receives the kernel process's own stdout/stderr (appended), if any
     process_log: Path | None = None
+    #: modules the notebook imports at the top level (a warm engine may import them first)
+    preload: tuple[str, ...] = ()
+    #: cap on the run's address space in bytes (fork engine)
+    memory_limit: int | None = None
+    #: ``sys.argv`` of the run (fork engine; a kernel has its own)
+    argv: tuple[str, ...] = ()
 
 
 @dataclass

@@ -26,15 +26,26 @@ def default_home(cwd: Path | None = None) -> Path:
     return (cwd if cwd is not None else Path.cwd()) / ".kiln"
 
 
-def new_run_id() -> str:
-    """A new run id such as ``20240131-154502-3fa9c1``.
+_issued: tuple[str, set[str]] = ("", set())
 
-    UTC time to the second, then 24 random bits: ids sort by creation time, are unique in
-    practice (1 in 16 million for two runs started in the same second) and are safe in file
-    names and URLs.
+
+def new_run_id() -> str:
+    """A new run id such as ``20240131-154502-3fa9c1d2``.
+
+    UTC time to the second, then 32 random bits: ids sort by creation time and are safe in
+    file names and URLs. Within one process an id is never issued twice (sweeps start many
+    runs per second); across processes two runs in the same second collide with odds of one
+    in four billion.
     """
+    global _issued
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{secrets.token_hex(3)}"
+    if _issued[0] != stamp:
+        _issued = (stamp, set())
+    while True:
+        run_id = f"{stamp}-{secrets.token_hex(4)}"
+        if run_id not in _issued[1]:
+            _issued[1].add(run_id)
+            return run_id
 
 
 def check_run_id(run_id: str) -> str:

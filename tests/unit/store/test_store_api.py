@@ -61,7 +61,7 @@ def test_new_run_id_is_sortable_unique_and_filename_safe() -> None:
     ids = [new_run_id() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     for run_id in ids[:50]:
-        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", run_id)
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{8}", run_id)
     stamped = datetime.strptime(ids[-1][:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc)
     assert abs(datetime.now(timezone.utc) - stamped) < timedelta(seconds=60)
     assert [i[:15] for i in ids] == sorted(i[:15] for i in ids)

@@ -1,0 +1,310 @@
+"""The IPython shell a forked run executes in, and how it reports outputs.
+
+Imported by the warm parent (the fork server) before it forks, so every child starts with
+IPython ready. Outputs take the shapes a Jupyter kernel gives them (stream, display_data,
+update_display_data, execute_result, error) and travel to the supervisor as JSON lines over
+the socket the child inherited: never through the parent's objects.
+
+Nothing here runs user code in the parent: the shell instance is created there untouched
+and each child uses its own copy-on-write copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+from typing import Any
+
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets import Type
+
+
+class Channel:
+    """The child's line-oriented JSON channel to its supervisor (thread-safe)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.reader = sock.makefile("r", encoding="utf-8", newline="\n")
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, default=repr) + "\n").encode("utf-8")
+        with self.lock:
+            self.sock.sendall(data)
+
+    def receive(self) -> Any:
+        line = self.reader.readline()
+        if not line:
+            raise EOFError("supervisor closed the channel")
+        return json.loads(line)
+
+
+class Outputs:
+    """Outputs of every cell of the run, kept as a Jupyter frontend would keep them."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.cells: dict[int, list[dict[str, Any]]] = {}
+        self.current = -1
+        self.displays: dict[str, list[tuple[int, int]]] = {}
+        self.clear_pending = False
+        self.lock = threading.RLock()
+        self.streams: Streams | None = None
+
+    def begin(self, cell: int) -> None:
+        with self.lock:
+            self.current = cell
+            self.cells[cell] = []
+            self.clear_pending = False
+
+    def _list(self) -> list[dict[str, Any]]:
+        return self.cells.setdefault(self.current, [])
+
+    def add(self, output: dict[str, Any], display_id: str | None = None) -> None:
+        """A new output of the current cell (streams flushed first, to keep the order)."""
+        if output["output_type"] != "stream" and self.streams is not None:
+            self.streams.flush()
+        with self.lock:
+            outs = self._list()
+            if self.clear_pending:
+                outs.clear()
+                self.clear_pending = False
+                self.channel.send({"t": "set", "cell": self.current, "outputs": []})
+            if (
+                output["output_type"] == "stream"
+                and outs
+                and outs[-1].get("output_type") == "stream"
+                and outs[-1].get("name") == output["name"]
+            ):
+                outs[-1]["text"] += output["text"]
+            else:
+                if display_id:
+                    self.displays.setdefault(display_id, []).append((self.current, len(outs)))
+                outs.append(dict(output))
+            self.channel.send({"t": "out", "cell": self.current, "o": output})
+
+    def update(self, display_id: str, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        """``update_display``: every output shown with this display id changes in place."""
+        if self.streams is not None:
+            self.streams.flush()
+        with self.lock:
+            touched = set()
+            for cell, pos in self.displays.get(display_id, []):
+                outs = self.cells.get(cell, [])
+                if pos < len(outs):
+                    outs[pos]["data"] = data
+                    outs[pos]["metadata"] = metadata
+                    touched.add(cell)
+            for cell in sorted(touched):
+                self.channel.send({"t": "set", "cell": cell, "outputs": self.cells[cell]})
+
+    def clear(self, wait: bool) -> None:
+        if self.streams is not None:
+            self.streams.flush()
+        with self.lock:
+            if wait:
+                self.clear_pending = True
+                return
+            self.cells[self.current] = []
+            self.displays = {
+                k: [(c, p) for c, p in v if c != self.current] for k, v in self.displays.items()
+            }
+            self.channel.send({"t": "set", "cell": self.current, "outputs": []})
+
+
+class Streams:
+    """Buffered stdout/stderr text of the current cell, flushed in order.
+
+    Writes are buffered (a tight print loop must not become one message per print) and
+    flushed before any other output, at the end of the cell, and every 100 ms by the IO
+    thread so that live logs keep up with a cell that prints then sleeps.
+    """
+
+    def __init__(self, outputs: Outputs) -> None:
+        self.outputs = outputs
+        self.pending: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        outputs.streams = self
+
+    def write(self, name: str, text: str) -> None:
+        if not text:
+            return
+        with self.lock:
+            if self.pending and self.pending[-1][0] == name:
+                self.pending[-1] = (name, self.pending[-1][1] + text)
+            else:
+                self.pending.append((name, text))
+            big = sum(len(t) for _, t in self.pending) > 65536
+        if big:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for name, text in pending:
+            self.outputs.add({"output_type": "stream", "name": name, "text": text})
+
+
+class StreamFile:
+    """``sys.stdout`` / ``sys.stderr`` of a forked run."""
+
+    encoding = "utf-8"
+    errors = "replace"
+
+    def __init__(self, streams: Streams, name: str, fileno: int) -> None:
+        self._streams = streams
+        self.name = name
+        self._fileno = fileno
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._streams.write(self.name, text)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._streams.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def readable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+
+_outputs: Outputs | None = None
+
+
+class KilnDisplayPublisher(DisplayPublisher):
+    def publish(
+        self,
+        data: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
+        source: Any = None,
+        *,
+        transient: dict[str, Any] | None = None,
+        update: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if _outputs is None:
+            return
+        display_id = (transient or {}).get("display_id")
+        if update and display_id:
+            _outputs.update(display_id, _jsonable(data), _jsonable(metadata or {}))
+            return
+        _outputs.add(
+            {
+                "output_type": "display_data",
+                "data": _jsonable(data),
+                "metadata": _jsonable(metadata or {}),
+            },
+            display_id=display_id,
+        )
+
+    def clear_output(self, wait: bool = False) -> None:
+        if _outputs is not None:
+            _outputs.clear(wait)
+
+
+class KilnDisplayHook(DisplayHook):
+    """The value of a cell's last expression becomes an execute_result."""
+
+    def start_displayhook(self) -> None:
+        self._bundle: tuple[dict[str, Any], dict[str, Any]] | None = None
+
+    def write_output_prompt(self) -> None:
+        pass
+
+    def write_format_data(self, format_dict: dict[str, Any], md_dict: Any = None) -> None:
+        self._bundle = (format_dict, md_dict or {})
+
+    def finish_displayhook(self) -> None:
+        bundle = getattr(self, "_bundle", None)
+        if bundle is not None and _outputs is not None:
+            _outputs.add(
+                {
+                    "output_type": "execute_result",
+                    "execution_count": self.prompt_count,
+                    "data": _jsonable(bundle[0]),
+                    "metadata": _jsonable(bundle[1]),
+                }
+            )
+        self._bundle = None
+
+
+class KilnShell(InteractiveShell):
+    """An InteractiveShell whose outputs are reported like a Jupyter kernel's."""
+
+    #: the error of the cell being run, as a kernel would report it
+    last_error: dict[str, Any] | None = None
+
+    display_pub_class = Type(KilnDisplayPublisher)
+    displayhook_class = Type(KilnDisplayHook)
+
+    def init_virtualenv(self) -> None:  # the warm parent already runs in the environment
+        pass
+
+    def _showtraceback(self, etype: Any, evalue: Any, stb: list[str]) -> None:
+        name = getattr(etype, "__name__", str(etype))
+        self.last_error = {"ename": name, "evalue": str(evalue), "traceback": list(stb)}
+        if _outputs is not None:
+            _outputs.add(
+                {
+                    "output_type": "error",
+                    "ename": name,
+                    "evalue": str(evalue),
+                    "traceback": list(stb),
+                }
+            )
+
+    def show_usage_error(self, exc: BaseException) -> None:
+        # a kernel prints the usage error on stderr and fails the cell with ename UsageError
+        print(f"UsageError: {exc}", file=sys.stderr)
+        self.last_error = {"ename": "UsageError", "evalue": str(exc), "traceback": []}
+
+    def ask_exit(self) -> None:
+        pass
+
+
+def make_shell() -> KilnShell:
+    """Create the shell (in the warm parent, before any fork)."""
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"  # no history thread, nothing on disk
+    shell: KilnShell = KilnShell.instance(config=config)
+    shell.last_error = None
+    return shell
+
+
+def _jsonable(value: Any) -> Any:
+    """Mime bundles as JSON: what a kernel would send (bytes become base64 text)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        import base64
+
+        return base64.b64encode(value).decode("ascii")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
