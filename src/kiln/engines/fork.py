@@ -36,6 +36,7 @@ from kiln.engines.base import (
     KernelReady,
     is_clean_exit,
 )
+from kiln.engines.imports import preloadable
 from kiln.errors import CellFailure, EngineError
 
 #: the longest line a child may send (a cell's outputs, images included)
@@ -293,7 +294,7 @@ class ForkSession:
         assert self.server is not None
         server = self.server
         await server.ready(timeout=self.options.startup_timeout)
-        await server.preload(list(self.options.preload))
+        await server.preload(preloadable(self.options.preload))
         await self.engine.pool.slots.acquire()
         self._slot = True
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -61,6 +61,13 @@ class FdCapture:
                     self._read_available(fd)
             self.streams.flush()
 
+    def pull(self) -> None:
+        """What subprocesses already wrote goes first: called before each Python-level write
+        so that ``print``, ``os.system``, ``print`` keeps its order."""
+        with self.lock:
+            for fd in self.fds:
+                self._read_available(fd)
+
     def drain(self) -> None:
         """Everything written to fds 1/2 so far, into the streams (called at cell end)."""
         _flush_c_stdio()
@@ -142,6 +149,7 @@ def _run_cells(channel: Channel, shell: KilnShell, spec: dict[str, Any]) -> None
     streams = Streams(outputs)
     forkshell._outputs = outputs
     capture = FdCapture(streams)
+    streams.before_write = capture.pull
     sys.stdout = StreamFile(streams, "stdout", 1)
     sys.stderr = StreamFile(streams, "stderr", 2)
     builtins.input = _stdin_unavailable

@@ -17,6 +17,7 @@ import sys
 import threading
 from typing import Any
 
+from IPython.core.compilerop import CachingCompiler
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
@@ -128,6 +129,9 @@ class Streams:
         self.outputs = outputs
         self.pending: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        self.flush_lock = threading.RLock()
+        #: called before a Python-level write (the fd capture drains what came before)
+        self.before_write: Any = None
         outputs.streams = self
 
     def write(self, name: str, text: str) -> None:
@@ -143,10 +147,12 @@ class Streams:
             self.flush()
 
     def flush(self) -> None:
-        with self.lock:
-            pending, self.pending = self.pending, []
-        for name, text in pending:
-            self.outputs.add({"output_type": "stream", "name": name, "text": text})
+        # one flusher at a time, so chunks taken in order are also sent in order
+        with self.flush_lock:
+            with self.lock:
+                pending, self.pending = self.pending, []
+            for name, text in pending:
+                self.outputs.add({"output_type": "stream", "name": name, "text": text})
 
 
 class StreamFile:
@@ -163,6 +169,8 @@ class StreamFile:
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        if self._streams.before_write is not None:
+            self._streams.before_write()
         self._streams.write(self.name, text)
         return len(text)
 
@@ -250,8 +258,23 @@ class KilnDisplayHook(DisplayHook):
         self._bundle = None
 
 
+class KilnCompiler(CachingCompiler):
+    """Cells get file names shaped like a kernel's (``/tmp/kiln_<pid>/<hash>.py``), which is
+    what tracebacks and SyntaxError messages show, instead of ``<ipython-input-N-...>``."""
+
+    def get_code_name(self, raw_code: str, transformed_code: str, number: int) -> str:
+        import os
+        import tempfile
+        import zlib
+
+        digest = zlib.crc32(transformed_code.encode("utf-8", "surrogatepass"))
+        return os.path.join(tempfile.gettempdir(), f"kiln_{os.getpid()}", f"{digest}.py")
+
+
 class KilnShell(InteractiveShell):
     """An InteractiveShell whose outputs are reported like a Jupyter kernel's."""
+
+    compiler_class = Type(KilnCompiler)
 
     #: the error of the cell being run, as a kernel would report it
     last_error: dict[str, Any] | None = None

@@ -62,6 +62,10 @@ def notebook_imports(cells: Iterable[Mapping[str, Any]]) -> list[str]:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names = [node.module]
             for name in names:
-                if name.split(".")[0] not in NO_PRELOAD:
-                    seen.setdefault(name, None)
+                seen.setdefault(name, None)
     return list(seen)
+
+
+def preloadable(modules: Iterable[str]) -> list[str]:
+    """The modules a warm parent may import before forking."""
+    return [m for m in modules if m.split(".")[0] not in NO_PRELOAD]
