@@ -255,6 +255,7 @@ class Runner:
         self._owns_store = store is None
         self._engine = engine
         self._engines: dict[str, Engine] = {}
+        self._recovered = False
         self.observers = list(observers)
 
     @property
@@ -389,7 +390,9 @@ class Runner:
 
         request = prepared.request
         store = self.store
-        store.recover_orphans()
+        if not self._recovered:  # once per runner: a killed Kiln's runs can't appear later
+            store.recover_orphans()
+            self._recovered = True
         pid, host, started = current_owner()
         input_path = run_dir / "input.ipynb"
         output_path = (
@@ -477,7 +480,7 @@ class Runner:
             elif isinstance(event, CellFinished):
                 durations[event.index] = round(event.duration, 6)
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
-                save_notebook(nb, output_path)
+                saver.cell_finished()
             elif isinstance(event, KernelReady):
                 log.line(
                     f"kernel {event.kernel_name} ready ({event.kernel_version}, "
@@ -492,7 +495,11 @@ class Runner:
                 )
             self._notify(event)
 
-        outcome = await _execute_cancellable(session, nb, on_event)
+        saver = _Saver(nb, output_path)
+        try:
+            outcome = await _execute_cancellable(session, nb, on_event)
+        finally:
+            saver.stop()
         return self._finish(prepared, run, nb, output_path, log, outcome, durations, records)
 
     def _finish(
@@ -539,6 +546,36 @@ class Runner:
         final: Run = self.store.get_run(run.id)
         self._notify(RunEnded(final))
         return final
+
+
+class _Saver:
+    """Saves the output notebook as cells finish: at once, or, when the last save is under
+    ``interval`` old, ``interval`` after it, so a burst of quick cells costs one write and
+    any finished cell is on disk within ``interval`` seconds. Every save is atomic."""
+
+    def __init__(self, nb: Any, path: Path, interval: float = 0.2) -> None:
+        self.nb = nb
+        self.path = path
+        self.interval = interval
+        self.last = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def cell_finished(self) -> None:
+        wait = self.last + self.interval - time.monotonic()
+        if wait <= 0:
+            self.save()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(wait, self.save)
+
+    def save(self) -> None:
+        self.timer = None
+        self.last = time.monotonic()
+        save_notebook(self.nb, self.path)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class _Cancellation:

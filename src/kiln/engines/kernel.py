@@ -34,7 +34,22 @@ from kiln.errors import CellFailure, EngineError, NoSuchKernel
 _MIN_TIMEOUT = 0.05
 
 
+_SPEC_CACHE: dict[str, tuple[float, Any]] = {}
+_SPEC_TTL = 10.0
+
+
 def kernel_spec(name: str) -> Any:
+    """The kernelspec for ``name`` (cached for a few seconds: sweeps look it up per run)."""
+    now = time.monotonic()
+    hit = _SPEC_CACHE.get(name)
+    if hit is not None and now - hit[0] < _SPEC_TTL:
+        return hit[1]
+    spec = _find_kernel_spec(name)
+    _SPEC_CACHE[name] = (now, spec)
+    return spec
+
+
+def _find_kernel_spec(name: str) -> Any:
     """Return the kernelspec for ``name`` or raise NoSuchKernel listing the installed ones.
 
     Looks in the Jupyter data folders first (a file read); only when that fails does it ask

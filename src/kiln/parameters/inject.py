@@ -84,7 +84,14 @@ def _has_cell_ids(nb: NotebookNode) -> bool:
 
 
 def _new_code_cell(source: str, *, tags: list[str]) -> NotebookNode:
-    import nbformat
+    import uuid
 
-    cell: NotebookNode = nbformat.v4.new_code_cell(source=source, metadata={"tags": tags})
+    from nbformat import from_dict
+
+    # the same cell nbformat.v4.new_code_cell makes, without its per-cell jsonschema
+    # validation (a millisecond on every run; the shape is fixed here)
+    cell: NotebookNode = from_dict(
+        {"id": uuid.uuid4().hex[:8], "cell_type": "code", "metadata": {"tags": tags},
+         "execution_count": None, "source": source, "outputs": []}
+    )
     return cell
