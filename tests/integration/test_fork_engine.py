@@ -307,3 +307,48 @@ def test_input_is_refused_clearly(make_nb, kiln_cli):
     res = kiln_cli("run", str(nb), "--json")
     assert res.returncode == 1
     assert json.loads(res.stdout)["error"]["ename"] == "StdinNotImplementedError"
+
+
+def test_native_libraries_work_after_fork(tmp_path, make_nb):
+    # numpy/OpenBLAS thread pools, pandas and matplotlib's font cache were loaded in the warm
+    # parent before the fork (the notebook imports them at the top level)
+    nb = make_nb(
+        [
+            "import numpy as np\nimport pandas as pd\nimport matplotlib.pyplot as plt\nimport kiln",
+            "a = np.random.default_rng(0).normal(size=(400, 400))\n"
+            "kiln.record('trace', float(np.trace(a @ a.T)))",
+            "df = pd.DataFrame({'a': range(1000)})\nkiln.record('sum', int(df.a.sum()))",
+            "fig, ax = plt.subplots()\nax.set_title('fonts')\nax.plot([1, 2])\nkiln.record('f', fig)",
+        ]
+    )
+    runs = _runs_in_one_pool(tmp_path, [(nb, {}), (nb, {}), (nb, {})])
+    assert [r.state for r in runs] == ["succeeded"] * 3
+    assert len({r.records["trace"] for r in runs}) == 1 and runs[0].records["sum"] == 499500
+    assert all(r.kernel_pid != runs[0].kernel_pid for r in runs[1:])  # a new child each time
+
+
+def test_pool_bounds_children_and_shuts_down_cleanly(tmp_path, make_nb):
+    nb = make_nb(
+        [
+            "import time, kiln\nt0 = time.time()\ntime.sleep(0.5)\n"
+            "kiln.record('span', [t0, time.time()])"
+        ]
+    )
+    pool = ForkPool(max_children=2)
+
+    async def main() -> tuple[list, int]:
+        runner = Runner(home=tmp_path / "home", engine=ForkEngine(pool))
+        runs = await asyncio.gather(
+            *(runner.arun(RunRequest(notebook=nb), check=False) for _ in range(6))
+        )
+        server_pid = next(iter(pool._servers.values())).proc.pid
+        await pool.close()
+        runner.close()
+        return runs, server_pid
+
+    runs, server_pid = asyncio.run(main())
+    spans = [r.records["span"] for r in runs]
+    # never more than two children at the same moment
+    for t0, _ in spans:
+        assert sum(1 for a, b in spans if a <= t0 + 0.01 < b) <= 2
+    assert _gone(server_pid) and _children_of(server_pid) == []

@@ -1,0 +1,203 @@
+"""The fork engine against papermill: throughput, marginal cost, cold start. One process run.
+
+Scenarios (figures quoted in the README come from this script):
+  trivial-100    100 runs of a 3-cell notebook, 2 at a time:
+                 `kiln run NB --sweep grid.yaml -j 2` (one CLI process, cold start included)
+                 vs papermill's execute_notebook in a multiprocessing pool of 2
+                 vs a papermill CLI loop (100 sequential `papermill` commands)
+  pandas-100     100 runs of a notebook that imports pandas/numpy and builds a 1,000-row
+                 DataFrame, `-j 2` vs papermill's pool of 2
+  marginal       the wall time of one more run on a warm pool (Python API, sequential runs
+                 after a warm-up; median)
+  cold           one `kiln run` (fork engine) vs one `papermill` CLI run, alternating
+
+Usage: python bench/fork_bench.py [--runs 100] [--cold-reps 7] [--skip-cli-loop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+BIN = Path(sys.executable).parent
+KILN, PAPERMILL = str(BIN / "kiln"), str(BIN / "papermill")
+META = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+
+
+def notebooks(folder: Path) -> dict[str, Path]:
+    trivial = new_notebook(
+        cells=[
+            new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+            new_code_cell("y = x * 2"),
+            new_code_cell("print(y)"),
+        ],
+        metadata=META,
+    )
+    pandas_nb = new_notebook(
+        cells=[
+            new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+            new_code_cell("import numpy as np\nimport pandas as pd"),
+            new_code_cell(
+                "df = pd.DataFrame({'a': np.arange(1000), 'b': np.random"
+                ".default_rng(x).normal(size=1000)})\ndf['c'] = df.a * df.b\n"
+                "df.describe()"
+            ),
+        ],
+        metadata=META,
+    )
+    paths = {"trivial": folder / "trivial.ipynb", "pandas": folder / "pandas.ipynb"}
+    nbformat.write(trivial, paths["trivial"])
+    nbformat.write(pandas_nb, paths["pandas"])
+    return paths
+
+
+def _pm_one(args: tuple[str, str, int]) -> None:
+    import papermill
+
+    nb, out, x = args
+    papermill.execute_notebook(nb, out, parameters={"x": x}, progress_bar=False)
+
+
+def papermill_pool(nb: Path, out: Path, runs: int) -> float:
+    out.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(_pm_one, [(str(nb), str(out / f"{i}.ipynb"), i) for i in range(runs)])
+    return time.perf_counter() - t0
+
+
+def papermill_cli_loop(nb: Path, out: Path, runs: int, env: dict[str, str]) -> float:
+    out.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    for i in range(runs):
+        subprocess.run(
+            [PAPERMILL, str(nb), str(out / f"{i}.ipynb"), "-p", "x", str(i), "--no-progress-bar"],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
+    return time.perf_counter() - t0
+
+
+def kiln_sweep(nb: Path, work: Path, runs: int, env: dict[str, str]) -> float:
+    grid = work / f"grid-{nb.stem}.yaml"
+    grid.write_text("x: [" + ", ".join(str(i) for i in range(runs)) + "]\n")
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [KILN, "run", str(nb), "--sweep", str(grid), "-j", "2", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    took = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"kiln sweep failed:\n{proc.stderr[-2000:]}")
+    return took
+
+
+def marginal(nb: Path, home: Path, runs: int) -> list[float]:
+    from kiln.runner import Runner, RunRequest
+
+    async def main() -> list[float]:
+        runner = Runner(home=home)
+        times = []
+        try:
+            for i in range(runs + 5):
+                t0 = time.perf_counter()
+                run = await runner.arun(RunRequest(notebook=nb, parameters={"x": i}, engine="fork"))
+                assert run.state == "succeeded"
+                if i >= 5:  # the first runs warm the parent and the store
+                    times.append(time.perf_counter() - t0)
+        finally:
+            await runner.aclose_engines()
+            runner.close()
+        return times
+
+    return asyncio.run(main())
+
+
+def cold(nb: Path, work: Path, reps: int, env: dict[str, str]) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"kiln": [], "papermill": []}
+    for rep in range(reps):
+        for tool in ("kiln", "papermill") if rep % 2 == 0 else ("papermill", "kiln"):
+            out = work / f"cold-{tool}-{rep}.ipynb"
+            cmd = (
+                [KILN, "run", str(nb), str(out), "-p", "x", "3", "-q"]
+                if tool == "kiln"
+                else [PAPERMILL, str(nb), str(out), "-p", "x", "3", "--no-progress-bar"]
+            )
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            times[tool].append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--cold-reps", type=int, default=7)
+    parser.add_argument("--skip-cli-loop", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kiln-fork-bench-"))
+    env = dict(os.environ, KILN_HOME=str(work / ".kiln"), PYTHONWARNINGS="ignore")
+    nbs = notebooks(work)
+    subprocess.run(
+        [KILN, "run", str(nbs["trivial"]), str(work / "warm.ipynb"), "-q"], check=True, env=env
+    )  # create the database and warm the file cache
+    results: dict[str, dict[str, float]] = {}
+    n = args.runs
+    k = kiln_sweep(nbs["trivial"], work, n, env)
+    p = papermill_pool(nbs["trivial"], work / "pm-trivial", n)
+    results["trivial-100 vs papermill pool(2)"] = {"kiln_s": k, "peer_s": p}
+    if not args.skip_cli_loop:
+        loop = papermill_cli_loop(nbs["trivial"], work / "pm-loop", n, env)
+        results["trivial-100 vs papermill CLI loop"] = {"kiln_s": k, "peer_s": loop}
+    k = kiln_sweep(nbs["pandas"], work, n, env)
+    p = papermill_pool(nbs["pandas"], work / "pm-pandas", n)
+    results["pandas-100 vs papermill pool(2)"] = {"kiln_s": k, "peer_s": p}
+    times = cold(nbs["trivial"], work, args.cold_reps, env)
+    results["cold single run"] = {
+        "kiln_s": statistics.median(times["kiln"]),
+        "peer_s": statistics.median(times["papermill"]),
+    }
+    marg = marginal(nbs["trivial"], work / ".kiln", 50)
+
+    print(
+        f"\nFork engine vs papermill on {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()} ({n} runs; cold = median of {args.cold_reps})"
+    )
+    print(f"{'scenario':<36} {'kiln (s)':>9} {'peer (s)':>9} {'speed-up':>9}")
+    for name, r in results.items():
+        print(
+            f"{name:<36} {r['kiln_s']:>9.2f} {r['peer_s']:>9.2f} {r['peer_s'] / r['kiln_s']:>8.1f}x"
+        )
+    cold_ratio = results["cold single run"]["kiln_s"] / results["cold single run"]["peer_s"]
+    print(f"cold kiln run / papermill run: {cold_ratio:.2f}x the wall time")
+    print(
+        f"marginal cost of one more run on a warm pool: median "
+        f"{statistics.median(marg) * 1000:.1f} ms (p90 "
+        f"{sorted(marg)[int(len(marg) * 0.9)] * 1000:.1f} ms)"
+    )
+    out_dir = Path(__file__).resolve().parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / "fork-latest.json").write_text(
+        json.dumps({"results": results, "cold_samples": times, "marginal_s": marg}, indent=2)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
