@@ -20,10 +20,11 @@ __all__ = [
     "read_run",
     "record",
     "run",
+    "sweep",
 ]
 
 if TYPE_CHECKING:
-    from kiln.api import list_runs, read_run, run
+    from kiln.api import list_runs, read_run, run, sweep
     from kiln.errors import KilnError
     from kiln.store.records import Run
 
@@ -31,6 +32,7 @@ _LAZY = {
     "run": "kiln.api",
     "read_run": "kiln.api",
     "list_runs": "kiln.api",
+    "sweep": "kiln.api",
     "Run": "kiln.store.records",
     "KilnError": "kiln.errors",
 }

@@ -1,14 +1,18 @@
-"""The Python API, mirroring the CLI: ``kiln.run``, ``kiln.read_run``, ``kiln.list_runs``."""
+"""The Python API, mirroring the CLI: ``kiln.run``, ``kiln.sweep``, ``kiln.read_run``,
+``kiln.list_runs``."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.store.records import Run
+
+if TYPE_CHECKING:
+    from kiln.sweeps import SweepEvent, SweepResult
 
 PathLike = str | os.PathLike[str]
 
@@ -47,13 +51,9 @@ def run(
 
     observers: list[Observer] = []
     if log_output:
-        from kiln.engines.base import CellOutput
 
         def echo(event: RunEvent) -> None:
-            if isinstance(event, CellOutput) and event.output.get("output_type") == "stream":
-                stream = sys.stderr if event.output.get("name") == "stderr" else sys.stdout
-                stream.write(str(event.output.get("text", "")))
-                stream.flush()
+            _echo_stream(event)
 
         observers.append(echo)
     request = RunRequest(
@@ -74,6 +74,95 @@ def run(
     )
     with Runner(home=Path(home) if home is not None else None, observers=observers) as runner:
         return runner.run(request, check=check)
+
+
+def sweep(
+    notebook: PathLike,
+    grid: Mapping[str, Any] | Sequence[Mapping[str, Any]] | PathLike,
+    *,
+    jobs: int = 1,
+    parameters: Mapping[str, Any] | None = None,
+    output: PathLike | None = None,
+    kernel: str | None = None,
+    engine: str = "auto",
+    memory_limit: int | None = None,
+    cwd: PathLike | None = None,
+    cell_timeout: float | None = None,
+    timeout: float | None = None,
+    allow_errors: bool = False,
+    allow_unknown: bool = False,
+    report_mode: bool = False,
+    prepare_only: bool = False,
+    env: Mapping[str, str] | None = None,
+    home: PathLike | None = None,
+    log_output: bool = False,
+    check: bool = False,
+) -> SweepResult:
+    """Run a notebook once per parameter set, ``jobs`` runs at a time; each is a normal
+    recorded run. Returns a :class:`kiln.sweeps.SweepResult` (runs in set order).
+
+    ``grid`` is a mapping of name -> list of values (their cartesian product, the first name
+    varying slowest; a value that is not a list is a single value), a list of parameter sets,
+    or the path of a YAML file holding either. ``parameters`` are shared values that every set
+    updates. Every set is validated before anything starts (``kiln.errors.ParameterError``
+    naming the set). ``output`` is a path template such as ``"out/{region}-{x}.ipynb"``
+    (fields: parameter names and ``{index}``); without it each run writes ``output.ipynb`` in
+    its run folder. ``timeout`` and the other options apply to each run, as in :func:`run`.
+
+    A failed run does not stop the others and raises nothing, unless ``check`` is true: then,
+    once every run has ended, the error of the first set that did not succeed is raised.
+    SIGINT/SIGTERM cancel the running runs; the sets not started are never run
+    (``result.cancelled``, ``result.not_run``).
+
+    >>> result = kiln.sweep("report.ipynb", {"region": ["EU", "US"], "n": [1, 2]}, jobs=2)
+    >>> [(run.parameters, run.records["total"]) for run in result.succeeded]
+    >>> print(result.table())
+    """
+    from kiln.runner import Runner, RunRequest
+    from kiln.sweeps import SetEvent, load_grid, parameter_sets, plan_sweep, run_sweep
+
+    sets = load_grid(grid) if isinstance(grid, (str, os.PathLike)) else parameter_sets(grid)
+    request = RunRequest(
+        notebook=Path(notebook),
+        parameters=dict(parameters or {}),
+        kernel=kernel,
+        engine=engine,
+        memory_limit=memory_limit,
+        cwd=Path(cwd) if cwd is not None else None,
+        cell_timeout=cell_timeout,
+        timeout=timeout,
+        allow_errors=allow_errors,
+        allow_unknown=allow_unknown,
+        report_mode=report_mode,
+        prepare_only=prepare_only,
+        env=env,
+    )
+    plan = plan_sweep(request, sets, output=output)
+
+    def echo(event: SweepEvent) -> None:
+        if isinstance(event, SetEvent):
+            _echo_stream(event.event, prefix=f"[{event.index}] ")
+
+    home_dir = Path(home) if home is not None else None
+    with Runner(home=home_dir) as runner:  # one runner: its warm engines serve every run
+        result = run_sweep(plan, runner=runner, jobs=jobs, observer=echo if log_output else None)
+    if check:
+        result.check()
+    return result
+
+
+def _echo_stream(event: Any, *, prefix: str = "") -> None:
+    """Write a cell's stdout/stderr to ours (``log_output``), each line after ``prefix``."""
+    from kiln.engines.base import CellOutput
+
+    if not isinstance(event, CellOutput) or event.output.get("output_type") != "stream":
+        return
+    text = str(event.output.get("text", ""))
+    if prefix:
+        text = "".join(prefix + line for line in text.splitlines(keepends=True))
+    stream = sys.stderr if event.output.get("name") == "stderr" else sys.stdout
+    stream.write(text)
+    stream.flush()
 
 
 def read_run(id_or_path: PathLike, *, home: PathLike | None = None) -> Run:

@@ -23,7 +23,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -620,14 +620,37 @@ class _Cancellation:
 _cancellations: dict[asyncio.AbstractEventLoop, _Cancellation] = {}
 
 
+@contextlib.contextmanager
+def cancel_on_signals(future: asyncio.Future[Any]) -> Iterator[list[str]]:
+    """While the block runs, SIGINT/SIGTERM cancel ``future`` (and every executing run of this
+    event loop); the yielded list receives the names of the signals received.
+
+    Runs use it for their own execution; a caller running many (a sweep, a worker) holds it
+    for its whole duration so that a signal between two runs is not lost.
+    """
+    loop = asyncio.get_running_loop()
+    guard = _cancellations.setdefault(loop, _Cancellation())
+    received = guard.add(future)
+    try:
+        yield received
+    finally:
+        guard.discard(future)
+        if not guard.active:
+            _cancellations.pop(loop, None)
+
+
 async def _execute_cancellable(
     session: EngineSession, nb: Any, on_event: Callable[[Event], None]
 ) -> ExecutionOutcome:
     """Execute, turning SIGINT/SIGTERM into a cancelled outcome."""
-    loop = asyncio.get_running_loop()
-    guard = _cancellations.setdefault(loop, _Cancellation())
     task = asyncio.ensure_future(session.execute(nb, on_event))
-    received = guard.add(task)
+    with cancel_on_signals(task) as received:
+        return await _outcome_of(task, received)
+
+
+async def _outcome_of(
+    task: asyncio.Future[ExecutionOutcome], received: list[str]
+) -> ExecutionOutcome:
     try:
         outcome = await task
         if received:
@@ -642,10 +665,6 @@ async def _execute_cancellable(
             raise
         why = f"cancelled by {received[0]}" if received else "cancelled"
         return ExecutionOutcome("cancelled", why)
-    finally:
-        guard.discard(task)
-        if not guard.active:
-            _cancellations.pop(loop, None)
 
 
 def _reset_outputs(nb: Any, *, skip_tag: str) -> None:

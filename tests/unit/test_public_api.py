@@ -20,6 +20,7 @@ def test_all_names_resolve():
         "read_run",
         "record",
         "run",
+        "sweep",
     }
 
 
