@@ -1,4 +1,4 @@
-"""Kiln vs papermill, same notebooks, same machine, one process run, alternating.
+"""Kiln's kernel engine vs papermill, same notebooks, same machine, one run, alternating.
 
 Scenarios (each a fresh CLI process per run, the way scripts and cron call these tools):
   trivial     one cold `kiln run` / `papermill` of a 3-cell notebook
@@ -59,7 +59,8 @@ def write_notebooks(folder: Path) -> dict[str, Path]:
 
 def command(tool: str, nb: Path, out: Path, name: str, value: str) -> list[str]:
     if tool == "kiln":
-        return [KILN, "run", str(nb), str(out), "-p", name, value, "-q"]
+        # kernel against kernel: the fork engine has its own benchmark (fork_bench.py)
+        return [KILN, "run", str(nb), str(out), "-p", name, value, "-q", "--engine", "kernel"]
     return [PAPERMILL, str(nb), str(out), "-p", name, value, "--no-progress-bar"]
 
 
