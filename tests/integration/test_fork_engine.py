@@ -58,6 +58,7 @@ FIDELITY = {
         "%%bash\necho bash-cell",
     ],
     "matplotlib-inline": [
+        "%matplotlib inline",
         "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2, 3])",
         "plt.figure(); plt.plot([3, 2, 1]); plt.title('second')",
     ],

@@ -303,6 +303,11 @@ class KilnShell(InteractiveShell):
         print(f"UsageError: {exc}", file=sys.stderr)
         self.last_error = {"ename": "UsageError", "evalue": str(exc), "traceback": []}
 
+    def enable_gui(self, gui: str | None = None) -> None:
+        # `%matplotlib inline` asks for no event loop; a headless run has none to give
+        if gui not in (None, "inline"):
+            raise NotImplementedError(f"a Kiln run has no {gui} event loop; use inline figures")
+
     def ask_exit(self) -> None:
         pass
 
