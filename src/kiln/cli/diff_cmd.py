@@ -1,0 +1,100 @@
+"""``kiln diff A.ipynb B.ipynb``: a cell-level diff; exit 0 when the same, 1 when different.
+
+``kiln diff --textconv NB`` prints one notebook as text: git's ``diff.kiln.textconv`` (set by
+``kiln git install``) diffs those renderings, so ``git diff`` on notebooks is readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from kiln.errors import UsageError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "diff",
+        help="show a cell-level diff of two notebooks",
+        description="Compare two notebooks cell by cell: changed source lines, changed outputs "
+        "(text line by line; images and other binary data as 'image changed') and metadata. "
+        "Execution counts, timings and other volatile metadata are ignored unless "
+        "--include-volatile.",
+        epilog="Exit codes, like diff(1): 0 the same, 1 different, 2 trouble.",
+    )
+    p.add_argument(
+        "notebooks", nargs="+", metavar="NB", help="A.ipynb B.ipynb (one with --textconv)"
+    )
+    p.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the diff: auto (default) when stdout is a terminal and NO_COLOR is unset",
+    )
+    p.add_argument("--no-outputs", action="store_true", help="ignore outputs")
+    p.add_argument(
+        "--outputs",
+        action="store_true",
+        help="with --textconv: show every output (by default only what 'kiln clean' keeps: the "
+        "outputs of cells tagged keep-output, so git diff shows what a commit holds)",
+    )
+    p.add_argument("--no-metadata", action="store_true", help="ignore metadata")
+    p.add_argument(
+        "--include-volatile",
+        action="store_true",
+        help="also compare execution counts, timings and run metadata",
+    )
+    p.add_argument(
+        "--textconv",
+        action="store_true",
+        help="print one notebook as text (for git's diff.<driver>.textconv)",
+    )
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    if args.textconv:
+        if len(args.notebooks) != 1:
+            raise UsageError("--textconv takes exactly one notebook")
+        return _textconv(args.notebooks[0], outputs=args.outputs)
+    if len(args.notebooks) != 2:
+        raise UsageError(f"kiln diff takes two notebooks, got {len(args.notebooks)}")
+    from kiln.convert.diff import diff_notebooks, read_notebook
+    from kiln.convert.render import render_diff
+
+    a_path, b_path = args.notebooks
+    diff = diff_notebooks(
+        read_notebook(a_path),
+        read_notebook(b_path),
+        a_name=a_path,
+        b_name=b_path,
+        outputs=not args.no_outputs,
+        metadata=not args.no_metadata,
+        volatile=args.include_volatile,
+    )
+    sys.stdout.write(render_diff(diff, color=_use_color(args.color)))
+    return 1 if diff.changed else 0
+
+
+def _use_color(choice: str) -> bool:
+    if choice != "auto":
+        return choice == "always"
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _textconv(path: str, *, outputs: bool) -> int:
+    from kiln.convert.diff import read_notebook
+    from kiln.convert.render import render_text
+    from kiln.errors import NotebookError
+
+    try:
+        text = render_text(read_notebook(path), outputs=outputs)
+    except NotebookError:
+        # Not a notebook (yet): show git the file as it is rather than failing the whole diff.
+        with open(path, "rb") as fh:
+            sys.stdout.buffer.write(fh.read())
+        return 0
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    return 0

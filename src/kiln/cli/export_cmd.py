@@ -1,0 +1,117 @@
+"""``kiln export NB [-o OUT] [--to FORMAT]``: a notebook as a Python module with a typed CLI,
+or (``--to py:percent`` and other jupytext formats) as a paired text notebook."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import UsageError
+
+SCRIPT = "script"
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a notebook as a Python script with a command-line interface",
+        description="Write the notebook as a plain Python module: its parameters become a "
+        "typed command line (python report.py --region EU --n 3) and a main(**params) "
+        "function that runs the code cells in order; markdown becomes comments; magics are "
+        "translated where a plain-Python equivalent is safe and flagged otherwise. "
+        "With --to py:percent (or another jupytext format) write a jupytext text notebook.",
+    )
+    p.add_argument("notebook")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="where to write (default: the notebook's name with .py, or the format's "
+        "extension; - for stdout)",
+    )
+    p.add_argument(
+        "--to",
+        default=SCRIPT,
+        metavar="FORMAT",
+        help="script (default: a module with a CLI), or a jupytext format: py:percent, "
+        "py:light, md, md:myst, ...",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing file that kiln export or jupytext did not write",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print only warnings")
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from kiln.notebook import atomic_write_text, load_notebook
+
+    source = Path(args.notebook)
+    nb = load_notebook(source)
+    target = _target(source, args.output, args.to)
+    if args.to == SCRIPT:
+        text, summary = _script(nb, source, target)
+    else:
+        from kiln.convert.export import export_jupytext
+
+        paired = target is not None and target.parent.resolve() == source.parent.resolve()
+        paired = paired and target is not None and target.stem == source.stem
+        text = export_jupytext(nb, args.to, paired=paired)
+        summary = f"{args.to} text notebook" + (f", paired with {source.name}" if paired else "")
+    if target is None:
+        sys.stdout.write(text)
+        return 0
+    _refuse_overwrite(target, force=args.force)
+    atomic_write_text(target, text)
+    if not args.quiet:
+        print(f"Wrote {target}: {summary}", file=sys.stderr)
+    return 0
+
+
+def _target(source: Path, output: str | None, fmt: str) -> Path | None:
+    if output == "-":
+        return None
+    if output:
+        return Path(output)
+    extension = "py" if fmt == SCRIPT else fmt.split(":", 1)[0].lstrip(".")
+    target = source.with_suffix(f".{extension}")
+    if target == source:
+        raise UsageError(f"--to {fmt} would overwrite the notebook itself; give -o OUT")
+    return target
+
+
+def _script(nb: Any, source: Path, target: Path | None) -> tuple[str, str]:
+    from kiln.convert.export import export_script
+
+    name = target.name if target is not None else source.with_suffix(".py").name
+    result = export_script(nb, source_name=source.name, script_name=name)
+    for issue in result.warnings:
+        where = f" cell {issue.cell}" if issue.cell >= 0 else ""
+        print(f"Warning: {source}{where}: {issue.message}", file=sys.stderr)
+    options = ", ".join(f"--{p.name.replace('_', '-')}" for p in result.parameters) or "none"
+    summary = f"{result.entry}() and a command line (options: {options})"
+    if result.warnings:
+        summary += f"; {len(result.warnings)} warning(s) above"
+    return result.text, summary
+
+
+def _refuse_overwrite(target: Path, *, force: bool) -> None:
+    """Never overwrite a file someone wrote by hand, unless told to."""
+    from kiln.convert.export import MARKER
+
+    if force or not target.exists():
+        return
+    try:
+        head = target.read_text(encoding="utf-8", errors="replace")[:2000]
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror}") from None
+    if MARKER in head or "jupytext" in head:
+        return
+    raise UsageError(
+        f"{target} exists and was not written by kiln export or jupytext; "
+        "pass --force to overwrite it, or -o to write elsewhere"
+    )
