@@ -459,7 +459,9 @@ class Runner:
             )
             log.line("prepared only: parameters injected, not executed")
             return store.get_run(run.id)  # type: ignore[no-any-return]
-        save_notebook(nb, output_path)
+        # the injected notebook is on disk within 0.2 s (or when the run ends, if sooner)
+        saver = _Saver(nb, output_path)
+        saver.changed()
         store.update_run(run.id, state="running", started_at=started_at)
         run.state, run.started_at = "running", started_at
         code_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
@@ -480,7 +482,7 @@ class Runner:
             elif isinstance(event, CellFinished):
                 durations[event.index] = round(event.duration, 6)
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
-                saver.cell_finished()
+                saver.changed()
             elif isinstance(event, KernelReady):
                 log.line(
                     f"kernel {event.kernel_name} ready ({event.kernel_version}, "
@@ -495,7 +497,6 @@ class Runner:
                 )
             self._notify(event)
 
-        saver = _Saver(nb, output_path)
         try:
             outcome = await _execute_cancellable(session, nb, on_event)
         finally:
@@ -560,7 +561,7 @@ class _Saver:
         self.last = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
 
-    def cell_finished(self) -> None:
+    def changed(self) -> None:
         wait = self.last + self.interval - time.monotonic()
         if wait <= 0:
             self.save()

@@ -77,13 +77,22 @@ class FdCapture:
         self.streams.flush()
 
 
-def _flush_c_stdio() -> None:
+def _libc() -> Any:
     try:
         import ctypes
 
-        ctypes.CDLL(None).fflush(None)
+        return ctypes.CDLL(None)
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_LIBC = _libc()  # loaded once in the warm parent, not in every child
+
+
+def _flush_c_stdio() -> None:
+    if _LIBC is not None:
+        with contextlib.suppress(AttributeError, OSError):
+            _LIBC.fflush(None)
 
 
 def _stdin_unavailable(prompt: object = "") -> str:

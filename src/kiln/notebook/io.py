@@ -138,11 +138,69 @@ def load_notebook(path: str | os.PathLike[str]) -> Any:
     return parse_notebook(read_bytes(path), path=str(path))
 
 
-def dumps(nb: Any) -> str:
-    """Serialise a notebook as nbformat writes it (1-space indent, sorted keys), no validation."""
-    from nbformat.v4.nbjson import JSONWriter
+_SPLIT_MIMES = frozenset({"application/javascript", "image/svg+xml"})
+_TRANSIENT_NB = frozenset({"orig_nbformat", "orig_nbformat_minor", "signature"})
 
-    return str(JSONWriter().writes(nb)) + "\n"
+
+def dumps(nb: Any) -> str:
+    """Serialise a notebook byte for byte as nbformat writes it (1-space indent, sorted keys,
+    multi-line text split into lines), without validating it and without nbformat's deep copy
+    of the whole notebook: runs save after cells finish, so this is on the hot path."""
+    return (
+        json.dumps(
+            _for_disk(nb),
+            indent=1,
+            sort_keys=True,
+            separators=(",", ": "),
+            ensure_ascii=False,
+            default=_encode_bytes,
+        )
+        + "\n"
+    )
+
+
+def _encode_bytes(value: Any) -> str:
+    if isinstance(value, bytes):
+        import base64
+
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"cannot write a {type(value).__name__} into a notebook")
+
+
+def _split_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v.splitlines(True)
+        if isinstance(v, str) and (k.startswith("text/") or k in _SPLIT_MIMES)
+        else v
+        for k, v in data.items()
+    }
+
+
+def _for_disk(nb: Any) -> dict[str, Any]:
+    out = {k: v for k, v in nb.items() if k != "cells"}
+    out["metadata"] = {k: v for k, v in nb.get("metadata", {}).items() if k not in _TRANSIENT_NB}
+    cells = []
+    for cell in nb.get("cells", []):
+        c = dict(cell)
+        c["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k != "trusted"}
+        if isinstance(c.get("source"), str):
+            c["source"] = c["source"].splitlines(True)
+        if "attachments" in c:
+            c["attachments"] = {k: _split_bundle(v) for k, v in c["attachments"].items()}
+        if c.get("cell_type") == "code" and c.get("outputs"):
+            outputs = []
+            for output in c["outputs"]:
+                o = dict(output)
+                kind = o.get("output_type")
+                if kind in ("execute_result", "display_data") and "data" in o:
+                    o["data"] = _split_bundle(o["data"])
+                elif kind == "stream" and isinstance(o.get("text"), str):
+                    o["text"] = o["text"].splitlines(True)
+                outputs.append(o)
+            c["outputs"] = outputs
+        cells.append(c)
+    out["cells"] = cells
+    return out
 
 
 _tmp_counter = itertools.count()

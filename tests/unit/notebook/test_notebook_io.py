@@ -156,3 +156,39 @@ def test_path_objects_and_strings(tmp_path):
     path = tmp_path / "n.ipynb"
     nbformat.write(nb, path)
     assert load_notebook(str(path)).cells[0].source == load_notebook(Path(path)).cells[0].source
+
+
+def test_dumps_writes_exactly_what_nbformat_writes(tmp_path):
+    from nbformat.v4 import new_markdown_cell, new_output
+
+    from kiln.notebook import dumps
+
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# T\nline2", attachments={"a.png": {"image/png": "AAA="}}),
+            new_code_cell(
+                "x = 1\nprint(x)\n",
+                outputs=[
+                    new_output("stream", name="stdout", text="1\n2\n"),
+                    new_output(
+                        "display_data",
+                        data={
+                            "text/html": "<b>\n</b>",
+                            "image/svg+xml": "<svg>\n</svg>",
+                            "application/json": {"a": [1]},
+                            "image/png": "iVBOR",
+                        },
+                    ),
+                    new_output("execute_result", data={"text/plain": "3"}, execution_count=1),
+                    new_output("error", ename="E", evalue="v", traceback=["t1", "t2"]),
+                ],
+                metadata={"trusted": True, "tags": ["t"]},
+            ),
+        ],
+        metadata={
+            "signature": "x",
+            "kernelspec": {"name": "python3", "display_name": "P"},
+            "ünï": "çødé",
+        },
+    )
+    assert dumps(nb) == nbformat.writes(nb) + "\n"
