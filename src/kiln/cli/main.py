@@ -20,7 +20,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: command modules under kiln.cli, each with ``add_parser(subparsers)``; data, in help order
-COMMANDS = ("run_cmd", "params_cmd", "runs_cmd", "clean_cmd", "diff_cmd", "export_cmd", "git_cmd")
+COMMANDS = (
+    "run_cmd",
+    "params_cmd",
+    "runs_cmd",
+    "lint_cmd",
+    "clean_cmd",
+    "diff_cmd",
+    "export_cmd",
+    "git_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
