@@ -91,7 +91,13 @@ def _new_code_cell(source: str, *, tags: list[str]) -> NotebookNode:
     # the same cell nbformat.v4.new_code_cell makes, without its per-cell jsonschema
     # validation (a millisecond on every run; the shape is fixed here)
     cell: NotebookNode = from_dict(
-        {"id": uuid.uuid4().hex[:8], "cell_type": "code", "metadata": {"tags": tags},
-         "execution_count": None, "source": source, "outputs": []}
+        {
+            "id": uuid.uuid4().hex[:8],
+            "cell_type": "code",
+            "metadata": {"tags": tags},
+            "execution_count": None,
+            "source": source,
+            "outputs": [],
+        }
     )
     return cell
