@@ -25,6 +25,7 @@ def run(
     kernel: str | None = None,
     engine: str = "auto",
     memory_limit: int | None = None,
+    lint: bool = False,
     cwd: PathLike | None = None,
     cell_timeout: float | None = None,
     timeout: float | None = None,
@@ -71,6 +72,7 @@ def run(
         prepare_only=prepare_only,
         env=env,
         memory_limit=memory_limit,
+        lint=lint,
     )
     with Runner(home=Path(home) if home is not None else None, observers=observers) as runner:
         return runner.run(request, check=check)

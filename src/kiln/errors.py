@@ -15,6 +15,7 @@
     │   └── NoTranslator           no parameter translator for the kernel's language
     ├── EngineError                exit 2: the engine cannot start (no such kernel, ...)
     │   └── NoSuchKernel
+    ├── LintGateFailed             exit 1: ``kiln run --lint`` found lint errors (nothing ran)
     ├── StoreError                 the runs database or artefact folders
     │   └── RunNotFound            exit 2
     └── RunFailed                  exit 1: the run started and ended in a non-success state
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidParameterName",
     "KernelDied",
     "KilnError",
+    "LintGateFailed",
     "MissingParameter",
     "NoSuchKernel",
     "NoTranslator",
@@ -139,6 +141,16 @@ class EngineError(KilnError):
 
 class NoSuchKernel(EngineError):
     pass
+
+
+class LintGateFailed(KilnError):
+    """The notebook has lint errors and the run was asked to refuse them."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, findings: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.findings = list(findings)
 
 
 class StoreError(KilnError):

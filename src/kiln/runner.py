@@ -74,6 +74,8 @@ class RunRequest:
     engine: str = "auto"
     #: cap on the run's memory in bytes (fork engine)
     memory_limit: int | None = None
+    #: refuse to run a notebook with lint errors (rules configured in kiln.yaml)
+    lint: bool = False
     #: working directory of the kernel (default: the notebook's folder)
     cwd: Path | None = None
     #: seconds one cell may run
@@ -176,7 +178,9 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
         )
     data = read_bytes(request.notebook)
     raw = load_json(data, path=path)
-    nb = to_v4(raw, path=path) if raw["nbformat"] != 4 else None
+    nb = to_v4(raw, path=path) if raw["nbformat"] != 4 or request.lint else None
+    if request.lint:
+        _lint_gate(nb, path)
     view = nb if nb is not None else raw
     schema = infer_schema(view, notebook=path)
     values = resolve_parameters(
@@ -230,6 +234,22 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
     if nb is not None:
         prepared.complete()
     return prepared
+
+
+def _lint_gate(nb: Any, path: str) -> None:
+    from kiln.errors import LintGateFailed
+    from kiln.lint import errors_for_run_gate, load_lint_config
+
+    config = load_lint_config(Path(path).resolve().parent)
+    errors = errors_for_run_gate(nb, path, config)
+    if errors:
+        shown = "\n".join(f"  {f.location()}: {f.rule} {f.message}" for f in errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise LintGateFailed(
+            f"{path} has {len(errors)} lint error(s); not running it (--lint):\n{shown}{more}\n"
+            "Fix them, or ignore a rule in kiln.yaml (lint: {ignore: [ID]}).",
+            findings=errors,
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -314,3 +314,16 @@ def test_debug_shows_traceback_only_when_asked(kiln_cli, tmp_path):
     debug = kiln_cli("--debug", "run", str(bad))
     assert plain.returncode == debug.returncode == 2
     assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
+
+
+def test_lint_gate_refuses_a_notebook_with_lint_errors(make_nb, kiln_cli, home, tmp_path):
+    nb = make_nb(["print(total)", "total = 1"])  # a name used before it is defined
+    res = kiln_cli("run", str(nb), "--lint")
+    assert res.returncode == 1
+    assert "KL104" in res.stderr and "not running it" in res.stderr
+    assert _runs(home) == []  # refused before anything was recorded or started
+    (tmp_path / "kiln.yaml").write_text("lint:\n  ignore: [KL104]\n")
+    res = kiln_cli("run", str(nb), "--lint", "--allow-errors")
+    assert res.returncode == 0, res.stderr
+    clean = make_nb(["total = 1", "print(total)"], name="clean.ipynb")
+    assert kiln_cli("run", str(clean), "--lint").returncode == 0

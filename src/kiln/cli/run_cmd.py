@@ -121,6 +121,11 @@ def add_parser(sub: Any) -> None:
     )
     e.add_argument("--allow-errors", action="store_true", help="keep going after a cell error")
     e.add_argument(
+        "--lint",
+        action="store_true",
+        help="refuse to run a notebook with lint errors (see kiln lint, kiln.yaml)",
+    )
+    e.add_argument(
         "--prepare-only",
         action="store_true",
         help="inject parameters and write the output without executing",
@@ -216,6 +221,7 @@ def _request(args: argparse.Namespace, *, output: str | None) -> RunRequest:
         kernel=args.kernel,
         engine=args.engine,
         memory_limit=args.memory_limit,
+        lint=args.lint,
         cwd=Path(args.cwd) if args.cwd else None,
         cell_timeout=args.cell_timeout,
         timeout=args.timeout,
