@@ -18,6 +18,12 @@ from kilntest import KILN, read_nb, stream_text
 pytestmark = pytest.mark.kernel
 
 
+@pytest.fixture(params=["fork", "kernel"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every failure mode is checked on both engines."""
+    return str(request.param)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -49,11 +55,13 @@ def _wait_gone(pid: int, seconds: float = 5.0) -> bool:
     ],
     ids=["os-exit", "segfault", "sigkill-oom-like"],
 )
-def test_kernel_death_is_reported_as_crashed_within_seconds(make_nb, kiln_cli, tmp_path, cell):
+def test_kernel_death_is_reported_as_crashed_within_seconds(
+    make_nb, kiln_cli, tmp_path, cell, engine
+):
     nb = make_nb(["print('before')", cell, "print('never')"])
     out = tmp_path / "o.ipynb"
     t0 = time.monotonic()
-    res = kiln_cli("run", str(nb), str(out), "--json", timeout=60)
+    res = kiln_cli("run", str(nb), str(out), "--json", "--engine", engine, timeout=60)
     took = time.monotonic() - t0
     assert res.returncode == 1, res.stderr
     assert took < 15, f"took {took:.1f}s"
@@ -65,7 +73,7 @@ def test_kernel_death_is_reported_as_crashed_within_seconds(make_nb, kiln_cli, t
     assert "crashed" in cells[0].source and stream_text(cells[1]) == "before\n"
 
 
-def test_cell_timeout_kills_the_kernel_and_its_children(make_nb, kiln_cli, tmp_path):
+def test_cell_timeout_kills_the_kernel_and_its_children(make_nb, kiln_cli, tmp_path, engine):
     nb = make_nb(
         [
             "import subprocess, kiln\nchild = subprocess.Popen(['sleep', '300'])\n"
@@ -74,7 +82,16 @@ def test_cell_timeout_kills_the_kernel_and_its_children(make_nb, kiln_cli, tmp_p
         ]
     )
     t0 = time.monotonic()
-    res = kiln_cli("run", str(nb), str(tmp_path / "o.ipynb"), "--cell-timeout", "1.5", "--json")
+    res = kiln_cli(
+        "run",
+        str(nb),
+        str(tmp_path / "o.ipynb"),
+        "--cell-timeout",
+        "1.5",
+        "--json",
+        "--engine",
+        engine,
+    )
     took = time.monotonic() - t0
     assert res.returncode == 1
     run = json.loads(res.stdout)
@@ -83,24 +100,24 @@ def test_cell_timeout_kills_the_kernel_and_its_children(make_nb, kiln_cli, tmp_p
     assert _wait_gone(run["kernel_pid"]) and _wait_gone(run["records"]["child"])
 
 
-def test_whole_run_timeout(make_nb, kiln_cli, tmp_path):
+def test_whole_run_timeout(make_nb, kiln_cli, tmp_path, engine):
     nb = make_nb(["import time\ntime.sleep(0.8)"] * 10)
     t0 = time.monotonic()
-    res = kiln_cli("run", str(nb), "--timeout", "3", "--json")
+    res = kiln_cli("run", str(nb), "--timeout", "3", "--json", "--engine", engine)
     assert res.returncode == 1
     assert json.loads(res.stdout)["state"] == "timed_out"
     assert "--timeout" in json.loads(res.stdout)["reason"]
     assert time.monotonic() - t0 < 15
 
 
-def test_background_subprocess_does_not_outlive_a_successful_run(make_nb, kiln_cli):
+def test_background_subprocess_does_not_outlive_a_successful_run(make_nb, kiln_cli, engine):
     nb = make_nb(
         [
             "import subprocess, kiln\nchild = subprocess.Popen(['sleep', '300'])\n"
             "kiln.record('child', child.pid)"
         ]
     )
-    res = kiln_cli("run", str(nb), "--json")
+    res = kiln_cli("run", str(nb), "--json", "--engine", engine)
     assert res.returncode == 0, res.stderr
     assert _wait_gone(json.loads(res.stdout)["records"]["child"])
 
@@ -130,10 +147,10 @@ def _cell_done(out: Path, index: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-def test_signal_cancels_the_run(make_nb, home, tmp_path, kiln_cli, sig):
+def test_signal_cancels_the_run(make_nb, home, tmp_path, kiln_cli, sig, engine):
     nb = make_nb(["print('first')", "import time\ntime.sleep(120)", "print('never')"])
     out = tmp_path / "o.ipynb"
-    proc = _start_kiln(["run", str(nb), str(out)], home, tmp_path)
+    proc = _start_kiln(["run", str(nb), str(out), "--engine", engine], home, tmp_path)
     _wait_for(lambda: _cell_done(out, 0))
     time.sleep(0.5)
     proc.send_signal(sig)
@@ -148,11 +165,11 @@ def test_signal_cancels_the_run(make_nb, home, tmp_path, kiln_cli, sig):
 
 
 def test_killed_kiln_leaves_complete_output_and_is_marked_crashed(
-    make_nb, home, tmp_path, kiln_cli
+    make_nb, home, tmp_path, kiln_cli, engine
 ):
     nb = make_nb(["print('first')", "print('second')", "import time\ntime.sleep(120)"])
     out = tmp_path / "o.ipynb"
-    proc = _start_kiln(["run", str(nb), str(out)], home, tmp_path)
+    proc = _start_kiln(["run", str(nb), str(out), "--engine", engine], home, tmp_path)
     _wait_for(lambda: _cell_done(out, 1))
     time.sleep(0.5)
     proc.kill()
