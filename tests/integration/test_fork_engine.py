@@ -319,7 +319,8 @@ def test_native_libraries_work_after_fork(tmp_path, make_nb):
             "a = np.random.default_rng(0).normal(size=(400, 400))\n"
             "kiln.record('trace', float(np.trace(a @ a.T)))",
             "df = pd.DataFrame({'a': range(1000)})\nkiln.record('sum', int(df.a.sum()))",
-            "fig, ax = plt.subplots()\nax.set_title('fonts')\nax.plot([1, 2])\nkiln.record('f', fig)",
+            "fig, ax = plt.subplots()\nax.set_title('fonts')\nax.plot([1, 2])\n"
+            "kiln.record('f', fig)",
         ]
     )
     runs = _runs_in_one_pool(tmp_path, [(nb, {}), (nb, {}), (nb, {})])
