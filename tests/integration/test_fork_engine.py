@@ -255,7 +255,13 @@ def test_many_runs_leave_no_zombies_and_parent_memory_flat(tmp_path, make_nb):
                 runs += await asyncio.gather(*(one(batch * 200 + k) for k in range(200)))
                 server = next(iter(pool._servers.values()))
                 rss.append(_rss_kb(server.proc.pid))
+            # the parent reaps each child on SIGCHLD: give the last ones a moment
             children = _children_of(server.proc.pid)
+            for _ in range(100):
+                if not children:
+                    break
+                await asyncio.sleep(0.02)
+                children = _children_of(server.proc.pid)
             return [runs, children]
         finally:
             await pool.close()
