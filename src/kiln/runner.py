@@ -269,12 +269,15 @@ class Runner:
         store: Any = None,
         engine: Engine | None = None,
         observers: Sequence[Observer] = (),
+        engines: dict[str, Engine] | None = None,
     ) -> None:
         self._home_dir = home
         self._store = store
         self._owns_store = store is None
         self._engine = engine
-        self._engines: dict[str, Engine] = {}
+        #: engines created on first use, by name; pass a dict to share warm engines between
+        #: runners (each with its own home), and close them yourself
+        self._engines: dict[str, Engine] = engines if engines is not None else {}
         self._recovered = False
         self.observers = list(observers)
 

@@ -29,6 +29,7 @@ COMMANDS = (
     "diff_cmd",
     "export_cmd",
     "git_cmd",
+    "verify_cmd",
 )
 
 
