@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -122,7 +123,11 @@ class Prepared:
             from kiln.notebook.io import to_v4
             from kiln.parameters import inject_parameters
 
-            nb = to_v4(self.raw, path=str(self.request.notebook))
+            parsed = _PARSED.get(self.sha256)
+            valid = parsed is not None and parsed.valid
+            nb = to_v4(self.raw, path=str(self.request.notebook), validate=not valid)
+            if parsed is not None:
+                parsed.valid = True
             if self.values:  # like papermill: no values, no injected cell (an old one stays)
                 nb = inject_parameters(
                     nb, self.values, schema=self.schema, language=self.language
@@ -177,12 +182,19 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
             "its input: choose another output path"
         )
     data = read_bytes(request.notebook)
-    raw = load_json(data, path=path)
-    nb = to_v4(raw, path=path) if raw["nbformat"] != 4 or request.lint else None
-    if request.lint:
-        _lint_gate(nb, path)
-    view = nb if nb is not None else raw
-    schema = infer_schema(view, notebook=path)
+    sha = sha256_bytes(data)
+    parsed = _PARSED.get(sha)
+    if parsed is None or request.lint:
+        raw = load_json(data, path=path)
+        nb = to_v4(raw, path=path) if raw["nbformat"] != 4 or request.lint else None
+        if request.lint:
+            _lint_gate(nb, path)
+        view = nb if nb is not None else raw
+        schema = infer_schema(view, notebook=path)
+        if nb is None:
+            _remember(sha, _Parsed(raw, schema))
+    else:  # the same bytes again (a sweep, a schedule): parsed and checked already
+        raw, schema, nb, view = parsed.raw, parsed.schema, None, parsed.raw
     values = resolve_parameters(
         schema, request.parameters, allow_unknown=request.allow_unknown, notebook=path
     )
@@ -221,7 +233,7 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
     prepared = Prepared(
         request,
         data,
-        sha256_bytes(data),
+        sha,
         raw,
         schema,
         values,
@@ -234,6 +246,25 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
     if nb is not None:
         prepared.complete()
     return prepared
+
+
+@dataclass
+class _Parsed:
+    """What prepare learnt from one notebook's bytes (valid: passed nbformat validation)."""
+
+    raw: dict[str, Any]
+    schema: Any
+    valid: bool = False
+
+
+#: by sha256 of the notebook bytes; a sweep prepares the same notebook once per set
+_PARSED: dict[str, _Parsed] = {}
+
+
+def _remember(sha: str, parsed: _Parsed) -> None:
+    if len(_PARSED) >= 32:
+        _PARSED.pop(next(iter(_PARSED)))
+    _PARSED[sha] = parsed
 
 
 def _lint_gate(nb: Any, path: str) -> None:
@@ -485,7 +516,8 @@ class Runner:
         # the injected notebook is on disk within 0.2 s (or when the run ends, if sooner)
         saver = _Saver(nb, output_path)
         saver.changed()
-        store.update_run(run.id, state="running", started_at=started_at)
+        # the row turns `running` when the engine is ready (one write with the kernel's
+        # details); until then it says `queued`, which is what it is while a kernel boots
         run.state, run.started_at = "running", started_at
         code_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
         self._notify(RunStarted(run, len(nb.cells), code_cells))
@@ -511,12 +543,15 @@ class Runner:
                     f"kernel {event.kernel_name} ready ({event.kernel_version}, "
                     f"{event.language} {event.language_version}, pid {event.pid})"
                 )
-                started = process_start_time(event.pid) if event.pid else None
+                run.kernel_pid, run.kernel_version = event.pid, _kernel_version(event)
+                run.kernel_started = process_start_time(event.pid) if event.pid else None
                 store.update_run(
                     run.id,
-                    kernel_pid=event.pid,
-                    kernel_started=started,
-                    kernel_version=_kernel_version(event),
+                    state="running",
+                    started_at=started_at,
+                    kernel_pid=run.kernel_pid,
+                    kernel_started=run.kernel_started,
+                    kernel_version=run.kernel_version,
                 )
             self._notify(event)
 
@@ -558,16 +593,29 @@ class Runner:
             meta["error"] = {"cell_index": outcome.failed_cell, "message": outcome.message}
         save_notebook(nb, output_path)
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
+        fields: dict[str, Any] = {
+            "started_at": run.started_at,
+            "cell_durations": durations,
+            "records": records,
+        }
         self.store.finish_run(
             run.id,
             state,
             reason=outcome.message or None,
             error=error,
             ended_at=ended_at,
-            cell_durations=durations,
-            records=records,
+            **fields,
         )
-        final: Run = self.store.get_run(run.id)
+        # what was just written, without reading it back
+        final = dataclasses.replace(
+            run,
+            state=state,
+            ended_at=ended_at,
+            reason=outcome.message or None,
+            error=error,
+            cell_durations=durations,
+            records_list=records,
+        )
         self._notify(RunEnded(final))
         return final
 

@@ -76,7 +76,8 @@ def test_row_is_committed_before_cells_run(tmp_path, runner, engine):
 
     engine.on_execute = look
     runner.run(RunRequest(notebook=nb))
-    assert seen == [("running", True)]
+    # committed (queued, owned by this process) before the engine runs anything
+    assert seen == [("queued", True)]
 
 
 def test_cell_error_fails_with_banner_and_typed_error(tmp_path, runner):

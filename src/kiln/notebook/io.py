@@ -85,8 +85,10 @@ def load_json(data: bytes, *, path: str) -> dict[str, Any]:
     return raw
 
 
-def to_v4(raw: dict[str, Any], *, path: str) -> Any:
-    """Upgrade (v3, old v4) and validate raw notebook JSON; returns a NotebookNode."""
+def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True) -> Any:
+    """Upgrade (v3, old v4) and validate raw notebook JSON; returns a NotebookNode.
+
+    ``validate=False`` is for JSON already validated once (the same bytes run again)."""
     import nbformat
     from nbformat.validator import ValidationError
 
@@ -105,6 +107,8 @@ def to_v4(raw: dict[str, Any], *, path: str) -> Any:
             f"{path} is not a valid notebook: {_short(exc)}", path=path
         ) from exc
     _ensure_ids(nb)
+    if not validate:
+        return nb
     try:
         nbformat.validate(nb)
     except ValidationError as exc:

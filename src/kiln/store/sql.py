@@ -125,11 +125,18 @@ class RunStore:
         values = _column_values({name: getattr(run, name) for name in _RUN_FIELDS})
         with self._write() as conn:
             try:
-                conn.execute(runs.insert().values(values))
+                # parameters, not .values(): one cached compiled INSERT for every run
+                conn.execute(runs.insert(), values)
             except sa.exc.IntegrityError as exc:
                 raise StoreError(f"run {run.id} already exists in {self._where}") from exc
-            row = conn.execute(runs.select().where(runs.c.id == run.id)).one()
-        return _row_to_run(row)
+        return replace(
+            run,
+            **{
+                name: _to_utc(getattr(run, name))
+                for name in ("created_at", "started_at", "ended_at")
+                if getattr(run, name) is not None
+            },
+        )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set some fields of a run (any :class:`Run` field but ``id``) and commit.
