@@ -131,11 +131,9 @@ class RunStore:
                 raise StoreError(f"run {run.id} already exists in {self._where}") from exc
         return replace(
             run,
-            **{
-                name: _to_utc(getattr(run, name))
-                for name in ("created_at", "started_at", "ended_at")
-                if getattr(run, name) is not None
-            },
+            created_at=_to_utc(run.created_at) if run.created_at else None,
+            started_at=_to_utc(run.started_at) if run.started_at else None,
+            ended_at=_to_utc(run.ended_at) if run.ended_at else None,
         )
 
     def update_run(self, run_id: str, **fields: Any) -> None:
