@@ -332,11 +332,12 @@ def load_yaml_values(text: str, *, origin: str) -> dict[str, Any]:
         )
     values: dict[str, Any] = {}
     for key, value in data.items():
-        values[_yaml_key(key, origin)] = check_plain_data(value, name=key, notebook=origin)
+        values[yaml_key(key, origin)] = check_plain_data(value, name=key, notebook=origin)
     return values
 
 
-def _yaml_key(key: Any, origin: str) -> str:
+def yaml_key(key: Any, origin: str) -> str:
+    """A parameter name read from YAML (``origin`` names the file or flag): a valid name."""
     if not isinstance(key, str):
         hint = ""
         if isinstance(key, bool) or key is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import InvalidParameterName, ParameterError, UsageError
+from kiln.errors import ParameterError, UsageError
 from kiln.runner import RunRequest, prepare
 from kiln.store.records import Run
 
@@ -96,22 +96,9 @@ def _explicit(sets: Sequence[Any], origin: str) -> list[ParameterSet]:
 
 
 def _name(key: Any, origin: str) -> str:
-    from kiln.parameters import validate_name
+    from kiln.parameters.values import yaml_key
 
-    if not isinstance(key, str):
-        hint = ""
-        if isinstance(key, bool) or key is None:
-            hint = " (YAML reads yes/no/on/off/true/false/null as values; quote the name)"
-        raise InvalidParameterName(
-            f"{origin}: parameter name {key!r} is not a string{hint}", expected="an identifier"
-        )
-    try:
-        validate_name(key)
-    except InvalidParameterName as exc:
-        raise InvalidParameterName(
-            f"{origin}: {exc.message}", name=exc.name, expected=exc.expected
-        ) from exc
-    return key
+    return yaml_key(key, origin)
 
 
 def _plain(value: Any, name: str, origin: str) -> Any:
