@@ -16,21 +16,19 @@ the same way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import os
 import platform
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from kiln import __version__
+from kiln.cancel import cancel_on_signals, execute_cancellable
 from kiln.engines.base import (
     CellFinished,
     CellOutput,
@@ -50,91 +48,28 @@ from kiln.errors import (
     RunTimedOut,
     UsageError,
 )
-from kiln.notebook import read_bytes, save_notebook, sha256_bytes
+from kiln.notebook import save_notebook
 from kiln.notebook.io import atomic_write_text
-from kiln.notebook.marks import add_failure_marks, remove_marks
+from kiln.notebook.marks import add_failure_marks
 from kiln.recording import record_from_output
+from kiln.request import Prepared, RunRequest, prepare
 from kiln.runlog import RunLog
 from kiln.store.process import process_start_time
 from kiln.store.records import Record, Run
 
-
-@dataclass(frozen=True, kw_only=True)
-class RunRequest:
-    """Everything that defines one run. Options are keyword-only and documented here."""
-
-    #: the notebook file to run (never modified)
-    notebook: Path
-    #: parameter values: plain data, or ``CliValue`` text to be coerced by the schema
-    parameters: Mapping[str, Any] = field(default_factory=dict)
-    #: where to write the output notebook (default: ``$KILN_HOME/runs/<id>/output.ipynb``)
-    output: Path | None = None
-    #: kernel name (default: the notebook's kernelspec, else ``python3``)
-    kernel: str | None = None
-    #: engine: ``auto`` (fork for Python notebooks on Linux, else kernel), ``fork``, ``kernel``
-    engine: str = "auto"
-    #: cap on the run's memory in bytes (fork engine)
-    memory_limit: int | None = None
-    #: refuse to run a notebook with lint errors (rules configured in kiln.yaml)
-    lint: bool = False
-    #: working directory of the kernel (default: the notebook's folder)
-    cwd: Path | None = None
-    #: seconds one cell may run
-    cell_timeout: float | None = None
-    #: seconds the whole run may take, kernel start included
-    timeout: float | None = None
-    #: keep going after a cell raises
-    allow_errors: bool = False
-    #: accept parameters the notebook does not declare
-    allow_unknown: bool = False
-    #: hide the input of every cell in the output notebook
-    report_mode: bool = False
-    #: inject parameters and save the output notebook without executing it
-    prepare_only: bool = False
-    #: extra environment variables for the kernel
-    env: Mapping[str, str] | None = None
-
-
-@dataclass
-class Prepared:
-    """A validated request: everything decided about it before anything starts.
-
-    The notebook's JSON, parameters and kernel are checked first (cheap: no nbformat), so the
-    kernel can be launched at once; :meth:`complete` then does the full nbformat upgrade,
-    validation and injection while the kernel boots.
-    """
-
-    request: RunRequest
-    source_bytes: bytes
-    sha256: str
-    raw: dict[str, Any]
-    schema: Any
-    values: dict[str, Any]
-    kernel_name: str
-    language: str
-    warnings: list[str]
-    engine_name: str = "kernel"
-    imports: tuple[str, ...] = ()
-    notebook: Any = None
-
-    def complete(self) -> Any:
-        """The notebook to execute: upgraded, validated, parameters injected, old marks gone."""
-        if self.notebook is None:
-            from kiln.notebook.io import to_v4
-            from kiln.parameters import inject_parameters
-
-            parsed = _PARSED.get(self.sha256)
-            valid = parsed is not None and parsed.valid
-            nb = to_v4(self.raw, path=str(self.request.notebook), validate=not valid)
-            if parsed is not None:
-                parsed.valid = True
-            if self.values:  # like papermill: no values, no injected cell (an old one stays)
-                nb = inject_parameters(
-                    nb, self.values, schema=self.schema, language=self.language
-                ).notebook
-            remove_marks(nb)
-            self.notebook = nb
-        return self.notebook
+__all__ = [
+    "Observer",
+    "Prepared",
+    "RunEnded",
+    "RunEvent",
+    "RunRequest",
+    "RunStarted",
+    "RunWarning",
+    "Runner",
+    "cancel_on_signals",
+    "prepare",
+    "raise_for_state",
+]
 
 
 @dataclass(frozen=True)
@@ -164,130 +99,6 @@ _STATE_BY_OUTCOME = {
     "dead": "crashed",
     "cancelled": "cancelled",
 }
-
-
-def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
-    """Validate a request without starting anything: raises NotebookError/ParameterError/...
-
-    For nbformat 4 the schema is read from the raw JSON; the full nbformat validation waits
-    for :meth:`Prepared.complete` (which the runner calls while the kernel boots).
-    """
-    from kiln.notebook.io import load_json, to_v4
-    from kiln.parameters import infer_schema, resolve_parameters
-
-    path = str(request.notebook)
-    if request.output is not None and _same_file(request.output, request.notebook):
-        raise UsageError(
-            f"the output path {request.output} is the input notebook; Kiln never overwrites "
-            "its input: choose another output path"
-        )
-    data = read_bytes(request.notebook)
-    sha = sha256_bytes(data)
-    parsed = _PARSED.get(sha)
-    if parsed is None or request.lint:
-        raw = load_json(data, path=path)
-        nb = to_v4(raw, path=path) if raw["nbformat"] != 4 or request.lint else None
-        if request.lint:
-            _lint_gate(nb, path)
-        view = nb if nb is not None else raw
-        schema = infer_schema(view, notebook=path)
-        if nb is None:
-            _remember(sha, _Parsed(raw, schema))
-    else:  # the same bytes again (a sweep, a schedule): parsed and checked already
-        raw, schema, nb, view = parsed.raw, parsed.schema, None, parsed.raw
-    values = resolve_parameters(
-        schema, request.parameters, allow_unknown=request.allow_unknown, notebook=path
-    )
-    meta = view.get("metadata", {})
-    kernel_name = request.kernel or meta.get("kernelspec", {}).get("name") or "python3"
-    warnings = []
-    imports: list[str] = []
-    if engine_name is None:
-        from kiln.engines import choose_engine
-        from kiln.engines.imports import notebook_imports
-        from kiln.engines.kernel import kernel_spec
-
-        spec = kernel_spec(kernel_name)
-        language = str(spec.language or "python").lower()
-        imports = notebook_imports(view.get("cells", []))
-        sources = [
-            "".join(c.get("source", ""))
-            for c in view.get("cells", [])
-            if c.get("cell_type") == "code"
-        ]
-        engine_name, notice = choose_engine(
-            request.engine, spec, imports, sources=sources, memory_limit=request.memory_limit
-        )
-        if notice:
-            warnings.append(notice)
-    else:
-        language = schema.language or "python"
-    if values:
-        from kiln.parameters import get_translator
-
-        get_translator(language)  # refuse a language without a translator now
-    if values and schema.cell_index is None:
-        warnings.append(
-            f"{path} has no cell tagged 'parameters': the parameters were injected at the top"
-        )
-    prepared = Prepared(
-        request,
-        data,
-        sha,
-        raw,
-        schema,
-        values,
-        kernel_name,
-        language,
-        warnings,
-        engine_name=engine_name,
-        imports=tuple(imports),
-    )
-    if nb is not None:
-        prepared.complete()
-    return prepared
-
-
-@dataclass
-class _Parsed:
-    """What prepare learnt from one notebook's bytes (valid: passed nbformat validation)."""
-
-    raw: dict[str, Any]
-    schema: Any
-    valid: bool = False
-
-
-#: by sha256 of the notebook bytes; a sweep prepares the same notebook once per set
-_PARSED: dict[str, _Parsed] = {}
-
-
-def _remember(sha: str, parsed: _Parsed) -> None:
-    if len(_PARSED) >= 32:
-        _PARSED.pop(next(iter(_PARSED)))
-    _PARSED[sha] = parsed
-
-
-def _lint_gate(nb: Any, path: str) -> None:
-    from kiln.errors import LintGateFailed
-    from kiln.lint import errors_for_run_gate, load_lint_config
-
-    config = load_lint_config(Path(path).resolve().parent)
-    errors = errors_for_run_gate(nb, path, config)
-    if errors:
-        shown = "\n".join(f"  {f.location()}: {f.rule} {f.message}" for f in errors[:20])
-        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise LintGateFailed(
-            f"{path} has {len(errors)} lint error(s); not running it (--lint):\n{shown}{more}\n"
-            "Fix them, or ignore a rule in kiln.yaml (lint: {ignore: [ID]}).",
-            findings=errors,
-        )
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
 
 
 class Runner:
@@ -556,7 +367,7 @@ class Runner:
             self._notify(event)
 
         try:
-            outcome = await _execute_cancellable(session, nb, on_event)
+            outcome = await execute_cancellable(session, nb, on_event)
         finally:
             saver.stop()
         return self._finish(prepared, run, nb, output_path, log, outcome, durations, records)
@@ -648,95 +459,6 @@ class _Saver:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-
-class _Cancellation:
-    """SIGINT/SIGTERM while runs execute: every active run of this event loop is cancelled.
-
-    Handlers are installed when the first run starts and removed when the last one ends, so
-    concurrent runs (sweeps, ``-j N``) share one pair of handlers instead of replacing each
-    other's. Only the main thread can install signal handlers; elsewhere runs are cancelled
-    by cancelling their task.
-    """
-
-    def __init__(self) -> None:
-        self.active: dict[asyncio.Future[Any], list[str]] = {}
-        self.installed: list[signal.Signals] = []
-
-    def add(self, task: asyncio.Future[Any]) -> list[str]:
-        if not self.active and threading.current_thread() is threading.main_thread():
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.add_signal_handler(signum, self._on_signal, signum)
-                    self.installed.append(signum)
-        received: list[str] = []
-        self.active[task] = received
-        return received
-
-    def discard(self, task: asyncio.Future[Any]) -> None:
-        self.active.pop(task, None)
-        if not self.active and self.installed:
-            loop = asyncio.get_running_loop()
-            for signum in self.installed:
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(signum)
-            self.installed.clear()
-
-    def _on_signal(self, signum: signal.Signals) -> None:
-        for task, received in self.active.items():
-            received.append(signum.name)
-            task.cancel()
-
-
-_cancellations: dict[asyncio.AbstractEventLoop, _Cancellation] = {}
-
-
-@contextlib.contextmanager
-def cancel_on_signals(future: asyncio.Future[Any]) -> Iterator[list[str]]:
-    """While the block runs, SIGINT/SIGTERM cancel ``future`` (and every executing run of this
-    event loop); the yielded list receives the names of the signals received.
-
-    Runs use it for their own execution; a caller running many (a sweep, a worker) holds it
-    for its whole duration so that a signal between two runs is not lost.
-    """
-    loop = asyncio.get_running_loop()
-    guard = _cancellations.setdefault(loop, _Cancellation())
-    received = guard.add(future)
-    try:
-        yield received
-    finally:
-        guard.discard(future)
-        if not guard.active:
-            _cancellations.pop(loop, None)
-
-
-async def _execute_cancellable(
-    session: EngineSession, nb: Any, on_event: Callable[[Event], None]
-) -> ExecutionOutcome:
-    """Execute, turning SIGINT/SIGTERM into a cancelled outcome."""
-    task = asyncio.ensure_future(session.execute(nb, on_event))
-    with cancel_on_signals(task) as received:
-        return await _outcome_of(task, received)
-
-
-async def _outcome_of(
-    task: asyncio.Future[ExecutionOutcome], received: list[str]
-) -> ExecutionOutcome:
-    try:
-        outcome = await task
-        if received:
-            # the engine may have turned the cancellation into another outcome (nbclient
-            # reports a cancelled wait as a dead kernel): the signal is what happened
-            return ExecutionOutcome(
-                "cancelled", f"cancelled by {received[0]}", failed_cell=outcome.failed_cell
-            )
-        return outcome
-    except asyncio.CancelledError:
-        if not received and not task.cancelled():
-            raise
-        why = f"cancelled by {received[0]}" if received else "cancelled"
-        return ExecutionOutcome("cancelled", why)
 
 
 def _reset_outputs(nb: Any, *, skip_tag: str) -> None:
