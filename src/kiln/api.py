@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kiln.store.records import Run
 
 if TYPE_CHECKING:
+    from kiln.request import RunRequest
     from kiln.sweeps import SweepEvent, SweepResult
 
 PathLike = str | os.PathLike[str]
@@ -48,7 +49,7 @@ def run(
     >>> result = kiln.run("report.ipynb", parameters={"region": "EU", "n": 3})
     >>> result.records["total"]
     """
-    from kiln.runner import Observer, RunEvent, Runner, RunRequest
+    from kiln.runner import Observer, RunEvent, Runner
 
     observers: list[Observer] = []
     if log_output:
@@ -57,13 +58,13 @@ def run(
             _echo_stream(event)
 
         observers.append(echo)
-    request = RunRequest(
-        notebook=Path(notebook),
-        parameters=dict(parameters or {}),
-        output=Path(output) if output is not None else None,
+    request = _request(
+        notebook,
+        parameters,
+        output,
+        cwd,
         kernel=kernel,
         engine=engine,
-        cwd=Path(cwd) if cwd is not None else None,
         cell_timeout=cell_timeout,
         timeout=timeout,
         allow_errors=allow_errors,
@@ -120,17 +121,18 @@ def sweep(
     >>> [(run.parameters, run.records["total"]) for run in result.succeeded]
     >>> print(result.table())
     """
-    from kiln.runner import Runner, RunRequest
+    from kiln.runner import Runner
     from kiln.sweeps import SetEvent, load_grid, parameter_sets, plan_sweep, run_sweep
 
     sets = load_grid(grid) if isinstance(grid, (str, os.PathLike)) else parameter_sets(grid)
-    request = RunRequest(
-        notebook=Path(notebook),
-        parameters=dict(parameters or {}),
+    request = _request(
+        notebook,
+        parameters,
+        None,
+        cwd,
         kernel=kernel,
         engine=engine,
         memory_limit=memory_limit,
-        cwd=Path(cwd) if cwd is not None else None,
         cell_timeout=cell_timeout,
         timeout=timeout,
         allow_errors=allow_errors,
@@ -151,6 +153,25 @@ def sweep(
     if check:
         result.check()
     return result
+
+
+def _request(
+    notebook: PathLike,
+    parameters: Mapping[str, Any] | None,
+    output: PathLike | None,
+    cwd: PathLike | None,
+    **options: Any,
+) -> RunRequest:
+    """The RunRequest behind :func:`run` and :func:`sweep` (paths made ``Path``)."""
+    from kiln.request import RunRequest
+
+    return RunRequest(
+        notebook=Path(notebook),
+        parameters=dict(parameters or {}),
+        output=Path(output) if output is not None else None,
+        cwd=Path(cwd) if cwd is not None else None,
+        **options,
+    )
 
 
 def _echo_stream(event: Any, *, prefix: str = "") -> None:

@@ -306,7 +306,9 @@ class KilnShell(InteractiveShell):
     def enable_gui(self, gui: str | None = None) -> None:
         # `%matplotlib inline` asks for no event loop; a headless run has none to give
         if gui not in (None, "inline"):
-            raise NotImplementedError(f"a Kiln run has no {gui} event loop; use inline figures")
+            from IPython.core.error import UsageError
+
+            raise UsageError(f"a Kiln run has no {gui} event loop; use inline figures")
 
     def ask_exit(self) -> None:
         pass
