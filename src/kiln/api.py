@@ -1,19 +1,22 @@
 """The Python API, mirroring the CLI: ``kiln.run``, ``kiln.sweep``, ``kiln.read_run``,
-``kiln.list_runs``."""
+``kiln.list_runs``. Run options are declared once, in :mod:`kiln.options`."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.store.records import Run
+from kiln.liveoutput import LiveOutput
+from kiln.options import RunOptionArgs, options_doc
+from kiln.store.records import Run, RunState
+from kiln.units import parse_count
 
 if TYPE_CHECKING:
-    from kiln.request import RunRequest
-    from kiln.sweeps import SweepEvent, SweepResult
+    from typing_extensions import Unpack
+
+    from kiln.sweeps import SweepResult
 
 PathLike = str | os.PathLike[str]
 
@@ -23,58 +26,33 @@ def run(
     output: PathLike | None = None,
     *,
     parameters: Mapping[str, Any] | None = None,
-    kernel: str | None = None,
-    engine: str = "auto",
-    memory_limit: int | None = None,
-    lint: bool = False,
-    cwd: PathLike | None = None,
-    cell_timeout: float | None = None,
-    timeout: float | None = None,
-    allow_errors: bool = False,
-    allow_unknown: bool = False,
-    report_mode: bool = False,
-    prepare_only: bool = False,
-    env: Mapping[str, str] | None = None,
     home: PathLike | None = None,
     log_output: bool = False,
     check: bool = True,
+    **options: Unpack[RunOptionArgs],
 ) -> Run:
     """Run a notebook with parameters and return the recorded :class:`Run`.
 
     Parameters are validated against the notebook's ``parameters`` cell before anything
     starts (``kiln.errors.ParameterError``). When the run does not succeed and ``check`` is
     true, the matching ``kiln.errors.RunFailed`` subclass is raised; its ``.run`` holds the
-    record, the output notebook (with its error banner) is saved either way.
+    record, the output notebook (with its error banner) is saved either way. ``home`` is the
+    Kiln home that records the run (default: as for every command, see ``find_home``);
+    ``log_output`` echoes the cells' output live, as ``kiln run --log-output`` does.
 
-    >>> result = kiln.run("report.ipynb", parameters={"region": "EU", "n": 3})
+    >>> result = kiln.run("report.ipynb", parameters={"region": "EU", "n": 3}, timeout="10m")
     >>> result.records["total"]
+
+    Run options (keyword arguments; the environment's ``KILN_*`` and ``kiln.yaml``'s ``run``
+    section give their defaults):
+
+    {options}
     """
-    from kiln.runner import Observer, RunEvent, Runner
+    from kiln.request import RunRequest
+    from kiln.runner import Runner
 
-    observers: list[Observer] = []
-    if log_output:
-
-        def echo(event: RunEvent) -> None:
-            _echo_stream(event)
-
-        observers.append(echo)
-    request = _request(
-        notebook,
-        parameters,
-        output,
-        cwd,
-        kernel=kernel,
-        engine=engine,
-        cell_timeout=cell_timeout,
-        timeout=timeout,
-        allow_errors=allow_errors,
-        allow_unknown=allow_unknown,
-        report_mode=report_mode,
-        prepare_only=prepare_only,
-        env=env,
-        memory_limit=memory_limit,
-        lint=lint,
-    )
+    request = RunRequest.build(notebook, parameters=parameters, output=output, **options)
+    observers = [LiveOutput().observe] if log_output else []
     with Runner(home=Path(home) if home is not None else None, observers=observers) as runner:
         return runner.run(request, check=check)
 
@@ -86,20 +64,10 @@ def sweep(
     jobs: int = 1,
     parameters: Mapping[str, Any] | None = None,
     output: PathLike | None = None,
-    kernel: str | None = None,
-    engine: str = "auto",
-    memory_limit: int | None = None,
-    cwd: PathLike | None = None,
-    cell_timeout: float | None = None,
-    timeout: float | None = None,
-    allow_errors: bool = False,
-    allow_unknown: bool = False,
-    report_mode: bool = False,
-    prepare_only: bool = False,
-    env: Mapping[str, str] | None = None,
     home: PathLike | None = None,
     log_output: bool = False,
     check: bool = False,
+    **options: Unpack[RunOptionArgs],
 ) -> SweepResult:
     """Run a notebook once per parameter set, ``jobs`` runs at a time; each is a normal
     recorded run. Returns a :class:`kiln.sweeps.SweepResult` (runs in set order).
@@ -110,7 +78,7 @@ def sweep(
     updates. Every set is validated before anything starts (``kiln.errors.ParameterError``
     naming the set). ``output`` is a path template such as ``"out/{region}-{x}.ipynb"``
     (fields: parameter names and ``{index}``); without it each run writes ``output.ipynb`` in
-    its run folder. ``timeout`` and the other options apply to each run, as in :func:`run`.
+    its run folder. The run options apply to each run, as in :func:`run`.
 
     A failed run does not stop the others and raises nothing, unless ``check`` is true: then,
     once every run has ended, the error of the first set that did not succeed is raised.
@@ -120,72 +88,26 @@ def sweep(
     >>> result = kiln.sweep("report.ipynb", {"region": ["EU", "US"], "n": [1, 2]}, jobs=2)
     >>> [(run.parameters, run.records["total"]) for run in result.succeeded]
     >>> print(result.table())
+
+    Run options (as for :func:`run`):
+
+    {options}
     """
+    from kiln.request import RunRequest
     from kiln.runner import Runner
-    from kiln.sweeps import SetEvent, load_grid, parameter_sets, plan_sweep, run_sweep
+    from kiln.sweeps import load_grid, parameter_sets, plan_sweep, run_sweep
 
+    jobs = parse_count(jobs)
     sets = load_grid(grid) if isinstance(grid, (str, os.PathLike)) else parameter_sets(grid)
-    request = _request(
-        notebook,
-        parameters,
-        None,
-        cwd,
-        kernel=kernel,
-        engine=engine,
-        memory_limit=memory_limit,
-        cell_timeout=cell_timeout,
-        timeout=timeout,
-        allow_errors=allow_errors,
-        allow_unknown=allow_unknown,
-        report_mode=report_mode,
-        prepare_only=prepare_only,
-        env=env,
-    )
+    request = RunRequest.build(notebook, parameters=parameters, **options)
     plan = plan_sweep(request, sets, output=output)
-
-    def echo(event: SweepEvent) -> None:
-        if isinstance(event, SetEvent):
-            _echo_stream(event.event, prefix=f"[{event.index}] ")
-
+    echo = LiveOutput().observe_sweep if log_output else None
     home_dir = Path(home) if home is not None else None
     with Runner(home=home_dir) as runner:  # one runner: its warm engines serve every run
-        result = run_sweep(plan, runner=runner, jobs=jobs, observer=echo if log_output else None)
+        result = run_sweep(plan, runner=runner, jobs=jobs, observer=echo)
     if check:
         result.check()
     return result
-
-
-def _request(
-    notebook: PathLike,
-    parameters: Mapping[str, Any] | None,
-    output: PathLike | None,
-    cwd: PathLike | None,
-    **options: Any,
-) -> RunRequest:
-    """The RunRequest behind :func:`run` and :func:`sweep` (paths made ``Path``)."""
-    from kiln.request import RunRequest
-
-    return RunRequest(
-        notebook=Path(notebook),
-        parameters=dict(parameters or {}),
-        output=Path(output) if output is not None else None,
-        cwd=Path(cwd) if cwd is not None else None,
-        **options,
-    )
-
-
-def _echo_stream(event: Any, *, prefix: str = "") -> None:
-    """Write a cell's stdout/stderr to ours (``log_output``), each line after ``prefix``."""
-    from kiln.engines.base import CellOutput
-
-    if not isinstance(event, CellOutput) or event.output.get("output_type") != "stream":
-        return
-    text = str(event.output.get("text", ""))
-    if prefix:
-        text = "".join(prefix + line for line in text.splitlines(keepends=True))
-    stream = sys.stderr if event.output.get("name") == "stderr" else sys.stdout
-    stream.write(text)
-    stream.flush()
 
 
 def read_run(id_or_path: PathLike, *, home: PathLike | None = None) -> Run:
@@ -221,6 +143,18 @@ def list_runs(
         return runs
 
 
+def _state_of(meta: Mapping[str, Any], path: Path) -> RunState:
+    from kiln.errors import NotebookError
+
+    state = meta.get("state")
+    if state not in {s.value for s in RunState}:
+        raise NotebookError(
+            f"{path} was not written by a Kiln run (no kiln run state in its metadata)",
+            path=str(path),
+        )
+    return RunState(state)
+
+
 def run_from_notebook(path: Path) -> Run:
     """Build a Run from an output notebook's ``kiln`` metadata and its record outputs."""
     from datetime import datetime
@@ -245,7 +179,7 @@ def run_from_notebook(path: Path) -> Run:
         id=str(meta.get("run_id", "")),
         notebook_path=str(meta.get("input_path", "")),
         notebook_sha256=sha256_bytes(data),
-        state=str(meta.get("state", "unknown")),
+        state=_state_of(meta, path),
         parameters=dict(meta.get("parameters", {})),
         started_at=when("started_at"),
         ended_at=when("ended_at"),
@@ -254,3 +188,8 @@ def run_from_notebook(path: Path) -> Run:
         error=meta.get("error"),
         records_list=records,
     )
+
+
+# the options' help, written once in kiln.options, shows in help(kiln.run) and help(kiln.sweep)
+run.__doc__ = (run.__doc__ or "").replace("{options}", options_doc(indent=4).strip())
+sweep.__doc__ = (sweep.__doc__ or "").replace("{options}", options_doc(indent=4).strip())

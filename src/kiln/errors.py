@@ -17,7 +17,8 @@
     │   └── NoSuchKernel
     ├── LintGateFailed             exit 1: ``kiln run --lint`` found lint errors (nothing ran)
     ├── StoreError                 the runs database or artefact folders
-    │   └── RunNotFound            exit 2
+    │   ├── RunNotFound            exit 2
+    │   └── HomeNotFound           exit 2: a read-only command found no Kiln history
     └── RunFailed                  exit 1: the run started and ended in a non-success state
         ├── CellExecutionError     a cell raised; carries the cell, ename, evalue, traceback
         ├── RunTimedOut            a cell timeout or the whole-run timeout expired
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CellExecutionError",
+    "CellFailure",
     "EngineError",
+    "HomeNotFound",
     "InvalidParameterName",
     "KernelDied",
     "KilnError",
@@ -159,6 +162,16 @@ class StoreError(KilnError):
 
 class RunNotFound(StoreError):
     exit_code = 2
+
+
+class HomeNotFound(StoreError):
+    """A command that only reads the history found none (and created nothing)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, home: Any = None) -> None:
+        super().__init__(message)
+        self.home = home
 
 
 class RunFailed(KilnError):

@@ -7,19 +7,28 @@ without starting anything and returns a :class:`Prepared` the runner executes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kiln.errors import UsageError
 from kiln.notebook import read_bytes, sha256_bytes
 from kiln.notebook.marks import remove_marks
+from kiln.options import OptionError, RunOptions, make_options
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
+
+    from kiln.parameters.schema import ParameterSchema
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunRequest:
-    """Everything that defines one run. Options are keyword-only and documented here."""
+class RunRequest(RunOptions):
+    """One run: a notebook, its parameters, where its output goes, and the run options.
+
+    Build it with :meth:`build` (which applies the environment's and the project file's
+    defaults and converts text such as ``"10m"``), or directly with typed values."""
 
     #: the notebook file to run (never modified)
     notebook: Path
@@ -27,33 +36,64 @@ class RunRequest:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     #: where to write the output notebook (default: ``$KILN_HOME/runs/<id>/output.ipynb``)
     output: Path | None = None
-    #: kernel name (default: the notebook's kernelspec, else ``python3``)
-    kernel: str | None = None
-    #: engine: ``auto`` (fork for Python notebooks on Linux, else kernel), ``fork``, ``kernel``
-    engine: str = "auto"
-    #: cap on the run's memory in bytes (fork engine)
-    memory_limit: int | None = None
-    #: refuse to run a notebook with lint errors (rules configured in kiln.yaml)
-    lint: bool = False
-    #: working directory of the kernel (default: the notebook's folder)
-    cwd: Path | None = None
-    #: seconds one cell may run
-    cell_timeout: float | None = None
-    #: seconds the whole run may take, kernel start included
-    timeout: float | None = None
-    #: keep going after a cell raises
-    allow_errors: bool = False
-    #: accept parameters the notebook does not declare
-    allow_unknown: bool = False
-    #: hide the input of every cell in the output notebook
-    report_mode: bool = False
-    #: inject parameters and save the output notebook without executing it
-    prepare_only: bool = False
-    #: extra environment variables for the kernel
-    env: Mapping[str, str] | None = None
+    #: the notebook's bytes when they do not come from the file ``notebook`` (standard input,
+    #: a URL, a queued run's stored copy); ``notebook`` then only names them
+    source: bytes | None = None
+
+    @property
+    def notebook_label(self) -> str:
+        """The notebook as recorded: its absolute path, or its name when ``source`` is given
+        (``<stdin>``, a URL)."""
+        if self.source is not None:
+            return str(self.notebook)
+        return str(Path(self.notebook).resolve())
+
+    @property
+    def run_cwd(self) -> Path:
+        """Where the run executes: ``cwd``, else the notebook's folder (the working directory
+        for a notebook given as ``source``)."""
+        if self.cwd is not None:
+            return Path(self.cwd)
+        if self.source is not None:
+            return Path.cwd()
+        return Path(self.notebook).resolve().parent
+
+    @classmethod
+    def build(
+        cls,
+        notebook: str | os.PathLike[str],
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        output: str | os.PathLike[str] | None = None,
+        source: bytes | None = None,
+        defaults: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> RunRequest:
+        """A request from loosely typed options (``timeout="10m"``, ``cwd="data"``).
+
+        Precedence: ``options`` (flags, API arguments) over ``KILN_*`` environment variables
+        over the ``run`` section of the ``kiln.yaml`` that governs the notebook. ``defaults``
+        replaces the last two (callers that resolved them already). Raises
+        :class:`kiln.options.OptionError` naming a bad option.
+        """
+        path = Path(notebook)
+        if defaults is None:
+            from kiln.project import load_project, run_defaults
+
+            start = path.parent if source is None else Path.cwd()
+            defaults = run_defaults(load_project(start))
+        values = dict(defaults)
+        values.update(make_options(options))
+        return cls(
+            notebook=path,
+            parameters=dict(parameters or {}),
+            output=Path(output) if output is not None else None,
+            source=source,
+            **values,
+        )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Prepared:
     """A validated request: everything decided about it before anything starts.
 
@@ -65,17 +105,19 @@ class Prepared:
     request: RunRequest
     source_bytes: bytes
     sha256: str
+    #: the notebook's JSON as read (nbformat 4; an older notebook is upgraded in ``notebook``)
     raw: dict[str, Any]
-    schema: Any
+    schema: ParameterSchema
     values: dict[str, Any]
     kernel_name: str
     language: str
     warnings: list[str]
     engine_name: str = "kernel"
     imports: tuple[str, ...] = ()
-    notebook: Any = None
+    #: the notebook to execute, once :meth:`complete` has built it
+    notebook: NotebookNode | None = None
 
-    def complete(self) -> Any:
+    def complete(self) -> NotebookNode:
         """The notebook to execute: upgraded, validated, parameters injected, old marks gone."""
         if self.notebook is None:
             from kiln.notebook.io import to_v4
@@ -106,17 +148,18 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
 
     path = str(request.notebook)
     if request.output is not None and _same_file(request.output, request.notebook):
-        raise UsageError(
-            f"the output path {request.output} is the input notebook; Kiln never overwrites "
-            "its input: choose another output path"
+        raise OptionError(
+            "output",
+            f"{request.output} is the input notebook; Kiln never overwrites its input: choose "
+            "another output path",
         )
-    data = read_bytes(request.notebook)
+    data = request.source if request.source is not None else read_bytes(request.notebook)
     sha = sha256_bytes(data)
     parsed = _PARSED.get(sha)
     if parsed is None or request.lint:
         raw = load_json(data, path=path)
         nb = to_v4(raw, path=path) if raw["nbformat"] != 4 or request.lint else None
-        if request.lint:
+        if nb is not None and request.lint:
             _lint_gate(nb, path)
         view = nb if nb is not None else raw
         schema = infer_schema(view, notebook=path)
@@ -151,6 +194,7 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
             warnings.append(notice)
     else:
         language = schema.language or "python"
+    language = (request.language or language).lower()
     if values:
         from kiln.parameters import get_translator
 
@@ -160,15 +204,15 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
             f"{path} has no cell tagged 'parameters': the parameters were injected at the top"
         )
     prepared = Prepared(
-        request,
-        data,
-        sha,
-        raw,
-        schema,
-        values,
-        kernel_name,
-        language,
-        warnings,
+        request=request,
+        source_bytes=data,
+        sha256=sha,
+        raw=raw,
+        schema=schema,
+        values=values,
+        kernel_name=kernel_name,
+        language=language,
+        warnings=warnings,
         engine_name=engine_name,
         imports=tuple(imports),
     )
@@ -182,7 +226,7 @@ class _Parsed:
     """What prepare learnt from one notebook's bytes (valid: passed nbformat validation)."""
 
     raw: dict[str, Any]
-    schema: Any
+    schema: ParameterSchema
     valid: bool = False
 
 
@@ -196,7 +240,7 @@ def _remember(sha: str, parsed: _Parsed) -> None:
     _PARSED[sha] = parsed
 
 
-def _lint_gate(nb: Any, path: str) -> None:
+def _lint_gate(nb: NotebookNode, path: str) -> None:
     from kiln.errors import LintGateFailed
     from kiln.lint import errors_for_run_gate, load_lint_config
 

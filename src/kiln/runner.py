@@ -21,11 +21,10 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kiln import __version__
 from kiln.cancel import cancel_on_signals, execute_cancellable
@@ -46,16 +45,22 @@ from kiln.errors import (
     RunCancelled,
     RunFailed,
     RunTimedOut,
-    UsageError,
 )
+from kiln.events import Observer, RunEnded, RunEvent, RunStarted, RunWarning
 from kiln.notebook import save_notebook
 from kiln.notebook.io import atomic_write_text
 from kiln.notebook.marks import add_failure_marks
+from kiln.options import OptionError
 from kiln.recording import record_from_output
 from kiln.request import Prepared, RunRequest, prepare
 from kiln.runlog import RunLog
 from kiln.store.process import process_start_time
-from kiln.store.records import Record, Run
+from kiln.store.records import Record, Run, RunState
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
+
+    from kiln.store.sql import RunStore
 
 __all__ = [
     "Observer",
@@ -72,32 +77,12 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RunStarted:
-    run: Run
-    cells: int
-    code_cells: int
-
-
-@dataclass(frozen=True)
-class RunEnded:
-    run: Run
-
-
-@dataclass(frozen=True)
-class RunWarning:
-    text: str
-
-
-RunEvent = Event | RunStarted | RunEnded | RunWarning
-Observer = Callable[[RunEvent], None]
-
 _STATE_BY_OUTCOME = {
-    "ok": "succeeded",
-    "error": "failed",
-    "timeout": "timed_out",
-    "dead": "crashed",
-    "cancelled": "cancelled",
+    "ok": RunState.SUCCEEDED,
+    "error": RunState.FAILED,
+    "timeout": RunState.TIMED_OUT,
+    "dead": RunState.CRASHED,
+    "cancelled": RunState.CANCELLED,
 }
 
 
@@ -108,7 +93,7 @@ class Runner:
         self,
         *,
         home: Path | None = None,
-        store: Any = None,
+        store: RunStore | None = None,
         engine: Engine | None = None,
         observers: Sequence[Observer] = (),
         engines: dict[str, Engine] | None = None,
@@ -124,9 +109,10 @@ class Runner:
         self.observers = list(observers)
 
     @property
-    def store(self) -> Any:
+    def store(self) -> RunStore:
+        """The history this runner records in (opened on first use)."""
         if self._store is None:
-            from kiln.store import RunStore
+            from kiln.store.sql import RunStore
 
             self._store = RunStore(self._home_dir)
         return self._store
@@ -162,9 +148,7 @@ class Runner:
         """Stop what the engines this runner created keep running (warm parents)."""
         engines, self._engines = list(self._engines.values()), {}
         for engine in engines:
-            closer = getattr(engine, "aclose", None)
-            if closer is not None:
-                await closer()
+            await engine.aclose()
 
     def _engine_named(self, name: str) -> Engine:
         engine = self._engines.get(name)
@@ -198,9 +182,9 @@ class Runner:
         from kiln.store import new_run_id
 
         request = prepared.request
-        cwd = Path(request.cwd) if request.cwd else Path(request.notebook).resolve().parent
+        cwd = request.run_cwd
         if not cwd.is_dir():
-            raise UsageError(f"--cwd {cwd} is not a directory")
+            raise OptionError("cwd", f"{cwd} is not a directory")
         run_id = new_run_id()
         home = self._home()
         run_dir = home / "runs" / run_id
@@ -217,7 +201,8 @@ class Runner:
             process_log=log.path,
             preload=prepared.imports,
             memory_limit=request.memory_limit,
-            argv=(str(Path(request.notebook).resolve()),),
+            startup_timeout=request.start_timeout or ExecuteOptions.startup_timeout,
+            argv=(request.notebook_label,),
         )
         session = engine.session(options)
         graceful = False
@@ -235,13 +220,13 @@ class Runner:
             except BaseException as exc:
                 # whatever went wrong, the row gets exactly one terminal state
                 state = (
-                    "cancelled"
+                    RunState.CANCELLED
                     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
-                    else "crashed"
+                    else RunState.CRASHED
                 )
                 self.store.finish_run(run.id, state, reason=f"{type(exc).__name__}: {exc}"[:2000])
                 raise
-            graceful = final.state == "succeeded"
+            graceful = final.state.ok
             return final
         finally:
             await session.close(graceful=graceful)
@@ -267,9 +252,9 @@ class Runner:
         run: Run = store.create_run(
             Run(
                 id=run_id,
-                notebook_path=str(Path(request.notebook).resolve()),
+                notebook_path=request.notebook_label,
                 notebook_sha256=prepared.sha256,
-                state="queued",
+                state=RunState.QUEUED,
                 parameters=prepared.values,
                 run_dir=str(run_dir),
                 input_path=str(input_path),
@@ -292,7 +277,7 @@ class Runner:
     ) -> Run:
         request = prepared.request
         store = self.store
-        nb = prepared.notebook
+        nb = prepared.complete()
         output_path = Path(str(run.output_path))
         _reset_outputs(nb, skip_tag="skip-execution")
         if request.report_mode:
@@ -302,7 +287,7 @@ class Runner:
         nb.metadata["kiln"] = {
             "run_id": run.id,
             "parameters": prepared.values,
-            "input_path": str(Path(request.notebook).resolve()),
+            "input_path": request.notebook_label,
             "output_path": str(output_path),
             "kernel_name": prepared.kernel_name,
             "started_at": started_at.isoformat(),
@@ -313,23 +298,29 @@ class Runner:
         for text in prepared.warnings:
             log.line(f"warning: {text}")
         if request.prepare_only:
-            nb.metadata["kiln"]["state"] = "prepared"
+            nb.metadata["kiln"]["state"] = RunState.PREPARED.value
             save_notebook(nb, output_path)
+            ended_at = datetime.now(timezone.utc)
+            reason = "prepared only (not executed)"
             store.finish_run(
-                run.id,
-                "succeeded",
-                reason="prepared only (not executed)",
-                started_at=started_at,
-                ended_at=datetime.now(timezone.utc),
+                run.id, RunState.PREPARED, reason=reason, started_at=started_at, ended_at=ended_at
             )
             log.line("prepared only: parameters injected, not executed")
-            return store.get_run(run.id)  # type: ignore[no-any-return]
+            final = dataclasses.replace(
+                run,
+                state=RunState.PREPARED,
+                started_at=started_at,
+                ended_at=ended_at,
+                reason=reason,
+            )
+            self._notify(RunEnded(final))
+            return final
         # the injected notebook is on disk within 0.2 s (or when the run ends, if sooner)
         saver = _Saver(nb, output_path)
         saver.changed()
         # the row turns `running` when the engine is ready (one write with the kernel's
         # details); until then it says `queued`, which is what it is while a kernel boots
-        run.state, run.started_at = "running", started_at
+        run.state, run.started_at = RunState.RUNNING, started_at
         code_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
         self._notify(RunStarted(run, len(nb.cells), code_cells))
 
@@ -358,7 +349,7 @@ class Runner:
                 run.kernel_started = process_start_time(event.pid) if event.pid else None
                 store.update_run(
                     run.id,
-                    state="running",
+                    state=RunState.RUNNING,
                     started_at=started_at,
                     kernel_pid=run.kernel_pid,
                     kernel_started=run.kernel_started,
@@ -376,7 +367,7 @@ class Runner:
         self,
         prepared: Prepared,
         run: Run,
-        nb: Any,
+        nb: NotebookNode,
         output_path: Path,
         log: RunLog,
         outcome: ExecutionOutcome,
@@ -404,18 +395,15 @@ class Runner:
             meta["error"] = {"cell_index": outcome.failed_cell, "message": outcome.message}
         save_notebook(nb, output_path)
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
-        fields: dict[str, Any] = {
-            "started_at": run.started_at,
-            "cell_durations": durations,
-            "records": records,
-        }
         self.store.finish_run(
             run.id,
             state,
             reason=outcome.message or None,
             error=error,
             ended_at=ended_at,
-            **fields,
+            started_at=run.started_at,
+            cell_durations=durations,
+            records=records,
         )
         # what was just written, without reading it back
         final = dataclasses.replace(
@@ -436,7 +424,7 @@ class _Saver:
     ``interval`` old, ``interval`` after it, so a burst of quick cells costs one write and
     any finished cell is on disk within ``interval`` seconds. Every save is atomic."""
 
-    def __init__(self, nb: Any, path: Path, interval: float = 0.2) -> None:
+    def __init__(self, nb: NotebookNode, path: Path, interval: float = 0.2) -> None:
         self.nb = nb
         self.path = path
         self.interval = interval
@@ -461,7 +449,7 @@ class _Saver:
             self.timer = None
 
 
-def _reset_outputs(nb: Any, *, skip_tag: str) -> None:
+def _reset_outputs(nb: NotebookNode, *, skip_tag: str) -> None:
     """Clear outputs and counts of cells about to run (skipped cells keep theirs)."""
     for cell in nb.cells:
         if cell.cell_type != "code" or skip_tag in cell.metadata.get("tags", []):
@@ -497,10 +485,15 @@ def _describe(outcome: ExecutionOutcome) -> tuple[str, str]:
 
 def raise_for_state(run: Run) -> None:
     """Raise the RunFailed subclass matching a finished run's state (nothing on success)."""
-    if run.state == "succeeded":
+    if run.state.ok:
         return
-    reason = run.reason or run.state
-    if run.state == "failed" and run.error and "ename" in run.error and "traceback" in run.error:
+    reason = run.reason or run.state.value
+    if (
+        run.state is RunState.FAILED
+        and run.error
+        and "ename" in run.error
+        and "traceback" in run.error
+    ):
         from kiln.errors import CellFailure
 
         failure = CellFailure(
@@ -511,11 +504,11 @@ def raise_for_state(run: Run) -> None:
         )
         raise CellExecutionError(failure, notebook=run.notebook_path, run=run)
     cls: type[RunFailed] = {
-        "timed_out": RunTimedOut,
-        "crashed": KernelDied,
-        "cancelled": RunCancelled,
+        RunState.TIMED_OUT: RunTimedOut,
+        RunState.CRASHED: KernelDied,
+        RunState.CANCELLED: RunCancelled,
     }.get(run.state, RunFailed)
     raise cls(
-        f"{os.path.basename(run.notebook_path)}: run {run.state.replace('_', ' ')}: {reason}",
+        f"{os.path.basename(run.notebook_path)}: run {run.state.value.replace('_', ' ')}: {reason}",
         run=run,
     )

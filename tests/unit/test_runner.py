@@ -138,7 +138,7 @@ def test_bad_parameters_start_nothing_and_record_nothing(tmp_path, runner, engin
 def test_prepare_only_does_not_start_the_engine(tmp_path, runner, engine):
     nb = _write(tmp_path, [("n = 1", ["parameters"]), "raise SystemExit"])
     run = runner.run(RunRequest(notebook=nb, parameters={"n": 5}, prepare_only=True))
-    assert run.state == "succeeded" and "prepared" in run.reason
+    assert run.state == "prepared" and "prepared" in run.reason
     assert "start" not in engine.calls and "execute" not in engine.calls
 
 

@@ -151,7 +151,7 @@ def test_load_grid_reads_typed_yaml_and_keeps_dates_as_text(tmp_path):
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        ("x: [1, 2\nregion: a\n", "invalid YAML at line 2"),
+        ("x: [1, 2\nregion: a\n", ":2:7: invalid YAML"),
         ("", "is empty"),
         ("- x: 1\n- 7\n", "set 1 is a int"),
     ],

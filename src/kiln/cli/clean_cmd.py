@@ -14,9 +14,10 @@ from typing import Any
 from kiln.errors import UsageError
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "clean",
+        parents=parents,
         help="strip outputs and volatile metadata from notebooks",
         description="Strip outputs, execution counts and volatile metadata (timings, widget "
         "state, papermill/Kiln run data, UI state) from notebooks, keeping sources, tags, "
@@ -49,7 +50,6 @@ def add_parser(sub: Any) -> None:
         default="<stdin>",
         help="the file name to show in messages when reading stdin (git passes %%f)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="print only problems")
     p.set_defaults(handler=handle)
 
 

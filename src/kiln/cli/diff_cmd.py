@@ -7,16 +7,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 from kiln.errors import UsageError
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "diff",
+        parents=parents,
         help="show a cell-level diff of two notebooks",
         description="Compare two notebooks cell by cell: changed source lines, changed outputs "
         "(text line by line; images and other binary data as 'image changed') and metadata. "
@@ -26,12 +26,6 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "notebooks", nargs="+", metavar="NB", help="A.ipynb B.ipynb (one with --textconv)"
-    )
-    p.add_argument(
-        "--color",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="colour the diff: auto (default) when stdout is a terminal and NO_COLOR is unset",
     )
     p.add_argument("--no-outputs", action="store_true", help="ignore outputs")
     p.add_argument(
@@ -79,9 +73,9 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _use_color(choice: str) -> bool:
-    if choice != "auto":
-        return choice == "always"
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    from kiln.cli.style import use_color
+
+    return use_color(choice, sys.stdout)
 
 
 def _textconv(path: str, *, outputs: bool) -> int:

@@ -13,9 +13,10 @@ from kiln.errors import UsageError
 SCRIPT = "script"
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "export",
+        parents=parents,
         help="export a notebook as a Python script with a command-line interface",
         description="Write the notebook as a plain Python module: its parameters become a "
         "typed command line (python report.py --region EU --n 3) and a main(**params) "
@@ -43,7 +44,6 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="overwrite an existing file that kiln export or jupytext did not write",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="print only warnings")
     p.set_defaults(handler=handle)
 
 

@@ -6,16 +6,21 @@ import argparse
 import sys
 from typing import Any
 
+from kiln.cli.main import help_of
 
-def add_parser(sub: Any) -> None:
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "git",
+        parents=parents,
         help="set up git for notebooks (clean filter, readable diffs)",
         description="Git integration for notebooks in the current repository.",
     )
-    commands = p.add_subparsers(dest="git_command", metavar="COMMAND", required=True)
+    commands = p.add_subparsers(dest="git_command", metavar="COMMAND", parser_class=type(p))
+    p.set_defaults(handler=help_of(p))
     install = commands.add_parser(
         "install",
+        parents=parents,
         help="commit notebooks without outputs and show them as text in git diff",
         description="In the current repository: set a clean filter (git stages notebooks "
         "through 'kiln clean', so commits carry no outputs while your files keep them), a diff "

@@ -7,9 +7,10 @@ import sys
 from typing import Any
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "lint",
+        parents=parents,
         help="check notebooks for reproducibility, production and security problems",
         description="Check notebooks without running them: execution order, names used before "
         "they are defined, stale outputs, unseeded randomness, local paths, input(), pip "

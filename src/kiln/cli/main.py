@@ -1,36 +1,96 @@
-"""``kiln`` command line: parse, call the library, print. The one place that exits."""
+"""``kiln`` command line: parse, call the library, print. The one place that exits.
+
+Conventions every command follows:
+
+- global options (``--debug``, ``--home``, ``-q/--quiet``, ``--color``) work before or after
+  the command name;
+- a usage error prints the command's own usage and exits 2; a command group run without a
+  subcommand prints its help and exits 0;
+- commands raise errors (:mod:`kiln.errors`) and this module prints them: one paragraph, no
+  traceback unless ``--debug``; options are named by their flags (:mod:`kiln.cli.options`);
+- a ``kiln.yaml`` above the working directory is validated before any command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from kiln import __version__
-from kiln.errors import KilnError, UsageError
+from kiln.errors import KilnError, RunFailed, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of exiting, so errors render in one place."""
+    """argparse that raises UsageError (with this parser's usage) instead of exiting."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}\n\n{self.format_usage().strip()}")
 
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> argparse.Namespace:
+        parsed: argparse.Namespace
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # reported by the (sub)command that was running, with its usage
+            _chosen(self, parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
-#: command modules under kiln.cli, each with ``add_parser(subparsers)``; data, in help order
+
+def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subcommand parser that ``args`` selected."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            name = getattr(args, action.dest, None)
+            if name in action.choices:
+                return _chosen(action.choices[name], args)
+    return parser
+
+
+#: command modules under kiln.cli, each with ``add_parser(subparsers, parents)``; in help order
 COMMANDS = (
     "run_cmd",
     "params_cmd",
     "runs_cmd",
     "lint_cmd",
+    "verify_cmd",
     "clean_cmd",
     "diff_cmd",
     "export_cmd",
     "git_cmd",
-    "verify_cmd",
+    "config_cmd",
+    "completion_cmd",
 )
+
+#: commands that must not stop on a broken kiln.yaml (they report on it themselves)
+_NO_PROJECT_CHECK = frozenset({"config", "completion"})
+
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
+    )
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        default=default(None),
+        help="Kiln's state folder (default: $KILN_HOME, else .kiln beside the nearest "
+        "kiln.yaml, else ./.kiln)",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="print only problems"
+    )
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default=default("auto"),
+        help="colour in the output (auto: on a terminal, unless NO_COLOR is set)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,15 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run Jupyter notebooks as production work: typed parameters, real "
         "kernels, recorded runs.",
     )
-    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    parser.add_argument(
-        "--home", metavar="DIR", help="Kiln's state folder (default: $KILN_HOME or ./.kiln)"
-    )
+    parser.add_argument("-V", "--version", action="version", version=f"kiln {__version__}")
+    _global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        importlib.import_module(f"kiln.cli.{name}").add_parser(sub)
+        importlib.import_module(f"kiln.cli.{name}").add_parser(sub, [common])
+    parser.set_defaults(handler=help_of(parser))
     return parser
+
+
+def help_of(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The handler of a command group run without a subcommand: its help, exit 0."""
+
+    def show(_args: argparse.Namespace) -> int:
+        parser.print_help(sys.stdout)
+        return 0
+
+    return show
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -62,20 +132,18 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in args_list or os.environ.get("KILN_DEBUG") == "1"
     try:
         parser = build_parser()
+        _complete(parser)
         args = parser.parse_args(args_list)
-        if args.home:
-            os.environ["KILN_HOME"] = os.path.abspath(args.home)
-        handler: Any = getattr(args, "handler", None)
-        if handler is None:
-            parser.print_help(sys.stderr)
-            return 2
+        debug = debug or bool(args.debug)
+        _apply_globals(args)
+        handler: Any = args.handler
         return int(handler(args))
     except KilnError as exc:
         if debug:
             import traceback
 
             traceback.print_exc()
-        print(exc.show(), file=sys.stderr)
+        print(show_error(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
@@ -91,6 +159,48 @@ def run_main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _apply_globals(args: argparse.Namespace) -> None:
+    if args.home:
+        os.environ["KILN_HOME"] = os.path.abspath(args.home)
+    if args.color == "never":
+        os.environ["NO_COLOR"] = "1"
+        os.environ.pop("FORCE_COLOR", None)
+    elif args.color == "always":
+        os.environ["FORCE_COLOR"] = "1"
+        os.environ.pop("NO_COLOR", None)
+    if args.command not in _NO_PROJECT_CHECK:
+        from kiln.project import find_project_file
+
+        if find_project_file() is not None:
+            from kiln.project import load_project
+
+            load_project()  # a broken kiln.yaml stops every command, with the same located error
+
+
+def show_error(exc: KilnError) -> str:
+    """The paragraph printed for an error: options named by their flags; a failed run shows
+    its cell, the end of its traceback and where the log is."""
+    from kiln.options import OptionError
+
+    if isinstance(exc, OptionError):
+        from kiln.cli.options import as_flag_error
+
+        exc = as_flag_error(exc)
+    if isinstance(exc, RunFailed) and exc.run is not None:
+        from kiln.failure import failure_text, run_footer
+
+        return f"Error: {failure_text(exc.run, traceback_lines=30)}\n{run_footer(exc.run)}"
+    return exc.show()
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Shell completion (argcomplete), only when the shell asks for it."""
+    if "_ARGCOMPLETE" in os.environ:
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
 
 
 if __name__ == "__main__":

@@ -7,39 +7,45 @@ import json
 from typing import Any
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "params",
+        parents=parents,
         help="show a notebook's parameters",
         description="Show the parameters a notebook declares in its cell tagged 'parameters': "
         "name, type, default, whether required, and help from trailing comments.",
     )
     p.add_argument("notebook")
     p.add_argument("--json", action="store_true", help="print the schema as JSON")
-    p.set_defaults(handler=handle)
+    p.set_defaults(handler=lambda args: show_parameters(args.notebook, as_json=args.json))
 
 
-def handle(args: argparse.Namespace) -> int:
+def show_parameters(notebook: str, *, as_json: bool = False) -> int:
+    """Print a notebook's parameters (``kiln params``, ``kiln run --help-notebook``)."""
     from kiln.notebook import load_notebook
     from kiln.parameters import infer_schema
 
-    schema = infer_schema(load_notebook(args.notebook))
-    if args.json:
+    schema = infer_schema(load_notebook(notebook), notebook=notebook)
+    if as_json:
         print(json.dumps(schema.to_json(), indent=2, default=str))
         return 0
     if schema.cell_index is None:
-        print(f"{args.notebook} has no cell tagged 'parameters'.")
+        print(f"{notebook} has no cell tagged 'parameters'.")
         return 0
-    rows = [("NAME", "TYPE", "DEFAULT", "HELP")]
+    from rich.table import Table
+
+    from kiln.cli.runs_cmd import console
+
+    print(
+        f"{notebook}: {len(schema.parameters)} parameter(s), "
+        f"cell {schema.cell_index}, language {schema.language}"
+    )
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NAME", "TYPE", "DEFAULT", "HELP"):
+        table.add_column(column, overflow="fold")
     for p in schema.parameters:
         kind = p.type + (" | None" if p.optional and p.type != "any" else "")
         default = "(required)" if p.required else (p.default_source or repr(p.default))
-        rows.append((p.name, kind, default, p.help))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    print(
-        f"{args.notebook}: {len(schema.parameters)} parameter(s), "
-        f"cell {schema.cell_index}, language {schema.language}"
-    )
-    for r in rows:
-        print("  " + "  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+        table.add_row(p.name, kind, default, p.help)
+    console().print(table)
     return 0

@@ -1,23 +1,36 @@
-"""``kiln run IN.ipynb [OUT.ipynb] -p NAME VALUE ...`` (papermill's common flags accepted),
-and ``kiln run IN.ipynb --sweep grid.yaml -j N``: one run per parameter set."""
+"""``kiln run IN.ipynb [OUT.ipynb] -p NAME VALUE ...``: papermill's command line, validated and
+recorded; and ``kiln run IN.ipynb --sweep grid.yaml -j N``: one run per parameter set.
+
+Every papermill option is accepted with papermill's spelling and meaning (``--parameters_file``,
+``-b``, ``--inject-paths``, ``--stdout-file``, ...). ``-`` reads the notebook from standard
+input or writes the output notebook to standard output; URLs (``https://``, ``s3://``, ...)
+are read and written through :mod:`kiln.remote`. Run options come from :mod:`kiln.options`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln.cli.options import add_run_options, run_options_from
 from kiln.errors import UsageError
+from kiln.units import parse_count
 
 if TYPE_CHECKING:
-    from kiln.runner import RunRequest
-    from kiln.sweeps import SweepEvent, SweepResult
+    from kiln.request import RunRequest
+    from kiln.store.records import Run
+    from kiln.sweeps import SweepResult
+
+LOG_LEVELS = ("NOTSET", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class _Ordered(argparse.Action):
-    """Collect -p/-r/-f/-y into one list, in command-line order (later wins)."""
+    """Collect -p/-r/-f/-y/-b into one list, in command-line order (later wins)."""
 
     def __call__(
         self, parser: Any, namespace: Any, values: Any, option_string: str | None = None
@@ -27,108 +40,82 @@ class _Ordered(argparse.Action):
         namespace.param_sources = items
 
 
-def add_parser(sub: Any) -> None:
+def _jobs(text: str) -> int:
+    try:
+        return parse_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
+        parents=parents,
         help="run a notebook with parameters",
-        description="Run a notebook on a Jupyter kernel with validated parameters, recording "
-        "the run (history, log, output notebook). Drop-in for papermill's common flags.",
+        description="Run a notebook with validated parameters, recording the run (history, "
+        "log, output notebook). Accepts papermill's command line.",
     )
-    p.add_argument("notebook", help="the notebook to run (never modified)")
+    p.add_argument(
+        "notebook",
+        help="the notebook to run (never modified); '-' reads it from standard input; a URL "
+        "(https://, s3://, gs://, ...) is downloaded",
+    )
     p.add_argument(
         "output",
         nargs="?",
-        help="output notebook path (default: in the run folder); with --sweep, a template "
-        "such as 'out/{region}-{x}.ipynb' (parameter names and {index})",
+        help="output notebook (default: in the run folder); '-' writes it to standard output; "
+        "a URL (s3://, gs://, file://, ...) is uploaded when the run ends; with --sweep, a "
+        "template such as 'out/{region}-{x}.ipynb' (parameter names and {index})",
     )
     g = p.add_argument_group("parameters (applied in command-line order; later wins)")
+    for flags, const, nargs, metavar, text in (
+        (("-p", "--parameters"), "p", 2, ("NAME", "VALUE"), "a value, typed by the schema"),
+        (("-r", "--parameters-raw", "--parameters_raw"), "r", 2, ("NAME", "VALUE"), "a string"),
+        (("-f", "--parameters-file", "--parameters_file"), "f", None, "FILE", "a YAML file"),
+        (("-y", "--parameters-yaml", "--parameters_yaml"), "y", None, "YAML", "inline YAML"),
+        (
+            ("-b", "--parameters-base64", "--parameters_base64"),
+            "b",
+            None,
+            "BASE64",
+            "base64-encoded YAML",
+        ),
+    ):
+        g.add_argument(
+            *flags,
+            nargs=nargs,
+            metavar=metavar,
+            action=_Ordered,
+            const=const,
+            dest="param_sources",
+            help=text,
+        )
     g.add_argument(
-        "-p",
-        "--parameters",
-        nargs=2,
-        metavar=("NAME", "VALUE"),
-        action=_Ordered,
-        const="p",
-        dest="param_sources",
-        help="a value, typed by the schema",
-    )
-    g.add_argument(
-        "-r",
-        "--parameters-raw",
-        nargs=2,
-        metavar=("NAME", "VALUE"),
-        action=_Ordered,
-        const="r",
-        dest="param_sources",
-        help="a raw string value",
-    )
-    g.add_argument(
-        "-f",
-        "--parameters-file",
-        metavar="FILE",
-        action=_Ordered,
-        const="f",
-        dest="param_sources",
-        help="a YAML file of name: value",
-    )
-    g.add_argument(
-        "-y",
-        "--parameters-yaml",
-        metavar="YAML",
-        action=_Ordered,
-        const="y",
-        dest="param_sources",
-        help="inline YAML of name: value",
-    )
-    g.add_argument(
-        "--allow-unknown", action="store_true", help="pass parameters the notebook does not declare"
-    )
-    e = p.add_argument_group("execution")
-    e.add_argument("-k", "--kernel", help="kernel name (default: the notebook's)")
-    e.add_argument(
-        "--engine",
-        default="auto",
-        choices=["auto", "fork", "kernel"],
-        help="fork: a child of a warm Python per run (fresh state, no kernel start-up); "
-        "kernel: a Jupyter kernel; auto (default): fork for Python notebooks on Linux",
-    )
-    e.add_argument(
-        "--memory-limit",
-        type=_size,
-        metavar="SIZE",
-        help="cap the run's memory, e.g. 512M or 2G (fork engine)",
-    )
-    e.add_argument("--cwd", help="working directory of the kernel (default: notebook's folder)")
-    e.add_argument(
-        "--cell-timeout",
-        "--execution-timeout",
-        type=_seconds,
-        dest="cell_timeout",
-        metavar="SECONDS",
-        help="time limit for each cell",
-    )
-    e.add_argument(
-        "--timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="time limit for the whole run, kernel start included",
-    )
-    e.add_argument(
-        "--start-timeout",
-        type=_seconds,
-        metavar="SECONDS",
-        help="accepted for papermill compatibility (kernel start is bounded by --timeout)",
-    )
-    e.add_argument("--allow-errors", action="store_true", help="keep going after a cell error")
-    e.add_argument(
-        "--lint",
+        "--inject-input-path",
         action="store_true",
-        help="refuse to run a notebook with lint errors (see kiln lint, kiln.yaml)",
+        help="pass the input path as parameter PAPERMILL_INPUT_PATH (papermill)",
+    )
+    g.add_argument(
+        "--inject-output-path",
+        action="store_true",
+        help="pass the output path as parameter PAPERMILL_OUTPUT_PATH (papermill)",
+    )
+    g.add_argument("--inject-paths", action="store_true", help="both of the above (papermill)")
+    e = p.add_argument_group("run options")
+    add_run_options(e)
+    e.add_argument(
+        "--prepare-execute",
+        dest="prepare_only",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="execute the notebook (the default; papermill's opposite of --prepare-only)",
     )
     e.add_argument(
-        "--prepare-only",
-        action="store_true",
-        help="inject parameters and write the output without executing",
+        "--no-report-mode",
+        dest="report_mode",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="show cell inputs in the output (the default)",
     )
     s = p.add_argument_group("sweeps")
     s.add_argument(
@@ -138,57 +125,54 @@ def add_parser(sub: Any) -> None:
         "values (their cartesian product) or a list of name: value mappings; -p/-r/-f/-y give "
         "shared values that each set overrides",
     )
-    s.add_argument(
-        "-j", "--jobs", type=_jobs, metavar="N", help="runs at a time in a sweep (default 1)"
-    )
-    o = p.add_argument_group("output")
-    o.add_argument("--log-output", action="store_true", help="stream cell output live")
-    o.add_argument("--report-mode", action="store_true", help="hide cell inputs in the output")
-    o.add_argument("--progress-bar", dest="progress", action="store_true", default=None)
-    o.add_argument("--no-progress-bar", dest="progress", action="store_false")
+    s.add_argument("-j", "--jobs", type=_jobs, metavar="N", help="runs at a time in a sweep")
+    o = p.add_argument_group("what is shown")
     o.add_argument(
-        "--json", action="store_true", help="print the run record (a sweep: a list) as JSON"
+        "--log-output",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="echo each cell's start, its output and results live",
     )
-    o.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    o.add_argument(
+        "--progress-bar",
+        dest="progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: when stderr is a terminal)",
+    )
+    o.add_argument("--stdout-file", metavar="FILE", help="also write the cells' stdout here")
+    o.add_argument("--stderr-file", metavar="FILE", help="also write the cells' stderr here")
+    o.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="WARNING",
+        help="DEBUG/INFO also print what runs where; ERROR/CRITICAL hide warnings",
+    )
+    o.add_argument("--json", action="store_true", help="print the run record as JSON")
+    o.add_argument(
+        "--help-notebook",
+        action="store_true",
+        help="show the notebook's parameters and exit (papermill); see also kiln params",
+    )
+    c = p.add_argument_group("accepted from papermill (Kiln always saves as cells finish)")
+    c.add_argument(
+        "--request-save-on-cell-execute",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Kiln saves the output notebook atomically within 0.2 s of each cell's end",
+    )
+    c.add_argument(
+        "--autosave-cell-every",
+        type=_jobs,
+        metavar="SECONDS",
+        help="accepted; Kiln also saves a running cell's outputs as they arrive",
+    )
     p.set_defaults(handler=handle, param_sources=[])
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
-
-
-def _size(text: str) -> int:
-    units = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-    raw = text.strip().upper().removesuffix("IB").removesuffix("B") or "0"
-    unit = raw[-1] if raw[-1] in units else ""
-    number = raw[:-1] if unit else raw
-    try:
-        value = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size like 512M or 2G, got {text!r}") from None
-    if value < 16 * 1024**2:
-        raise argparse.ArgumentTypeError(f"a memory limit under 16M cannot run Python: {text}")
-    return int(value)
-
-
-def _jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of runs, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 run at a time, got {value}")
-    return value
-
-
 def collect_parameters(sources: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Turn -p/-r/-f/-y occurrences into one mapping (CliValue for -p)."""
+    """Turn -p/-r/-f/-y/-b occurrences into one mapping (CliValue for -p)."""
     from kiln.parameters import CliValue, load_yaml_values, validate_name
 
     values: dict[str, Any] = {}
@@ -201,38 +185,61 @@ def collect_parameters(sources: list[tuple[str, Any]]) -> dict[str, Any]:
             values[item[0]] = item[1]
         elif kind == "y":
             values.update(load_yaml_values(item, origin="-y"))
-        elif kind == "f":
-            path = Path(item)
+        elif kind == "b":
             try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(f"cannot read parameters file {path}: {exc.strerror}") from None
-            values.update(load_yaml_values(text, origin=str(path)))
+                decoded = base64.b64decode(item, validate=True)
+            except (binascii.Error, ValueError):
+                raise UsageError(f"-b: not base64 text: {item[:40]!r}") from None
+            values.update(load_yaml_values(decoded, origin="-b"))
+        elif kind == "f":
+            values.update(load_yaml_values(_read_file(item), origin=item))
     return values
 
 
-def _request(args: argparse.Namespace, *, output: str | None) -> RunRequest:
-    from kiln.runner import RunRequest
+def _read_file(name: str) -> bytes:
+    path = Path(name)
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise UsageError(f"parameters file {path} is a directory") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read parameters file {path}: {exc.strerror}") from None
 
-    return RunRequest(
-        notebook=Path(args.notebook),
-        parameters=collect_parameters(args.param_sources),
-        output=Path(output) if output else None,
-        kernel=args.kernel,
-        engine=args.engine,
-        memory_limit=args.memory_limit,
-        lint=args.lint,
-        cwd=Path(args.cwd) if args.cwd else None,
-        cell_timeout=args.cell_timeout,
-        timeout=args.timeout,
-        allow_errors=args.allow_errors,
-        allow_unknown=args.allow_unknown,
-        report_mode=args.report_mode,
-        prepare_only=args.prepare_only,
+
+def build_request(args: argparse.Namespace, *, output: str | None) -> RunRequest:
+    """The RunRequest behind ``kiln run`` (and each set of ``--sweep``)."""
+    from kiln import remote
+    from kiln.parameters import Extra
+    from kiln.request import RunRequest
+
+    parameters = collect_parameters(args.param_sources)
+    source: bytes | None = None
+    notebook = args.notebook
+    if notebook == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("'-' reads the notebook from standard input, but none was piped in")
+        source, notebook = sys.stdin.buffer.read(), "<stdin>"
+    elif remote.is_url(notebook):
+        source = remote.read_bytes(notebook)
+    if args.inject_paths or args.inject_input_path:
+        parameters["PAPERMILL_INPUT_PATH"] = Extra(args.notebook)
+    if args.inject_paths or args.inject_output_path:
+        parameters["PAPERMILL_OUTPUT_PATH"] = Extra(args.output)
+    local_output = None if output is None or output == "-" or remote.is_url(output) else output
+    return RunRequest.build(
+        notebook,
+        parameters=parameters,
+        output=local_output,
+        source=source,
+        **run_options_from(args),
     )
 
 
 def handle(args: argparse.Namespace) -> int:
+    if args.help_notebook:
+        from kiln.cli.params_cmd import show_parameters
+
+        return show_parameters(args.notebook, as_json=args.json)
     if args.sweep is not None:
         return handle_sweep(args)
     if args.jobs is not None:
@@ -240,39 +247,103 @@ def handle(args: argparse.Namespace) -> int:
     from kiln.cli.console import Console
     from kiln.runner import Runner
 
-    request = _request(args, output=args.output)
+    to_stdout = args.output == "-"
+    if to_stdout and args.json:
+        raise UsageError("'-' writes the output notebook to standard output: drop --json")
+    request = build_request(args, output=args.output)
+    quiet = bool(args.quiet) or args.log_level in ("ERROR", "CRITICAL")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    console = Console(progress=progress and not args.quiet, log_output=args.log_output)
+    console = Console(
+        progress=progress, log_output=args.log_output, quiet=quiet, output_to_stderr=to_stdout
+    )
+    observers = [console.observe]
+    files = _StreamFiles(args.stdout_file, args.stderr_file)
+    if files.active:
+        observers.append(files.observe)
+    if args.log_level in ("DEBUG", "INFO"):
+        _describe(request, args)
     try:
-        with Runner(observers=[console.observe]) as runner:
+        with Runner(observers=observers) as runner:
             run = runner.run(request, check=False)
     finally:
         console.close()
+        files.close()
+    _deliver(run, args.output)
     if args.json:
         print(json.dumps(run.to_json(), indent=2, default=str))
-    if run.state != "succeeded":
-        from kiln.errors import KilnError
+    if not run.state.ok:
         from kiln.runner import raise_for_state
 
-        try:
-            raise_for_state(run)
-        except KilnError as exc:
-            print(exc.show(), file=sys.stderr)
-            return exc.exit_code
-    if not args.quiet and not args.json:
+        raise_for_state(run)
+    if not quiet and not args.json:
         console.summary(run)
     return 0
 
 
+def _describe(request: RunRequest, args: argparse.Namespace) -> None:
+    print(f"Input notebook:  {request.notebook_label}", file=sys.stderr)
+    print(f"Output notebook: {args.output or '(in the run folder)'}", file=sys.stderr)
+    print(f"Working directory: {request.run_cwd}", file=sys.stderr)
+
+
+def _deliver(run: Run, output: str | None) -> None:
+    """Write the output notebook where the user asked when that is not a local path."""
+    from kiln import remote
+
+    if output is None or run.output_path is None:
+        return
+    if output == "-":
+        data = Path(run.output_path).read_bytes()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    elif remote.is_url(output):
+        remote.write_bytes(output, Path(run.output_path).read_bytes())
+
+
+class _StreamFiles:
+    """``--stdout-file`` / ``--stderr-file``: the cells' streams, as they come."""
+
+    def __init__(self, stdout: str | None, stderr: str | None) -> None:
+        self.files: dict[str, Any] = {}
+        for name, path in (("stdout", stdout), ("stderr", stderr)):
+            if path:
+                try:
+                    self.files[name] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+                except OSError as exc:
+                    self.close()
+                    raise UsageError(f"--{name}-file {path}: {exc.strerror}") from None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.files)
+
+    def observe(self, event: Any) -> None:
+        from kiln.engines.base import CellOutput
+
+        if isinstance(event, CellOutput) and event.output.get("output_type") == "stream":
+            handle = self.files.get(str(event.output.get("name")))
+            if handle is not None:
+                handle.write(str(event.output.get("text", "")))
+                handle.flush()
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+        self.files = {}
+
+
 def handle_sweep(args: argparse.Namespace) -> int:
     """``kiln run NB --sweep GRID -j N``: validate every set, run them, print a table."""
+    from kiln.cli.console import SweepConsole
     from kiln.runner import Runner
     from kiln.sweeps import load_grid, plan_sweep, run_sweep
 
+    if args.output == "-":
+        raise UsageError("a sweep writes one notebook per set: '-' cannot be its output")
     sets = load_grid(args.sweep)
-    plan = plan_sweep(_request(args, output=None), sets, output=args.output)
+    plan = plan_sweep(build_request(args, output=None), sets, output=args.output)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    console = _SweepConsole(
+    console = SweepConsole(
         Path(args.notebook).name,
         len(plan.items),
         progress=progress and not args.quiet,
@@ -300,102 +371,17 @@ def _print_failures(result: SweepResult) -> None:
     from kiln.sweeps.plan import short_values
 
     for item in result.items:
-        if item.state == "succeeded" or (result.cancelled and item.run is None):
+        if item.ok or (result.cancelled and item.run is None):
             continue
         head = f"set {item.index} ({short_values(item.values)})"
         run = item.run
         if run is None:
             print(f"{head}: {item.reason}", file=sys.stderr)
             continue
-        why = run.reason or run.state
+        why = run.reason or run.state.value
         if run.error and "ename" in run.error and "cell_index" in run.error:
             why = f"cell {run.error['cell_index']} raised {run.error['ename']}: "
             why += str(run.error.get("evalue", ""))
         print(f"{head} {run.state}: {why}\n  run {run.id}, log {run.log_path}", file=sys.stderr)
     if result.cancelled:
         print(f"Sweep {result.reason}: {result.counts()}", file=sys.stderr)
-
-
-class _SweepConsole:
-    """One progress bar over the sweep's runs (on a terminal), warnings once each, and
-    ``--log-output`` lines prefixed with their set's index."""
-
-    def __init__(self, name: str, total: int, *, progress: bool, log_output: bool) -> None:
-        self.name = name
-        self.log_output = log_output
-        self.failures = 0
-        self.seen: set[str] = set()
-        self._progress: Any = None
-        self._task: Any = None
-        if progress:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("[red]{task.fields[failures]}"),
-                TimeElapsedColumn(),
-                transient=True,
-            )
-            self._task = self._progress.add_task(f"{name} sweep", total=total, failures="")
-            self._progress.start()
-
-    def observe(self, event: SweepEvent) -> None:
-        from kiln.engines.base import CellOutput
-        from kiln.runner import RunWarning
-        from kiln.sweeps import SetDone, SetEvent
-
-        if isinstance(event, SetDone):
-            if event.item.state != "succeeded":
-                self.failures += 1
-            if self._progress is not None:
-                failures = f"{self.failures} failed" if self.failures else ""
-                self._progress.update(self._task, advance=1, failures=failures)
-        elif isinstance(event, SetEvent):
-            if isinstance(event.event, RunWarning):
-                self.warn(event.event.text)
-            elif isinstance(event.event, CellOutput) and self.log_output:
-                self._echo(event.index, event.event)
-
-    def warn(self, text: str) -> None:
-        if text not in self.seen:
-            self.seen.add(text)
-            self._print(f"Warning: {text}", sys.stderr)
-
-    def _echo(self, index: int, event: Any) -> None:
-        out = event.output
-        kind = out.get("output_type")
-        stream = sys.stdout
-        if kind == "stream":
-            text = str(out.get("text", ""))
-            stream = sys.stderr if out.get("name") == "stderr" else sys.stdout
-        elif kind == "error":
-            from kiln.textutil import strip_ansi
-
-            text = strip_ansi("\n".join(out.get("traceback", [])))
-            stream = sys.stderr
-        elif kind == "execute_result":
-            text = str(out.get("data", {}).get("text/plain", ""))
-        else:
-            return
-        lines = text.splitlines()
-        if lines:
-            self._print("\n".join(f"[{index}] {line}" for line in lines), stream)
-
-    def _print(self, text: str, stream: Any) -> None:
-        if self._progress is not None:
-            self._progress.console.print(text, markup=False, highlight=False)
-        else:
-            print(text, file=stream, flush=True)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None

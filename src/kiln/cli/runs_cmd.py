@@ -1,97 +1,232 @@
-"""``kiln runs list|show|logs``: the run history."""
+"""``kiln runs list|show|logs|rm``: the run history.
+
+These commands only read (``rm`` aside): on a home with no history they say so and create
+nothing. Times are shown in the local timezone; ``--json`` gives UTC ISO-8601.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kiln.errors import UsageError
 from kiln.store.records import STATES, Run
 
+if TYPE_CHECKING:
+    from kiln.store.sql import RunStore
 
-def add_parser(sub: Any) -> None:
+
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    from kiln.cli.main import help_of
+
     p = sub.add_parser(
         "runs",
-        help="list and inspect recorded runs",
-        description="Query the run history in $KILN_HOME.",
+        parents=parents,
+        help="list, inspect and remove recorded runs",
+        description="Query the run history (in $KILN_HOME, else .kiln beside the nearest "
+        "kiln.yaml, else ./.kiln).",
     )
     rs = p.add_subparsers(dest="runs_command", metavar="ACTION", parser_class=type(p))
-    ls = rs.add_parser("list", help="list runs, newest first")
+    p.set_defaults(handler=help_of(p))
+    ls = rs.add_parser("list", parents=parents, help="list runs, newest first")
     ls.add_argument("--notebook", help="only runs of this notebook (path or file name)")
     ls.add_argument("--state", choices=STATES, action="append", help="only runs in this state")
-    ls.add_argument("-n", "--limit", type=int, default=20, help="at most this many (default 20)")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="only runs created since: a duration ago (2d, 12h) or an ISO date/time",
+    )
+    ls.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="only runs with this parameter value (YAML-typed: n=3, flag=true; repeatable)",
+    )
+    ls.add_argument(
+        "-n", "--limit", type=_limit, default=20, help="at most this many (default 20; 0: all)"
+    )
+    ls.add_argument("--json", action="store_true", help="print the runs as JSON")
     ls.set_defaults(handler=handle_list)
-    show = rs.add_parser("show", help="show one run")
+    show = rs.add_parser("show", parents=parents, help="show one run")
     show.add_argument("id", help="run id, unique prefix, or 'last'")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="print the run as JSON")
     show.set_defaults(handler=handle_show)
-    logs = rs.add_parser("logs", help="print a run's log")
+    logs = rs.add_parser("logs", parents=parents, help="print a run's log")
     logs.add_argument("id", help="run id, unique prefix, or 'last'")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the run ends"
+    )
     logs.set_defaults(handler=handle_logs)
-    p.set_defaults(handler=lambda args: (p.print_help(sys.stderr), 2)[1])
+    rm = rs.add_parser("rm", parents=parents, help="remove finished runs and their folders")
+    rm.add_argument("ids", nargs="+", metavar="ID", help="run ids, unique prefixes, or 'last'")
+    rm.add_argument("--json", action="store_true", help="print the removed runs' ids as JSON")
+    rm.set_defaults(handler=handle_rm)
 
 
-def _store() -> Any:
-    from kiln.store import RunStore
+def _since(text: str) -> datetime:
+    from kiln.units import parse_duration
 
-    store = RunStore()
+    try:
+        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration ago (2d, 12h) or an ISO date (2026-11-30); got {text!r}"
+        ) from None
+    return when if when.tzinfo else when.astimezone()  # a naive time is local time
+
+
+def _limit(text: str) -> int | None:
+    from kiln.units import parse_count
+
+    try:
+        value = parse_count(text, minimum=0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value or None
+
+
+def open_store(*, write: bool = False) -> RunStore:
+    """The history of the current home; a read-only command never creates one."""
+    from kiln.store.sql import RunStore
+
+    store = RunStore(create=write)
     store.recover_orphans()
     return store
 
 
+def _parameters(pairs: list[str]) -> dict[str, Any]:
+    from kiln.yamlio import YamlError, load_yaml, plain
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--param expects NAME=VALUE, got {pair!r}")
+        try:
+            value = plain(load_yaml(text, origin=f"--param {name}")) if text else ""
+        except YamlError:
+            value = text
+        out[name] = value
+    return out
+
+
 def handle_list(args: argparse.Namespace) -> int:
-    with _store() as store:
-        runs: list[Run] = store.list_runs(
-            notebook=args.notebook, state=args.state, limit=args.limit
-        )
+    from kiln.errors import HomeNotFound
+
+    try:
+        with open_store() as store:
+            runs = store.list_runs(
+                notebook=args.notebook,
+                state=args.state,
+                limit=args.limit,
+                since=args.since,
+                parameters=_parameters(args.param),
+            )
+    except HomeNotFound as exc:
+        if args.json:
+            print("[]")
+        print(exc.message, file=sys.stderr)
+        return 0
     if args.json:
         print(json.dumps([r.to_json() for r in runs], indent=2, default=str))
         return 0
     if not runs:
-        print("No runs recorded yet.", file=sys.stderr)
+        print("No runs match." if _filtered(args) else "No runs recorded yet.", file=sys.stderr)
         return 0
-    rows = [("ID", "STATE", "NOTEBOOK", "STARTED (UTC)", "DURATION", "PARAMETERS")]
-    for r in runs:
-        when = r.started_at or r.created_at
-        rows.append(
-            (
-                r.id,
-                r.state,
-                Path(r.notebook_path).name,
-                when.strftime("%Y-%m-%d %H:%M:%S") if when else "-",
-                f"{r.duration:.2f}s" if r.duration is not None else "-",
-                _short_params(r.parameters),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        print("  ".join(row[i].ljust(widths[i]) for i in range(5)) + "  " + row[5])
+    _print_table(runs)
     return 0
 
 
-def _short_params(params: dict[str, Any]) -> str:
+def _filtered(args: argparse.Namespace) -> bool:
+    return bool(args.notebook or args.state or args.since or args.param)
+
+
+def _print_table(runs: list[Run]) -> None:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "STATE", "NOTEBOOK", "STARTED", "DURATION", "PARAMETERS", "OUTPUT"):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        table.add_row(
+            run.id,
+            _state_text(run),
+            Path(run.notebook_path).name,
+            local_time(run.started_at or run.created_at),
+            f"{run.duration:.2f}s" if run.duration is not None else "-",
+            short_params(run.parameters),
+            _short_path(run.output_path),
+        )
+    console().print(table)
+
+
+def console() -> Any:
+    """A rich console on stdout, as wide as it needs when stdout is not a terminal."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=400, soft_wrap=True)
+
+
+def _state_text(run: Run) -> Any:
+    from rich.text import Text
+
+    colour = {"succeeded": "green", "prepared": "green", "running": "cyan", "queued": "cyan"}
+    return Text(run.state.value, style=colour.get(run.state.value, "red"))
+
+
+def local_time(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short_path(path: str | None) -> str:
+    if not path:
+        return "-"
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+def short_params(params: dict[str, Any]) -> str:
     text = ", ".join(f"{k}={json.dumps(v, default=str)}" for k, v in params.items())
     return text if len(text) <= 60 else text[:59] + "…"
 
 
 def handle_show(args: argparse.Namespace) -> int:
-    with _store() as store:
-        run: Run = store.get_run(args.id)
+    from kiln.errors import HomeNotFound, RunNotFound
+
+    try:
+        with open_store() as store:
+            run: Run = store.get_run(args.id)
+    except HomeNotFound as exc:
+        raise RunNotFound(f"no run {args.id!r}: {exc.message}") from None
     if args.json:
         print(json.dumps(run.to_json(), indent=2, default=str))
         return 0
     fields = [
         ("id", run.id),
-        ("state", run.state),
+        ("state", run.state.value),
         ("notebook", run.notebook_path),
         ("sha256", run.notebook_sha256),
         ("parameters", json.dumps(run.parameters, default=str)),
-        ("created", run.created_at),
-        ("started", run.started_at),
-        ("ended", run.ended_at),
+        ("created", local_time(run.created_at)),
+        ("started", local_time(run.started_at) if run.started_at else None),
+        ("ended", local_time(run.ended_at) if run.ended_at else None),
         ("duration", f"{run.duration:.3f}s" if run.duration is not None else None),
         ("engine", run.engine),
         ("kernel", run.kernel_name),
@@ -103,43 +238,76 @@ def handle_show(args: argparse.Namespace) -> int:
         ("log", run.log_path),
         ("reason", run.reason),
     ]
-    for key, value in fields:
-        if value not in (None, ""):
-            print(f"{key:>15}: {value}")
+    lines = [f"{key:>15}: {value}" for key, value in fields if value not in (None, "")]
     executed = [(i, d) for i, d in enumerate(run.cell_durations) if d is not None]
     if executed:
         slowest = sorted(executed, key=lambda x: -float(x[1] or 0))[:5]
-        print(
-            f"{'cells':>15}: {len(executed)} executed, slowest: "
-            + ", ".join(f"cell {i} {d:.3f}s" for i, d in slowest)
-        )
-    if run.error:
-        err = run.error
-        if "ename" in err:
-            print(
-                f"{'error':>15}: cell {err.get('cell_index')}: {err.get('ename')}: "
-                f"{err.get('evalue')}"
-            )
+        cells = ", ".join(f"cell {i} {d:.3f}s" for i, d in slowest)
+        lines.append(f"{'cells':>15}: {len(executed)} executed, slowest: {cells}")
+    err = run.error or {}
+    if "ename" in err and run.reason is None:
+        lines.append(f"{'error':>15}: cell {err.get('cell_index')}: {err['ename']}")
     for rec in run.records_list:
         shown = json.dumps(rec.value, default=str) if rec.kind == "json" else f"<{rec.kind}>"
         if len(shown) > 70:
             shown = shown[:69] + "…"
-        print(f"{'record':>15}: {rec.name} = {shown}")
+        lines.append(f"{'record':>15}: {rec.name} = {shown}")
+    print("\n".join(lines))
     return 0
 
 
 def handle_logs(args: argparse.Namespace) -> int:
-    from kiln.errors import StoreError
+    from kiln.errors import HomeNotFound, RunNotFound, StoreError
 
-    with _store() as store:
-        run: Run = store.get_run(args.id)
-    if not run.log_path:
-        raise StoreError(f"run {run.id} has no log file")
     try:
-        text = Path(run.log_path).read_text(encoding="utf-8")
+        with open_store() as store:
+            run: Run = store.get_run(args.id)
+            if not run.log_path:
+                raise StoreError(f"run {run.id} has no log file")
+            path = Path(run.log_path)
+            if args.follow:
+                return _follow(store, run, path)
+    except HomeNotFound as exc:
+        raise RunNotFound(f"no run {args.id!r}: {exc.message}") from None
+    try:
+        sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
     except OSError as exc:
-        raise StoreError(
-            f"cannot read the log of run {run.id} ({run.log_path}): {exc.strerror}"
-        ) from None
-    sys.stdout.write(text)
+        raise StoreError(f"cannot read the log of run {run.id} ({path}): {exc.strerror}") from None
+    return 0
+
+
+def _follow(store: RunStore, run: Run, path: Path, interval: float = 0.2) -> int:
+    """Print the log as it grows until the run has ended and everything is printed."""
+    position = 0
+    while True:
+        finished = store.get_run_exact(run.id).finished  # read first: then drain what remains
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(position)
+                data = handle.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            position += len(data)
+            sys.stdout.write(data.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+        if finished:
+            return 0
+        time.sleep(interval)
+
+
+def handle_rm(args: argparse.Namespace) -> int:
+    from kiln.errors import HomeNotFound, RunNotFound
+
+    try:
+        with open_store() as store:
+            found = [store.get_run(key) for key in args.ids]  # every id checked before removing
+            removed = [store.delete_run(run.id).id for run in found]
+    except HomeNotFound as exc:
+        raise RunNotFound(exc.message) from None
+    if args.json:
+        print(json.dumps(removed))
+    elif not args.quiet:
+        for run_id in removed:
+            print(f"removed {run_id}", file=sys.stderr)
     return 0

@@ -8,12 +8,14 @@ import json
 import sys
 from typing import Any
 
-from kiln.errors import UsageError
+from kiln.cli.options import add_run_options, run_options_from
+from kiln.options import NOT_FOR
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "verify",
+        parents=parents,
         help="re-run a notebook and check its saved outputs are reproducible",
         description="Run each notebook top to bottom in fresh state (a recorded run with the "
         "notebook's own parameter defaults) and compare the fresh outputs with the saved "
@@ -26,16 +28,7 @@ def add_parser(sub: Any) -> None:
         epilog="Exit codes: 0 reproducible, 1 diverged or the fresh run failed, 2 bad usage.",
     )
     p.add_argument("notebooks", nargs="+", metavar="NB", help="notebook(s) to verify")
-    p.add_argument(
-        "--engine",
-        choices=("auto", "fork", "kernel"),
-        default="auto",
-        help="auto (default): the fork engine for Python notebooks, else a kernel",
-    )
-    p.add_argument(
-        "--timeout", type=float, metavar="SECONDS", help="seconds the whole run may take"
-    )
-    p.add_argument("--cell-timeout", type=float, metavar="SECONDS", help="seconds one cell may run")
+    add_run_options(p.add_argument_group("run options"), exclude=NOT_FOR["verify"])
     p.add_argument(
         "--ignore-regex",
         action="append",
@@ -55,12 +48,11 @@ def add_parser(sub: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from kiln.store.records import RunState
     from kiln.testing.session import NotebookSession
     from kiln.testing.verify import VerifyResult, build_normalizer, verify_notebook
 
-    for name, value in (("--timeout", args.timeout), ("--cell-timeout", args.cell_timeout)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{name} must be a positive number of seconds, not {value:g}")
+    options = run_options_from(args)
     normalizers = [
         build_normalizer(nb, ignore=args.ignore_regex, strict_images=args.strict_images)
         for nb in args.notebooks
@@ -75,17 +67,15 @@ def handle(args: argparse.Namespace) -> int:
         for notebook, normalizer in zip(args.notebooks, normalizers, strict=True):
             result = verify_notebook(
                 notebook,
-                engine=args.engine,
-                timeout=args.timeout,
-                cell_timeout=args.cell_timeout,
                 normalizer=normalizer,
                 session=session,
                 on_warning=warn,
+                **options,
             )
             results.append(result)
             if not args.json:
                 print(result.report(), flush=True)
-            if result.run.state == "cancelled":
+            if result.run.state is RunState.CANCELLED:
                 raise KeyboardInterrupt
     ok = all(r.ok for r in results)
     if args.json:

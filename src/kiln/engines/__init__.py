@@ -31,6 +31,7 @@ __all__ = [
     "ExecutionOutcome",
     "KernelReady",
     "choose_engine",
+    "fork_unsupported",
     "get_engine",
 ]
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from kiln.errors import CellFailure
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 OutcomeStatus = Literal["ok", "error", "timeout", "dead", "cancelled"]
 
@@ -100,18 +103,23 @@ class EngineSession(Protocol):
 
     async def start(self) -> None: ...
 
-    async def execute(self, nb: Any, emit: EventSink) -> ExecutionOutcome: ...
+    async def execute(self, nb: NotebookNode, emit: EventSink) -> ExecutionOutcome: ...
 
     async def close(self, *, graceful: bool) -> None: ...
 
 
 @runtime_checkable
 class Engine(Protocol):
-    """Executes notebooks; implementations: KernelEngine, FakeEngine."""
+    """Executes notebooks; implementations: KernelEngine, ForkEngine, FakeEngine.
+
+    An engine may keep processes warm between sessions (the fork engine's warm parents);
+    ``aclose`` stops them, and is called once by whoever created the engine."""
 
     name: str
 
     def session(self, options: ExecuteOptions) -> EngineSession: ...
+
+    async def aclose(self) -> None: ...
 
 
 def is_clean_exit(failure: CellFailure) -> bool:

@@ -46,6 +46,9 @@ class FakeEngine:
     def session(self, options: ExecuteOptions) -> FakeSession:
         return FakeSession(self, options)
 
+    async def aclose(self) -> None:
+        self.calls.append("aclose")
+
 
 class FakeSession:
     def __init__(self, engine: FakeEngine, options: ExecuteOptions) -> None:

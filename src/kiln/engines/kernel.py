@@ -117,6 +117,9 @@ class KernelEngine:
     def session(self, options: ExecuteOptions) -> KernelSession:
         return KernelSession(options)
 
+    async def aclose(self) -> None:
+        """Nothing to stop: every kernel belongs to one session and ends with it."""
+
 
 class KernelSession:
     """One kernel for one run."""

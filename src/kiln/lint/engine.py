@@ -193,6 +193,8 @@ def _lint_file_in_worker(file: Path) -> list[Finding]:
 def discover_notebooks(
     paths: Sequence[str | os.PathLike[str]], *, config: LintConfig | None = None
 ) -> list[Path]:
+    """The notebooks under ``paths`` (files and folders, recursively), sorted, skipping
+    checkpoints, Kiln homes and the ``exclude`` globs of the lint settings."""
     found: list[Path] = []
     seen: set[Path] = set()
     for given in paths:

@@ -17,6 +17,7 @@ from kiln.parameters.schema import MISSING, Parameter, ParameterSchema, validate
 from kiln.parameters.translators import TRANSLATORS, Translator, get_translator
 from kiln.parameters.values import (
     CliValue,
+    Extra,
     coerce_cli_value,
     load_yaml_values,
     resolve_parameters,
@@ -26,6 +27,7 @@ __all__ = [
     "MISSING",
     "TRANSLATORS",
     "CliValue",
+    "Extra",
     "InjectResult",
     "Parameter",
     "ParameterSchema",

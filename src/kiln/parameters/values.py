@@ -7,11 +7,10 @@ parameter is refused with a message that names the parameter and what was expect
 from __future__ import annotations
 
 import difflib
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kiln.errors import (
     InvalidParameterName,
@@ -22,11 +21,9 @@ from kiln.errors import (
 )
 from kiln.parameters.schema import Parameter, ParameterSchema, _short, validate_name
 
-if TYPE_CHECKING:
-    import yaml
-
 __all__ = [
     "CliValue",
+    "Extra",
     "check_plain_data",
     "coerce_cli_value",
     "load_yaml_values",
@@ -41,7 +38,6 @@ _FLOAT_TEXT = re.compile(
     r"[+-]?(?:(?:\d+(?:_\d+)*)?\.?\d+(?:_\d+)*(?:[eE][+-]?\d+)?|\d+\.|inf|infinity|nan)",
     re.ASCII | re.IGNORECASE,
 )
-_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _PLAIN_TYPES = "str, int, float, bool, None, list or dict"
 
 
@@ -54,6 +50,14 @@ class CliValue:
     """
 
     text: str
+
+
+@dataclass(frozen=True)
+class Extra:
+    """A value passed even when the notebook does not declare it (papermill's
+    ``PAPERMILL_INPUT_PATH`` / ``PAPERMILL_OUTPUT_PATH`` from ``--inject-paths``)."""
+
+    value: Any
 
 
 def coerce_cli_value(param: Parameter | None, text: str, *, notebook: str | None = None) -> Any:
@@ -111,14 +115,14 @@ def _infer_text(text: str) -> Any:
 
 
 def _coerce_yaml(param: Parameter, text: str, notebook: str | None) -> Any:
-    import yaml
+    from kiln.yamlio import YamlError, load_yaml, plain
 
     example = "[1, 2]" if param.type == "list" else "{a: 1}"
     hint = f" (YAML flow style such as {example})"
     try:
-        value = yaml.load(text, Loader=_loader())
-    except (yaml.YAMLError, RecursionError):
-        raise _cli_error(param, text, notebook, hint) from None
+        value = plain(load_yaml(text, origin=f"-p {param.name}"))
+    except YamlError as exc:
+        raise _cli_error(param, text, notebook, f"{hint}: {exc.problem}") from None
     if value is None and param.optional:
         return None
     expected_type = list if param.type == "list" else dict
@@ -241,6 +245,11 @@ def resolve_parameters(
     for name, value in values.items():
         validate_name(name, notebook=notebook)
         param = schema.get(name)
+        if isinstance(value, Extra):
+            value = value.value
+            if param is None:
+                resolved[name] = check_plain_data(value, name=name, notebook=notebook)
+                continue
         if param is None and declares and not allow_unknown:
             raise _unknown(schema, name, notebook)
         if isinstance(value, CliValue):
@@ -282,45 +291,18 @@ def _missing(missing: list[Parameter], notebook: str | None) -> MissingParameter
 # -- YAML ---------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _loader() -> type[yaml.SafeLoader]:
-    """SafeLoader whose timestamps stay strings: ``date: 2024-01-01`` gives "2024-01-01"."""
-    import yaml
-
-    class _KilnLoader(yaml.SafeLoader):
-        pass
-
-    _KilnLoader.yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != _TIMESTAMP_TAG]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    _KilnLoader.add_constructor(_TIMESTAMP_TAG, _timestamp_as_text)
-    return _KilnLoader
-
-
-def _timestamp_as_text(loader: yaml.SafeLoader, node: yaml.Node) -> str:
-    return str(node.value)
-
-
-def load_yaml_values(text: str, *, origin: str) -> dict[str, Any]:
+def load_yaml_values(text: str | bytes, *, origin: str) -> dict[str, Any]:
     """Read a YAML mapping of parameter values (``-y TEXT`` or ``-f FILE``).
 
     ``origin`` names where the text came from (``"-y"``, a file path) in error messages. An empty
     document gives ``{}``. Dates and times stay strings, as the user wrote them.
     """
-    import yaml
+    from kiln.yamlio import YamlError, load_yaml, plain
 
     try:
-        data = yaml.load(text, Loader=_loader())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "cannot parse"
-        raise ParameterError(f"{origin}: invalid YAML{where}: {problem}") from exc
-    except yaml.YAMLError as exc:
-        raise ParameterError(f"{origin}: invalid YAML: {exc}") from exc
-    except RecursionError as exc:
-        raise ParameterError(f"{origin}: invalid YAML: nested too deeply") from exc
+        data = plain(load_yaml(text, origin=origin))
+    except YamlError as exc:
+        raise ParameterError(exc.message) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -5,7 +5,6 @@ Kept free of SQLAlchemy so that naming a run or finding the home folder costs no
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from datetime import datetime, timezone
@@ -19,11 +18,11 @@ RESERVED_IDS = frozenset({"last"})
 
 
 def default_home(cwd: Path | None = None) -> Path:
-    """The Kiln home folder: ``$KILN_HOME`` when set, else ``<cwd>/.kiln``."""
-    env = os.environ.get("KILN_HOME")
-    if env:
-        return Path(env).expanduser()
-    return (cwd if cwd is not None else Path.cwd()) / ".kiln"
+    """The Kiln home folder: ``$KILN_HOME``; else ``.kiln`` beside the nearest ``kiln.yaml``
+    above ``cwd``; else ``<cwd>/.kiln`` (see :func:`kiln.project.find_home`)."""
+    from kiln.project import find_home
+
+    return find_home(cwd)
 
 
 _issued: tuple[str, set[str]] = ("", set())

@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import base64
+import enum
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-RunState = Literal["queued", "running", "succeeded", "failed", "timed_out", "crashed", "cancelled"]
 
-STATES: tuple[str, ...] = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "timed_out",
-    "crashed",
-    "cancelled",
-)
-TERMINAL_STATES: frozenset[str] = frozenset(
-    {"succeeded", "failed", "timed_out", "crashed", "cancelled"}
-)
+class RunState(str, enum.Enum):
+    """The state of a run. A string, so it compares, prints and stores as its value.
+
+    ``queued`` -> ``running`` -> exactly one terminal state. ``prepared`` is the terminal
+    state of a ``prepare_only`` run (parameters injected, nothing executed)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PREPARED = "prepared"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CRASHED = "crashed"
+    CANCELLED = "cancelled"
+
+    __hash__ = str.__hash__  # "crashed" in {RunState.CRASHED} must hold on every Python
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (RunState.QUEUED, RunState.RUNNING)
+
+    @property
+    def ok(self) -> bool:
+        """Ended the way it was asked to (succeeded, or prepared for a prepare-only run)."""
+        return self in (RunState.SUCCEEDED, RunState.PREPARED)
+
+
+STATES: tuple[str, ...] = tuple(state.value for state in RunState)
+TERMINAL_STATES: frozenset[RunState] = frozenset(s for s in RunState if s.terminal)
+ACTIVE_STATES: frozenset[RunState] = frozenset(s for s in RunState if not s.terminal)
 
 
 @dataclass
@@ -61,7 +85,7 @@ class Run:
     id: str
     notebook_path: str
     notebook_sha256: str
-    state: str
+    state: RunState
     parameters: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
     started_at: datetime | None = None
@@ -88,6 +112,14 @@ class Run:
     #: the run's leftover kernel.
     kernel_started: float | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.state, RunState):
+            if self.state not in STATES:
+                raise ValueError(
+                    f"unknown run state {self.state!r}: expected one of {', '.join(STATES)}"
+                )
+            self.state = RunState(self.state)
+
     @property
     def records(self) -> dict[str, Any]:
         """Recorded values by name (the last value wins when a name is recorded twice)."""
@@ -95,7 +127,7 @@ class Run:
 
     @property
     def succeeded(self) -> bool:
-        return self.state == "succeeded"
+        return self.state is RunState.SUCCEEDED
 
     @property
     def finished(self) -> bool:
@@ -112,7 +144,11 @@ class Run:
         for key, value in asdict(self).items():
             if key == "records_list":
                 continue
-            out[key] = value.isoformat() if isinstance(value, datetime) else value
+            if isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, RunState):
+                value = value.value
+            out[key] = value
         out["duration"] = self.duration
         out["records"] = self.records
         out["record_kinds"] = {r.name: r.kind for r in self.records_list}

@@ -29,19 +29,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kiln.errors import RunNotFound, StoreError
+from kiln.errors import HomeNotFound, RunNotFound, StoreError
 from kiln.store.migrate import ensure_schema
 from kiln.store.paths import check_run_id, default_home
 from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
-from kiln.store.records import STATES, TERMINAL_STATES, Record, Run
+from kiln.store.records import ACTIVE_STATES, STATES, TERMINAL_STATES, Record, Run, RunState
 from kiln.store.schema import runs
 
 _DATETIME_FIELDS = frozenset({"created_at", "started_at", "ended_at"})
 _RUN_FIELDS = tuple(f.name for f in fields(Run))
 #: Fields ``update_run`` accepts: every Run field but the id; ``records`` means ``records_list``.
 _UPDATABLE = frozenset(_RUN_FIELDS) - {"id"} | {"records"}
-_ACTIVE_STATES = ("queued", "running")
-_TERMINAL = tuple(state for state in STATES if state in TERMINAL_STATES)
+_ACTIVE_STATES = tuple(state.value for state in RunState if state in ACTIVE_STATES)
+_TERMINAL = tuple(state.value for state in RunState if state in TERMINAL_STATES)
 #: Columns that cannot be NULL (the derived notebook_name aside).
 _REQUIRED = frozenset({"notebook_path", "notebook_sha256", "state", "created_at"})
 _NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.id.desc())
@@ -65,9 +65,17 @@ class RunStore:
     schema as needed.
     """
 
-    def __init__(self, home: Path | str | None = None, *, url: str | None = None) -> None:
+    def __init__(
+        self, home: Path | str | None = None, *, url: str | None = None, create: bool = True
+    ) -> None:
         self.home = (Path(home).expanduser() if home is not None else default_home()).absolute()
         self.runs_dir = self.home / "runs"
+        if not create and url is None and not (self.home / "kiln.db").is_file():
+            raise HomeNotFound(
+                f"no Kiln history in {self.home}: nothing has run here yet (runs are recorded "
+                "in $KILN_HOME, else .kiln beside the nearest kiln.yaml, else ./.kiln)",
+                home=self.home,
+            )
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -136,7 +144,7 @@ class RunStore:
             ended_at=_to_utc(run.ended_at) if run.ended_at else None,
         )
 
-    def update_run(self, run_id: str, **fields: Any) -> None:
+    def update_run(self, run_id: str, **fields: Any) -> None:  # Any: values of Run's fields
         """Set some fields of a run (any :class:`Run` field but ``id``) and commit.
 
         ``state`` may only move between non-terminal states: a run ends through
@@ -167,12 +175,12 @@ class RunStore:
     def finish_run(
         self,
         run_id: str,
-        state: str,
+        state: RunState | str,
         *,
         reason: str | None = None,
         error: Mapping[str, Any] | None = None,
         ended_at: datetime | None = None,
-        **fields: Any,
+        **fields: Any,  # Any: values of Run's fields
     ) -> bool:
         """Give a run its one terminal state; ``False`` (and no change) if it already has one.
 
@@ -246,15 +254,17 @@ class RunStore:
         self,
         *,
         notebook: str | None = None,
-        state: str | Sequence[str] | None = None,
+        state: RunState | str | Sequence[RunState | str] | None = None,
         limit: int | None = 50,
         since: datetime | None = None,
+        parameters: Mapping[str, Any] | None = None,
     ) -> list[Run]:
         """Runs, newest first.
 
         ``notebook`` matches the stored path as given, as an absolute path, or (for a bare file
         name such as ``report.ipynb``) the file name in any folder. ``state`` is one state or
-        several; ``since`` keeps runs created at or after that time; ``limit=None`` is all.
+        several; ``since`` keeps runs created at or after that time; ``parameters`` keeps runs
+        whose parameters hold these values (JSON equality); ``limit=None`` is all.
         """
         query = runs.select()
         if notebook is not None:
@@ -263,9 +273,11 @@ class RunStore:
             states = [state] if isinstance(state, str) else list(state)
             for one in states:
                 _check_state(one)
-            query = query.where(runs.c.state.in_(states))
+            query = query.where(runs.c.state.in_([RunState(one).value for one in states]))
         if since is not None:
             query = query.where(runs.c.created_at >= _to_utc(since))
+        for name, value in (parameters or {}).items():
+            query = query.where(_parameter_equals(name, value))
         query = query.order_by(*_NEWEST_FIRST)
         if limit is not None:
             if limit < 0:
@@ -273,6 +285,24 @@ class RunStore:
             query = query.limit(limit)
         with self._read() as conn:
             return [_row_to_run(row) for row in conn.execute(query)]
+
+    def delete_run(self, run_id: str) -> Run:
+        """Remove a finished run: its row, then its folder (and the output notebook it wrote
+        there). A queued or running run cannot be removed (``StoreError``)."""
+        run = self.get_run_exact(run_id)
+        with self._write() as conn:
+            deleted = conn.execute(
+                runs.delete().where(runs.c.id == run_id, runs.c.state.in_(_TERMINAL))
+            ).rowcount
+        if not deleted:
+            raise StoreError(f"run {run_id} is {run.state}: only a finished run can be removed")
+        if run.run_dir:
+            folder = Path(run.run_dir)
+            if folder.parent == self.runs_dir:  # never outside this home's run folders
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+        return run
 
     def run_folder(self, run_id: str) -> Path:
         """The artefact folder of a run: ``<home>/runs/<id>`` (not created here)."""
@@ -306,7 +336,9 @@ class RunStore:
             if pid_exists(run.owner_pid):
                 reason += f"; pid {run.owner_pid} now belongs to another process"
             reason += f" (found by pid {me})"
-            values = _column_values({"state": "crashed", "ended_at": _now(), "reason": reason})
+            values = _column_values(
+                {"state": RunState.CRASHED, "ended_at": _now(), "reason": reason}
+            )
             # Only if nothing moved meanwhile: the run may have finished, been recovered by
             # another process, or been claimed by a live worker since it was read.
             same_owner = (runs.c.owner_pid == run.owner_pid, runs.c.owner_host == host)
@@ -419,7 +451,7 @@ def _to_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def _check_state(state: str) -> None:
+def _check_state(state: RunState | str) -> None:
     if state not in STATES:
         raise ValueError(f"unknown run state {state!r}: expected one of {', '.join(STATES)}")
 
@@ -458,6 +490,8 @@ def _column_values(values: Mapping[str, Any]) -> dict[str, Any]:
             out["records"] = [r.to_json() if isinstance(r, Record) else dict(r) for r in value]
         elif name in _DATETIME_FIELDS:
             out[name] = None if value is None else _to_utc(value)
+        elif name == "state":
+            out[name] = RunState(value).value
         elif name in ("parameters", "cell_durations") and value is None:
             out[name] = {} if name == "parameters" else []
         elif name == "notebook_path":
@@ -489,6 +523,23 @@ def _row_to_run(row: sa.Row[Any]) -> Run:
 
 def _basename(path: str) -> str:
     return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _parameter_equals(name: str, value: Any) -> sa.ColumnElement[bool]:
+    """``parameters[name] == value``, compared as the JSON type of ``value``."""
+    field = runs.c.parameters[name]
+    condition: sa.ColumnElement[bool]
+    if isinstance(value, bool):
+        condition = field.as_boolean() == value
+    elif isinstance(value, int):
+        condition = field.as_integer() == value
+    elif isinstance(value, float):
+        condition = field.as_float() == value
+    elif value is None:
+        condition = field.as_json() == sa.null()
+    else:
+        condition = field.as_string() == str(value)
+    return condition
 
 
 def _notebook_filter(notebook: str) -> sa.ColumnElement[bool]:

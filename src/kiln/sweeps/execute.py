@@ -24,7 +24,7 @@ from kiln.runner import (
     cancel_on_signals,
     raise_for_state,
 )
-from kiln.store.records import Run
+from kiln.store.records import Run, RunState
 from kiln.sweeps.plan import SweepItem, SweepPlan, short_values
 
 __all__ = [
@@ -242,12 +242,12 @@ class SweepResult:
 
     @property
     def succeeded(self) -> list[Run]:
-        return [run for run in self.runs if run.state == "succeeded"]
+        return [run for run in self.runs if run.state.ok]
 
     @property
     def failed(self) -> list[Run]:
         """Recorded runs that did not succeed: failed, timed out, crashed or cancelled."""
-        return [run for run in self.runs if run.state != "succeeded"]
+        return [run for run in self.runs if not run.state.ok]
 
     @property
     def not_run(self) -> list[SweepItem]:
@@ -257,7 +257,7 @@ class SweepResult:
     @property
     def ok(self) -> bool:
         """Every set ran and succeeded."""
-        return not self.cancelled and all(item.state == "succeeded" for item in self.items)
+        return not self.cancelled and all(item.ok for item in self.items)
 
     def check(self) -> None:
         """Raise unless :attr:`ok`: ``RunCancelled`` for a cancelled sweep, else the error of
@@ -265,7 +265,7 @@ class SweepResult:
         if self.ok:
             return
         if self.cancelled:
-            cancelled = next((r for r in self.runs if r.state == "cancelled"), None)
+            cancelled = next((r for r in self.runs if r.state is RunState.CANCELLED), None)
             raise RunCancelled(f"sweep {self.reason}: {self.counts()}", run=cancelled)
         for item in self.items:
             if item.run is None:

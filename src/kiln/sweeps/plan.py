@@ -121,26 +121,14 @@ def load_grid(path: str | os.PathLike[str]) -> list[ParameterSet]:
     Values are typed YAML, read as ``-y``/``-f`` read them (a date stays a string), and are
     checked against the notebook's schema by :func:`plan_sweep`.
     """
-    import yaml
-
-    from kiln.parameters.values import _loader
+    from kiln.yamlio import load_yaml, plain
 
     origin = os.fspath(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read sweep grid {origin}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"sweep grid {origin} is not UTF-8 text: {exc.reason}") from None
-    try:
-        data = yaml.load(text, Loader=_loader())
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "cannot parse"
-        raise UsageError(f"{origin}: invalid YAML{where}: {problem}") from exc
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise UsageError(f"{origin}: invalid YAML: {exc}") from exc
+    data = plain(load_yaml(text, origin=origin))
     if data is None:
         raise UsageError(f"{origin}: the sweep grid is empty")
     return parameter_sets(data, origin=origin)
@@ -169,7 +157,12 @@ class SweepItem:
     @property
     def state(self) -> str:
         """The run's state, or ``not_run``."""
-        return self.run.state if self.run is not None else "not_run"
+        return self.run.state.value if self.run is not None else "not_run"
+
+    @property
+    def ok(self) -> bool:
+        """The set ran and its run succeeded (or was prepared, for ``prepare_only``)."""
+        return self.run is not None and self.run.state.ok
 
     def to_json(self) -> dict[str, Any]:
         """The run's record (``Run.to_json()``) with a ``sweep`` key: the set and its index."""

@@ -63,19 +63,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="like --kiln, and compare the fresh outputs with the saved ones (kiln verify)",
     )
     group.addoption("--kiln-lint", action="store_true", help="add a kiln lint item per notebook")
-    group.addoption(
-        "--kiln-engine",
-        choices=("auto", "fork", "kernel"),
-        default="auto",
-        help="engine for notebook runs (default: auto, the fork engine for Python)",
-    )
-    group.addoption(
-        "--kiln-cell-timeout",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="seconds one cell may run",
-    )
+    from kiln.cli.options import add_run_options
+    from kiln.options import NOT_FOR
+
+    # the run options, as for `kiln run`, spelled --kiln-<flag> (--kiln-engine, ...)
+    add_run_options(group, prefix="--kiln-", exclude=NOT_FOR["pytest"], absent=None)
     group.addoption(
         "--kiln-home",
         default=None,
@@ -118,9 +110,9 @@ class _Options:
     run: bool
     compare: bool
     lint: bool
-    engine: str
-    cell_timeout: float | None
     home: str | None
+    #: the run options given as --kiln-<flag>
+    run_options: Mapping[str, Any]
 
 
 class _State:
@@ -129,13 +121,14 @@ class _State:
     def __init__(self, config: pytest.Config) -> None:
         get = config.getoption
         compare = bool(get("kiln_compare"))
+        from kiln.cli.options import run_options_from
+
         self.options = _Options(
             run=bool(get("kiln")) or compare,
             compare=compare,
             lint=bool(get("kiln_lint")),
-            engine=str(get("kiln_engine")),
-            cell_timeout=get("kiln_cell_timeout"),
             home=get("kiln_home"),
+            run_options=run_options_from(config, prefix="--kiln-"),
         )
         self.config = config
         self._session: NotebookSession | None = None
@@ -247,35 +240,37 @@ class NotebookItem(_KilnItem):
         state = _State.of(self.config)
         options = state.options
         if self.compare:
+            from kiln.options import NOT_FOR
             from kiln.testing.verify import verify_notebook
 
+            run_options = {
+                k: v for k, v in options.run_options.items() if k not in NOT_FOR["verify"]
+            }
             result = verify_notebook(
                 self.path,
                 parameters=self.parameters,
-                engine=options.engine,
                 home=state.home(),
-                cell_timeout=options.cell_timeout,
                 session=state.session(),
                 on_warning=self.note,
+                **run_options,
             )
             _interrupted(result.run)
             if not result.ok:
                 raise NotebookFailed(result.report())
             return
-        from kiln.testing.report import failure_text, run_footer
+        from kiln.failure import failure_text, run_footer
 
         run = state.session().run(
             self.path,
             parameters=self.parameters,
             home=state.home(),
-            engine=options.engine,
-            cell_timeout=options.cell_timeout,
             nbval_markers=True,
             check=False,
             on_warning=self.note,
+            **options.run_options,
         )
         _interrupted(run)
-        if run.state != "succeeded":
+        if not run.state.ok:
             with_set = f" with {self.parameters}" if self.parameters else ""
             raise NotebookFailed(
                 f"{self.path.name}{with_set}: {failure_text(run)}\n{run_footer(run)}"
@@ -324,11 +319,14 @@ def _display_path(path: Path, root: Path) -> str:
 class KilnRun:
     """The ``kiln_run`` fixture: run a notebook like :func:`kiln.run` from your own test.
 
-    The notebook path is relative to the test file's folder. Keyword arguments are the
-    notebook's parameters (or pass ``parameters={...}``, for names that clash with the
-    options). Runs are recorded in a Kiln home under the test's ``tmp_path``, and a relative
-    ``output`` lands there too. A failed run raises (``kiln.errors.CellExecutionError``, ...)
-    unless ``check=False``. Returns the :class:`kiln.Run`.
+    The notebook path is relative to the test file's folder. Keyword arguments named like a
+    run option (``engine``, ``timeout``, ``cwd``, ... see :mod:`kiln.options`) are run
+    options; the others are the notebook's parameters (or pass ``parameters={...}``, for
+    names that clash with the options). Options given on pytest's command line
+    (``--kiln-engine``, ...) are the defaults. Runs are recorded in a Kiln home under the
+    test's ``tmp_path``, and a relative ``output`` lands there too. A failed run raises
+    (``kiln.errors.CellExecutionError``, ...) unless ``check=False``. Returns the
+    :class:`kiln.Run`.
     """
 
     def __init__(self, state: _State, *, base: Path, tmp_path: Path) -> None:
@@ -344,24 +342,23 @@ class KilnRun:
         *,
         parameters: Mapping[str, Any] | None = None,
         output: str | os.PathLike[str] | None = None,
-        engine: str | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        cell_timeout: float | None = None,
-        timeout: float | None = None,
         check: bool = True,
         **values: Any,
     ) -> Run:
-        options = self._state.options
+        from kiln.options import OPTION_NAMES
+
+        options = dict(self._state.options.run_options)
+        options.update({k: v for k, v in values.items() if k in OPTION_NAMES})
+        if options.get("cwd") is not None:
+            options["cwd"] = self.base / options["cwd"]
+        named = {k: v for k, v in values.items() if k not in OPTION_NAMES}
         return self._state.session().run(
             self.base / notebook,
-            parameters={**(parameters or {}), **values},
+            parameters={**(parameters or {}), **named},
             home=self.home,
             output=self.tmp_path / output if output is not None else None,
-            engine=engine or options.engine,
-            cwd=self.base / cwd if cwd is not None else None,
-            cell_timeout=cell_timeout if cell_timeout is not None else options.cell_timeout,
-            timeout=timeout,
             check=check,
+            **options,
         )
 
 

@@ -18,11 +18,17 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.engines.base import Engine
-from kiln.runner import Observer, RunEvent, Runner, RunRequest, RunWarning
+from kiln.events import Observer, RunEvent, RunWarning
+from kiln.options import RunOptionArgs
+from kiln.request import RunRequest
+from kiln.runner import Runner
 from kiln.store.records import Run
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 PathLike = str | os.PathLike[str]
 
@@ -47,14 +53,10 @@ class NotebookSession:
         parameters: Mapping[str, Any] | None = None,
         home: PathLike | None = None,
         output: PathLike | None = None,
-        engine: str = "auto",
-        cwd: PathLike | None = None,
-        cell_timeout: float | None = None,
-        timeout: float | None = None,
-        env: Mapping[str, str] | None = None,
         nbval_markers: bool = False,
         check: bool = True,
         on_warning: Callable[[str], None] | None = None,
+        **options: Unpack[RunOptionArgs],
     ) -> Run:
         """Run ``notebook`` like :func:`kiln.run` (same errors, same record).
 
@@ -63,17 +65,10 @@ class NotebookSession:
         ``skip-execution`` / ``raises-exception`` tags (the original is never modified; the
         run's working directory stays the original's folder)."""
         path = Path(notebook)
+        if options.get("cwd") is None:
+            options["cwd"] = path.resolve().parent  # the original's folder, even for a copy
         with _runnable(path, nbval_markers) as runnable:
-            request = RunRequest(
-                notebook=runnable,
-                parameters=dict(parameters or {}),
-                output=Path(output) if output is not None else None,
-                engine=engine,
-                cwd=Path(cwd) if cwd is not None else path.resolve().parent,
-                cell_timeout=cell_timeout,
-                timeout=timeout,
-                env=env,
-            )
+            request = RunRequest.build(runnable, parameters=parameters, output=output, **options)
             observers: list[Observer] = []
             if on_warning is not None:
                 warn = on_warning
@@ -116,9 +111,7 @@ class NotebookSession:
             return
         try:
             for engine in engines:
-                closer = getattr(engine, "aclose", None)
-                if closer is not None:
-                    loop.run_until_complete(closer())
+                loop.run_until_complete(engine.aclose())
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
@@ -161,13 +154,10 @@ def run_notebook(
     parameters: Mapping[str, Any] | None = None,
     home: PathLike | None = None,
     output: PathLike | None = None,
-    engine: str = "auto",
-    cwd: PathLike | None = None,
-    cell_timeout: float | None = None,
-    timeout: float | None = None,
     nbval_markers: bool = True,
     check: bool = True,
     session: NotebookSession | None = None,
+    **options: Unpack[RunOptionArgs],
 ) -> Run:
     """Run a notebook as a test would: like :func:`kiln.run`, and honouring nbval's
     ``NBVAL_SKIP``/``NBVAL_RAISES_EXCEPTION`` markers. Pass a ``session`` to keep engines
@@ -183,12 +173,9 @@ def run_notebook(
             parameters=parameters,
             home=home,
             output=output,
-            engine=engine,
-            cwd=cwd,
-            cell_timeout=cell_timeout,
-            timeout=timeout,
             nbval_markers=nbval_markers,
             check=check,
+            **options,
         )
     finally:
         if session is None:

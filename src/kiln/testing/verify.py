@@ -13,13 +13,9 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kiln.store.records import Run
-from kiln.testing.compare import Comparison, compare_notebooks
-from kiln.testing.config import verify_settings
-from kiln.testing.normalize import Normalizer, compile_ignores
-from kiln.testing.report import (
+from kiln.failure import (
     cell_label,
     failure_summary,
     failure_text,
@@ -27,7 +23,15 @@ from kiln.testing.report import (
     section,
     source_excerpt,
 )
+from kiln.options import NOT_FOR, OptionError, RunOptionArgs
+from kiln.store.records import Run
+from kiln.testing.compare import Comparison, compare_notebooks
+from kiln.testing.config import verify_settings
+from kiln.testing.normalize import Normalizer, compile_ignores
 from kiln.testing.session import NotebookSession
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 PathLike = str | os.PathLike[str]
 
@@ -137,23 +141,26 @@ def verify_notebook(
     notebook: PathLike,
     *,
     parameters: Mapping[str, Any] | None = None,
-    engine: str = "auto",
     home: PathLike | None = None,
-    cell_timeout: float | None = None,
-    timeout: float | None = None,
     ignore: Iterable[str | tuple[str, str]] = (),
     strict_images: bool | None = None,
     normalizer: Normalizer | None = None,
     session: NotebookSession | None = None,
     on_warning: Callable[[str], None] | None = None,
+    **options: Unpack[RunOptionArgs],
 ) -> VerifyResult:
     """Re-run ``notebook`` in fresh state and compare its outputs with the saved ones.
 
     Refusals before anything runs raise as in :func:`kiln.run` (``NotebookError``,
     ``ParameterError``, ``UsageError``); a run that fails is a result (``status ==
     "failed"``), not an exception. ``normalizer`` replaces the one built from ``kiln.yaml``,
-    ``ignore`` and ``strict_images``.
+    ``ignore`` and ``strict_images``. ``options`` are the run options (:mod:`kiln.options`)
+    but ``prepare_only``, ``report_mode`` and ``allow_unknown``.
     """
+    refused = set(options) & set(NOT_FOR["verify"])
+    if refused:
+        name = sorted(refused)[0]
+        raise OptionError(name, NOT_FOR["verify"][name])
     path = Path(notebook)
     if normalizer is None:
         normalizer = build_normalizer(path, ignore=ignore, strict_images=strict_images)
@@ -170,12 +177,10 @@ def verify_notebook(
             path,
             parameters=parameters,
             home=home,
-            engine=engine,
-            cell_timeout=cell_timeout,
-            timeout=timeout,
             nbval_markers=True,
             check=False,
             on_warning=warn,
+            **options,
         )
     finally:
         if session is None:
@@ -190,7 +195,7 @@ def verify_notebook(
 
 def _reached(run: Run) -> int | None:
     """The last cell index a failed run got to (None when it succeeded)."""
-    if run.state == "succeeded":
+    if run.state.ok:
         return None
     index = (run.error or {}).get("cell_index")
     if isinstance(index, int):

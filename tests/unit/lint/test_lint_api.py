@@ -9,7 +9,6 @@ import nbformat
 import pytest
 from lintcorpus import make_corpus
 
-import kiln.lint
 from kiln.errors import NotebookNotFound
 from kiln.lint import (
     RULES,
@@ -24,27 +23,6 @@ from kiln.lint import (
 from kilntest import build_notebook
 
 corpus = make_corpus()
-
-
-def test_public_surface() -> None:
-    assert set(kiln.lint.__all__) == {
-        "FORMATS",
-        "RULES",
-        "RULES_BY_ID",
-        "Finding",
-        "LintConfig",
-        "LintReport",
-        "Rule",
-        "Severity",
-        "discover_notebooks",
-        "errors_for_run_gate",
-        "lint_notebook",
-        "lint_paths",
-        "load_lint_config",
-        "mask",
-    }
-    for name in kiln.lint.__all__:
-        assert getattr(kiln.lint, name) is not None
 
 
 def test_rule_table() -> None:

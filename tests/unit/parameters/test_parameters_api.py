@@ -9,7 +9,6 @@ from collections.abc import Callable
 import nbformat
 from nbformat import NotebookNode
 
-import kiln.parameters
 from kiln.parameters import CliValue, infer_schema, inject_parameters, resolve_parameters
 
 NotebookFactory = Callable[..., NotebookNode]  # the `notebook` fixture (conftest.py)
@@ -30,18 +29,6 @@ PUBLIC = {
     "resolve_parameters",
     "validate_name",
 }
-
-
-def test_public_api_is_exactly_all() -> None:
-    assert set(kiln.parameters.__all__) == PUBLIC
-    for name in PUBLIC:
-        assert getattr(kiln.parameters, name) is not None
-    exported = {
-        name
-        for name, value in vars(kiln.parameters).items()
-        if not name.startswith("_") and getattr(value, "__module__", "").startswith("kiln.")
-    }
-    assert exported <= PUBLIC
 
 
 def test_import_is_light() -> None:

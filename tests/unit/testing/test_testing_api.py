@@ -5,14 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import kiln.testing
-
-
-def test_public_names_resolve() -> None:
-    assert set(kiln.testing.__all__) >= {"run_notebook", "compare_notebooks", "normalize_outputs"}
-    for name in kiln.testing.__all__:
-        assert getattr(kiln.testing, name) is not None
-
 
 def test_plugin_import_is_light() -> None:
     # pytest imports the plugin at every start-up wherever Kiln is installed

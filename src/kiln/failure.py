@@ -1,5 +1,7 @@
-"""Readable failure text shared by ``kiln verify`` and the pytest plugin: which cell, its
-source, the error and the traceback without colour codes."""
+"""How a failed run is told in text: which cell, its source, the error and the traceback.
+
+Shared by ``kiln run``, ``kiln verify`` and the pytest plugin, so a failure reads the same
+everywhere. Tracebacks are shown without colour codes, cut to their last frames."""
 
 from __future__ import annotations
 
@@ -41,24 +43,24 @@ def failure_summary(run: Run) -> str:
     where = cell_label(error.get("cell_index"), error.get("execution_count"))
     if error.get("ename") and "traceback" in error:
         return f"{where} raised {error['ename']}: {error.get('evalue', '')}"
-    state = run.state.replace("_", " ")
+    state = run.state.value.replace("_", " ")
     return f"the run {state}: {run.reason or error.get('evalue') or state}"
 
 
-def failure_text(run: Run) -> str:
-    """The failing cell, its source and the traceback (ANSI stripped)."""
+def failure_text(run: Run, *, source: bool = True, traceback_lines: int = TRACEBACK_LINES) -> str:
+    """The failing cell, its source and the traceback's last lines (ANSI stripped)."""
     error = run.error or {}
     parts = [failure_summary(run)]
-    source = error.get("source")
+    text = error.get("source")
     index = error.get("cell_index")
-    if isinstance(source, str) and source.strip():
-        parts.append(section(f"{cell_label(index)} source", source_excerpt(source)))
+    if source and isinstance(text, str) and text.strip():
+        parts.append(section(f"{cell_label(index)} source", source_excerpt(text)))
     traceback = error.get("traceback")
     if isinstance(traceback, list) and traceback:
-        text = strip_ansi("\n".join(str(t) for t in traceback)).rstrip()
-        lines = text.splitlines()
-        if len(lines) > TRACEBACK_LINES:
-            lines = ["...", *lines[-TRACEBACK_LINES:]]
+        body = strip_ansi("\n".join(str(t) for t in traceback)).rstrip()
+        lines = body.splitlines()
+        if len(lines) > traceback_lines:
+            lines = [f"... ({len(lines) - traceback_lines} lines above)", *lines[-traceback_lines:]]
         parts.append(section("traceback", "\n".join(lines)))
     return "\n".join(parts)
 

@@ -1,0 +1,139 @@
+"""The sections of ``kiln.yaml``, declared as typed dataclasses (the schema *is* these types).
+
+A feature that needs project settings adds its section here, once: a dataclass with a
+docstring and ``help`` on each field, and a field on :class:`ProjectConfig`. The reader
+(:mod:`kiln.project.typed`) checks the file against these types with located errors, and
+``kiln config schema`` prints the JSON Schema built from the same types. Checks that need a
+feature's own knowledge (a lint rule id exists, a glob matches a notebook) are done by the
+feature, which can point at the place with :meth:`kiln.project.Project.where`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kiln.options import ENGINE_CHOICES, OPTIONS
+from kiln.project.typed import Duration, Size
+
+
+def _help(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+# -- run: defaults for the run options -------------------------------------------------------
+
+#: run options that make no sense as a project-wide default
+_NOT_DEFAULTS = frozenset({"prepare_only"})
+
+_YAML_TYPE = {
+    "text": str | None,
+    "choice": Literal[ENGINE_CHOICES] | None,
+    "path": str | None,
+    "duration": Duration | None,
+    "size": Size | None,
+    "switch": bool | None,
+    "env": dict[str, str] | None,
+}
+
+
+def _run_defaults_class() -> type:
+    """``RunDefaults``: one optional field per run option (derived, so it never drifts)."""
+    spec = [
+        (
+            f.name,
+            _YAML_TYPE[f.metadata["kind"]],
+            field(default=None, metadata=_help(f.metadata["help"])),
+        )
+        for f in OPTIONS
+        if f.name not in _NOT_DEFAULTS
+    ]
+    cls = dataclasses.make_dataclass("RunDefaults", spec, frozen=True)
+    cls.__doc__ = (
+        "Defaults for every run of the project's notebooks; a command-line flag, a KILN_* "
+        "environment variable or an API argument overrides them."
+    )
+    cls.__module__ = __name__
+    return cls
+
+
+RunDefaults: Any = _run_defaults_class()
+
+
+# -- lint --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LintSection:
+    """Settings of `kiln lint` and of the `--lint` run gate."""
+
+    select: list[str] | str | None = field(
+        default=None, metadata=_help("rule ids or prefixes to run (default: every rule)")
+    )
+    ignore: list[str] | str | None = field(
+        default=None, metadata=_help("rule ids or prefixes not to run")
+    )
+    severity: dict[str, Literal["error", "warning", "info"]] = field(
+        default_factory=dict, metadata=_help("severity per rule id, e.g. {KL202: error}")
+    )
+    rules: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata=_help("options per rule id, e.g. {KL201: {max_output_kb: 2000}}"),
+    )
+    require_parameters: bool = field(
+        default=False, metadata=_help("every notebook must have a parameters cell (KL206)")
+    )
+    exclude: list[str] = field(
+        default_factory=list, metadata=_help("globs of notebooks not to lint, from the root")
+    )
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IgnorePattern:
+    """A regex whose matches are replaced (by ``replace``) before outputs are compared."""
+
+    regex: str = field(metadata=_help("a Python regular expression"))
+    replace: str = field(default="", metadata=_help("what matches become (default: nothing)"))
+
+
+@dataclass(frozen=True)
+class VerifySection:
+    """Settings of `kiln verify` and `pytest --kiln-compare`."""
+
+    ignore: list[str | IgnorePattern] | str | IgnorePattern | None = field(
+        default=None,
+        metadata=_help("regexes whose matches become <IGNORED> on both sides before comparing"),
+    )
+    strict_images: bool = field(
+        default=False, metadata=_help("compare image bytes, not only that an image is there")
+    )
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+#: notebook path or glob -> a list of parameter sets, or a mapping of set names to sets
+TestsSection = dict[str, list[dict[str, Any] | None] | dict[str, dict[str, Any] | None]]
+
+
+# -- the file ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """Kiln's project file, `kiln.yaml`, at the root of a project."""
+
+    run: RunDefaults | None = field(
+        default=None, metadata=_help("defaults for the run options of every run")
+    )
+    lint: LintSection = field(default_factory=LintSection, metadata=_help("kiln lint"))
+    verify: VerifySection = field(
+        default_factory=VerifySection, metadata=_help("kiln verify and pytest --kiln-compare")
+    )
+    tests: TestsSection = field(
+        default_factory=dict,
+        metadata=_help("parameter sets per notebook (path or glob) for pytest --kiln"),
+    )
