@@ -57,7 +57,7 @@ def _read_http(url: str, timeout: float) -> bytes:
 
     request = urllib.request.Request(url, headers={"User-Agent": "kiln"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return _bounded(url, response.read(MAX_BYTES + 1))
     except urllib.error.HTTPError as exc:
         raise UsageError(f"cannot read {url}: HTTP {exc.code} {exc.reason}") from None
