@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +47,97 @@ def stream_text(cell: Any, name: str = "stdout") -> str:
         for o in cell.get("outputs", [])
         if o.get("output_type") == "stream" and o.get("name") == name
     )
+
+
+# -- waiting for a condition (never a fixed sleep before an assertion) ------------------------
+
+
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned), or fail after
+    ``timeout`` seconds naming ``what`` was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once process ``pid`` has exited (False if it still runs after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def wait_for_file(path: Path, *, contains: str | None = None, timeout: float = 60.0) -> str:
+    """Wait until ``path`` exists (and holds ``contains``); return its text."""
+
+    def ready() -> str | None:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        return text if contains is None or contains in text else None
+
+    found: str = wait_for(
+        ready, timeout=timeout, what=f"{path}" + (f" to hold {contains!r}" if contains else "")
+    )
+    return found
+
+
+def wait_for_run_state(
+    home: Path, states: set[str], *, count: int = 1, timeout: float = 60.0
+) -> list[Any]:
+    """Wait until ``count`` runs of the history in ``home`` are in one of ``states``."""
+    import sqlite3
+
+    def matching() -> list[Any] | None:
+        db = home / "kiln.db"
+        if not db.exists():
+            return None
+        try:
+            with sqlite3.connect(db) as conn:
+                rows = conn.execute("select id, state from runs").fetchall()
+        except sqlite3.OperationalError:  # the schema is not created yet
+            return None
+        found = [row for row in rows if row[1] in states]
+        return found if len(found) >= count else None
+
+    result: list[Any] = wait_for(matching, timeout=timeout, what=f"{count} run(s) in {states}")
+    return result
+
+
+def start_barrier(folder: Path, count: int, *, timeout: float = 60.0) -> Path:
+    """Wait until ``count`` processes wrote ``ready-*`` files in ``folder``, then release them
+    all at once by creating ``go`` (returned). Each process does: touch ready-N, wait for go."""
+    wait_for(
+        lambda: len(list(folder.glob("ready-*"))) >= count,
+        timeout=timeout,
+        what=f"{count} processes at the start line",
+    )
+    go = folder / "go"
+    go.touch()
+    return go

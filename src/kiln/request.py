@@ -250,7 +250,8 @@ def _lint_gate(nb: NotebookNode, path: str) -> None:
         shown = "\n".join(f"  {f.location()}: {f.rule} {f.message}" for f in errors[:20])
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         raise LintGateFailed(
-            f"{path} has {len(errors)} lint error(s); not running it (--lint):\n{shown}{more}\n"
+            f"{path} has {len(errors)} lint error(s); not running it (the lint gate is on):\n"
+            f"{shown}{more}\n"
             "Fix them, or ignore a rule in kiln.yaml (lint: {ignore: [ID]}).",
             findings=errors,
         )

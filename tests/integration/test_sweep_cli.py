@@ -7,14 +7,13 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 import kiln
 
-from kilntest import KILN, read_nb
+from kilntest import KILN, read_nb, wait_for, wait_gone
 
 pytestmark = pytest.mark.kernel
 
@@ -34,18 +33,6 @@ def _history(kiln_cli) -> list[dict]:
     res = kiln_cli("runs", "list", "--json", "-n", "100")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @ENGINES
@@ -125,8 +112,7 @@ def test_sigint_cancels_the_running_runs_and_starts_no_more(
         text=True,
     )
     try:
-        _wait_for(lambda: _sleeping_runs(home) == 2)
-        time.sleep(0.5)
+        wait_for(lambda: _sleeping_runs(home) == 2, what="two runs in their sleeping cell")
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -140,10 +126,7 @@ def test_sigint_cancels_the_running_runs_and_starts_no_more(
     assert len(runs) == 2 and {r["state"] for r in runs} == {"cancelled"}
     assert all("SIGINT" in r["reason"] for r in runs)
     pids = [r["kernel_pid"] for r in runs] + [r["records"]["pid"] for r in runs]
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in pids if pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in pids if pid and _alive(pid)]
+    assert all(wait_gone(pid, 5) for pid in pids if pid)
 
 
 def _sleeping_runs(home: Path) -> int:
@@ -165,15 +148,6 @@ def _sleeping_runs(home: Path) -> int:
         if len(cells) > 2 and cells[2].get("execution_count") is not None:
             count += 1
     return count
-
-
-def _wait_for(predicate, seconds: float = 60.0) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def test_python_api_sweep(make_nb, home):

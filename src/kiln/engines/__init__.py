@@ -101,16 +101,18 @@ def choose_engine(
 ) -> tuple[str, str | None]:
     """The engine for a run, and a one-line notice when ``auto`` falls back to the kernel."""
     from kiln.errors import UsageError
+    from kiln.options import OptionError
 
     if requested not in ENGINES and requested != "auto":
         raise UsageError(f"unknown engine {requested!r}; choose one of: {', '.join(CHOICES)}")
     if requested in ("kernel", "fake"):
         if memory_limit and requested == "kernel":
-            raise UsageError("--memory-limit needs the fork engine (--engine fork or auto)")
+            raise OptionError("memory_limit", "a memory limit needs the fork engine (fork or auto)")
         return requested, None
     why = fork_unsupported(spec, imports, sources or [])
     if why is None:
         return "fork", None
     if requested == "fork" or memory_limit:
-        raise UsageError(f"the fork engine cannot run this notebook: {why}")
+        option = "engine" if requested == "fork" else "memory_limit"
+        raise OptionError(option, f"the fork engine cannot run this notebook: {why}")
     return "kernel", f"using the kernel engine: {why}"

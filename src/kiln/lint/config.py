@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.errors import UsageError
 from kiln.lint.rules import RULES, RULES_BY_ID, SEVERITIES, Severity, expand_codes
 
-PROJECT_FILE = "kiln.yaml"
+if TYPE_CHECKING:
+    from kiln.project import Project
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_LINT_KEYS = {"select", "ignore", "severity", "rules", "require_parameters", "exclude"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class LintConfig:
         if self.require_parameters:
             return "parameters are required for every notebook"
         if self.scheduled and _resolve(path) in self.scheduled:
-            return f"it is scheduled or in a pipeline in {self.project_file or PROJECT_FILE}"
+            return f"it is scheduled or in a pipeline in {self.project_file or 'kiln.yaml'}"
         return None
 
     def excluded(self, path: Path) -> bool:
@@ -115,13 +116,16 @@ def load_lint_config(
     *,
     environ: Mapping[str, str] | None = None,
 ) -> LintConfig:
-    """The lint settings for a project: ``kiln.yaml`` found by walking up from ``start_dir``
-    (default: the current folder), then ``KILN_LINT_SELECT``/``KILN_LINT_IGNORE``."""
+    """The lint settings for a project: the ``lint`` section of the ``kiln.yaml`` found by
+    walking up from ``start_dir`` (default: the current folder), then
+    ``KILN_LINT_SELECT``/``KILN_LINT_IGNORE``."""
+    from kiln.project import load_project
+
     env = os.environ if environ is None else environ
     config = LintConfig()
-    project = find_project_file(Path(start_dir) if start_dir is not None else Path.cwd())
-    if project is not None:
-        config = _from_project_file(project)
+    project = load_project(Path(start_dir) if start_dir is not None else None)
+    if project.file is not None:
+        config = _from_project(project)
     select, ignore = env.get("KILN_LINT_SELECT"), env.get("KILN_LINT_IGNORE")
     if select or ignore:
         config = config.with_overrides(
@@ -132,74 +136,63 @@ def load_lint_config(
     return config
 
 
-def find_project_file(start: Path) -> Path | None:
-    folder = start.resolve()
-    if folder.is_file():
-        folder = folder.parent
-    for candidate in (folder, *folder.parents):
-        path = candidate / PROJECT_FILE
-        if path.is_file():
-            return path
-    return None
-
-
 def _split(text: str) -> list[str]:
     return [part for part in text.replace(",", " ").split() if part]
 
 
-def _from_project_file(path: Path) -> LintConfig:
-    import yaml
+def _from_project(project: Project) -> LintConfig:
+    """The ``lint`` section, its rule ids and options checked (errors point into the file)."""
+    lint = project.config.lint
+    source = f"{project.origin}: lint"
 
-    where = str(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read {where}: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise UsageError(f"{where}: expected a mapping at the top level")
-    lint = data.get("lint") or {}
-    if not isinstance(lint, Mapping):
-        raise UsageError(f"{where}: 'lint' must be a mapping")
-    unknown = set(lint) - _LINT_KEYS
-    if unknown:
-        raise UsageError(
-            f"{where}: unknown lint setting(s) {', '.join(sorted(map(str, unknown)))}; "
-            f"known: {', '.join(sorted(_LINT_KEYS))}"
-        )
-    source = f"{where}: lint"
+    def fail(exc: UsageError, key: str) -> UsageError:
+        return project.error(f"lint.{key}: {_problem(exc)}", lint, key)
+
     selections: tuple[Selection, ...] = ()
-    if lint.get("select") is not None or lint.get("ignore") is not None:
-        select = _string_list(lint.get("select"), f"{source}.select")
-        ignore = _string_list(lint.get("ignore"), f"{source}.ignore")
-        layer = _selection(select if lint.get("select") is not None else None, ignore, source)
+    if lint.select is not None or lint.ignore is not None:
+        try:
+            layer = _selection(
+                _strings(lint.select) if lint.select is not None else None,
+                _strings(lint.ignore),
+                source,
+            )
+        except UsageError as exc:
+            raise fail(exc, "select" if lint.select is not None else "ignore") from None
         selections = (layer,)
-    severity = lint.get("severity") or {}
-    if not isinstance(severity, Mapping):
-        raise UsageError(f"{source}.severity must map rule ids to error, warning or info")
-    exclude = _string_list(lint.get("exclude"), f"{source}.exclude")
-    require = lint.get("require_parameters", False)
-    if not isinstance(require, bool):
-        raise UsageError(f"{source}.require_parameters must be true or false")
+    try:
+        severity = _severities(lint.severity, source)
+    except UsageError as exc:
+        raise fail(exc, "severity") from None
+    try:
+        options = _rule_options(lint.rules, f"{source}.rules")
+    except UsageError as exc:
+        raise fail(exc, "rules") from None
     return LintConfig(
         selections=selections,
-        severity=MappingProxyType(_severities(severity, source)),
-        options=MappingProxyType(_rule_options(lint.get("rules") or {}, f"{source}.rules")),
-        require_parameters=require,
-        scheduled=frozenset(_scheduled_notebooks(data, path.parent)),
-        exclude=tuple(exclude),
-        root=str(path.parent),
-        project_file=where,
+        severity=MappingProxyType(severity),
+        options=MappingProxyType(options),
+        require_parameters=lint.require_parameters,
+        scheduled=frozenset(),
+        exclude=tuple(lint.exclude),
+        root=str(project.root),
+        project_file=project.origin,
     )
 
 
-def _string_list(value: Any, where: str) -> list[str]:
+def _problem(exc: UsageError) -> str:
+    """The message without the ``<file>: lint...:`` prefix the helpers add."""
+    text = exc.message
+    marker = ": lint"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+        text = text.split(": ", 1)[1] if ": " in text else text
+    return text
+
+
+def _strings(value: list[str] | str | None) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
-        return _split(value)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise UsageError(f"{where} must be a list of strings")
+    return _split(value) if isinstance(value, str) else list(value)
 
 
 def _selection(
@@ -270,34 +263,6 @@ def _option_value(value: Any, default: Any, where: str) -> Any:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise UsageError(f"{where} must be a list of strings")
-
-
-def _scheduled_notebooks(data: Mapping[str, Any], root: Path) -> Iterator[str]:
-    """Notebooks named under ``schedules`` or ``pipelines`` (any ``notebook:`` value or any
-    string ending in ``.ipynb``), and ``notebooks`` entries that carry a schedule."""
-    for section in ("schedules", "pipelines"):
-        for value in _strings(data.get(section)):
-            yield _resolve(root / value)
-    notebooks = data.get("notebooks")
-    if isinstance(notebooks, Mapping):
-        for name, entry in notebooks.items():
-            if isinstance(entry, Mapping) and ({"schedule", "schedules", "cron"} & set(entry)):
-                path = entry.get("path") or entry.get("notebook") or name
-                if isinstance(path, str):
-                    yield _resolve(root / path)
-
-
-def _strings(value: Any, key: str = "") -> Iterator[str]:
-    if isinstance(value, str):
-        if value.endswith(".ipynb") or key == "notebook":
-            yield value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _strings(k, "") if isinstance(k, str) and k.endswith(".ipynb") else ()
-            yield from _strings(v, str(k))
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item, key)
 
 
 def _resolve(path: str | os.PathLike[str]) -> str:

@@ -208,7 +208,7 @@ class Reader:
 def _join(path: str, key: Any) -> str:
     text = str(key)
     if not text.isidentifier():
-        text = repr(text)
+        return f'{path}["{text}"]' if path else f'["{text}"]'
     return f"{path}.{text}" if path else text
 
 

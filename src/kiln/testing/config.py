@@ -33,9 +33,6 @@ from typing import Any
 
 from kiln.errors import UsageError
 
-PROJECT_FILE = "kiln.yaml"
-_VERIFY_KEYS = frozenset({"ignore", "strict_images"})
-
 
 @dataclass(frozen=True)
 class ParameterSet:
@@ -54,84 +51,21 @@ class VerifySettings:
     source: str = "kiln.yaml"
 
 
-def find_project_file(start: str | os.PathLike[str]) -> Path | None:
-    """The nearest ``kiln.yaml`` in ``start`` (a folder or a file's folder) or its parents."""
-    folder = Path(start).resolve()
-    if not folder.is_dir():
-        folder = folder.parent
-    for candidate in (folder, *folder.parents):
-        path = candidate / PROJECT_FILE
-        if path.is_file():
-            return path
-    return None
-
-
-_cache: dict[tuple[str, int], Mapping[str, Any]] = {}
-
-
-def read_project_file(path: Path) -> Mapping[str, Any]:
-    """The parsed ``kiln.yaml`` (cached while the file is unchanged)."""
-    try:
-        key = (str(path), path.stat().st_mtime_ns)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    if key not in _cache:
-        import yaml
-
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise UsageError(f"cannot read {path}: {exc}") from None
-        if not isinstance(data, Mapping):
-            raise UsageError(f"{path}: expected a mapping at the top level")
-        _cache[key] = data
-    return _cache[key]
-
-
 def verify_settings(notebook: str | os.PathLike[str]) -> VerifySettings:
     """The ``verify`` section of the ``kiln.yaml`` that governs ``notebook``."""
-    project = find_project_file(Path(notebook).parent)
-    if project is None:
+    from kiln.project import load_project
+    from kiln.project.sections import IgnorePattern
+
+    project = load_project(Path(notebook).parent)
+    if project.file is None:
         return VerifySettings()
-    where = f"{project}: verify"
-    section = read_project_file(project).get("verify") or {}
-    if not isinstance(section, Mapping):
-        raise UsageError(f"{where} must be a mapping (ignore, strict_images)")
-    unknown = set(section) - _VERIFY_KEYS
-    if unknown:
-        raise UsageError(
-            f"{where}: unknown setting(s) {', '.join(sorted(map(str, unknown)))}; "
-            f"known: {', '.join(sorted(_VERIFY_KEYS))}"
-        )
-    strict = section.get("strict_images", False)
-    if not isinstance(strict, bool):
-        raise UsageError(f"{where}.strict_images must be true or false")
-    return VerifySettings(_ignores(section.get("ignore"), where), strict, where)
-
-
-def _ignores(value: Any, where: str) -> tuple[str | tuple[str, str], ...]:
-    if value is None:
-        return ()
-    items = [value] if isinstance(value, (str, Mapping)) else value
-    if not isinstance(items, list):
-        raise UsageError(f"{where}.ignore must be a list of regexes")
-    out: list[str | tuple[str, str]] = []
-    for item in items:
-        if isinstance(item, str):
-            out.append(item)
-        elif (
-            isinstance(item, Mapping)
-            and set(item) <= {"regex", "replace"}
-            and isinstance(item.get("regex"), str)
-            and isinstance(item.get("replace", ""), str)
-        ):
-            out.append((item["regex"], str(item.get("replace", ""))))
-        else:
-            raise UsageError(
-                f"{where}.ignore: each entry is a regex or {{regex: ..., replace: ...}}, "
-                f"not {item!r}"
-            )
-    return tuple(out)
+    section = project.config.verify
+    raw = section.ignore
+    items = [] if raw is None else raw if isinstance(raw, list) else [raw]
+    ignore: list[str | tuple[str, str]] = [
+        (item.regex, item.replace) if isinstance(item, IgnorePattern) else item for item in items
+    ]
+    return VerifySettings(tuple(ignore), section.strict_images, f"{project.origin}: verify")
 
 
 def parameter_sets(
@@ -140,17 +74,15 @@ def parameter_sets(
     """The parameter sets declared for ``notebook`` (``kiln.yaml``'s ``tests`` first, else
     the notebook's ``metadata.kiln.tests``); None when none are declared. ``raw`` is the
     notebook's JSON when the caller has it."""
+    from kiln.project import load_project
+
     path = Path(notebook).resolve()
-    project = find_project_file(path.parent)
-    if project is not None:
-        tests = read_project_file(project).get("tests")
-        if tests is not None:
-            if not isinstance(tests, Mapping):
-                raise UsageError(f"{project}: tests must map notebook paths to parameter sets")
-            found = _match(tests, path, project.parent)
-            if found is not None:
-                key, value = found
-                return _sets(value, f"{project}: tests.{key}")
+    project = load_project(path.parent)
+    if project.file is not None and project.config.tests:
+        found = _match(project.config.tests, path, project.root)
+        if found is not None:
+            key, value = found
+            return _sets(value, f"{project.origin}: tests.{key}")
     if raw is None:
         raw = _read_json(path)
     meta = raw.get("metadata", {}).get("kiln", {}) if isinstance(raw, Mapping) else {}

@@ -9,7 +9,7 @@ import yaml
 
 from kiln.errors import UsageError
 from kiln.lint import RULES, LintConfig, load_lint_config
-from kiln.lint.config import find_project_file
+from kiln.project import find_project_file
 
 ALL = {rule.id for rule in RULES}
 
@@ -83,13 +83,13 @@ def test_severity_and_options(tmp_path: Path) -> None:
     [
         ({"select": ["KL999"]}, "unknown rule or prefix 'KL999'"),
         ({"ignore": "XX"}, "unknown rule or prefix 'XX'"),
-        ({"severity": {"KL104": "fatal"}}, "must be one of error, warning, info"),
+        ({"severity": {"KL104": "fatal"}}, r":3:5: lint.severity.KL104: expected one of error"),
         ({"severity": {"KL999": "error"}}, "unknown rule 'KL999'"),
         ({"rules": {"KL201": {"max_output_mb": 1}}}, "unknown option 'max_output_mb'"),
         ({"rules": {"KL201": {"max_output_kb": "big"}}}, "must be a whole number"),
         ({"rules": {"KL999": {}}}, "unknown rule 'KL999'"),
-        ({"selekt": ["KL1"]}, "unknown lint setting(s) selekt"),
-        ({"require_parameters": "yes"}, "must be true or false"),
+        ({"selekt": ["KL1"]}, "lint.selekt: unknown key 'selekt'; did you mean 'select'"),
+        ({"require_parameters": "yes"}, "lint.require_parameters: expected true or false"),
     ],
 )
 def test_bad_settings_are_usage_errors(tmp_path: Path, lint: object, message: str) -> None:
@@ -100,7 +100,7 @@ def test_bad_settings_are_usage_errors(tmp_path: Path, lint: object, message: st
 
 def test_bad_yaml_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "kiln.yaml").write_text("lint: [unclosed\n")
-    with pytest.raises(UsageError, match="cannot read"):
+    with pytest.raises(UsageError, match=r"kiln.yaml:2:1: invalid YAML"):
         load_lint_config(tmp_path, environ={})
 
 
@@ -109,23 +109,11 @@ def test_unknown_cli_code_is_a_usage_error() -> None:
         LintConfig().with_overrides(select=["KLX"])
 
 
-def test_scheduled_and_pipeline_notebooks_need_parameters(tmp_path: Path) -> None:
-    write_project(
-        tmp_path,
-        {
-            "schedules": [
-                {"name": "nightly", "notebook": "reports/daily.ipynb", "cron": "0 3 * * *"}
-            ],
-            "pipelines": {"etl": {"tasks": [{"run": "etl/extract.ipynb"}]}},
-            "notebooks": {"adhoc.ipynb": {"parameters": {}}, "cron.ipynb": {"schedule": "@daily"}},
-        },
-    )
+def test_require_parameters_applies_to_every_notebook(tmp_path: Path) -> None:
+    write_project(tmp_path, {"lint": {"require_parameters": True}})
     config = load_lint_config(tmp_path, environ={})
-    for name in ("reports/daily.ipynb", "etl/extract.ipynb", "cron.ipynb"):
-        assert config.parameters_required_by(tmp_path / name), name
-    assert config.parameters_required_by(tmp_path / "adhoc.ipynb") is None
-    forced = config.with_overrides(require_parameters=True)
-    assert forced.parameters_required_by(tmp_path / "adhoc.ipynb")
+    assert config.parameters_required_by(tmp_path / "adhoc.ipynb")
+    assert load_lint_config(tmp_path / "elsewhere", environ={}).require_parameters
 
 
 def test_exclude_globs(tmp_path: Path) -> None:

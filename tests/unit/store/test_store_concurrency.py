@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from kiln.store import RunStore
+
+from kilntest import start_barrier
 
 WORKERS = 8
 RUNS_EACH = 30
@@ -22,6 +23,7 @@ import alembic.command  # loaded before the start line so every process starts t
 
 home, worker, go, runs_each = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 finals = ("succeeded", "failed", "timed_out", "cancelled", "crashed")
+(go.parent / f"ready-{worker}").touch()
 while not go.exists():
     time.sleep(0.001)
 store = RunStore(home)  # the home is brand new: this races the migration too
@@ -50,8 +52,7 @@ def test_concurrent_writers_never_fail(tmp_path: Path) -> None:
         )
         for n in range(WORKERS)
     ]
-    time.sleep(1.5)
-    go.touch()
+    start_barrier(tmp_path, WORKERS)
     results = [proc.communicate(timeout=240) for proc in procs]
     for proc, (out, err) in zip(procs, results, strict=True):
         assert "locked" not in err

@@ -17,6 +17,8 @@ from kiln.store import RunStore
 from kiln.store.migrate import script_head
 from kiln.store.schema import SCHEMA_HEAD, metadata
 
+from kilntest import start_barrier
+
 RunPython = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -88,6 +90,7 @@ from pathlib import Path
 from kiln.store import Run, RunStore
 import alembic.command  # imported up front so that all processes reach the race together
 home, go, n = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+(go.parent / f"ready-{n}").touch()
 while not go.exists():
     time.sleep(0.001)
 store = RunStore(home)
@@ -103,8 +106,7 @@ print("ok")
         )
         for n in range(6)
     ]
-    time.sleep(1.5)  # let every interpreter start and wait at the line
-    go.touch()
+    start_barrier(go.parent, 6)
     results = [proc.communicate(timeout=60) for proc in procs]
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err

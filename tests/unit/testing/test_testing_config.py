@@ -64,13 +64,13 @@ def test_sets_from_notebook_metadata_and_kiln_yaml_wins(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("tests: [a]\n", "tests must map notebook paths to parameter sets"),
-        ("tests:\n  nb.ipynb: 3\n", "tests.nb.ipynb must be a list of parameter sets"),
-        ("tests:\n  nb.ipynb: [[1]]\n", r"tests.nb.ipynb\[0\] must be a mapping"),
-        ("verify: {ignor: [x]}\n", "unknown setting"),
-        ("verify: {strict_images: maybe}\n", "strict_images must be true or false"),
-        ("verify: {ignore: [{pattern: x}]}\n", "each entry is a regex"),
-        ("verify: [\n", "cannot read"),
+        ("tests: [a]\n", "kiln.yaml:1:1: tests: expected a mapping; got a list"),
+        ("tests:\n  nb.ipynb: 3\n", r'kiln.yaml:2:3: tests\["nb.ipynb"\]: expected a list or a'),
+        ("tests:\n  nb.ipynb: [[1]]\n", r'kiln.yaml:2:14: tests\["nb.ipynb"\]\[0\]: expected a'),
+        ("verify: {ignor: [x]}\n", "verify.ignor: unknown key 'ignor'; did you mean 'ignore'"),
+        ("verify: {strict_images: maybe}\n", "verify.strict_images: expected true or false"),
+        ("verify: {ignore: [{pattern: x}]}\n", r"verify.ignore\[0\].pattern: unknown key"),
+        ("verify: [\n", "kiln.yaml:2:1: invalid YAML"),
     ],
     ids=[
         "tests-not-mapping",
