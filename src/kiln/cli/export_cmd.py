@@ -1,9 +1,14 @@
 """``kiln export NB [-o OUT] [--to FORMAT]``: a notebook as a Python module with a typed CLI,
-or (``--to py:percent`` and other jupytext formats) as a paired text notebook."""
+or (``--to py:percent`` and other jupytext formats) as a paired text notebook.
+
+An existing file is overwritten only when kiln export wrote it and nobody changed it since (its
+``kiln-export`` checksum matches, see :mod:`kiln.convert.stamp`), or with ``--force``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,7 +47,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="overwrite an existing file that kiln export or jupytext did not write",
+        help="overwrite an existing file that kiln export did not write, or that was edited "
+        "since it wrote it",
     )
     p.set_defaults(handler=handle)
 
@@ -67,6 +73,8 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     _refuse_overwrite(target, force=args.force)
     atomic_write_text(target, text)
+    if args.to == SCRIPT:
+        _make_executable(target)
     if not args.quiet:
         print(f"Wrote {target}: {summary}", file=sys.stderr)
     return 0
@@ -99,19 +107,47 @@ def _script(nb: Any, source: Path, target: Path | None) -> tuple[str, str]:
     return result.text, summary
 
 
+#: the first line of scripts written before kiln export recorded a checksum
+_UNCHECKED_MARKER = "# kiln export: generated from"
+
+
 def _refuse_overwrite(target: Path, *, force: bool) -> None:
-    """Never overwrite a file someone wrote by hand, unless told to."""
-    from kiln.convert.export import MARKER
+    """Never overwrite a file someone wrote or edited by hand, unless told to."""
+    from kiln.convert import stamp
 
     if force or not target.exists():
         return
+    if target.is_dir():
+        raise UsageError(f"cannot write {target}: it is a folder")
     try:
-        head = target.read_text(encoding="utf-8", errors="replace")[:2000]
+        text = target.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = ""  # not text kiln export wrote
     except OSError as exc:
         raise UsageError(f"cannot write {target}: {exc.strerror}") from None
-    if MARKER in head or "jupytext" in head:
+    state = stamp.check(text)
+    if state == "intact":
         return
-    raise UsageError(
-        f"{target} exists and was not written by kiln export or jupytext; "
-        "pass --force to overwrite it, or -o to write elsewhere"
-    )
+    if state == "edited":
+        why = (
+            "was edited since kiln export wrote it (its kiln-export checksum no longer matches); "
+            "pass --force to overwrite it and lose those edits"
+        )
+    elif _UNCHECKED_MARKER in text[:2000]:
+        why = (
+            "was written by an older kiln export that recorded no checksum, so Kiln cannot tell "
+            "whether it was edited since; pass --force to overwrite it"
+        )
+    else:
+        why = "exists and was not written by kiln export; pass --force to overwrite it"
+    raise UsageError(f"{target} {why}, or -o to write elsewhere")
+
+
+def _make_executable(target: Path) -> None:
+    """``chmod +x`` as far as the umask allows (0755 under the usual 022)."""
+    umask = os.umask(0)  # the only way to read it; the CLI runs one thread
+    os.umask(umask)
+    try:
+        os.chmod(target, 0o777 & ~umask)
+    except OSError as exc:  # a file system without modes: the script still runs with python
+        print(f"Warning: could not make {target} executable: {exc.strerror}", file=sys.stderr)

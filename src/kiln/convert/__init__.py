@@ -5,7 +5,7 @@
     clean_file("report.ipynb")                     # strip outputs and volatile metadata
     diff = diff_notebooks(nb_a, nb_b)               # cell-level diff; diff.changed
     print(render_diff(diff, color=False))
-    result = export_script(nb, name="report")       # a Python module with a typed CLI
+    result = export_script(nb)                      # a Python module with a typed CLI
     install_git(repo)                               # git clean filter + readable git diff
 
 Submodules load on first use, so the git clean filter (``kiln clean --stdout -``) imports only

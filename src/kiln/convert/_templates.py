@@ -88,11 +88,30 @@ def _import_star(module: str) -> None:
     globals().update({name: getattr(imported, name) for name in names})
 '''
 
-DISPLAY: Final = """
-try:
-    from IPython.display import display
-except ImportError:  # without IPython, show the plain text
-
-    def display(*objs: Any, **kwargs: Any) -> None:
+DISPLAY: Final = '''
+def display(*objs: Any, **kwargs: Any) -> None:
+    """IPython's display(); without IPython, the plain text."""
+    try:
+        from IPython.display import display as ipython_display
+    except ImportError:
         print(*objs)
-"""
+    else:
+        ipython_display(*objs, **kwargs)
+'''
+
+GET_IPYTHON: Final = '''
+def get_ipython() -> Any:
+    """IPython's shell when the script runs inside IPython, else None (as IPython says)."""
+    try:
+        from IPython import get_ipython as ipython_shell
+    except ImportError:
+        return None
+    return ipython_shell()
+'''
+
+SHOW: Final = '''
+def _kiln_show(value: Any) -> None:
+    """A cell's last expression, shown as Jupyter shows it: its repr, and nothing for None."""
+    if value is not None:
+        print(repr(value))
+'''

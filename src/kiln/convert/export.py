@@ -3,18 +3,32 @@
 The module it writes has three parts:
 
 - ``main(*, region: str = "EU", n: int = 3)``: one keyword argument per parameter of the cell
-  tagged ``parameters``, typed from Kiln's parameter schema;
+  tagged ``parameters``, with the notebook's own annotation or the type Kiln infers (see
+  :mod:`kiln.convert._cli_code`);
 - ``_run_cells(parameters)``: the notebook's code cells in order. It declares ``global`` every
   name the cells bind, so the code runs in the module's namespace exactly as in Jupyter (see
   :mod:`kiln.convert.pyscope`). The parameters cell runs as written, then the values given to
   ``main`` replace its defaults -- what Kiln's injected-parameters cell does in a run;
 - ``parse_args(argv)``: argparse options built from the schema (``--region EU --n 3``; bools as
-  ``--flag/--no-flag``; lists and dicts as JSON, or YAML when PyYAML is installed; required
-  parameters required), and ``if __name__ == "__main__": main(**parse_args())``.
+  ``--flag/--no-flag``; lists and dicts as JSON, or YAML when PyYAML is installed; a
+  ``Literal``'s values as choices; required parameters required), and
+  ``if __name__ == "__main__": main(**parse_args())``.
 
 Markdown and raw cells become comments; IPython syntax is translated or flagged by
-:mod:`kiln.convert.magics`. A cell's last expression is evaluated but not displayed. The
-script needs only the standard library plus whatever the notebook itself imports.
+:mod:`kiln.convert.magics`. A cell's last expression is shown as Jupyter shows it (its repr,
+unless it is None or the line ends with ``;``). ``from __future__`` imports move to the top.
+The script needs only the standard library plus whatever the notebook itself imports.
+
+What Kiln adds around the notebook's code passes ``ruff check`` with ruff's default rules; the
+cells' own lines are copied as they are, so a finding of ruff in a cell of the notebook (an
+unused import, say) is in the script too, and no other. Two changes Kiln must make would make
+ruff see more than in the notebook, so the script is exempt from those rules in its header
+(``# ruff: noqa: ...``): after ``from m import *`` ruff cannot tell which names exist (F821;
+in the notebook it reports none), and an async runner puts the cells' blocking calls in an
+async function (the ASYNC2xx rules), where the notebook made them at top level.
+
+The script starts with ``#!/usr/bin/env python3`` and a ``kiln-export: sha256=...`` line
+(:mod:`kiln.convert.stamp`) by which ``kiln export`` knows it may overwrite the file.
 """
 
 from __future__ import annotations
@@ -25,25 +39,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from kiln.convert.magics import Issue, python_string, translate_cell
+from kiln.convert._cli_code import (
+    Annotations,
+    Names,
+    argument_parser,
+    example,
+    main_function,
+    needs_default,
+)
+from kiln.convert.magics import Issue, module_name, translate_cell
 from kiln.convert.pyscope import ScopedCode, indent_code, scope_cell
+from kiln.convert.stamp import KEY, PLACEHOLDER, UNSEALED_VALUE, seal
 from kiln.errors import UsageError
 from kiln.parameters.schema import Parameter
 
-__all__ = ["MARKER", "ExportResult", "export_jupytext", "export_script"]
+__all__ = ["ExportResult", "export_jupytext", "export_script"]
 
-#: the line that marks a file as written by ``kiln export`` (safe to overwrite)
-MARKER: Final = "# kiln export: generated from"
 _INDENT: Final = "    "
-_TYPES: Final = {
-    "int": "int",
-    "float": "float",
-    "bool": "bool",
-    "str": "str",
-    "list": "list[Any]",
-    "dict": "dict[str, Any]",
-    "any": "Any",
-}
 
 
 @dataclass(frozen=True)
@@ -79,9 +91,9 @@ def export_script(
     """The notebook as a Python module (text). ``source_name`` and ``script_name`` (the
     notebook's and the script's file names) appear in the module's docstring."""
     from kiln.parameters import infer_schema
-    from kiln.parameters.infer import is_python, notebook_language
+    from kiln.parameters.infer import is_python
 
-    language = notebook_language(nb)
+    language = _language(nb)
     if not is_python(language):
         raise UsageError(
             f"{source_name} is a {language} notebook; kiln export writes Python modules "
@@ -98,7 +110,20 @@ def export_script(
     issues: list[Issue] = []
     built = [_code_cell(cells, i, frozenset(names), issues) for i in range(len(cells))]
     module = _Module(nb, source_name, script_name, schema.parameters, schema.cell_index)
-    return module.assemble(built, issues)
+    return module.assemble(built, issues, frozenset(names))
+
+
+def _language(nb: Mapping[str, Any]) -> str:
+    """The kernel's language; for a notebook with no kernel named, the language jupytext
+    recorded when it made the notebook from a script (``main_language: R``)."""
+    from kiln.parameters.infer import notebook_language
+
+    metadata = nb.get("metadata") or {}
+    if not (metadata.get("kernelspec") or metadata.get("language_info")):
+        main = (metadata.get("jupytext") or {}).get("main_language")
+        if isinstance(main, str) and main.strip():
+            return main.strip()
+    return notebook_language(nb)
 
 
 def _source(cell: Mapping[str, Any]) -> str:
@@ -136,7 +161,9 @@ def _code_cell(
     if not translation.valid:
         return _Cell(index, "invalid", translation.code.splitlines())
     problem = _compile_problem(translation.code)
-    scoped = scope_cell(translation.code) if problem is None else None
+    scoped = None
+    if problem is None:
+        scoped = scope_cell(translation.code, show_last=translation.shows_last)
     if scoped is not None and scoped.problems:
         problem = "; ".join(scoped.problems)
     if problem is not None or scoped is None:
@@ -161,30 +188,6 @@ def _compile_problem(code: str) -> str | None:
 
 
 @dataclass
-class _Names:
-    """Names the module defines, renamed when the notebook itself binds them."""
-
-    main: str
-    parse_args: str
-    parameters: str
-    default: str
-
-    @classmethod
-    def avoiding(cls, taken: set[str]) -> _Names:
-        def free(name: str, alternative: str) -> str:
-            while name in taken:
-                name, alternative = alternative, f"{alternative}_"
-            return name
-
-        return cls(
-            free("main", "kiln_main"),
-            free("parse_args", "kiln_parse_args"),
-            free("_kiln_parameters", "_kiln_parameters_"),
-            free("NOTEBOOK_DEFAULT", "KILN_NOTEBOOK_DEFAULT"),
-        )
-
-
-@dataclass
 class _Module:
     """What the module's parts are built from."""
 
@@ -194,34 +197,39 @@ class _Module:
     parameters: tuple[Parameter, ...]
     parameters_cell: int | None
 
-    def assemble(self, cells: list[_Cell], issues: list[Issue]) -> ExportResult:
-        code = [c for c in cells if c.scoped is not None]
-        bound = {n for c in code if c.scoped is not None for n in c.scoped.names}
+    def assemble(
+        self, cells: list[_Cell], issues: list[Issue], names: frozenset[str]
+    ) -> ExportResult:
+        code = [c.scoped for c in cells if c.scoped is not None]
+        bound = {n for c in code for n in c.names}
         declared = sorted(bound | {p.name for p in self.parameters})
-        own = _Names.avoiding(bound)
+        own = Names.avoiding(bound)
         if own.main != "main":
             issues.append(Issue(-1, f"the notebook binds main: the entry is {own.main}", False))
-        imports = {m for c in code for m in c.imports}
-        helpers = {h for c in code for h in c.helpers}
-        if any(c.scoped is not None and c.scoped.star_import for c in code):
+        future = list(dict.fromkeys(name for c in code for name in c.future))
+        annotations = Annotations(self.parameters, lazy="annotations" in future)
+        used = {n for c in code for n in c.used} - bound
+        helpers = {h for c in cells for h in c.helpers}
+        helpers |= {name for name in ("display", "get_ipython") if name in used}
+        if any(c.star_import for c in code):
             helpers.add("import_star")
-        is_async = any(c.scoped is not None and c.scoped.is_async for c in code)
-        if is_async:
-            imports.add("asyncio")
-        display = "display" not in bound and any(
-            re.search(r"\bdisplay\(", "\n".join(c.lines)) for c in code
-        )
+        if any(c.shows_last for c in code):
+            helpers.add("show")
+        is_async = any(c.is_async for c in code)
+        modules = {m for c in cells for m in c.imports}
+        blocks = _helpers(helpers, self.parameters, own)
         parts = [
-            self._header(own),
-            _imports(imports, self.parameters),
-            _helpers(helpers, self.parameters, display, own),
-            _main(self.parameters, own, is_async),
-            _body(cells, declared, self.parameters_cell, own, is_async),
-            _parse_args(self.parameters, own, self._title()),
+            # the helpers that take converters (_optional, _data) name Callable
+            _imports(modules, names, annotations, is_async, "Callable[" in blocks),
+            blocks,
+            main_function(self.parameters, annotations, own, is_async),
+            _body(cells, declared, self.parameters_cell, own, is_async, bool(self.parameters)),
+            argument_parser(self.parameters, own, self._title()),
             f'if __name__ == "__main__":\n{_INDENT}{own.main}(**{own.parse_args}())\n',
         ]
-        text = "\n\n".join(part.rstrip("\n") + "\n" for part in parts[1:] if part.strip())
-        text = f"{parts[0]}\n{text}"
+        text = "\n\n".join(part.rstrip("\n") + "\n" for part in parts if part.strip())
+        header = self._header(own, future=future, exempt=_exemptions(helpers, is_async))
+        text = seal(f"{header}\n{text}")
         compile(text, self.script_name, "exec", dont_inherit=True)  # a bug must not ship
         return ExportResult(text, self.parameters, issues, own.main)
 
@@ -233,43 +241,98 @@ class _Module:
                     return match.group(1)
         return self.source_name
 
-    def _header(self, own: _Names) -> str:
+    def _header(self, own: Names, *, future: list[str], exempt: list[str]) -> str:
         title = self._title().replace('"""', "'''").replace("\\", "/")
         usage = f"python {self.script_name}"
         for p in self.parameters:
-            example = _example(p)
-            if len(usage) + len(example) > 90:
+            shown = example(p)
+            if len(usage) + len(shown) > 90:
                 usage += " ..."
                 break
-            usage += f" {example}"
+            usage += f" {shown}"
         call = ", ".join(f"{p.name}=..." for p in self.parameters[:3])
-        return (
-            "#!/usr/bin/env python3\n"
-            f"{MARKER} {self.source_name}; edit the notebook, then export again.\n"
-            f'"""{title}\n\n'
+        lines = [
+            "#!/usr/bin/env python3",
+            f"# Generated by kiln export from {self.source_name}: edit the notebook, then "
+            "export again.",
+            f"# {PLACEHOLDER}",
+        ]
+        if exempt:
+            lines.append(f"# ruff: noqa: {', '.join(exempt)}")
+        header = "\n".join(lines) + (
+            f'\n"""{title}\n\n'
             f"Exported by kiln export from {self.source_name}. Run it with its parameters as "
             f"options::\n\n    {usage}\n\n"
             f"or import it and call ``{own.main}({call})``.\n\nThe notebook's code cells run in "
             "order in ``_run_cells``, in this module's\nnamespace, as they do in Jupyter.\n"
             '"""\n'
         )
+        if future:
+            header += f"\nfrom __future__ import {', '.join(future)}\n"
+        return header
 
 
-def _imports(imports: set[str], parameters: tuple[Parameter, ...]) -> str:
-    modules = {"argparse"} | imports
-    if any(p.type in ("list", "dict") for p in parameters):
-        modules.add("json")
-    lines = [f"import {m}" for m in sorted(modules)]
-    return "\n".join(lines) + "\nfrom collections.abc import Callable\nfrom typing import Any\n"
+#: ruff's rules against blocking calls in async functions: an async runner (for a cell's
+#: top-level await) puts the cells' calls in one, though the notebook made them at top level
+_ASYNC_RULES: Final = ("ASYNC210", "ASYNC220", "ASYNC221", "ASYNC222", "ASYNC230", "ASYNC251")
 
 
-def _helpers(
-    helpers: set[str], parameters: tuple[Parameter, ...], display: bool, own: _Names
+def _exemptions(helpers: set[str], is_async: bool) -> list[str]:
+    """ruff rules the script is exempt from, because of what Kiln had to change in the cells.
+
+    After ``from m import *`` (``_import_star``), ruff cannot tell which names are defined, and
+    reports none as undefined in the notebook: the script says so with F821. RUF100 comes with
+    them: a given notebook may not break every rule listed.
+    """
+    rules = ["F821"] if "import_star" in helpers else []
+    rules += list(_ASYNC_RULES) if is_async else []
+    return ["RUF100", *rules] if rules else []
+
+
+def _imports(
+    modules: set[str],
+    names: frozenset[str],
+    annotations: Annotations,
+    is_async: bool,
+    callable_: bool,
 ) -> str:
+    """The header's imports, sorted as isort sorts them: what translated magics use (named as
+    in the cells, see :func:`kiln.convert.magics.module_name`), and what the wrapper uses (under
+    their own names: the wrapper's functions run before any cell could rebind them)."""
+    aliases = {module: module_name(module, names) for module in modules}
+    aliases.update({module: module for module in _wrapper_modules(annotations, is_async)})
+    lines = []
+    for module, alias in sorted(aliases.items()):
+        lines.append(f"import {module}" if alias == module else f"import {module} as {alias}")
+    if callable_:
+        lines.append("from collections.abc import Callable")
+    typing_names = sorted({"Any"} | annotations.typing_names, key=_isort_key)
+    lines.append(f"from typing import {', '.join(typing_names)}")
+    return "\n".join(lines) + "\n"
+
+
+def _wrapper_modules(annotations: Annotations, is_async: bool) -> set[str]:
+    modules = {"argparse"}
+    if any(p.type in ("list", "dict") for p in annotations.parameters):
+        modules.add("json")
+    if annotations.typing_module:
+        modules.add("typing")
+    if is_async:
+        modules.add("asyncio")
+    return modules
+
+
+def _isort_key(name: str) -> tuple[int, str]:
+    """isort's order of imported names: CONSTANTS, then Classes, then functions."""
+    kind = 0 if name.isupper() and len(name) > 1 else 1 if name[:1].isupper() else 2
+    return kind, name.lower()
+
+
+def _helpers(helpers: set[str], parameters: tuple[Parameter, ...], own: Names) -> str:
     from kiln.convert import _templates as t
 
     blocks = []
-    if any(_needs_default(p) for p in parameters):
+    if any(needs_default(p) for p in parameters):
         blocks.append(t.NOTEBOOK_DEFAULT.replace("NOTEBOOK_DEFAULT", own.default))
     types = {p.type for p in parameters}
     if any(p.optional and p.type in ("int", "float") for p in parameters):
@@ -278,85 +341,33 @@ def _helpers(
         blocks.append(t.DATA)
     if "any" in types:
         blocks.append(t.ANY_VALUE)
-    if "clock" in helpers:
-        blocks.append(t.CLOCK)
-    if "import_star" in helpers:
-        blocks.append(t.IMPORT_STAR)
-    if display:
-        blocks.append(t.DISPLAY)
+    table = (
+        ("clock", t.CLOCK),
+        ("import_star", t.IMPORT_STAR),
+        ("display", t.DISPLAY),
+        ("get_ipython", t.GET_IPYTHON),
+        ("show", t.SHOW),
+    )
+    blocks.extend(block for name, block in table if name in helpers)
     return "\n\n".join(b.strip("\n") + "\n" for b in blocks)
-
-
-def _annotation(p: Parameter) -> str:
-    base = _TYPES.get(p.type, "Any")
-    return f"{base} | None" if p.optional and base != "Any" else base
-
-
-def _literal_default(p: Parameter) -> str | None:
-    """The default as written, when it is a one-line literal of an immutable type."""
-    source = p.default_source
-    if p.required or source is None or "\n" in source or p.type in ("list", "dict"):
-        return None
-    try:
-        value = ast.literal_eval(source)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-    return source if not isinstance(value, list | dict | set) else None
-
-
-def _needs_default(p: Parameter) -> bool:
-    return not p.required and _literal_default(p) is None
-
-
-def _main(parameters: tuple[Parameter, ...], own: _Names, is_async: bool) -> str:
-    args = []
-    for p in parameters:
-        if p.required:
-            args.append(f"{p.name}: {_annotation(p)}")
-        else:
-            default = _literal_default(p) or own.default
-            args.append(f"{p.name}: {_annotation(p)} = {default}")
-    signature = f"*, {', '.join(args)}" if args else ""
-    pairs = [f"{python_string(p.name)}: {p.name}" for p in parameters]
-    given = ["given = {" + ", ".join(pairs) + "}"]
-    if len(given[0]) > 90:
-        given = ["given = {", *(f"{_INDENT}{pair}," for pair in pairs), "}"]
-    argument = "given"
-    if any(_needs_default(p) for p in parameters):
-        argument = f"{{k: v for k, v in given.items() if v is not {own.default}}}"
-    run = f"_run_cells({argument})"
-    call = [*given, f"asyncio.run({run})" if is_async else run]
-    doc = [
-        '"""Run the notebook\'s code with these parameters (the notebook\'s defaults if left out).'
-    ]
-    described = [p for p in parameters if p.help]
-    if described:
-        doc.append("")
-        doc.extend(f"{p.name}: {p.help}".replace('"""', "'''") for p in described)
-    doc.append('"""')
-    body = "\n".join(_INDENT + line if line else "" for line in [*doc, *call])
-    head = f"def {own.main}({signature}) -> None:"
-    if len(head) > 100 and args:
-        head = f"def {own.main}(\n{_INDENT}*,\n" + "".join(f"{_INDENT}{a},\n" for a in args)
-        head += ") -> None:"
-    return f"{head}\n{body}\n"
 
 
 def _body(
     cells: list[_Cell],
     declared: list[str],
     parameters_cell: int | None,
-    own: _Names,
+    own: Names,
     is_async: bool,
+    takes_parameters: bool,
 ) -> str:
     keyword = "async def" if is_async else "def"
+    argument = f"{own.parameters}: dict[str, Any]" if takes_parameters else ""
     lines = [
-        f"{keyword} _run_cells({own.parameters}: dict[str, Any]) -> None:",
+        f"{keyword} _run_cells({argument}) -> None:",
         f'{_INDENT}"""The notebook\'s code cells, in order, in this module\'s namespace."""',
     ]
     lines.extend(_globals(declared))
-    if parameters_cell is None and declared:
-        lines.append(f"{_INDENT}globals().update({own.parameters})")
+    after_import = False  # isort would read two cells' imports as one block to sort
     for cell in cells:
         if cell.kind == "empty":
             continue
@@ -365,17 +376,19 @@ def _body(
         lines.append(f"{_INDENT}# -- cell {cell.index} ({label}) --")
         code = "\n".join(cell.lines) + "\n" if cell.lines else ""
         if cell.scoped is not None:
+            if after_import and cell.scoped.starts_with_import:
+                lines.append(f"{_INDENT}# isort: split")
             lines.append(indent_code(cell.scoped.code, _INDENT).rstrip("\n"))
+            after_import = cell.scoped.ends_with_import
         elif code:
             lines.append(indent_code(code, _INDENT).rstrip("\n"))
-        if cell.index == parameters_cell:
+        if cell.index == parameters_cell and takes_parameters:
             lines.append(
                 f"{_INDENT}# the values given to main() replace the defaults above, as the cell "
                 "Kiln injects in a run does"
             )
             lines.append(f"{_INDENT}globals().update({own.parameters})")
-    if not any(c.scoped is not None for c in cells) and parameters_cell is None:
-        lines.append(f"{_INDENT}pass")
+            after_import = False
     return "\n".join(lines) + "\n"
 
 
@@ -393,68 +406,12 @@ def _globals(names: list[str]) -> list[str]:
     return lines
 
 
-def _example(p: Parameter) -> str:
-    """``--region EU``: an option as a usage example, with the default where it is simple."""
-    if p.type == "bool":
-        return f"--no-{_option(p.name)}" if p.default is True else f"--{_option(p.name)}"
-    value = p.default
-    simple = isinstance(value, int | float | str) and 0 < len(str(value)) < 20
-    shown = str(value) if simple and " " not in str(value) else p.name.upper()
-    return f"--{_option(p.name)} {shown}"
-
-
-def _option(name: str) -> str:
-    option = name.replace("_", "-")
-    return f"{option}-value" if option in ("help", "h") else option
-
-
-def _parse_args(parameters: tuple[Parameter, ...], own: _Names, description: str) -> str:
-    lines = [
-        f"def {own.parse_args}(argv: list[str] | None = None) -> dict[str, Any]:",
-        f'{_INDENT}"""The command line as keyword arguments for {own.main}(); an option not '
-        'given keeps its default."""',
-        f"{_INDENT}parser = argparse.ArgumentParser(",
-        f"{_INDENT * 2}description={python_string(description)},",
-        f"{_INDENT * 2}argument_default=argparse.SUPPRESS,",
-        f"{_INDENT})",
-    ]
-    for p in parameters:
-        lines.append(f"{_INDENT}parser.add_argument(")
-        for item in _argument(p):
-            lines.append(f"{_INDENT * 2}{item},")
-        lines.append(f"{_INDENT})")
-    lines.append(f"{_INDENT}return vars(parser.parse_args(argv))")
-    return "\n".join(lines) + "\n"
-
-
-def _argument(p: Parameter) -> list[str]:
-    flags = [f"--{_option(p.name)}"]
-    if "_" in p.name:
-        flags.append(f"--{p.name}")
-    items = [", ".join(python_string(f) for f in flags), f"dest={python_string(p.name)}"]
-    if p.type == "bool":
-        items.append("action=argparse.BooleanOptionalAction")
-    elif p.type in ("int", "float"):
-        items.append(f"type=_optional({p.type})" if p.optional else f"type={p.type}")
-    elif p.type in ("list", "dict"):
-        items.extend([f"type=_data({p.type})", 'metavar="JSON"'])
-    elif p.type == "any":
-        items.append("type=_any_value")
-    if p.required:
-        items.append("required=True")
-    default = "required" if p.required else f"default: {p.default_source}"
-    if p.optional and p.type in ("int", "float"):
-        default += "; 'none' for None"
-    text = f"{p.help} ({default})" if p.help else f"({default})"
-    items.append(f"help={python_string(text.replace('%', '%%'))}")
-    return items
-
-
 def export_jupytext(nb: Any, fmt: str, *, paired: bool = False) -> str:
     """The notebook in a jupytext format: ``py:percent``, ``py:light``, ``md``, ``R:percent``...
 
     ``paired`` records the pairing (``formats: ipynb,py:percent``) in the text's header, so
-    ``jupytext --sync`` keeps the two files together; the notebook file is not modified.
+    ``jupytext --sync`` keeps the two files together; the notebook file is not modified. The
+    header's ``jupytext`` metadata also carries the ``kiln-export`` checksum of the text.
     """
     import copy
 
@@ -463,10 +420,12 @@ def export_jupytext(nb: Any, fmt: str, *, paired: bool = False) -> str:
         from jupytext.formats import JupytextFormatError
     except ImportError as exc:  # pragma: no cover - a dependency
         raise UsageError("--to needs jupytext: pip install jupytext") from exc
+    nb = copy.deepcopy(nb)
+    settings = nb.metadata.setdefault("jupytext", {})
+    settings[KEY] = UNSEALED_VALUE
     if paired:
-        nb = copy.deepcopy(nb)
-        nb.metadata.setdefault("jupytext", {})["formats"] = f"ipynb,{fmt}"
+        settings["formats"] = f"ipynb,{fmt}"
     try:
-        return str(jupytext.writes(nb, fmt=fmt))
+        return seal(str(jupytext.writes(nb, fmt=fmt)))
     except (JupytextFormatError, ValueError) as exc:
         raise UsageError(f"--to {fmt}: {exc}") from exc

@@ -23,6 +23,7 @@ __all__ = [
     "DISPLAY_ONLY",
     "Issue",
     "Translation",
+    "module_name",
     "python_literal",
     "python_string",
     "translate_cell",
@@ -64,7 +65,12 @@ class Issue:
 
 @dataclass
 class Translation:
-    """A cell as plain Python, with what the script's header must provide for it."""
+    """A cell as plain Python, with what the script's header must provide for it.
+
+    ``imports`` are standard modules the translations use, under the names :func:`module_name`
+    gives them; ``shows_last`` says whether IPython would display the value of the cell's last
+    statement (an expression of the notebook's own, not a magic).
+    """
 
     cell: int
     code: str = ""
@@ -72,9 +78,15 @@ class Translation:
     helpers: set[str] = field(default_factory=set)
     issues: list[Issue] = field(default_factory=list)
     valid: bool = True
+    shows_last: bool = False
 
     def flag(self, message: str, *, warning: bool = True) -> None:
         self.issues.append(Issue(self.cell, message, warning))
+
+    def use(self, module: str, names: frozenset[str]) -> str:
+        """Import ``module`` in the script's header; the name to call it by in the cell."""
+        self.imports.add(module)
+        return module_name(module, names)
 
 
 def translate_cell(source: str, *, index: int, names: frozenset[str] = frozenset()) -> Translation:
@@ -99,18 +111,52 @@ def translate_cell(source: str, *, index: int, names: frozenset[str] = frozenset
     if cell_magic is not None:
         result.code = _cell_magic(*cell_magic, names=names, result=result)
         return result
+    magics = _magic_statements(tree)
+    last = tree.body[-1] if tree.body else None
+    result.shows_last = isinstance(last, ast.Expr) and all(last is not m for m in magics)
     lines = text.splitlines()
-    for stmt in sorted(_magic_statements(tree), key=lambda s: s.lineno, reverse=True):
+    new_lines = {id(stmt): _statement(stmt, names=names, result=result) for stmt in magics}
+    for stmt in _needing_pass(tree, new_lines):
+        new_lines[id(stmt)].append("pass")  # a block left with comments only needs a statement
+    for stmt in sorted(magics, key=lambda s: s.lineno, reverse=True):
         indent = re.match(r"\s*", lines[stmt.lineno - 1])
         prefix = indent.group(0) if indent else ""
-        new = _statement(stmt, names=names, result=result)
-        if not new or (prefix and all(line.lstrip().startswith("#") for line in new)):
-            new = [*new, "pass"]  # a block must keep a statement
+        new = new_lines[id(stmt)]
         lines[stmt.lineno - 1 : stmt.end_lineno] = [prefix + line for line in new]
     result.code = "\n".join(lines) + ("\n" if lines else "")
     if "get_ipython" in result.code and _uses_name(result.code, "get_ipython"):
-        result.flag("calls get_ipython(), which exists only inside IPython")
+        result.flag("calls get_ipython(), which returns None outside IPython")
     return result
+
+
+def _needing_pass(tree: ast.Module, new_lines: dict[int, list[str]]) -> list[ast.stmt]:
+    """The first statement of each nested block whose statements all become comments."""
+    found = []
+    for node in ast.walk(tree):
+        if node is tree:
+            continue  # the cell's own top level runs inside a function that has other statements
+        for _, value in ast.iter_fields(node):
+            if not (isinstance(value, list) and value and isinstance(value[0], ast.stmt)):
+                continue
+            replaced = [new_lines.get(id(stmt)) for stmt in value]
+            if all(new is not None and _comments_only(new) for new in replaced):
+                found.append(value[0])
+    return found
+
+
+def _comments_only(lines: list[str]) -> bool:
+    return all(line.lstrip().startswith("#") for line in lines)
+
+
+def module_name(module: str, names: frozenset[str]) -> str:
+    """The name a translation uses for a standard module: the module's own name, or
+    ``_module`` when the notebook binds that name itself (so neither hides the other)."""
+    if module not in names:
+        return module
+    alias = f"_{module}"
+    while alias in names:
+        alias = f"_{alias}"
+    return alias
 
 
 def _commented(text: str, title: str) -> str:
@@ -220,8 +266,8 @@ def _line_cd(
     words = shlex.split(line) if line.strip() else ["~"]
     if target is not None or len(words) != 1 or words[0].startswith("-"):
         return None
-    r.imports.add("os")
-    return [f"os.chdir(os.path.expanduser({_expanded(words[0], names)}))"]
+    os = r.use("os", names)
+    return [f"{os}.chdir({os}.path.expanduser({_expanded(words[0], names)}))"]
 
 
 def _line_env(
@@ -232,8 +278,9 @@ def _line_env(
         if target is None and re.fullmatch(r"\s*\w*\s*", line):
             return [f"# %env {line}  (kiln export: display only)".replace("  ", " ", 1)]
         return None
-    r.imports.add("os")
-    return [f"os.environ[{python_string(match.group(1))}] = {_expanded(match.group(2), names)}"]
+    os = r.use("os", names)
+    variable = python_string(match.group(1))
+    return [f"{os}.environ[{variable}] = {_expanded(match.group(2), names)}"]
 
 
 def _line_run(
@@ -242,9 +289,9 @@ def _line_run(
     words = shlex.split(line) if line.strip() else []
     if target is not None or len(words) != 1 or not words[0].endswith(".py"):
         return None  # options, arguments or a notebook: no faithful equivalent
-    r.imports.add("runpy")
+    runpy = r.use("runpy", names)
     path = _expanded(words[0], names)
-    return [f'globals().update(runpy.run_path({path}, run_name="__main__"))']
+    return [f'globals().update({runpy}.run_path({path}, run_name="__main__"))']
 
 
 def _line_sx(line: str, target: str | None, names: frozenset[str], r: Translation) -> list[str]:
@@ -256,8 +303,7 @@ def _line_pwd(
 ) -> list[str] | None:
     if target is None:
         return ["# %pwd  (kiln export: display only)"]
-    r.imports.add("os")
-    return [f"{target} = os.getcwd()"]
+    return [f"{target} = {r.use('os', names)}.getcwd()"]
 
 
 _LineRule = Callable[[str, "str | None", frozenset[str], Translation], "list[str] | None"]
@@ -276,16 +322,16 @@ _LINE_RULES: Final[dict[str, _LineRule]] = {
 def _shell(command: str, target: str | None, names: frozenset[str], r: Translation) -> list[str]:
     """``!cmd`` -> subprocess.run(..., shell=True, check=True): a failing command stops the
     script (IPython only prints its output and goes on)."""
-    r.imports.add("subprocess")
     words = command.split()
     if words and words[0] in ("pip", "conda", "mamba") and "install" in words:
         r.flag(f"`!{command}` is not run by the script: install the packages first")
         return [f"# kiln export: install before running this script: {command}"]
+    subprocess = r.use("subprocess", names)
     expr = _expanded(command, names)
     if target is None:
-        return [f"subprocess.run({expr}, shell=True, check=True)"]
+        return [f"{subprocess}.run({expr}, shell=True, check=True)"]
     return [
-        f"{target} = subprocess.run(",
+        f"{target} = {subprocess}.run(",
         f"    {expr}, shell=True, check=True, capture_output=True, text=True",
         ").stdout.splitlines()",
     ]
@@ -353,7 +399,7 @@ def _cell_magic(
     if name == "writefile":
         return _cell_writefile(line, body, names, result) or _flag_cell(shown, body, result)
     if name in SCRIPT_MAGICS or name == "script":
-        return _cell_script(name, line, body, result) or _flag_cell(shown, body, result)
+        return _cell_script(name, line, body, names, result) or _flag_cell(shown, body, result)
     if name in DISPLAY_ONLY:
         return _commented(body, f"{shown}: display only, not needed outside Jupyter")
     return _flag_cell(shown, body, result)
@@ -379,7 +425,9 @@ def _cell_writefile(line: str, body: str, names: frozenset[str], r: Translation)
     )
 
 
-def _cell_script(name: str, line: str, body: str, r: Translation) -> str | None:
+def _cell_script(
+    name: str, line: str, body: str, names: frozenset[str], r: Translation
+) -> str | None:
     words = shlex.split(line)
     if name == "script":
         if not words:
@@ -392,10 +440,10 @@ def _cell_script(name: str, line: str, body: str, r: Translation) -> str | None:
         return None  # --out/--err/--bg/--proc capture into variables: no faithful equivalent
     if words:
         program = program[:-1] + ", " + ", ".join(python_string(w) for w in words) + "]"
-    r.imports.add("subprocess")
     if "sys.executable" in program:
-        r.imports.add("sys")
-    return f"subprocess.run({program}, input={python_literal(body)}, text=True, check=True)\n"
+        program = program.replace("sys.", f"{r.use('sys', names)}.")
+    run = f"{r.use('subprocess', names)}.run"
+    return f"{run}({program}, input={python_literal(body)}, text=True, check=True)\n"
 
 
 def python_string(text: str) -> str:

@@ -338,3 +338,135 @@ def test_unknown_format_and_non_python_notebook_exit_2(make_nb, capsys):
     assert run_main(["export", str(nb)]) == 2
     assert "is a R notebook" in capsys.readouterr().err
     assert run_main(["export", str(nb), "--to", "nonsense:fmt", "-o", "-"]) == 2
+
+
+# -- export fixes (issue 8): future imports, annotations, shown values, shims -------------------
+
+
+def test_future_imports_move_to_the_top_of_the_script(tmp_path):
+    cells = [
+        "from __future__ import annotations\nimport sys",
+        "from __future__ import division; ratio = 1 / 2\n"
+        "def f(x: NotDefinedAnywhere) -> int:\n    return 1",
+        "print(f.__annotations__, ratio)",
+    ]
+    path, result = _export(cells, tmp_path)
+    docstring_end = result.text.index('"""\n', result.text.index('"""') + 3) + 4
+    after = result.text[docstring_end:].lstrip("\n")
+    assert after.startswith("from __future__ import annotations, division\n")
+    assert "    # from __future__ import annotations  (kiln export: moved to the top" in result.text
+    assert "\n    ratio = 1 / 2\n" in result.text  # `future; statement` keeps the statement
+    # a later cell's annotations stay unevaluated, as IPython applies the import to them too
+    assert _run(path).stdout == "{'x': 'NotDefinedAnywhere', 'return': 'int'} 0.5\n"
+
+
+def test_parameter_annotations_are_kept_in_main_and_used_by_the_parser(tmp_path):
+    cells = [
+        (
+            "import datetime\nfrom typing import Literal\n"
+            "step: float = 0.1\n"
+            'mode: Literal["fast", "full"] = "fast"\n'
+            'names: list[str] = ["a"]\n'
+            "when: datetime.date = datetime.date(2024, 1, 1)\n"
+            "limit: int | None = None",
+            ["parameters"],
+        ),
+        "print(step, mode, names, when, limit)",
+    ]
+    path, result = _export(cells, tmp_path)
+    assert 'mode: Literal["fast", "full"] = "fast"' in result.text
+    assert "from typing import Any, Literal\n" in result.text  # evaluated at import time
+    module = _load(path)
+    params = inspect.signature(module.main).parameters
+    shown = {n: inspect.formatannotation(p.annotation) for n, p in params.items()}
+    assert shown == {
+        "step": "float",
+        "mode": "Literal['fast', 'full']",
+        "names": "list[str]",
+        "when": "'datetime.date'",  # a name the cells define: quoted until they have run
+        "limit": "int | None",
+    }
+    assert module.parse_args(["--step", "0.5", "--mode", "full"]) == {"step": 0.5, "mode": "full"}
+    done = _run(path, "--mode", "slow")
+    assert done.returncode == 2 and "invalid choice: 'slow'" in done.stderr
+    assert _run(path, "--mode", "full").stdout == "0.1 full ['a'] 2024-01-01 None\n"
+
+
+def test_cells_last_expression_is_shown_as_jupyter_shows_it(tmp_path):
+    cells = [
+        "x = 2\nx * 21",
+        "'text'  # a comment",
+        "None",
+        "x;",
+        "print('printed')",
+        "if x:\n    x + 1",
+        "[\n    x,\n    3,\n]",
+        "%%time\nx",
+    ]
+    path, result = _export(cells, tmp_path)
+    assert "_kiln_show(x * 21)" in result.text and "    print('printed')\n" in result.text
+    lines = _run(path).stdout.splitlines()
+    assert lines[:4] == ["42", "'text'", "printed", "[2, 3]"]
+    assert lines[4].startswith("Wall time: ") and len(lines) == 5
+
+
+def test_statements_left_out_leave_a_note_or_a_pass_where_a_block_needs_one(tmp_path):
+    cells = [
+        "x: int\ng = 0\nif g == 0:\n    y: int\nfor i in range(2):\n    global h\n    h = i\n"
+        "a = 1; b: int; c = 2",
+        "if g == 0:\n    global k\n    z: int\nk = 3",
+        "print(g, h, a, c, k)",
+    ]
+    path, result = _export(cells, tmp_path)
+    assert "    # x: int  (kiln export: an annotation alone binds nothing)\n" in result.text
+    assert "        pass  # y: int  (kiln export: an annotation alone binds nothing)\n" in (
+        result.text
+    )
+    assert "        # global h  (kiln export: every name of the notebook is global)\n" in (
+        result.text
+    )
+    assert "    a = 1; c = 2\n" in result.text
+    block = result.text.split("# -- cell 1 (code) --\n")[1].split("    k = 3")[0]
+    assert block.count("pass") == 1  # a block all of whose statements go keeps one `pass`
+    assert _run(path).stdout == "0 1 1 2 3\n"
+
+
+def test_magics_in_a_block_keep_one_pass_only_where_needed(tmp_path):
+    cells = [
+        "if True:\n    %matplotlib inline\n    %load_ext autoreload\n"
+        "if True:\n    %matplotlib inline\n    print('ran')"
+    ]
+    path, result = _export(cells, tmp_path)
+    body = result.text.split("# -- cell 0 (code) --\n", 1)[1]
+    assert body.count("pass") == 1 and _run(path).stdout == "ran\n"
+
+
+def test_a_module_the_notebook_binds_is_imported_under_another_name(tmp_path):
+    cells = ["import os\nos = os\n%env GREETING=hi\n%cd .", "print(os.environ['GREETING'])"]
+    path, result = _export(cells, tmp_path)
+    assert "import os as _os\n" in result.text
+    assert '_os.environ["GREETING"] = "hi"' in result.text
+    assert _run(path).stdout == "hi\n"
+
+
+def test_get_ipython_and_display_work_outside_ipython(tmp_path):
+    cells = ["shell = get_ipython()\nprint(shell is None)\ndisplay('shown')\nshow = display"]
+    path, result = _export(cells, tmp_path)
+    assert result.warnings[0].message == "calls get_ipython(), which returns None outside IPython"
+    done = _run(path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True\nshown\n"
+
+
+def test_exec_locals_and_dir_at_a_cells_top_level_see_the_notebooks_namespace(tmp_path):
+    cells = [
+        "exec('made = 1')\nsnapshot = locals()\nseen = eval('made + 1')\n"
+        "count: int = len([n for n in dir() if n == 'made'])",
+        "def f():\n    inner = 2\n    return sorted(locals())\n\n"
+        "print(made, seen, snapshot is globals(), count, f(), vars() is globals())",
+        "locals()['made']",
+    ]
+    path, result = _export(cells, tmp_path)
+    assert "exec('made = 1', globals())" in result.text
+    assert "    return sorted(locals())\n" in result.text  # a function's own scope: unchanged
+    assert _run(path).stdout == "1 2 True 1 ['inner'] True\n1\n"
