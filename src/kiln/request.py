@@ -167,12 +167,16 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
             _remember(sha, _Parsed(raw, schema))
     else:  # the same bytes again (a sweep, a schedule): parsed and checked already
         raw, schema, nb, view = parsed.raw, parsed.schema, None, parsed.raw
+    warnings: list[str] = []
     values = resolve_parameters(
-        schema, request.parameters, allow_unknown=request.allow_unknown, notebook=path
+        schema,
+        request.parameters,
+        allow_unknown=request.allow_unknown,
+        notebook=path,
+        notices=warnings,
     )
     meta = view.get("metadata", {})
     kernel_name = request.kernel or meta.get("kernelspec", {}).get("name") or "python3"
-    warnings = []
     imports: list[str] = []
     if engine_name is None:
         from kiln.engines import choose_engine

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
 from kiln.cancel import cancel_on_signals, execute_cancellable
@@ -41,6 +41,7 @@ from kiln.engines.base import (
 )
 from kiln.errors import (
     CellExecutionError,
+    CellFailure,
     KernelDied,
     RunCancelled,
     RunFailed,
@@ -50,6 +51,12 @@ from kiln.events import Observer, RunEnded, RunEvent, RunStarted, RunWarning
 from kiln.notebook import save_notebook
 from kiln.notebook.io import atomic_write_text
 from kiln.notebook.marks import add_failure_marks
+from kiln.notebook.papermill_meta import (
+    cell_finished,
+    cell_started,
+    papermill_finish,
+    papermill_start,
+)
 from kiln.options import OptionError
 from kiln.recording import record_from_output
 from kiln.request import Prepared, RunRequest, prepare
@@ -291,8 +298,16 @@ class Runner:
             "output_path": str(output_path),
             "kernel_name": prepared.kernel_name,
             "started_at": started_at.isoformat(),
-            "state": "running",
+            "state": RunState.RUNNING.value,
         }
+        papermill_start(
+            nb,
+            parameters=prepared.values,
+            defaults=prepared.schema.defaults(),
+            input_path=request.notebook_label,
+            output_path=str(output_path),
+            started=started_at,
+        )
         log.fields(f"run {run.id} notebook", str(request.notebook))
         log.fields("parameters", prepared.values)
         for text in prepared.warnings:
@@ -330,6 +345,7 @@ class Runner:
         def on_event(event: Event) -> None:
             if isinstance(event, CellStarted):
                 log.line(f"cell {event.index} started")
+                cell_started(nb.cells[event.index])
             elif isinstance(event, CellOutput):
                 log.output(event.index, event.output)
                 entry = record_from_output(event.output)
@@ -338,6 +354,7 @@ class Runner:
                     records.append(Record(entry["name"], kind, entry.get("value"), event.index))
             elif isinstance(event, CellFinished):
                 durations[event.index] = round(event.duration, 6)
+                cell_finished(nb.cells[event.index], event.duration, event.status == "error")
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
                 saver.changed()
             elif isinstance(event, KernelReady):
@@ -375,7 +392,8 @@ class Runner:
         records: list[Record],
     ) -> Run:
         state = _STATE_BY_OUTCOME[outcome.status]
-        error = outcome.failure.to_json() if outcome.failure else None
+        error = _error_json(outcome.failure) if outcome.failure else None
+        reason = _short_reason(outcome.message) or None
         if outcome.status != "ok":
             title, what = _describe(outcome)
             detail = ""
@@ -387,18 +405,19 @@ class Runner:
             if error is None:
                 error = {"cell_index": outcome.failed_cell, "ename": state, "evalue": what}
         elif outcome.allowed_errors:
-            error = {"allowed": [f.to_json() for f in outcome.allowed_errors]}
+            error = {"allowed": [_error_json(f) for f in outcome.allowed_errors]}
         ended_at = datetime.now(timezone.utc)
         meta = nb.metadata["kiln"]
-        meta.update(state=state, ended_at=ended_at.isoformat())
+        meta.update(state=state.value, ended_at=ended_at.isoformat())
         if outcome.status != "ok":
-            meta["error"] = {"cell_index": outcome.failed_cell, "message": outcome.message}
+            meta["error"] = {"cell_index": outcome.failed_cell, "message": reason}
+        papermill_finish(nb, ended_at, failed=not state.ok)
         save_notebook(nb, output_path)
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
         self.store.finish_run(
             run.id,
             state,
-            reason=outcome.message or None,
+            reason=reason,
             error=error,
             ended_at=ended_at,
             started_at=run.started_at,
@@ -410,7 +429,7 @@ class Runner:
             run,
             state=state,
             ended_at=ended_at,
-            reason=outcome.message or None,
+            reason=reason,
             error=error,
             cell_durations=durations,
             records_list=records,
@@ -447,6 +466,31 @@ class _Saver:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+
+
+#: a reason (``cell 3 raised ValueError: ...``) keeps this much of a long error value; the
+#: whole value stays in the stored error and the traceback
+REASON_LIMIT = 500
+
+
+def _short_reason(message: str) -> str:
+    from kiln.textutil import strip_ansi
+
+    text = strip_ansi(message)
+    if len(text) <= REASON_LIMIT:
+        return text
+    return f"{text[:REASON_LIMIT]}… ({len(text) - REASON_LIMIT} more characters in the error)"
+
+
+def _error_json(failure: CellFailure) -> dict[str, Any]:
+    """A cell failure as stored: without colour codes (they are for terminals, not JSON)."""
+    from kiln.textutil import strip_ansi
+
+    out = failure.to_json()
+    out["ename"] = strip_ansi(str(out["ename"]))
+    out["evalue"] = strip_ansi(str(out["evalue"]))
+    out["traceback"] = [strip_ansi(str(line)) for line in out["traceback"]]
+    return out
 
 
 def _reset_outputs(nb: NotebookNode, *, skip_tag: str) -> None:

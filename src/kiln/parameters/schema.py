@@ -157,6 +157,16 @@ class ParameterSchema:
     def names(self) -> list[str]:
         return [p.name for p in self.parameters]
 
+    def defaults(self) -> dict[str, Any]:
+        """The literal defaults of the ``parameters`` cell (what a run gets for a name it
+        is not given); expressions such as ``today()`` are left out."""
+        return {
+            p.name: p.default
+            for p in self.parameters
+            if p.default is not MISSING
+            and (p.default is not None or p.default_source in (None, "None"))
+        }
+
     def get(self, name: str) -> Parameter | None:
         for param in self.parameters:
             if param.name == name:

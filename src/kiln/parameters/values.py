@@ -78,6 +78,11 @@ def coerce_cli_value(param: Parameter | None, text: str, *, notebook: str | None
         try:
             return int(text)
         except ValueError:
+            if _inferred_int(param):
+                try:
+                    return float(text)  # widened by _check_value, with its notice
+                except ValueError:
+                    pass
             raise _cli_error(param, text, notebook, "") from None
     if ptype == "float":
         try:
@@ -192,7 +197,26 @@ def _plain_error(name: str, notebook: str | None, path: str, problem: str) -> Pa
     )
 
 
-def _check_value(param: Parameter | None, name: str, value: Any, notebook: str | None) -> Any:
+def _inferred_int(param: Parameter) -> bool:
+    """``alpha = 1``: the type is only what the literal happens to be, not a declaration."""
+    return param.type == "int" and param.annotation is None
+
+
+def _widen_notice(param: Parameter, value: float, notebook: str | None) -> str:
+    return (
+        f"parameter {param.name!r}{_of(notebook)}: the float {value!r} is used although the "
+        f"parameters cell's integer default makes it look like an int; declare "
+        f"'{param.name}: float' to say so (an annotated int refuses floats)"
+    )
+
+
+def _check_value(
+    param: Parameter | None,
+    name: str,
+    value: Any,
+    notebook: str | None,
+    notices: list[str] | None = None,
+) -> Any:
     value = check_plain_data(value, name=name, notebook=notebook)
     if param is None or param.type == "any":
         return value
@@ -209,6 +233,10 @@ def _check_value(param: Parameter | None, name: str, value: Any, notebook: str |
             raise _type_error(param, value, notebook, " (too large for a float)") from None
     accepted = {"int": int, "bool": bool, "str": str, "list": list, "dict": dict}.get(ptype)
     if kind is accepted:
+        return value
+    if kind is float and _inferred_int(param):
+        if notices is not None:
+            notices.append(_widen_notice(param, value, notebook))
         return value
     raise _type_error(param, value, notebook, "")
 
@@ -232,6 +260,7 @@ def resolve_parameters(
     *,
     allow_unknown: bool = False,
     notebook: str | None = None,
+    notices: list[str] | None = None,
 ) -> dict[str, Any]:
     """Check ``values`` against ``schema`` and return them coerced, in the order given.
 
@@ -239,6 +268,10 @@ def resolve_parameters(
     have the parameter's type (an int is accepted for a float). Unknown names are refused when
     the notebook has a ``parameters`` cell, unless ``allow_unknown``; a notebook without one
     takes any name (the values are injected at the top, as papermill does).
+
+    A parameter whose type is only inferred from an integer literal (``alpha = 1``) takes a
+    float too, and a line explaining it is appended to ``notices``; an annotated ``int``
+    refuses it.
     """
     declares = schema.cell_index is not None or bool(schema.parameters)
     resolved: dict[str, Any] = {}
@@ -254,9 +287,9 @@ def resolve_parameters(
             raise _unknown(schema, name, notebook)
         if isinstance(value, CliValue):
             coerced = coerce_cli_value(param, value.text, notebook=notebook)
-            resolved[name] = check_plain_data(coerced, name=name, notebook=notebook)
+            resolved[name] = _check_value(param, name, coerced, notebook, notices)
         else:
-            resolved[name] = _check_value(param, name, value, notebook)
+            resolved[name] = _check_value(param, name, value, notebook, notices)
     missing = [p for p in schema if p.required and p.name not in values]
     if missing:
         raise _missing(missing, notebook)

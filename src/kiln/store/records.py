@@ -47,6 +47,22 @@ TERMINAL_STATES: frozenset[RunState] = frozenset(s for s in RunState if s.termin
 ACTIVE_STATES: frozenset[RunState] = frozenset(s for s in RunState if not s.terminal)
 
 
+@dataclass(frozen=True)
+class Image:
+    """A recorded figure: its bytes and their mime type. Displays itself in Jupyter."""
+
+    mime: str
+    data: bytes
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return {self.mime: base64.b64encode(self.data).decode("ascii")}
+
+    def save(self, path: str) -> None:
+        """Write the image to a file (``chart.png``)."""
+        with open(path, "wb") as handle:
+            handle.write(self.data)
+
+
 @dataclass
 class Record:
     """One value recorded by ``kiln.record(name, value)`` inside a notebook.
@@ -64,6 +80,19 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def python(self) -> Any:
+        """The value as a Python object: a pandas DataFrame for a ``dataframe`` record (when
+        pandas is installed, else the stored table), an :class:`Image` for an ``image``,
+        the JSON value otherwise."""
+        if self.kind == "image":
+            return Image(str(self.value.get("mime", "image/png")), self.image_bytes())
+        if self.kind == "dataframe":
+            try:
+                return self.to_dataframe()
+            except ImportError:
+                return self.value
+        return self.value
+
     def image_bytes(self) -> bytes:
         if self.kind != "image":
             raise ValueError(f"record {self.name!r} is a {self.kind}, not an image")
@@ -75,7 +104,10 @@ class Record:
         import pandas as pd
 
         v = self.value
-        return pd.DataFrame(v["data"], columns=v["columns"], index=v["index"])
+        frame = pd.DataFrame(v["data"], columns=v["columns"], index=v["index"])
+        if frame.shape[1] == 1 and v["columns"] == [0]:  # a recorded Series
+            return frame[0]
+        return frame
 
 
 @dataclass
@@ -122,7 +154,15 @@ class Run:
 
     @property
     def records(self) -> dict[str, Any]:
-        """Recorded values by name (the last value wins when a name is recorded twice)."""
+        """Recorded values by name, as Python objects (the last value wins when a name is
+        recorded twice): a DataFrame for a table, an :class:`Image` for a figure, else the
+        JSON value. :attr:`record_values` has them as stored."""
+        return {r.name: r.python() for r in self.records_list}
+
+    @property
+    def record_values(self) -> dict[str, Any]:
+        """Recorded values by name as stored (JSON: a table is ``{columns, index, data}``, an
+        image ``{mime, data (base64)}``)."""
         return {r.name: r.value for r in self.records_list}
 
     @property
@@ -150,6 +190,6 @@ class Run:
                 value = value.value
             out[key] = value
         out["duration"] = self.duration
-        out["records"] = self.records
+        out["records"] = self.record_values
         out["record_kinds"] = {r.name: r.kind for r in self.records_list}
         return out

@@ -217,7 +217,7 @@ def plan_sweep(
             if index == 0:  # the full nbformat validation, once: the same notebook for every set
                 prepared.complete()
             if template is not None:
-                path = template.render(index, {**_defaults(prepared.schema), **prepared.values})
+                path = template.render(index, {**prepared.schema.defaults(), **prepared.values})
                 _check_output(path, request.notebook, index, outputs)
                 set_request = replace(set_request, output=path)
         except ParameterError as exc:
@@ -232,18 +232,6 @@ def plan_sweep(
         warnings.update(dict.fromkeys(prepared.warnings))
         items.append(SweepItem(index, dict(values), dict(prepared.values), set_request))
     return SweepPlan(tuple(items), tuple(warnings))
-
-
-def _defaults(schema: Any) -> dict[str, Any]:
-    """The literal defaults of the ``parameters`` cell (what a run gets for a name not given)."""
-    from kiln.parameters import MISSING
-
-    return {
-        p.name: p.default
-        for p in schema
-        if p.default is not MISSING
-        and (p.default is not None or p.default_source in (None, "None"))
-    }
 
 
 def _check_output(path: Path, notebook: Path, index: int, seen: dict[Path, int]) -> None:

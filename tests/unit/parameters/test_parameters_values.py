@@ -30,7 +30,9 @@ from kiln.parameters import (
 NotebookFactory = Callable[..., NotebookNode]  # the `notebook` fixture (conftest.py)
 
 
-def param(ptype: str, *, optional: bool = False, name: str = "p") -> Parameter:
+def param(
+    ptype: str, *, optional: bool = False, name: str = "p", annotated: bool = True
+) -> Parameter:
     return Parameter(
         name=name,
         type=ptype,
@@ -39,7 +41,7 @@ def param(ptype: str, *, optional: bool = False, name: str = "p") -> Parameter:
         optional=optional,
         required=False,
         help="",
-        annotation=None,
+        annotation=ptype if annotated else None,
         line=1,
     )
 
@@ -165,7 +167,7 @@ def test_coerce_refuses_yaml_that_is_not_plain_data() -> None:
 # -- resolve_parameters -------------------------------------------------------------------------
 
 CELL = "date: str  # run date\nregion = 'EU'\nn = 3\nratio: float = 0.5\nopt: int | None = None\n"
-CELL += "flag = False\nxs = [1]\nconf = {}\nanything = None\nday = today()"
+CELL += "flag = False\nxs = [1]\nconf = {}\nanything = None\nday = today()\ncount: int = 3"
 
 
 @pytest.fixture
@@ -231,7 +233,7 @@ def test_resolve_accepts(schema: ParameterSchema, name: str, value: Any, expecte
 REFUSED = [
     ("int-from-str", "n", "abc", "parameter 'n' of report.ipynb expects int, got str 'abc'"),
     ("int-from-bool", "n", True, "expects int, got bool True"),
-    ("int-from-float", "n", 3.0, "expects int, got float 3.0"),
+    ("annotated-int-from-float", "count", 3.0, "expects int, got float 3.0"),
     ("int-None", "n", None, "expects int, got None (the parameter is not optional)"),
     ("float-from-str", "ratio", "0.5", "expects float, got str '0.5'"),
     ("float-from-bool", "ratio", False, "expects float, got bool False"),
@@ -303,7 +305,7 @@ def test_unknown_parameter_names_known_ones_and_suggests(schema: ParameterSchema
         resolve(schema, {"regoin": "EU"}, notebook="report.ipynb")
     assert str(info.value) == (
         "unknown parameter 'regoin' for notebook report.ipynb; known parameters: date, region, "
-        "n, ratio, opt, flag, xs, conf, anything, day (did you mean 'region'?)"
+        "n, ratio, opt, flag, xs, conf, anything, day, count (did you mean 'region'?)"
     )
     assert info.value.name == "regoin" and info.value.notebook == "report.ipynb"
 
@@ -446,3 +448,21 @@ def test_yaml_then_resolve(schema: ParameterSchema) -> None:
         resolve_parameters(schema, values),
         {"date": "2024-01-01", "ratio": 1.0, "xs": ["a"]},
     )
+
+
+def test_an_int_only_inferred_from_its_default_takes_a_float_with_a_notice(
+    schema: ParameterSchema,
+) -> None:
+    notices: list[str] = []
+    values = resolve(
+        schema, {"n": CliValue("0.5"), "ratio": 1}, notebook="nb.ipynb", notices=notices
+    )
+    assert same(values["n"], 0.5) and same(values["ratio"], 1.0)
+    (notice,) = notices
+    assert "parameter 'n' of nb.ipynb" in notice and "'n: float'" in notice
+    again: list[str] = []
+    assert same(resolve(schema, {"n": 2.5}, notices=again)["n"], 2.5) and len(again) == 1
+    with pytest.raises(ParameterTypeError, match="expects int, got '0.5'"):
+        resolve(schema, {"count": CliValue("0.5")})
+    with pytest.raises(ParameterTypeError, match="expects int, got 'abc'"):
+        resolve(schema, {"n": CliValue("abc")})
