@@ -85,3 +85,22 @@ def output_text(output: Any) -> tuple[str, str] | None:
         text = "".join(plain) if isinstance(plain, list) else str(plain)
         return text + ("" if text.endswith("\n") else "\n"), "stdout"
     return None
+
+
+class StreamFiles:
+    """Copies the cells' stdout and stderr to open text files as they come (``--stdout-file``
+    / ``--stderr-file``, papermill's ``stdout_file``/``stderr_file``)."""
+
+    def __init__(self, stdout: Any = None, stderr: Any = None) -> None:
+        self.files = {name: f for name, f in (("stdout", stdout), ("stderr", stderr)) if f}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.files)
+
+    def observe(self, event: RunEvent) -> None:
+        if isinstance(event, CellOutput) and event.output.get("output_type") == "stream":
+            handle = self.files.get(str(event.output.get("name")))
+            if handle is not None:
+                handle.write(str(event.output.get("text", "")))
+                handle.flush()

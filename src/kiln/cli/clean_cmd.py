@@ -44,6 +44,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="keep every cell's outputs (execution counts and volatile metadata still go)",
     )
+    p.add_argument("--json", action="store_true", help="print what was (or would be) cleaned")
     p.add_argument(
         "--stdin-name",
         metavar="NAME",
@@ -99,19 +100,28 @@ def _files(args: argparse.Namespace) -> int:
     notebooks = find_notebooks(args.paths)
     dirty: list[str] = []
     failed = 0
+    report: list[dict[str, Any]] = []
     for path in notebooks:
         try:
             result = clean_file(path, check=args.check, keep_outputs=args.keep_outputs)
         except NotebookError as exc:
             failed += 1
             print(f"Error: {exc.message}", file=sys.stderr)
+            report.append({"path": str(path), "error": exc.message})
             continue
+        report.append(
+            {"path": str(path), "clean": not result.changed, "changes": result.summary() or None}
+        )
         if result.changed:
             dirty.append(str(path))
             verb = "not clean" if args.check else "cleaned"
-            if args.check or not args.quiet:
+            if (args.check or not args.quiet) and not args.json:
                 print(f"{path}: {verb} ({result.summary()})")
-    if not args.quiet:
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    elif not args.quiet:
         _summary(len(notebooks), len(dirty), failed, check=args.check)
     if failed:
         return 2

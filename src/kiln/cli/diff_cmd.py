@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from typing import Any
 
@@ -28,6 +30,7 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "notebooks", nargs="+", metavar="NB", help="A.ipynb B.ipynb (one with --textconv)"
     )
     p.add_argument("--no-outputs", action="store_true", help="ignore outputs")
+    p.add_argument("--json", action="store_true", help="print the differences as JSON")
     p.add_argument(
         "--outputs",
         action="store_true",
@@ -58,7 +61,7 @@ def handle(args: argparse.Namespace) -> int:
     from kiln.convert.diff import diff_notebooks, read_notebook
     from kiln.convert.render import render_diff
 
-    a_path, b_path = args.notebooks
+    a_path, b_path = (_notebook_or_run(name) for name in args.notebooks)
     diff = diff_notebooks(
         read_notebook(a_path),
         read_notebook(b_path),
@@ -68,8 +71,30 @@ def handle(args: argparse.Namespace) -> int:
         metadata=not args.no_metadata,
         volatile=args.include_volatile,
     )
-    sys.stdout.write(render_diff(diff, color=_use_color(args.color)))
+    if args.json:
+        print(json.dumps(diff.to_json(), indent=2, default=str))
+    else:
+        sys.stdout.write(render_diff(diff, color=_use_color(args.color)))
     return 1 if diff.changed else 0
+
+
+def _notebook_or_run(name: str) -> str:
+    """A notebook path, or the output notebook of a recorded run (an id, prefix or ``last``)."""
+    if name.endswith(".ipynb") or os.path.exists(name) or name == "-":
+        return name
+    from kiln.cli.runs_cmd import open_store
+    from kiln.errors import HomeNotFound, RunNotFound
+
+    try:
+        with open_store() as store:
+            run = store.get_run(name)
+    except (HomeNotFound, RunNotFound) as exc:
+        raise UsageError(
+            f"{name} is neither a notebook file nor a recorded run: {exc.message}"
+        ) from None
+    if not run.output_path or not os.path.exists(run.output_path):
+        raise UsageError(f"run {run.id} has no output notebook on disk ({run.output_path})")
+    return run.output_path
 
 
 def _use_color(choice: str) -> bool:

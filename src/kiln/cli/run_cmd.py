@@ -301,35 +301,27 @@ def _deliver(run: Run, output: str | None) -> None:
 
 
 class _StreamFiles:
-    """``--stdout-file`` / ``--stderr-file``: the cells' streams, as they come."""
+    """``--stdout-file`` / ``--stderr-file``: opens the files, then copies like papermill."""
 
     def __init__(self, stdout: str | None, stderr: str | None) -> None:
-        self.files: dict[str, Any] = {}
+        from kiln.liveoutput import StreamFiles
+
+        opened: dict[str, Any] = {}
         for name, path in (("stdout", stdout), ("stderr", stderr)):
             if path:
                 try:
-                    self.files[name] = open(path, "w", encoding="utf-8")  # noqa: SIM115
+                    opened[name] = open(path, "w", encoding="utf-8")  # noqa: SIM115
                 except OSError as exc:
-                    self.close()
+                    for handle in opened.values():
+                        handle.close()
                     raise UsageError(f"--{name}-file {path}: {exc.strerror}") from None
-
-    @property
-    def active(self) -> bool:
-        return bool(self.files)
-
-    def observe(self, event: Any) -> None:
-        from kiln.engines.base import CellOutput
-
-        if isinstance(event, CellOutput) and event.output.get("output_type") == "stream":
-            handle = self.files.get(str(event.output.get("name")))
-            if handle is not None:
-                handle.write(str(event.output.get("text", "")))
-                handle.flush()
+        self.copier = StreamFiles(opened.get("stdout"), opened.get("stderr"))
+        self.active = self.copier.active
+        self.observe = self.copier.observe
 
     def close(self) -> None:
-        for handle in self.files.values():
+        for handle in self.copier.files.values():
             handle.close()
-        self.files = {}
 
 
 def handle_sweep(args: argparse.Namespace) -> int:
@@ -359,11 +351,27 @@ def handle_sweep(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))
     elif not (args.quiet and result.ok):
-        print(result.table())
+        _print_sweep_table(result)
     _print_failures(result)
     if result.cancelled:
         return 130
     return 0 if result.ok else 1
+
+
+def _print_sweep_table(result: SweepResult) -> None:
+    from rich.table import Table
+
+    from kiln.cli.runs_cmd import console
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in result.COLUMNS:
+        table.add_column(column, overflow="fold", justify="right" if column == "#" else "left")
+    for row in result.rows():
+        table.add_row(*row)
+    out = console()
+    out.print(table)
+    for line in result.footer():
+        out.print(line, markup=False, highlight=False)
 
 
 def _print_failures(result: SweepResult) -> None:

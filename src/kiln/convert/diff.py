@@ -75,6 +75,19 @@ class NotebookDiff:
     def changed(self) -> bool:
         return bool(self.cells or self.metadata)
 
+    def to_json(self) -> dict[str, Any]:
+        """The diff as data (``kiln diff --json``)."""
+        import dataclasses
+
+        return {
+            "a": self.a_name,
+            "b": self.b_name,
+            "changed": self.changed,
+            "counts": self.counts(),
+            "cells": [dataclasses.asdict(cell) for cell in self.cells],
+            "metadata": [list(line) for line in self.metadata],
+        }
+
     def counts(self) -> dict[str, int]:
         found = {"modified": 0, "added": 0, "removed": 0}
         for cell in self.cells:

@@ -286,10 +286,12 @@ class SweepResult:
     def to_json(self) -> list[dict[str, Any]]:
         return [item.to_json() for item in self.items]
 
-    def table(self) -> str:
-        """A plain-text summary: a row per set (index, state, duration, run, parameters,
-        records), then the counts and why sets were not run."""
-        rows = [("#", "STATE", "DURATION", "RUN", "PARAMETERS", "RECORDS")]
+    #: the columns of :meth:`rows`
+    COLUMNS = ("#", "STATE", "DURATION", "RUN", "PARAMETERS", "RECORDS")
+
+    def rows(self) -> list[tuple[str, str, str, str, str, str]]:
+        """A row per set: index, state, duration, run id, parameters, records."""
+        rows = []
         for item in self.items:
             run = item.run
             duration = run.duration if run is not None else None
@@ -303,18 +305,27 @@ class SweepResult:
                     _records(run) if run is not None else "-",
                 )
             )
+        return rows
+
+    def footer(self) -> list[str]:
+        """The counts, and why sets were not run."""
+        lines = [self.counts()]
+        if self.not_run:
+            reasons = dict.fromkeys(item.reason or "not run" for item in self.not_run)
+            never = "never started and not recorded" if self.cancelled else "not recorded"
+            lines.append(f"{len(self.not_run)} not run ({never}): " + "; ".join(reasons))
+        return lines
+
+    def table(self) -> str:
+        """A plain-text summary: :meth:`rows` under :data:`COLUMNS`, then :meth:`footer`."""
+        rows = [self.COLUMNS, *self.rows()]
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = []
         for row in rows:
             cells = [row[0].rjust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2])]
             cells += [row[3].ljust(widths[3]), row[4].ljust(widths[4]), row[5]]
             lines.append("  ".join(cells).rstrip())
-        lines.append(self.counts())
-        if self.not_run:
-            reasons = dict.fromkeys(item.reason or "not run" for item in self.not_run)
-            never = "never started and not recorded" if self.cancelled else "not recorded"
-            lines.append(f"{len(self.not_run)} not run ({never}): " + "; ".join(reasons))
-        return "\n".join(lines)
+        return "\n".join([*lines, *self.footer()])
 
 
 def _records(run: Run, limit: int = 50) -> str:
