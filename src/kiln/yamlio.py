@@ -37,6 +37,7 @@ _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
 _INT = "tag:yaml.org,2002:int"
 _STR = "tag:yaml.org,2002:str"
+_PLAIN = frozenset({"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"})
 
 
 class YamlError(UsageError):
@@ -230,6 +231,12 @@ class _Builder:
     def build(self, node: Any, depth: int) -> Any:
         import yaml
 
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN:
+            raise YamlError(
+                self.origin,
+                f"unsupported YAML tag {node.tag!r}: only plain lists and mappings are read",
+                mark_of(node),
+            )
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, depth)
         if isinstance(node, yaml.SequenceNode):

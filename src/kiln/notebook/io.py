@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,12 @@ def load_json(data: bytes, *, path: str) -> dict[str, Any]:
             "Expected a Jupyter notebook (.ipynb).",
             path=path,
         ) from None
+    except RecursionError:
+        raise NotebookReadError(
+            f"{path} is nested too deeply to be a notebook (JSON lists or objects inside each "
+            "other thousands of levels deep)",
+            path=path,
+        ) from None
     if not isinstance(raw, dict) or "nbformat" not in raw:
         kind = type(raw).__name__ if not isinstance(raw, dict) else "a JSON object"
         raise NotebookReadError(
@@ -80,9 +87,62 @@ def load_json(data: bytes, *, path: str) -> dict[str, Any]:
         raise NotebookReadError(
             f"{path} has nbformat {major!r}; Kiln reads nbformat 3 and 4 notebooks", path=path
         )
-    if major == 4 and not isinstance(raw.get("cells"), list):
-        raise NotebookReadError(f"{path} is not a valid notebook: 'cells' is not a list", path=path)
+    if major == 4:
+        _check_cells(raw.get("cells"), path)
+    if _SURROGATE_ESCAPE.search(text):
+        _refuse_lone_surrogates(raw, path)
     return raw
+
+
+_CELL_TYPES = frozenset({"code", "markdown", "raw"})
+#: a JSON escape of a UTF-16 surrogate: ``\ud800``; a pair is fine, a lone one is not Unicode
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_cells(cells: Any, path: str) -> None:
+    """The shape every reader relies on, checked before anything looks at a cell."""
+    if not isinstance(cells, list):
+        raise NotebookReadError(f"{path} is not a valid notebook: 'cells' is not a list", path=path)
+    for index, cell in enumerate(cells):
+        where = f"{path} is not a valid notebook: cells[{index}]"
+        if not isinstance(cell, dict):
+            kind = "null" if cell is None else type(cell).__name__
+            raise NotebookReadError(f"{where} is {kind}, not a cell (a JSON object)", path=path)
+        if cell.get("cell_type") not in _CELL_TYPES:
+            raise NotebookReadError(
+                f"{where} has cell_type {cell.get('cell_type')!r}; expected code, markdown or raw",
+                path=path,
+            )
+        source = cell.get("source", "")
+        if not isinstance(source, str) and not (
+            isinstance(source, list) and all(isinstance(line, str) for line in source)
+        ):
+            raise NotebookReadError(
+                f"{where}.source is not text (a string or a list of strings)", path=path
+            )
+        if cell["cell_type"] == "code" and not isinstance(cell.get("outputs", []), list):
+            raise NotebookReadError(f"{where}.outputs is not a list", path=path)
+
+
+def _refuse_lone_surrogates(value: Any, path: str, where: str = "") -> None:
+    """Strings with half of a UTF-16 pair cannot be written as UTF-8: refuse them here,
+    naming where, rather than fail later while saving, diffing or exporting."""
+    stack: list[tuple[Any, str]] = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise NotebookReadError(
+                    f"{path} is not a valid notebook: {at or 'a string'} holds a lone UTF-16 "
+                    "surrogate (an escape such as \\ud800 that is not half of a pair), which is "
+                    "not text",
+                    path=path,
+                )
+        elif isinstance(item, dict):
+            stack.extend((v, f"{at}.{k}" if at else str(k)) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
 
 
 def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True) -> Any:
@@ -106,11 +166,15 @@ def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True) -> Any:
         raise NotebookReadError(
             f"{path} is not a valid notebook: {_short(exc)}", path=path
         ) from exc
+    except RecursionError:
+        raise NotebookReadError(f"{path} is nested too deeply to be a notebook", path=path) from None
     _ensure_ids(nb)
     if not validate:
         return nb
     try:
         nbformat.validate(nb)
+    except RecursionError:
+        raise NotebookReadError(f"{path} is nested too deeply to be a notebook", path=path) from None
     except ValidationError as exc:
         where = "/".join(str(p) for p in getattr(exc, "absolute_path", []) or [])
         at = f" (at {where})" if where else ""
