@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from kiln.cli.main import run_main
+
 from kilntest import KILN
 
 CELL = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None}
@@ -46,7 +47,7 @@ BAD_NOTEBOOKS: dict[str, bytes | None] = {
         + b'{"a": ' * 50_000
         + b"1"
         + b"}" * 50_001
-    ),  # fmt: skip
+    ),
     "lone-surrogate": _v4([{**CELL, "source": "x = '\ud800'"}]).replace(b"\\\\ud800", b"\\ud800"),
     "invalid-v4": _v4([{"cell_type": "code", "source": "x", "outputs": "no"}]),
 }

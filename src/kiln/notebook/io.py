@@ -167,14 +167,14 @@ def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True) -> Any:
             f"{path} is not a valid notebook: {_short(exc)}", path=path
         ) from exc
     except RecursionError:
-        raise NotebookReadError(f"{path} is nested too deeply to be a notebook", path=path) from None
+        raise _too_deep(path) from None
     _ensure_ids(nb)
     if not validate:
         return nb
     try:
         nbformat.validate(nb)
     except RecursionError:
-        raise NotebookReadError(f"{path} is nested too deeply to be a notebook", path=path) from None
+        raise _too_deep(path) from None
     except ValidationError as exc:
         where = "/".join(str(p) for p in getattr(exc, "absolute_path", []) or [])
         at = f" (at {where})" if where else ""
@@ -182,6 +182,10 @@ def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True) -> Any:
             f"{path} is not a valid notebook: {_short(exc)}{at}", path=path
         ) from exc
     return nb
+
+
+def _too_deep(path: str) -> NotebookReadError:
+    return NotebookReadError(f"{path} is nested too deeply to be a notebook", path=path)
 
 
 def _ensure_ids(nb: Any) -> None:

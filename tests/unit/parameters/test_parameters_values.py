@@ -462,7 +462,7 @@ def test_an_int_only_inferred_from_its_default_takes_a_float_with_a_notice(
     assert "parameter 'n' of nb.ipynb" in notice and "'n: float'" in notice
     again: list[str] = []
     assert same(resolve(schema, {"n": 2.5}, notices=again)["n"], 2.5) and len(again) == 1
-    with pytest.raises(ParameterTypeError, match="expects int, got '0.5'"):
+    with pytest.raises(ParameterTypeError, match=r"expects int, got '0\.5'"):
         resolve(schema, {"count": CliValue("0.5")})
     with pytest.raises(ParameterTypeError, match="expects int, got 'abc'"):
         resolve(schema, {"n": CliValue("abc")})
