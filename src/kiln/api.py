@@ -67,6 +67,7 @@ def sweep(
     home: PathLike | None = None,
     log_output: bool = False,
     check: bool = False,
+    allow_outside: bool = False,
     **options: Unpack[RunOptionArgs],
 ) -> SweepResult:
     """Run a notebook once per parameter set, ``jobs`` runs at a time; each is a normal
@@ -78,7 +79,8 @@ def sweep(
     updates. Every set is validated before anything starts (``kiln.errors.ParameterError``
     naming the set). ``output`` is a path template such as ``"out/{region}-{x}.ipynb"``
     (fields: parameter names and ``{index}``); without it each run writes ``output.ipynb`` in
-    its run folder. The run options apply to each run, as in :func:`run`.
+    its run folder; a relative template may not leave the working directory unless
+    ``allow_outside``. The run options apply to each run, as in :func:`run`.
 
     A failed run does not stop the others and raises nothing, unless ``check`` is true: then,
     once every run has ended, the error of the first set that did not succeed is raised.
@@ -100,7 +102,7 @@ def sweep(
     jobs = parse_count(jobs)
     sets = load_grid(grid) if isinstance(grid, (str, os.PathLike)) else parameter_sets(grid)
     request = RunRequest.build(notebook, parameters=parameters, **options)
-    plan = plan_sweep(request, sets, output=output)
+    plan = plan_sweep(request, sets, output=output, allow_outside=allow_outside)
     echo = LiveOutput().observe_sweep if log_output else None
     home_dir = Path(home) if home is not None else None
     with Runner(home=home_dir) as runner:  # one runner: its warm engines serve every run

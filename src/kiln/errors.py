@@ -18,7 +18,8 @@
     ├── LintGateFailed             exit 1: ``kiln run --lint`` found lint errors (nothing ran)
     ├── StoreError                 the runs database or artefact folders
     │   ├── RunNotFound            exit 2
-    │   └── HomeNotFound           exit 2: a read-only command found no Kiln history
+    │   ├── HomeNotFound           exit 2: a read-only command found no Kiln history
+    │   └── HomeNotWritable        exit 2: no run can be recorded there (refused before it runs)
     └── RunFailed                  exit 1: the run started and ended in a non-success state
         ├── CellExecutionError     a cell raised; carries the cell, ename, evalue, traceback
         ├── RunTimedOut            a cell timeout or the whole-run timeout expired
@@ -43,6 +44,7 @@ __all__ = [
     "CellFailure",
     "EngineError",
     "HomeNotFound",
+    "HomeNotWritable",
     "InvalidParameterName",
     "KernelDied",
     "KilnError",
@@ -162,6 +164,16 @@ class StoreError(KilnError):
 
 class RunNotFound(StoreError):
     exit_code = 2
+
+
+class HomeNotWritable(StoreError):
+    """The home cannot take a run (read-only, missing, full): refused before anything runs."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, home: Any = None) -> None:
+        super().__init__(message)
+        self.home = home
 
 
 class HomeNotFound(StoreError):

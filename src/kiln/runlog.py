@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -15,17 +16,25 @@ def _now() -> str:
 class RunLog:
     """Append-only, line-buffered log of one run (``runs/<id>/run.log``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, mode: int = 0o600) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = open(path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+        os.fchmod(fd, mode)  # exact, whatever the umask
+        self._fh: IO[str] | None = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        #: why the log stopped being written (a full disk), if it did
+        self.error: OSError | None = None
 
     def line(self, text: str) -> None:
         if self._fh is None:
             return
         stamp = _now()
-        for part in text.splitlines() or [""]:
-            self._fh.write(f"{stamp} {part}\n")
+        try:
+            for part in text.splitlines() or [""]:
+                self._fh.write(f"{stamp} {part}\n")
+        except OSError as exc:  # a full disk stops the log, not the run's bookkeeping
+            self.error = exc
+            self.close()
 
     def output(self, cell: int, output: Any) -> None:
         kind = output.get("output_type")
@@ -53,5 +62,24 @@ class RunLog:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError as exc:
+                self.error = self.error or exc
+
+
+def shrink_log(path: Path, keep: int = 64 * 1024) -> None:
+    """Keep only the last ``keep`` bytes of a log (to free space on a full disk)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            if size <= keep:
+                return
+            handle.seek(size - keep)
+            tail = handle.read()
+        with open(path, "wb") as handle:  # truncating first frees the space
+            handle.write(b"[... earlier lines removed: the disk was full ...]\n" + tail)
+    except OSError:
+        pass

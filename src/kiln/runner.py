@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import platform
 import shutil
@@ -46,10 +47,10 @@ from kiln.errors import (
     RunCancelled,
     RunFailed,
     RunTimedOut,
+    StoreError,
 )
 from kiln.events import Observer, RunEnded, RunEvent, RunStarted, RunWarning
 from kiln.notebook import save_notebook
-from kiln.notebook.io import atomic_write_text
 from kiln.notebook.marks import add_failure_marks
 from kiln.notebook.papermill_meta import (
     cell_finished,
@@ -60,7 +61,14 @@ from kiln.notebook.papermill_meta import (
 from kiln.options import OptionError
 from kiln.recording import record_from_output
 from kiln.request import Prepared, RunRequest, prepare
-from kiln.runlog import RunLog
+from kiln.runlog import RunLog, shrink_log
+from kiln.store.files import (
+    FileModes,
+    check_writable_output,
+    file_modes,
+    make_run_folder,
+    store_input,
+)
 from kiln.store.process import process_start_time
 from kiln.store.records import Record, Run, RunState
 
@@ -113,6 +121,7 @@ class Runner:
         #: runners (each with its own home), and close them yourself
         self._engines: dict[str, Engine] = engines if engines is not None else {}
         self._recovered = False
+        self._file_modes: FileModes | None = None
         self.observers = list(observers)
 
     @property
@@ -192,11 +201,16 @@ class Runner:
         cwd = request.run_cwd
         if not cwd.is_dir():
             raise OptionError("cwd", f"{cwd} is not a directory")
+        # everything that could fail for lack of a place to write fails now, before anything
+        # runs: the history opens, the run folder is made, the output folder takes a file
+        store = self.store
+        modes = self._modes()
+        if request.output is not None:
+            check_writable_output(Path(request.output))
         run_id = new_run_id()
-        home = self._home()
-        run_dir = home / "runs" / run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log = RunLog(run_dir / "run.log")
+        home = Path(store.home)
+        run_dir = make_run_folder(store.runs_dir, run_id, modes)
+        log = RunLog(run_dir / "run.log", mode=modes.file)
         deadline = time.monotonic() + request.timeout if request.timeout else None
         options = ExecuteOptions(
             kernel_name=prepared.kernel_name,
@@ -224,6 +238,8 @@ class Runner:
             recorded = True
             try:
                 final = await self._drive(prepared, session, run, log)
+            except OSError as exc:  # the disk filled up, a folder went away: the run stops
+                final = self._failed_to_write(run, exc)
             except BaseException as exc:
                 # whatever went wrong, the row gets exactly one terminal state
                 state = (
@@ -241,6 +257,35 @@ class Runner:
             if not recorded:  # refused before the run existed: leave nothing behind
                 shutil.rmtree(run_dir, ignore_errors=True)
 
+    def _output_mode(self, request: RunRequest) -> int | None:
+        """The output notebook's permissions: private in the run folder; a path the user
+        chose gets the usual ones (the umask decides)."""
+        return None if request.output is not None else self._modes().file
+
+    def _modes(self) -> FileModes:
+        if self._file_modes is None:
+            self._file_modes = file_modes()
+        return self._file_modes
+
+    def _failed_to_write(self, run: Run, exc: OSError) -> Run:
+        """The run could not write its files: it ends ``failed``, saying why, and the history
+        (which may live on another disk, or still have room for one row) records it."""
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        reason = f"{exc.strerror or exc}{where}"
+        if exc.errno == errno.ENOSPC:
+            reason = f"no space left on the device{where}"
+        ended_at = datetime.now(timezone.utc)
+        try:
+            self.store.finish_run(run.id, RunState.FAILED, reason=reason, ended_at=ended_at)
+        except StoreError:
+            # the history shares the full disk: make room from this run's own log (its tail
+            # stays) and try once more
+            shrink_log(Path(str(run.log_path)))
+            self.store.finish_run(run.id, RunState.FAILED, reason=reason, ended_at=ended_at)
+        final = dataclasses.replace(run, state=RunState.FAILED, reason=reason, ended_at=ended_at)
+        self._notify(RunEnded(final))
+        return final
+
     def _record(self, prepared: Prepared, engine: Engine, run_id: str, run_dir: Path) -> Run:
         """Commit the run row (queued) and its input copy: durable before anything runs."""
         from kiln.store import current_owner
@@ -251,11 +296,10 @@ class Runner:
             store.recover_orphans()
             self._recovered = True
         pid, host, started = current_owner()
-        input_path = run_dir / "input.ipynb"
+        input_path = store_input(store.home, prepared.sha256, prepared.source_bytes, self._modes())
         output_path = (
             Path(request.output) if request.output else run_dir / "output.ipynb"
         ).resolve()
-        atomic_write_text(input_path, prepared.source_bytes.decode("utf-8-sig"))
         run: Run = store.create_run(
             Run(
                 id=run_id,
@@ -314,7 +358,7 @@ class Runner:
             log.line(f"warning: {text}")
         if request.prepare_only:
             nb.metadata["kiln"]["state"] = RunState.PREPARED.value
-            save_notebook(nb, output_path)
+            save_notebook(nb, output_path, mode=self._output_mode(request))
             ended_at = datetime.now(timezone.utc)
             reason = "prepared only (not executed)"
             store.finish_run(
@@ -331,7 +375,7 @@ class Runner:
             self._notify(RunEnded(final))
             return final
         # the injected notebook is on disk within 0.2 s (or when the run ends, if sooner)
-        saver = _Saver(nb, output_path)
+        saver = _Saver(nb, output_path, mode=self._output_mode(request))
         saver.changed()
         # the row turns `running` when the engine is ready (one write with the kernel's
         # details); until then it says `queued`, which is what it is while a kernel boots
@@ -412,7 +456,7 @@ class Runner:
         if outcome.status != "ok":
             meta["error"] = {"cell_index": outcome.failed_cell, "message": reason}
         papermill_finish(nb, ended_at, failed=not state.ok)
-        save_notebook(nb, output_path)
+        save_notebook(nb, output_path, mode=self._output_mode(prepared.request))
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
         self.store.finish_run(
             run.id,
@@ -443,14 +487,20 @@ class _Saver:
     ``interval`` old, ``interval`` after it, so a burst of quick cells costs one write and
     any finished cell is on disk within ``interval`` seconds. Every save is atomic."""
 
-    def __init__(self, nb: NotebookNode, path: Path, interval: float = 0.2) -> None:
+    def __init__(
+        self, nb: NotebookNode, path: Path, interval: float = 0.2, *, mode: int | None = None
+    ) -> None:
         self.nb = nb
         self.path = path
+        self.mode = mode
+        self.error: OSError | None = None
         self.interval = interval
         self.last = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
 
     def changed(self) -> None:
+        if self.error is not None:  # a save failed (a full disk): the run cannot go on
+            raise self.error
         wait = self.last + self.interval - time.monotonic()
         if wait <= 0:
             self.save()
@@ -460,7 +510,10 @@ class _Saver:
     def save(self) -> None:
         self.timer = None
         self.last = time.monotonic()
-        save_notebook(self.nb, self.path)
+        try:
+            save_notebook(self.nb, self.path, mode=self.mode)
+        except OSError as exc:  # raised on the run's path by the next changed()
+            self.error = exc
 
     def stop(self) -> None:
         if self.timer is not None:

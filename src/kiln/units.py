@@ -94,6 +94,21 @@ def parse_count(value: object, *, minimum: int = 1) -> int:
     return value
 
 
+def parse_file_mode(text: str | int) -> int:
+    """``"0640"``, ``"640"`` or ``0o640`` -> ``0o640``; the owner must read and write."""
+    try:
+        mode = text if isinstance(text, int) else int(str(text), 8)
+    except ValueError:
+        raise ValueError(
+            f"expected an octal file mode such as 0600 or 0640; got {text!r}"
+        ) from None
+    if not 0 <= mode <= 0o777 or mode & 0o600 != 0o600:
+        raise ValueError(
+            f"expected a file mode the owner can read and write (0600 to 0666); got {text!r}"
+        )
+    return mode
+
+
 def format_duration(seconds: float) -> str:
     """``90`` -> ``1m30s``; short values keep their decimals (``0.25s``)."""
     if seconds < 60:

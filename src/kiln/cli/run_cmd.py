@@ -126,6 +126,11 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "shared values that each set overrides",
     )
     s.add_argument("-j", "--jobs", type=_jobs, metavar="N", help="runs at a time in a sweep")
+    s.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="let a relative output template write outside the working directory",
+    )
     o = p.add_argument_group("what is shown")
     o.add_argument(
         "--log-output",
@@ -242,8 +247,9 @@ def handle(args: argparse.Namespace) -> int:
         return show_parameters(args.notebook, as_json=args.json)
     if args.sweep is not None:
         return handle_sweep(args)
-    if args.jobs is not None:
-        raise UsageError("-j/--jobs sets how many runs of a sweep run at a time: add --sweep GRID")
+    if args.jobs is not None or args.allow_outside:
+        flag = "-j/--jobs" if args.jobs is not None else "--allow-outside"
+        raise UsageError(f"{flag} is for sweeps: add --sweep GRID")
     from kiln.cli.console import Console
     from kiln.runner import Runner
 
@@ -333,7 +339,12 @@ def handle_sweep(args: argparse.Namespace) -> int:
     if args.output == "-":
         raise UsageError("a sweep writes one notebook per set: '-' cannot be its output")
     sets = load_grid(args.sweep)
-    plan = plan_sweep(build_request(args, output=None), sets, output=args.output)
+    plan = plan_sweep(
+        build_request(args, output=None),
+        sets,
+        output=args.output,
+        allow_outside=args.allow_outside,
+    )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = SweepConsole(
         Path(args.notebook).name,

@@ -278,23 +278,28 @@ def _for_disk(nb: Any) -> dict[str, Any]:
 _tmp_counter = itertools.count()
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = False) -> None:
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, *, durable: bool = False, mode: int | None = None
+) -> None:
     """Write text to path via a temporary file in the same folder and a rename.
 
     A reader, or a crash of any process, sees either the previous complete file or the new
     complete file, never a truncated one. ``durable`` also fsyncs the data before the rename,
     to survive a power cut too; runs don't ask for it (an fsync costs milliseconds per save
     here, and the runs database commits with ``synchronous=NORMAL``, the same promise).
+    ``mode`` sets the file's permissions exactly; by default they are 0666 less the umask.
     """
     target = Path(path)
     # a name unique to this process and write: cheaper than mkstemp's random probing
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
     except FileNotFoundError:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)  # exact, whatever the umask
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -307,6 +312,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool 
         raise
 
 
-def save_notebook(nb: Any, path: str | os.PathLike[str], *, durable: bool = False) -> None:
-    """Save a notebook atomically."""
-    atomic_write_text(path, dumps(nb), durable=durable)
+def save_notebook(
+    nb: Any, path: str | os.PathLike[str], *, durable: bool = False, mode: int | None = None
+) -> None:
+    """Save a notebook atomically (``mode``: exact permissions; default: the umask's)."""
+    atomic_write_text(path, dumps(nb), durable=durable, mode=mode)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from kiln.options import ENGINE_CHOICES, OPTIONS
 from kiln.project.typed import Duration, Size
+from kiln.units import parse_file_mode
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -119,6 +120,29 @@ class VerifySection:
 TestsSection = dict[str, list[dict[str, Any] | None] | dict[str, dict[str, Any] | None]]
 
 
+# -- store ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    """Where and how the run history is kept."""
+
+    file_mode: str = field(
+        default="0600",
+        metadata=_help(
+            "permissions of the history's files (octal; folders get the matching mode): 0600 "
+            "keeps runs private to their owner, 0640 shares them with the group"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        parse_file_mode(self.file_mode)  # a bad mode is refused where it is written
+
+    @property
+    def mode(self) -> int:
+        return parse_file_mode(self.file_mode)
+
+
 # -- the file ----------------------------------------------------------------------------------
 
 
@@ -136,4 +160,7 @@ class ProjectConfig:
     tests: TestsSection = field(
         default_factory=dict,
         metadata=_help("parameter sets per notebook (path or glob) for pytest --kiln"),
+    )
+    store: StoreSection | None = field(
+        default=None, metadata=_help("the run history: file permissions")
     )

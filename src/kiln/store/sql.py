@@ -29,7 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from kiln.errors import HomeNotFound, RunNotFound, StoreError
+from kiln.errors import HomeNotFound, HomeNotWritable, RunNotFound, StoreError
 from kiln.store.migrate import ensure_schema
 from kiln.store.paths import check_run_id, default_home
 from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
@@ -76,11 +76,24 @@ class RunStore:
                 "in $KILN_HOME, else .kiln beside the nearest kiln.yaml, else ./.kiln)",
                 home=self.home,
             )
+        #: a history on a read-only file system (or folder) can be read, never written
+        self.read_only = url is None and self.home.is_dir() and not os.access(self.home, os.W_OK)
+        if self.read_only and create:
+            raise HomeNotWritable(
+                f"cannot record a run in {self.home}: it is read-only; set KILN_HOME or --home "
+                "to a folder you can write",
+                home=self.home,
+            )
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the Kiln home folder {self.home}: {exc}") from exc
-        self.url = url if url is not None else f"sqlite:///{self.home / 'kiln.db'}"
+        if url is not None:
+            self.url = url
+        elif self.read_only:  # no -wal/-shm can be made: read the file as it is
+            self.url = f"sqlite:///file:{self.home / 'kiln.db'}?mode=ro&immutable=1&uri=true"
+        else:
+            self.url = f"sqlite:///{self.home / 'kiln.db'}"
         try:
             self._engine = _make_engine(self.url)
         except (sa.exc.ArgumentError, ImportError) as exc:
@@ -318,6 +331,8 @@ class RunStore:
         was reused). A leftover kernel of such a run is killed. Runs with no recorded owner,
         owned elsewhere, or whose owner cannot be judged are left alone.
         """
+        if self.read_only:
+            return []  # nothing can be marked; the next writable open will
         me, host, _ = current_owner()
         query = runs.select().where(
             runs.c.state.in_(_ACTIVE_STATES),
@@ -326,7 +341,7 @@ class RunStore:
         )
         with self._read() as conn:
             candidates = [_row_to_run(row) for row in conn.execute(query)]
-        recovered = []
+        recovered: list[Run] = []
         for run in candidates:
             if run.owner_pid is None or same_process(run.owner_pid, run.owner_started) is not False:
                 continue
@@ -342,8 +357,13 @@ class RunStore:
             # Only if nothing moved meanwhile: the run may have finished, been recovered by
             # another process, or been claimed by a live worker since it was read.
             same_owner = (runs.c.owner_pid == run.owner_pid, runs.c.owner_host == host)
-            if not self._end(run.id, values, runs.c.state == run.state, *same_owner):
-                continue
+            try:
+                if not self._end(run.id, values, runs.c.state == run.state, *same_owner):
+                    continue
+            except StoreError:
+                # the history cannot be written now (a full disk): it stays readable, and the
+                # next command that can write marks the run
+                return recovered
             if run.kernel_pid is not None:
                 done = kill_leftover(
                     run.kernel_pid, started=run.kernel_started, not_before=run.owner_started

@@ -193,6 +193,7 @@ def plan_sweep(
     *,
     output: str | os.PathLike[str] | None = None,
     engine_name: str | None = None,
+    allow_outside: bool = False,
 ) -> SweepPlan:
     """Validate every set before anything runs; raise for the first bad one, naming it.
 
@@ -202,10 +203,16 @@ def plan_sweep(
     called ``index``); without it each run writes ``output.ipynb`` in its own run folder.
     ``engine_name`` is the engine of a runner built with a fixed one (``Runner(engine=...)``);
     by default each set's engine is chosen as the runner chooses it (``--engine auto``).
+    A relative template whose paths leave the working directory (``../../etc/{x}.ipynb``) is
+    refused unless ``allow_outside``; values never add folders (``/`` and ``..`` become ``_``).
     """
     if not sets:
         raise UsageError("a sweep needs at least one parameter set")
-    template = _OutputTemplate(os.fspath(output), len(sets)) if output is not None else None
+    template = (
+        _OutputTemplate(os.fspath(output), len(sets), allow_outside=allow_outside)
+        if output is not None
+        else None
+    )
     items: list[SweepItem] = []
     warnings: dict[str, None] = {}
     outputs: dict[Path, int] = {}
@@ -249,8 +256,9 @@ def _check_output(path: Path, notebook: Path, index: int, seen: dict[Path, int])
 class _OutputTemplate:
     """``out/{region}-{x:03d}.ipynb``: fields are parameter names and ``index``."""
 
-    def __init__(self, template: str, sets: int) -> None:
+    def __init__(self, template: str, sets: int, *, allow_outside: bool = False) -> None:
         self.template = template
+        self.inside = None if allow_outside or os.path.isabs(template) else Path.cwd().resolve()
         try:
             parsed = list(string.Formatter().parse(template))
         except ValueError as exc:
@@ -274,7 +282,7 @@ class _OutputTemplate:
         fields: dict[str, Any] = {"index": index}
         fields.update((name, _path_part(value)) for name, value in values.items())
         try:
-            return Path(self.template.format_map(fields))
+            path = Path(self.template.format_map(fields))
         except KeyError as exc:
             raise UsageError(
                 f"output template {self.template!r} uses {{{exc.args[0]}}}, which this set "
@@ -282,6 +290,12 @@ class _OutputTemplate:
             ) from None
         except (ValueError, TypeError) as exc:
             raise UsageError(f"output template {self.template!r}: {exc}") from None
+        if self.inside is not None and not path.resolve().is_relative_to(self.inside):
+            raise UsageError(
+                f"output template {self.template!r} gives {path}, outside the working "
+                f"directory {self.inside}; use an absolute path, or allow it (--allow-outside)"
+            )
+        return path
 
 
 def _path_part(value: Any) -> Any:
@@ -291,6 +305,8 @@ def _path_part(value: Any) -> Any:
     if isinstance(value, str):
         for bad in {"/", "\\", "\0", os.sep}:
             value = value.replace(bad, "_")
+        if value in (".", ".."):
+            value = "_"
     return value
 
 
