@@ -8,7 +8,7 @@ Everything that starts runs is built from it:
 - ``kiln.run`` / ``kiln.sweep`` take them as keyword arguments typed by :class:`RunOptionArgs`
   (so mypy catches a misspelled option), and their docstrings list them from here;
 - ``kiln run``, ``kiln verify`` and the pytest plugin generate their flags from the ``cli``
-  metadata here (:mod:`kiln.cli.options`), so the same text shows in ``--help``;
+  metadata here (:mod:`kiln.flags`), so the same text shows in ``--help``;
 - errors about an option name it by its API name (:class:`OptionError`); the CLI translates
   that to its flag in one place.
 

@@ -17,7 +17,7 @@ import pytest
 
 import kiln
 from kiln.cli.main import build_parser
-from kiln.cli.options import flag_for, run_options_from
+from kiln.flags import flag_for, run_options_from
 from kiln.options import (
     NOT_FOR,
     OPTION_NAMES,
@@ -190,7 +190,7 @@ def test_kiln_verify_has_a_flag_for_every_option_it_uses() -> None:
 
 
 def test_pytest_plugin_has_a_flag_for_every_option_it_uses() -> None:
-    from kiln.cli.options import add_run_options
+    from kiln.flags import add_run_options
 
     parser = argparse.ArgumentParser()
     add_run_options(parser, prefix="--kiln-", exclude=NOT_FOR["pytest"], absent=None)

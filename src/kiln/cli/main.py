@@ -7,7 +7,7 @@ Conventions every command follows:
 - a usage error prints the command's own usage and exits 2; a command group run without a
   subcommand prints its help and exits 0;
 - commands raise errors (:mod:`kiln.errors`) and this module prints them: one paragraph, no
-  traceback unless ``--debug``; options are named by their flags (:mod:`kiln.cli.options`);
+  traceback unless ``--debug``; options are named by their flags (:mod:`kiln.flags`);
 - a ``kiln.yaml`` above the working directory is validated before any command runs.
 """
 
@@ -185,7 +185,7 @@ def show_error(exc: KilnError) -> str:
     from kiln.options import OptionError
 
     if isinstance(exc, OptionError):
-        from kiln.cli.options import as_flag_error
+        from kiln.flags import as_flag_error
 
         exc = as_flag_error(exc)
     if isinstance(exc, RunFailed) and exc.run is not None:

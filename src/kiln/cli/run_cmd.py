@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.cli.options import add_run_options, run_options_from
 from kiln.errors import UsageError
+from kiln.flags import add_run_options, run_options_from
 from kiln.units import parse_count
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from kiln.cli.options import add_run_options, run_options_from
+from kiln.flags import add_run_options, run_options_from
 from kiln.options import NOT_FOR
 
 

@@ -63,7 +63,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="like --kiln, and compare the fresh outputs with the saved ones (kiln verify)",
     )
     group.addoption("--kiln-lint", action="store_true", help="add a kiln lint item per notebook")
-    from kiln.cli.options import add_run_options
+    from kiln.flags import add_run_options
     from kiln.options import NOT_FOR
 
     # the run options, as for `kiln run`, spelled --kiln-<flag> (--kiln-engine, ...)
@@ -121,7 +121,7 @@ class _State:
     def __init__(self, config: pytest.Config) -> None:
         get = config.getoption
         compare = bool(get("kiln_compare"))
-        from kiln.cli.options import run_options_from
+        from kiln.flags import run_options_from
 
         self.options = _Options(
             run=bool(get("kiln")) or compare,
