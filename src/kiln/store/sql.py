@@ -18,6 +18,7 @@ after the fork, or call :meth:`RunStore.close` before forking.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -174,11 +175,9 @@ class RunStore:
         if not values:
             self.get_run_exact(run_id)
             return
-        where = runs.c.id == run_id
-        if "state" in values:
-            where = where & runs.c.state.not_in(_TERMINAL)
+        statement = _update(tuple(values), only_active="state" in values)
         with self._write() as conn:
-            if conn.execute(runs.update().where(where).values(values)).rowcount:
+            if conn.execute(statement, {**_bound(values), "_run_id": run_id}).rowcount:
                 return
             current = conn.execute(sa.select(runs.c.state).where(runs.c.id == run_id)).first()
         if current is None:
@@ -215,9 +214,14 @@ class RunStore:
 
     def _end(self, run_id: str, values: dict[str, Any], *only_if: sa.ColumnElement[bool]) -> bool:
         """Write a terminal state unless the run already has one (or ``only_if`` fails)."""
-        where = sa.and_(runs.c.id == run_id, runs.c.state.not_in(_TERMINAL), *only_if)
         with self._write() as conn:
-            if conn.execute(runs.update().where(where).values(values)).rowcount:
+            if only_if:  # recovery, rare: a statement of its own
+                where = sa.and_(runs.c.id == run_id, runs.c.state.not_in(_TERMINAL), *only_if)
+                done = conn.execute(runs.update().where(where).values(values)).rowcount
+            else:  # every run's end: a statement compiled once per set of columns
+                statement = _update(tuple(values), only_active=True)
+                done = conn.execute(statement, {**_bound(values), "_run_id": run_id}).rowcount
+            if done:
                 return True
             exists = conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first()
         if exists is None:
@@ -543,6 +547,21 @@ def _row_to_run(row: sa.Row[Any]) -> Run:
 
 def _basename(path: str) -> str:
     return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
+@functools.lru_cache(maxsize=64)
+def _update(columns: tuple[str, ...], *, only_active: bool) -> sa.Update:
+    """``UPDATE runs SET <columns> WHERE id = :_run_id [AND state is not terminal]``, built
+    once per set of columns: SQLAlchemy then reuses its compiled form (a run's writes cost
+    the database's time, not the statement building's, about a third as much)."""
+    where = runs.c.id == sa.bindparam("_run_id")
+    if only_active:
+        where = where & runs.c.state.not_in(_TERMINAL)
+    return runs.update().where(where).values({c: sa.bindparam(f"_v_{c}") for c in columns})
+
+
+def _bound(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"_v_{c}": v for c, v in values.items()}
 
 
 def _parameter_equals(name: str, value: Any) -> sa.ColumnElement[bool]:
