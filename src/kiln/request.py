@@ -185,12 +185,16 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
 
         spec = kernel_spec(kernel_name)
         language = str(spec.language or "python").lower()
-        imports = notebook_imports(view.get("cells", []))
-        sources = [
-            "".join(c.get("source", ""))
-            for c in view.get("cells", [])
-            if c.get("cell_type") == "code"
-        ]
+        found = _SOURCES.get(sha)
+        if found is None:  # the same notebook again (a sweep, a pipeline): read once
+            cells = view.get("cells", [])
+            found = _SOURCES[sha] = (
+                tuple(notebook_imports(cells)),
+                tuple("".join(c.get("source", "")) for c in cells if c.get("cell_type") == "code"),
+            )
+            if len(_SOURCES) > 32:
+                _SOURCES.pop(next(iter(_SOURCES)))
+        imports, sources = list(found[0]), list(found[1])
         engine_name, notice = choose_engine(
             request.engine, spec, imports, sources=sources, memory_limit=request.memory_limit
         )
@@ -236,6 +240,8 @@ class _Parsed:
 
 #: by sha256 of the notebook bytes; a sweep prepares the same notebook once per set
 _PARSED: dict[str, _Parsed] = {}
+#: by sha256: the notebook's top-level imports and code sources (what choosing an engine reads)
+_SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
 def _remember(sha: str, parsed: _Parsed) -> None:

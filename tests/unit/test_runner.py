@@ -231,3 +231,43 @@ def test_invalid_notebook_found_after_kernel_launch_leaves_nothing(tmp_path, run
     assert engine.calls == ["start", "close"]
     assert runner.store.list_runs() == []
     assert not list((tmp_path / "home" / "runs").iterdir())
+
+
+def test_signal_handlers_are_installed_once_for_back_to_back_runs(
+    tmp_path, runner, monkeypatch
+):
+    import asyncio
+
+    nb = _write(tmp_path, ["x = 1"])
+    installs = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        real = loop.add_signal_handler
+
+        def counting(signum, *args):
+            installs.append(signum)
+            return real(signum, *args)
+
+        monkeypatch.setattr(loop, "add_signal_handler", counting)
+        for _ in range(5):
+            await runner.arun(RunRequest(notebook=nb))
+
+    asyncio.run(main())
+    assert len(installs) == 2  # SIGINT and SIGTERM, once for the five runs
+
+
+def test_a_signal_between_runs_is_not_swallowed(tmp_path, runner):
+    import asyncio
+    import os
+    import signal
+
+    nb = _write(tmp_path, ["x = 1"])
+
+    async def main():
+        await runner.arun(RunRequest(notebook=nb))
+        os.kill(os.getpid(), signal.SIGINT)  # no run active, handlers still lingering
+        await asyncio.sleep(0.2)
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(main())
