@@ -202,14 +202,15 @@ class Runner:
         if not cwd.is_dir():
             raise OptionError("cwd", f"{cwd} is not a directory")
         # everything that could fail for lack of a place to write fails now, before anything
-        # runs: the history opens, the run folder is made, the output folder takes a file
-        store = self.store
+        # starts: the run folder is made (a read-only or missing home is refused), the output
+        # folder takes a file. The history itself (SQLAlchemy, ~0.1 s to import) opens while
+        # the engine boots.
         modes = self._modes()
         if request.output is not None:
             check_writable_output(Path(request.output))
         run_id = new_run_id()
-        home = Path(store.home)
-        run_dir = make_run_folder(store.runs_dir, run_id, modes)
+        home = self._home()
+        run_dir = make_run_folder(home / "runs", run_id, modes)
         log = RunLog(run_dir / "run.log", mode=modes.file)
         deadline = time.monotonic() + request.timeout if request.timeout else None
         options = ExecuteOptions(

@@ -64,6 +64,8 @@ def make_run_folder(runs_dir: Path, run_id: str, modes: FileModes) -> Path:
     """Create ``runs/<id>`` (private), or say why the home cannot take a run."""
     folder = runs_dir / run_id
     try:
+        if not runs_dir.is_dir():
+            runs_dir.mkdir(parents=True, mode=modes.folder)
         folder.mkdir(mode=modes.folder)
         os.chmod(folder, modes.folder)  # mkdir's mode is masked by the umask
     except OSError as exc:
