@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
@@ -150,9 +151,52 @@ def cold(nb: Path, work: Path, reps: int, env: dict[str, str]) -> dict[str, list
     return times
 
 
+def _pairs(nb: Path, work: Path, runs: int, env: dict[str, str], pairs: int) -> dict[str, Any]:
+    """``pairs`` alternating (kiln, papermill pool) measurements of ``runs`` runs; the median
+    ratio and its spread (the machine is shared: one pair proves little)."""
+    kiln_s: list[float] = []
+    peer_s: list[float] = []
+    for i in range(pairs):
+        order = ("kiln", "peer") if i % 2 == 0 else ("peer", "kiln")
+        for tool in order:
+            if tool == "kiln":
+                kiln_s.append(kiln_sweep(nb, work, runs, env))
+            else:
+                peer_s.append(papermill_pool(nb, work / f"pm-{nb.stem}-{i}", runs))
+    ratios = sorted(p / k for k, p in zip(kiln_s, peer_s, strict=True))
+    return {
+        "kiln_s": kiln_s,
+        "peer_s": peer_s,
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": ratios[0],
+        "ratio_max": ratios[-1],
+    }
+
+
+def supervisor_cpu(nb: Path, home: Path, runs: int) -> float:
+    """CPU seconds Kiln's own process spends per run (the children's work excluded)."""
+    from kiln.runner import Runner, RunRequest
+
+    async def main() -> float:
+        runner = Runner(home=home)
+        try:
+            for i in range(5):
+                await runner.arun(RunRequest(notebook=nb, parameters={"x": i}, engine="fork"))
+            start = time.process_time()
+            for i in range(runs):
+                await runner.arun(RunRequest(notebook=nb, parameters={"x": i}, engine="fork"))
+            return (time.process_time() - start) / runs
+        finally:
+            await runner.aclose_engines()
+            runner.close()
+
+    return asyncio.run(main())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--pairs", type=int, default=3, help="alternating pairs per scenario")
     parser.add_argument("--cold-reps", type=int, default=7)
     parser.add_argument("--skip-cli-loop", action="store_true")
     args = parser.parse_args()
@@ -162,44 +206,57 @@ def main() -> int:
     subprocess.run(
         [KILN, "run", str(nbs["trivial"]), str(work / "warm.ipynb"), "-q"], check=True, env=env
     )  # create the database and warm the file cache
-    results: dict[str, dict[str, float]] = {}
     n = args.runs
-    k = kiln_sweep(nbs["trivial"], work, n, env)
-    p = papermill_pool(nbs["trivial"], work / "pm-trivial", n)
-    results["trivial-100 vs papermill pool(2)"] = {"kiln_s": k, "peer_s": p}
-    if not args.skip_cli_loop:
-        loop = papermill_cli_loop(nbs["trivial"], work / "pm-loop", n, env)
-        results["trivial-100 vs papermill CLI loop"] = {"kiln_s": k, "peer_s": loop}
-    k = kiln_sweep(nbs["pandas"], work, n, env)
-    p = papermill_pool(nbs["pandas"], work / "pm-pandas", n)
-    results["pandas-100 vs papermill pool(2)"] = {"kiln_s": k, "peer_s": p}
-    times = cold(nbs["trivial"], work, args.cold_reps, env)
-    results["cold single run"] = {
-        "kiln_s": statistics.median(times["kiln"]),
-        "peer_s": statistics.median(times["papermill"]),
+    results: dict[str, Any] = {
+        f"trivial-{n} -j 2 vs papermill pool(2)": _pairs(nbs["trivial"], work, n, env, args.pairs),
+        f"pandas-{n} -j 2 vs papermill pool(2)": _pairs(nbs["pandas"], work, n, env, args.pairs),
     }
+    if not args.skip_cli_loop:
+        k = kiln_sweep(nbs["trivial"], work, n, env)
+        loop = papermill_cli_loop(nbs["trivial"], work / "pm-loop", n, env)
+        results[f"trivial-{n} vs papermill CLI loop"] = {
+            "kiln_s": [k], "peer_s": [loop], "ratio_median": loop / k,
+            "ratio_min": loop / k, "ratio_max": loop / k,
+        }  # fmt: skip
+    times = cold(nbs["trivial"], work, args.cold_reps, env)
     marg = marginal(nbs["trivial"], work / ".kiln", 50)
+    cpu = supervisor_cpu(nbs["trivial"], work / ".kiln", 100)
 
     print(
         f"\nFork engine vs papermill on {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()} ({n} runs; cold = median of {args.cold_reps})"
+        f"Python {platform.python_version()} ({n} runs; {args.pairs} alternating pairs; "
+        f"cold = median of {args.cold_reps})"
     )
-    print(f"{'scenario':<36} {'kiln (s)':>9} {'peer (s)':>9} {'speed-up':>9}")
+    print(f"{'scenario':<40} {'kiln (s)':>9} {'peer (s)':>9} {'ratio':>7}  spread")
     for name, r in results.items():
         print(
-            f"{name:<36} {r['kiln_s']:>9.2f} {r['peer_s']:>9.2f} {r['peer_s'] / r['kiln_s']:>8.1f}x"
+            f"{name:<40} {statistics.median(r['kiln_s']):>9.2f} "
+            f"{statistics.median(r['peer_s']):>9.2f} {r['ratio_median']:>6.1f}x  "
+            f"{r['ratio_min']:.1f}x-{r['ratio_max']:.1f}x"
         )
-    cold_ratio = results["cold single run"]["kiln_s"] / results["cold single run"]["peer_s"]
-    print(f"cold kiln run / papermill run: {cold_ratio:.2f}x the wall time")
+    cold_k, cold_p = statistics.median(times["kiln"]), statistics.median(times["papermill"])
+    print(
+        f"cold single run: kiln {cold_k:.2f}s, papermill {cold_p:.2f}s: "
+        f"{cold_k / cold_p:.2f}x papermill's wall time"
+    )
     print(
         f"marginal cost of one more run on a warm pool: median "
         f"{statistics.median(marg) * 1000:.1f} ms (p90 "
         f"{sorted(marg)[int(len(marg) * 0.9)] * 1000:.1f} ms)"
     )
+    print(f"Kiln's own CPU per run (supervisor, warm): {cpu * 1000:.2f} ms")
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "fork-latest.json").write_text(
-        json.dumps({"results": results, "cold_samples": times, "marginal_s": marg}, indent=2)
+        json.dumps(
+            {
+                "results": results,
+                "cold_samples": times,
+                "marginal_s": marg,
+                "supervisor_cpu_s": cpu,
+            },
+            indent=2,
+        )
     )
     return 0
 
