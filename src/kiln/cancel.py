@@ -97,29 +97,52 @@ def cancel_on_signals(future: asyncio.Future[Any]) -> Iterator[list[str]]:
         guard.discard(future)
 
 
+class Cancellable:
+    """One run's execution that can be cancelled with a reason (a user, a worker's drain)."""
+
+    def __init__(self, task: asyncio.Future[Any]) -> None:
+        self.task = task
+        self.reasons: list[str] = []
+
+    def cancel(self, reason: str) -> None:
+        self.reasons.append(reason)
+        self.task.cancel()
+
+
 async def execute_cancellable(
-    session: EngineSession, nb: Any, on_event: Callable[[Event], None]
+    session: EngineSession,
+    nb: Any,
+    on_event: Callable[[Event], None],
+    *,
+    signals: bool = True,
+    started: Callable[[Cancellable], None] | None = None,
 ) -> ExecutionOutcome:
-    """Execute, turning SIGINT/SIGTERM into a cancelled outcome."""
+    """Execute, turning SIGINT/SIGTERM (when ``signals``) or a :meth:`Cancellable.cancel`
+    into a ``cancelled`` outcome that says why. ``started`` receives the handle."""
     task = asyncio.ensure_future(session.execute(nb, on_event))
+    handle = Cancellable(task)
+    if started is not None:
+        started(handle)
+    if not signals:
+        return await _outcome_of(task, handle.reasons, [])
     with cancel_on_signals(task) as received:
-        return await _outcome_of(task, received)
+        return await _outcome_of(task, handle.reasons, received)
 
 
 async def _outcome_of(
-    task: asyncio.Future[ExecutionOutcome], received: list[str]
+    task: asyncio.Future[ExecutionOutcome], reasons: list[str], received: list[str]
 ) -> ExecutionOutcome:
+    def why() -> str:
+        return f"cancelled {reasons[0]}" if reasons else f"cancelled by {received[0]}"
+
     try:
         outcome = await task
-        if received:
+        if reasons or received:
             # the engine may have turned the cancellation into another outcome (nbclient
-            # reports a cancelled wait as a dead kernel): the signal is what happened
-            return ExecutionOutcome(
-                "cancelled", f"cancelled by {received[0]}", failed_cell=outcome.failed_cell
-            )
+            # reports a cancelled wait as a dead kernel): the cancellation is what happened
+            return ExecutionOutcome("cancelled", why(), failed_cell=outcome.failed_cell)
         return outcome
     except asyncio.CancelledError:
-        if not received and not task.cancelled():
+        if not (reasons or received) and not task.cancelled():
             raise
-        why = f"cancelled by {received[0]}" if received else "cancelled"
-        return ExecutionOutcome("cancelled", why)
+        return ExecutionOutcome("cancelled", why() if reasons or received else "cancelled")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.notebook import read_bytes, sha256_bytes
 from kiln.notebook.marks import remove_marks
-from kiln.options import OptionError, RunOptions, make_options
+from kiln.options import OPTION_NAMES, OptionError, RunOptions, make_options
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -57,6 +57,34 @@ class RunRequest(RunOptions):
         if self.source is not None:
             return Path.cwd()
         return Path(self.notebook).resolve().parent
+
+    def to_json(self) -> dict[str, Any]:
+        """What a queued run stores to be run later, elsewhere (not the notebook's bytes,
+        kept once per content, nor the parameters, kept on the run row)."""
+        options = {}
+        for name in OPTION_NAMES:
+            value = getattr(self, name)
+            if value != RunOptions.__dataclass_fields__[name].default:
+                options[name] = str(value) if isinstance(value, Path) else value
+        return {
+            "notebook": str(self.notebook),
+            "output": str(self.output) if self.output is not None else None,
+            "options": options,
+        }
+
+    @classmethod
+    def from_json(
+        cls, data: Mapping[str, Any], *, parameters: Mapping[str, Any], source: bytes | None
+    ) -> RunRequest:
+        """The request :meth:`to_json` stored (options checked again, as every request's)."""
+        output = data.get("output")
+        return cls(
+            notebook=Path(str(data["notebook"])),
+            parameters=dict(parameters),
+            output=Path(output) if output else None,
+            source=source,
+            **make_options(dict(data.get("options") or {})),
+        )
 
     @classmethod
     def build(

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
-from kiln.cancel import cancel_on_signals, execute_cancellable
+from kiln.cancel import Cancellable, cancel_on_signals, execute_cancellable
 from kiln.engines.base import (
     CellFinished,
     CellOutput,
@@ -44,6 +44,7 @@ from kiln.errors import (
     CellExecutionError,
     CellFailure,
     KernelDied,
+    KilnError,
     RunCancelled,
     RunFailed,
     RunTimedOut,
@@ -112,6 +113,7 @@ class Runner:
         engine: Engine | None = None,
         observers: Sequence[Observer] = (),
         engines: dict[str, Engine] | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self._home_dir = home
         self._store = store
@@ -123,6 +125,9 @@ class Runner:
         self._recovered = False
         self._file_modes: FileModes | None = None
         self.observers = list(observers)
+        #: SIGINT/SIGTERM cancel the runs (a worker that drains on SIGTERM turns this off)
+        self.handle_signals = handle_signals
+        self._executing: dict[str, Cancellable] = {}
 
     @property
     def store(self) -> RunStore:
@@ -174,17 +179,59 @@ class Runner:
             engine = self._engines[name] = get_engine(name)
         return engine
 
-    async def arun(self, request: RunRequest, *, check: bool = True) -> Run:
-        """Run inside a running event loop; concurrent calls share warm engines."""
+    async def arun(
+        self, request: RunRequest, *, check: bool = True, claimed: Run | None = None
+    ) -> Run:
+        """Run inside a running event loop; concurrent calls share warm engines.
+
+        ``claimed`` is a queued run a worker has claimed (its row exists, ``running``, leased
+        to the worker): the run takes that row instead of adding one, and a request refused
+        at this point ends the row ``failed`` with the reason instead of leaving it held."""
         fixed = self._engine
-        prepared = prepare(request, engine_name=fixed.name if fixed is not None else None)
+        try:
+            prepared = prepare(request, engine_name=fixed.name if fixed is not None else None)
+        except KilnError as exc:
+            if claimed is None:
+                raise
+            return self.refuse(claimed, exc, check=check)
         engine = fixed if fixed is not None else self._engine_named(prepared.engine_name)
         for text in prepared.warnings:
             self._notify(RunWarning(text))
-        run = await self._execute(prepared, engine)
+        try:
+            run = await self._execute(prepared, engine, claimed=claimed)
+        except KilnError as exc:  # e.g. the engine could not start: the claim must end
+            if claimed is None:
+                raise
+            return self.refuse(claimed, exc, check=check)
         if check:
             raise_for_state(run)
         return run
+
+    def cancel(self, run_id: str, reason: str) -> bool:
+        """Stop a run this runner is executing; it ends ``cancelled`` with ``reason`` (e.g.
+        ``"by alice"``). False when the run is not executing here."""
+        handle = self._executing.get(run_id)
+        if handle is None:
+            return False
+        handle.cancel(reason)
+        return True
+
+    def refuse(self, claimed: Run, exc: KilnError, *, check: bool) -> Run:
+        """A claimed run whose request cannot run (any more): it ends ``failed``, saying why."""
+        ended = datetime.now(timezone.utc)
+        reason = f"refused before it started: {exc.message}"
+        if not self.store.finish_run(claimed.id, RunState.FAILED, reason=reason, ended_at=ended):
+            final = self.store.get_run_exact(claimed.id)  # it ended already, as it said
+            if check:
+                raise exc
+            return final
+        final = dataclasses.replace(
+            claimed, state=RunState.FAILED, reason=reason, ended_at=ended, lease_expires=None
+        )
+        self._notify(RunEnded(final))
+        if check:
+            raise exc
+        return final
 
     def _home(self) -> Path:
         if self._store is not None:
@@ -193,7 +240,9 @@ class Runner:
 
         return Path(self._home_dir) if self._home_dir is not None else default_home()
 
-    async def _execute(self, prepared: Prepared, engine: Engine) -> Run:
+    async def _execute(
+        self, prepared: Prepared, engine: Engine, *, claimed: Run | None = None
+    ) -> Run:
         """Start the engine, record the run while it boots, execute, close the engine."""
         from kiln.store import new_run_id
 
@@ -208,9 +257,16 @@ class Runner:
         modes = self._modes()
         if request.output is not None:
             check_writable_output(Path(request.output))
-        run_id = new_run_id()
+        run_id = claimed.id if claimed is not None else new_run_id()
         home = self._home()
-        run_dir = make_run_folder(home / "runs", run_id, modes)
+        try:
+            run_dir = make_run_folder(
+                home / "runs", run_id, modes, exist_ok=claimed is not None
+            )
+        except KilnError as exc:
+            if claimed is None:
+                raise
+            return self.refuse(claimed, exc, check=False)
         log = RunLog(run_dir / "run.log", mode=modes.file)
         deadline = time.monotonic() + request.timeout if request.timeout else None
         options = ExecuteOptions(
@@ -235,7 +291,7 @@ class Runner:
                 # and the run is recorded
                 await session.start()
             prepared.complete()
-            run = self._record(prepared, engine, run_id, run_dir)
+            run = self._record(prepared, engine, run_id, run_dir, claimed=claimed)
             recorded = True
             try:
                 final = await self._drive(prepared, session, run, log)
@@ -287,8 +343,17 @@ class Runner:
         self._notify(RunEnded(final))
         return final
 
-    def _record(self, prepared: Prepared, engine: Engine, run_id: str, run_dir: Path) -> Run:
-        """Commit the run row (queued) and its input copy: durable before anything runs."""
+    def _record(
+        self,
+        prepared: Prepared,
+        engine: Engine,
+        run_id: str,
+        run_dir: Path,
+        *,
+        claimed: Run | None = None,
+    ) -> Run:
+        """Commit the run row (queued) and its input copy: durable before anything runs. A
+        claimed run's row exists: it gets the details."""
         from kiln.store import current_owner
 
         request = prepared.request
@@ -301,6 +366,20 @@ class Runner:
         output_path = (
             Path(request.output) if request.output else run_dir / "output.ipynb"
         ).resolve()
+        if claimed is not None:
+            details: dict[str, Any] = {
+                "run_dir": str(run_dir),
+                "input_path": str(input_path),
+                "output_path": str(output_path),
+                "log_path": str(run_dir / "run.log"),
+                "engine": engine.name,
+                "kernel_name": prepared.kernel_name,
+                "language": prepared.language,
+                "python_version": platform.python_version(),
+                "kiln_version": __version__,
+            }
+            store.update_run(run_id, **details)
+            return dataclasses.replace(claimed, **details)
         run: Run = store.create_run(
             Run(
                 id=run_id,
@@ -420,8 +499,15 @@ class Runner:
             self._notify(event)
 
         try:
-            outcome = await execute_cancellable(session, nb, on_event)
+            outcome = await execute_cancellable(
+                session,
+                nb,
+                on_event,
+                signals=self.handle_signals,
+                started=lambda handle: self._executing.__setitem__(run.id, handle),
+            )
         finally:
+            self._executing.pop(run.id, None)
             saver.stop()
         return self._finish(prepared, run, nb, output_path, log, outcome, durations, records)
 

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"lint/", "convert/"},
     {"events", "cancel", "runlog", "failure", "request"},
     {"runner"},
-    {"sweeps/"},
+    {"sweeps/", "queue/"},
     {"liveoutput"},
     {"testing/", "papermill", "api"},
     {"cli/", "kiln"},

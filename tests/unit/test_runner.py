@@ -233,9 +233,7 @@ def test_invalid_notebook_found_after_kernel_launch_leaves_nothing(tmp_path, run
     assert not list((tmp_path / "home" / "runs").iterdir())
 
 
-def test_signal_handlers_are_installed_once_for_back_to_back_runs(
-    tmp_path, runner, monkeypatch
-):
+def test_signal_handlers_are_installed_once_for_back_to_back_runs(tmp_path, runner, monkeypatch):
     import asyncio
 
     nb = _write(tmp_path, ["x = 1"])

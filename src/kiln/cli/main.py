@@ -54,6 +54,7 @@ COMMANDS = (
     "run_cmd",
     "params_cmd",
     "runs_cmd",
+    "queue_cmd",
     "lint_cmd",
     "verify_cmd",
     "clean_cmd",

@@ -40,6 +40,13 @@ class _Ordered(argparse.Action):
         namespace.param_sources = items
 
 
+def _retries(text: str) -> int:
+    try:
+        return parse_count(text, minimum=0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _jobs(text: str) -> int:
     try:
         return parse_count(text)
@@ -116,6 +123,20 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         action="store_false",
         default=argparse.SUPPRESS,
         help="show cell inputs in the output (the default)",
+    )
+    q = p.add_argument_group("the queue")
+    q.add_argument(
+        "--queue",
+        action="store_true",
+        help="validate and submit the run to the queue, print its id and return at once "
+        "(a worker runs it: kiln worker, kiln serve)",
+    )
+    q.add_argument(
+        "--retries",
+        type=_retries,
+        default=0,
+        metavar="N",
+        help="with --queue: run again up to N times if the worker running it dies",
     )
     s = p.add_argument_group("sweeps")
     s.add_argument(
@@ -245,6 +266,8 @@ def handle(args: argparse.Namespace) -> int:
         from kiln.cli.params_cmd import show_parameters
 
         return show_parameters(args.notebook, as_json=args.json)
+    if args.queue:
+        return handle_queue(args)
     if args.sweep is not None:
         return handle_sweep(args)
     if args.jobs is not None or args.allow_outside:
@@ -283,6 +306,24 @@ def handle(args: argparse.Namespace) -> int:
         raise_for_state(run)
     if not quiet and not args.json:
         console.summary(run)
+    return 0
+
+
+def handle_queue(args: argparse.Namespace) -> int:
+    """``kiln run NB --queue``: validated and committed ``queued``; prints the run id."""
+    from kiln.queue import submit
+
+    if args.sweep is not None or args.output == "-":
+        raise UsageError("--queue submits one run with a file output: drop --sweep and '-'")
+    from kiln import remote
+
+    if args.output is not None and remote.is_url(args.output):
+        raise UsageError("--queue writes the output on the worker's disk: give a local path")
+    run = submit(build_request(args, output=args.output), retries=args.retries)
+    if args.json:
+        print(json.dumps(run.to_json(), indent=2, default=str))
+    else:
+        print(run.id)
     return 0
 
 

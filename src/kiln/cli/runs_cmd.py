@@ -64,6 +64,9 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "-f", "--follow", action="store_true", help="keep printing until the run ends"
     )
     logs.set_defaults(handler=handle_logs)
+    cancel = rs.add_parser("cancel", parents=parents, help="cancel queued or running runs")
+    cancel.add_argument("ids", nargs="+", metavar="ID", help="run ids, unique prefixes, or 'last'")
+    cancel.set_defaults(handler=handle_cancel)
     rm = rs.add_parser("rm", parents=parents, help="remove finished runs and their folders")
     rm.add_argument("ids", nargs="+", metavar="ID", help="run ids, unique prefixes, or 'last'")
     rm.add_argument("--json", action="store_true", help="print the removed runs' ids as JSON")
@@ -311,3 +314,48 @@ def handle_rm(args: argparse.Namespace) -> int:
         for run_id in removed:
             print(f"removed {run_id}", file=sys.stderr)
     return 0
+
+
+def handle_cancel(args: argparse.Namespace) -> int:
+    """A queued run ends ``cancelled`` now; a running one is stopped by its worker."""
+    import getpass
+
+    from kiln.errors import HomeNotFound, RunNotFound
+    from kiln.store.queue import request_cancel
+
+    try:
+        with open_store(write=True) as store:
+            found = [store.get_run(key) for key in args.ids]
+            for run in found:
+                if run.finished:
+                    print(f"{run.id} already ended: {run.state}", file=sys.stderr)
+                    continue
+                now = request_cancel(store, run.id, reason=f"cancelled by {getpass.getuser()}")
+                what = "cancelled" if now.finished else "cancel requested (its worker stops it)"
+                if not now.finished and now.lease_owner is None:
+                    what = _signal_owner(now)
+                if not args.quiet:
+                    print(f"{run.id}: {what}", file=sys.stderr)
+    except HomeNotFound as exc:
+        raise RunNotFound(exc.message) from None
+    return 0
+
+
+def _signal_owner(run: Run) -> str:
+    """A run started directly (``kiln run``, not a worker) stops when its Kiln process gets
+    SIGTERM, as with Ctrl-C: send it, if that process is still the one that started the run."""
+    import os
+    import signal
+
+    from kiln.store.process import current_owner, same_process
+
+    _, host, _ = current_owner()
+    if run.owner_pid is None or run.owner_host != host:
+        return f"cannot stop it from here: it runs in process {run.owner_pid} on {run.owner_host}"
+    if same_process(run.owner_pid, run.owner_started) is not True:
+        return "its Kiln process is gone; the next command marks the run crashed"
+    try:
+        os.kill(run.owner_pid, signal.SIGTERM)
+    except OSError as exc:
+        return f"cannot signal its Kiln process {run.owner_pid}: {exc.strerror}"
+    return f"sent SIGTERM to its Kiln process {run.owner_pid} (every run of that process stops)"

@@ -60,13 +60,16 @@ def file_modes() -> FileModes:
     return FileModes(section.mode) if section is not None else FileModes()
 
 
-def make_run_folder(runs_dir: Path, run_id: str, modes: FileModes) -> Path:
-    """Create ``runs/<id>`` (private), or say why the home cannot take a run."""
+def make_run_folder(
+    runs_dir: Path, run_id: str, modes: FileModes, *, exist_ok: bool = False
+) -> Path:
+    """Create ``runs/<id>`` (private), or say why the home cannot take a run. A queued run's
+    folder exists already (``exist_ok``)."""
     folder = runs_dir / run_id
     try:
         if not runs_dir.is_dir():
             runs_dir.mkdir(parents=True, mode=modes.folder)
-        folder.mkdir(mode=modes.folder)
+        folder.mkdir(mode=modes.folder, exist_ok=exist_ok)
         os.chmod(folder, modes.folder)  # mkdir's mode is masked by the umask
     except OSError as exc:
         raise HomeNotWritable(

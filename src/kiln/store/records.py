@@ -143,6 +143,21 @@ class Run:
     #: Start time of ``kernel_pid`` (epoch seconds), so a recycled pid is never mistaken for
     #: the run's leftover kernel.
     kernel_started: float | None = None
+    #: what to run, for a run submitted to the queue (options, output, notebook label)
+    request: dict[str, Any] | None = None
+    #: the worker holding the run, and until when (renewed while it runs)
+    lease_owner: str | None = None
+    lease_expires: datetime | None = None
+    #: the run this one retries, its attempt number (1 for the first) and how many retries
+    #: its policy allows
+    retry_of: str | None = None
+    attempt: int | None = None
+    max_retries: int | None = None
+    #: who asked for the run (a user of the server, a schedule, a pipeline build)
+    submitted_by: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    #: when someone asked to cancel the run (its holder stops it)
+    cancel_requested: datetime | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, RunState):

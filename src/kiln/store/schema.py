@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 #: The newest migration. The store compares it with ``alembic_version`` on open and only imports
 #: Alembic when the database is new or behind; a test checks it equals Alembic's script head.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 metadata = sa.MetaData()
 
@@ -48,7 +48,18 @@ runs = sa.Table(
     sa.Column("owner_started", sa.Double),
     sa.Column("kernel_pid", sa.Integer),
     sa.Column("kernel_started", sa.Double),
+    # the queue (0002)
+    sa.Column("request", sa.JSON(none_as_null=True)),
+    sa.Column("lease_owner", sa.String(255)),
+    sa.Column("lease_expires", sa.DateTime(timezone=True)),
+    sa.Column("retry_of", sa.String(128)),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("max_retries", sa.Integer),
+    sa.Column("submitted_by", sa.String(255)),
+    sa.Column("tags", sa.JSON(none_as_null=True)),
+    sa.Column("cancel_requested", sa.DateTime(timezone=True)),
     sa.Index("ix_runs_state", "state"),
+    sa.Index("ix_runs_state_created_at", "state", "created_at"),
     sa.Index("ix_runs_created_at", "created_at"),
     sa.Index("ix_runs_notebook_path", "notebook_path"),
     sa.Index("ix_runs_notebook_name", "notebook_name"),

@@ -34,10 +34,13 @@ from kiln.errors import HomeNotFound, HomeNotWritable, RunNotFound, StoreError
 from kiln.store.migrate import ensure_schema
 from kiln.store.paths import check_run_id, default_home
 from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
+from kiln.store.queue import crash_and_retry
 from kiln.store.records import ACTIVE_STATES, STATES, TERMINAL_STATES, Record, Run, RunState
 from kiln.store.schema import runs
 
-_DATETIME_FIELDS = frozenset({"created_at", "started_at", "ended_at"})
+_DATETIME_FIELDS = frozenset(
+    {"created_at", "started_at", "ended_at", "lease_expires", "cancel_requested"}
+)
 _RUN_FIELDS = tuple(f.name for f in fields(Run))
 #: Fields ``update_run`` accepts: every Run field but the id; ``records`` means ``records_list``.
 _UPDATABLE = frozenset(_RUN_FIELDS) - {"id"} | {"records"}
@@ -355,14 +358,12 @@ class RunStore:
             if pid_exists(run.owner_pid):
                 reason += f"; pid {run.owner_pid} now belongs to another process"
             reason += f" (found by pid {me})"
-            values = _column_values(
-                {"state": RunState.CRASHED, "ended_at": _now(), "reason": reason}
-            )
             # Only if nothing moved meanwhile: the run may have finished, been recovered by
-            # another process, or been claimed by a live worker since it was read.
+            # another process, or been claimed by a live worker since it was read. A queued
+            # run whose policy allows it is retried (a new row), in the same transaction.
             same_owner = (runs.c.owner_pid == run.owner_pid, runs.c.owner_host == host)
             try:
-                if not self._end(run.id, values, runs.c.state == run.state, *same_owner):
+                if crash_and_retry(self, run, reason, *same_owner) is None:
                     continue
             except StoreError:
                 # the history cannot be written now (a full disk): it stays readable, and the
@@ -542,6 +543,7 @@ def _row_to_run(row: sa.Row[Any]) -> Run:
             values[name] = data[name]
     values["parameters"] = values["parameters"] or {}
     values["cell_durations"] = values["cell_durations"] or []
+    values["tags"] = values["tags"] or {}
     return Run(**values)
 
 
