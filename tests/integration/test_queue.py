@@ -106,7 +106,7 @@ def test_two_workers_run_every_run_exactly_once(project: Path) -> None:
             cwd=project,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-        )  # fmt: skip
+        )
         for _ in range(2)
     ]
     for worker in workers:
@@ -126,7 +126,7 @@ def test_a_killed_worker_is_found_and_its_run_retried_once(project: Path) -> Non
                       "--queue", "--retries", "1", home=home, cwd=project)  # fmt: skip
     first_id = submitted.stdout.strip()
     worker = subprocess.Popen([KILN, "worker"], env=_env(home), cwd=project,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for(lambda: marker.exists(), what="the run to start")
         child = int(marker.read_text().split()[1])
