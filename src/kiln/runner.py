@@ -260,9 +260,7 @@ class Runner:
         run_id = claimed.id if claimed is not None else new_run_id()
         home = self._home()
         try:
-            run_dir = make_run_folder(
-                home / "runs", run_id, modes, exist_ok=claimed is not None
-            )
+            run_dir = make_run_folder(home / "runs", run_id, modes, exist_ok=claimed is not None)
         except KilnError as exc:
             if claimed is None:
                 raise
