@@ -13,6 +13,7 @@ from kiln.engines.base import (
     CellStarted,
     Engine,
     EngineSession,
+    EngineSwitched,
     Event,
     ExecuteOptions,
     ExecutionOutcome,
@@ -26,6 +27,7 @@ __all__ = [
     "CellStarted",
     "Engine",
     "EngineSession",
+    "EngineSwitched",
     "Event",
     "ExecuteOptions",
     "ExecutionOutcome",
@@ -105,7 +107,7 @@ def choose_engine(
         raise UsageError(f"unknown engine {requested!r}; choose one of: {', '.join(CHOICES)}")
     if requested in ("kernel", "fake"):
         if memory_limit and requested == "kernel":
-            raise UsageError("--memory-limit needs the fork engine (--engine fork or auto)")
+            raise UsageError("memory_limit needs the fork engine (engine 'fork' or 'auto')")
         return requested, None
     why = fork_unsupported(spec, imports, sources or [])
     if why is None:
