@@ -35,6 +35,7 @@ from kiln.engines.base import (
     CellStarted,
     Engine,
     EngineSession,
+    EngineSwitched,
     Event,
     ExecuteOptions,
     ExecutionOutcome,
@@ -218,6 +219,8 @@ class Runner:
             preload=prepared.imports,
             memory_limit=request.memory_limit,
             argv=(str(Path(request.notebook).resolve()),),
+            # hook for the fork engine: under "auto" it may still move the run to a kernel
+            kernel_fallback=request.engine == "auto" and request.memory_limit is None,
         )
         session = engine.session(options)
         graceful = False
@@ -349,6 +352,13 @@ class Runner:
                 durations[event.index] = round(event.duration, 6)
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
                 saver.changed()
+            elif isinstance(event, EngineSwitched):
+                # hook for the fork engine's fallback (engine "auto"): same run, another engine
+                log.line(f"warning: {event.notice}")
+                run.engine = event.engine
+                store.update_run(run.id, engine=event.engine)
+                self._notify(RunWarning(event.notice))
+                return
             elif isinstance(event, KernelReady):
                 log.line(
                     f"kernel {event.kernel_name} ready ({event.kernel_version}, "
