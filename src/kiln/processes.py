@@ -78,6 +78,8 @@ class ProcInfo:
     """One line of ``/proc/<pid>/stat``, the fields Kiln uses."""
 
     pid: int
+    #: the executable's name, cut to 15 characters by the kernel
+    comm: str
     state: str
     ppid: int
     pgid: int
@@ -93,13 +95,14 @@ def proc_info(pid: int) -> ProcInfo | None:
             raw = fh.read()
     except OSError:
         return None
-    _, sep, rest = raw.rpartition(b")")  # comm may hold spaces and parentheses
+    head, sep, rest = raw.rpartition(b")")  # comm may hold spaces and parentheses
     fields = rest.split()
     if not sep or len(fields) < 20:
         return None
     try:
         return ProcInfo(
             pid=pid,
+            comm=head.partition(b"(")[2].decode("utf-8", "replace"),
             state=fields[0].decode("ascii", "replace"),
             ppid=int(fields[1]),
             pgid=int(fields[2]),

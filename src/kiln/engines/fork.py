@@ -100,7 +100,6 @@ class ForkPool:
             stopping.add_done_callback(self._stopping.discard)
             server = None
         if server is None:
-            reap_leftover_parents()
             server = ForkServer(
                 python,
                 start_timeout=self.start_timeout,
@@ -109,6 +108,7 @@ class ForkPool:
             )
             server.launch()
             self._servers[python] = server
+            reap_leftover_parents()  # while the new parent starts up
         return server
 
     async def preload(self, server: ForkServer, modules: list[str], cwd: str) -> None:
@@ -409,7 +409,10 @@ def reap_leftover_parents() -> list[int]:
         return []
     _leftovers_reaped = True
     uid, killed = os.getuid(), []
+    comm = os.path.basename(sys.executable)[:15]
     for info in processes.proc_table().values():
+        if info.comm != comm:
+            continue
         argv = _cmdline(info.pid)
         if len(argv) != 7 or argv[1] != "-c" or argv[3] != MARKER or _uid(info.pid) != uid:
             continue

@@ -213,7 +213,9 @@ def child_main(
         processes.set_dumpable(True)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        # SIGPIPE stays ignored, as in any Python process (a kernel's too): a write to a
+        # closed pipe raises BrokenPipeError
+        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in parent_fds:
@@ -233,6 +235,8 @@ def child_main(
             with contextlib.suppress(Exception):
                 error = f"{type(exc).__name__}: {exc}"
                 _channel.send({proto.KIND: proto.FATAL, proto.ERROR: error})
+        with contextlib.suppress(Exception):
+            _end_processes()  # the run is over, whatever broke: what it started goes too
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
