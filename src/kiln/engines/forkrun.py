@@ -66,13 +66,18 @@ class RunChannel:
         asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
-        if self._wake is not None:
-            asyncio.get_running_loop().remove_reader(self.sock.fileno())
-            self._wake = None
+        self._stop_reading()
+        self._wake = None
         self.sock.close()
+
+    def _stop_reading(self) -> None:
+        if self._wake is not None and self.sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
 
     def _readable(self) -> None:
         self.read_available()
+        if self.eof or self.error is not None:
+            self._stop_reading()  # an ended socket stays readable: stop being called for it
         if self._wake is not None:
             self._wake()
 
