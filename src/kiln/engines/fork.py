@@ -12,8 +12,8 @@ is one run: it gets a child forked, talks to it over its own socket
 Every deadline is the supervisor's: ``timeout`` covers the warm parent's start and the
 pre-imports too. A parent that stops answering is killed and replaced (the run retries on a
 new one); a pre-import that hangs or starts a thread is not pre-imported again, and with
-``engine="auto"`` the run moves to the kernel engine (:class:`~kiln.engines.base.
-EngineSwitched`), before any cell ran, in the same run.
+``engine="auto"`` the run moves to the kernel engine before any cell ran, as the same run (an
+:class:`~kiln.engines.base.EngineSwitched` event tells the runner).
 """
 
 from __future__ import annotations
