@@ -163,8 +163,9 @@ class ForkServer:
             self.importing = str(msg.get(proto.MODULE))
             self._budget_end = time.monotonic() + self.preload_timeout
         elif kind == proto.EXITED:
-            waiter = self.exit_future(str(msg.get(proto.RUN_ID)))
-            if not waiter.done():
+            # only runs still followed (a forgotten run's report is dropped)
+            waiter = self._exits.get(str(msg.get(proto.RUN_ID)))
+            if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
         elif not self._pending:
             self.fail(f"protocol error: an answer ({kind}) to no request")
@@ -199,10 +200,12 @@ class ForkServer:
             self._watch = asyncio.get_running_loop().call_later(_WATCH_EVERY, self._check)
 
     def exit_future(self, run_id: str) -> asyncio.Future[dict[str, Any]]:
-        """Set to the parent's report when it reaps child ``run_id``."""
+        """Set to the parent's report when it reaps child ``run_id`` (followed from its fork
+        until :meth:`forget`)."""
         waiter = self._exits.get(run_id)
         if waiter is None:
-            waiter = self._exits[run_id] = asyncio.get_running_loop().create_future()
+            waiter = asyncio.get_running_loop().create_future()
+            waiter.cancel()  # not followed: nothing will come
         return waiter
 
     # -- failing ---------------------------------------------------------------------------
@@ -289,6 +292,7 @@ class ForkServer:
         if reply[proto.KIND] != proto.FORKED or reply.get(proto.RUN_ID) != run_id:
             self.fail(f"the fork engine's warm parent refused the run: {reply.get(proto.ERROR)}")
             raise ParentLost(str(self.broken))
+        self._exits[run_id] = asyncio.get_running_loop().create_future()
         return run_id, int(reply[proto.PID])
 
     def check_child(self, pid: int) -> None:
