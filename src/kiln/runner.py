@@ -35,6 +35,7 @@ from kiln.engines.base import (
     CellStarted,
     Engine,
     EngineSession,
+    EngineSwitched,
     Event,
     ExecuteOptions,
     ExecutionOutcome,
@@ -279,6 +280,8 @@ class Runner:
             memory_limit=request.memory_limit,
             startup_timeout=request.start_timeout or ExecuteOptions.startup_timeout,
             argv=(request.notebook_label,),
+            # under "auto" the fork engine may still move the run to a kernel (EngineSwitched)
+            kernel_fallback=request.engine == "auto" and request.memory_limit is None,
         )
         session = engine.session(options)
         graceful = False
@@ -479,6 +482,13 @@ class Runner:
                 cell_finished(nb.cells[event.index], event.duration, event.status == "error")
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
                 saver.changed()
+            elif isinstance(event, EngineSwitched):
+                # hook for the fork engine's fallback (engine "auto"): same run, another engine
+                log.line(f"warning: {event.notice}")
+                run.engine = event.engine
+                store.update_run(run.id, engine=event.engine)
+                self._notify(RunWarning(event.notice))
+                return
             elif isinstance(event, KernelReady):
                 log.line(
                     f"kernel {event.kernel_name} ready ({event.kernel_version}, "

@@ -14,7 +14,7 @@ import kiln
 
 #: lowest first; a unit is a package (``notebook/``) or a top-level module (``runner``)
 LAYERS: list[set[str]] = [
-    {"errors", "units", "textutil", "recording"},
+    {"errors", "units", "textutil", "recording", "processes"},
     {"yamlio", "remote", "options"},
     {"flags", "notebook/", "project/"},
     {"parameters/", "engines/", "store/"},

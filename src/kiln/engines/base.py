@@ -53,7 +53,16 @@ class CellFinished:
     status: Literal["ok", "error", "skipped"]
 
 
-Event = KernelReady | CellStarted | CellOutput | CellFinished
+@dataclass(frozen=True)
+class EngineSwitched:
+    """The run moved to another engine before any cell ran (``engine="auto"``: the fork
+    engine found it cannot run this notebook after all); ``notice`` says why, in one line."""
+
+    engine: str
+    notice: str
+
+
+Event = KernelReady | CellStarted | CellOutput | CellFinished | EngineSwitched
 EventSink = Callable[[Event], None]
 
 
@@ -78,6 +87,9 @@ class ExecuteOptions:
     memory_limit: int | None = None
     #: ``sys.argv`` of the run (fork engine; a kernel has its own)
     argv: tuple[str, ...] = ()
+    #: when the fork engine finds it cannot run the notebook after all (a pre-import hangs or
+    #: starts a thread), run it on a kernel instead of failing (``engine="auto"``)
+    kernel_fallback: bool = False
 
 
 @dataclass

@@ -18,6 +18,7 @@ import traceback
 from typing import Any
 
 from kiln import recording
+from kiln.engines import outcomes
 from kiln.engines.base import (
     CellFinished,
     CellOutput,
@@ -87,9 +88,7 @@ class FakeSession:
             source = cell.source
             if source.startswith("%%fake-die"):
                 emit(CellFinished(index, time.monotonic() - t0, "error"))
-                return ExecutionOutcome(
-                    "dead", f"the kernel died while running cell {index}", index
-                )
+                return ExecutionOutcome("dead", outcomes.kernel_died(index), index)
             if source.startswith("%%fake-hang"):
                 emit(CellFinished(index, time.monotonic() - t0, "error"))
                 return ExecutionOutcome(
@@ -104,7 +103,7 @@ class FakeSession:
                 failure = failure_from_error_output(cell, index, error)
                 if is_clean_exit(failure):
                     emit(CellFinished(index, time.monotonic() - t0, "ok"))
-                    return ExecutionOutcome("ok", f"stopped early by SystemExit in cell {index}")
+                    return ExecutionOutcome("ok", outcomes.stopped_early(index))
                 if not options.allow_errors:
                     emit(CellFinished(index, time.monotonic() - t0, "error"))
                     return ExecutionOutcome(

@@ -2,10 +2,28 @@
 
 The child reads its run spec (cells, working directory, environment, argv, memory limit)
 from the socket it inherited, executes the cells in the pre-made IPython shell and reports
-each cell's start, outputs and end as JSON lines. It puts itself in a new session (its own
-process group, so a timeout kills the cell's subprocesses too), captures what is written to
-file descriptors 1 and 2 (subprocesses, C libraries) as well as ``sys.stdout``/``sys.stderr``,
-and never returns to the parent's code.
+each cell's start, outputs and end (messages in :mod:`kiln.engines.forkproto`). It captures
+what is written to file descriptors 1 and 2 (subprocesses, C libraries) as well as
+``sys.stdout``/``sys.stderr``, and never returns to the parent's code.
+
+What it sets up first, and why:
+
+* a new session (its own process group), so a timeout's kill reaches the cell's subprocesses;
+* a child subreaper (``PR_SET_CHILD_SUBREAPER``): processes the run starts in a new session,
+  or daemonises by double-forking, re-parent to the child instead of init, so the run's end
+  finds and kills them (:func:`kiln.processes.kill_tree`) before it reports ``done``;
+* dumpable again: it inherits the warm parent's non-dumpable flag, which would hide its own
+  ``/proc/self/environ`` and ``/proc/self/io`` from it as a non-root user, and block debuggers
+  and core dumps a kernel would allow. The parent stays protected: ptrace checks look at the
+  *target's* flag, and the parent's stays off;
+* only its own socket: the parent's control socket and wake-up pipe are closed, and the run's
+  socket is close-on-exec, so commands the cells run do not inherit it. A process the run
+  forks without exec (``os.fork``, multiprocessing) drops the socket too and writes to the
+  captured file descriptors instead (``_detach``). The supervisor accepts the run's messages
+  from this process only (it checks the sender of each chunk).
+
+If the supervisor goes away (its end of the socket closes), the child kills what it started
+and exits: a run does not outlive its Kiln process.
 """
 
 from __future__ import annotations
@@ -18,17 +36,29 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
+from kiln import processes
+from kiln.engines import forkproto as proto
 from kiln.engines import forkshell
 from kiln.engines.forkshell import Channel, KilnShell, Outputs, StreamFile, Streams
+from kiln.engines.imports import run_sys_path, shadowed
+from kiln.engines.outcomes import error_output
+
+#: this run's channel (None in processes the run's code forks: see ``_detach``)
+_channel: Channel | None = None
 
 
 class FdCapture:
-    """Route file descriptors 1 and 2 into the cell's streams (an IO thread reads them)."""
+    """Route file descriptors 1 and 2 into the cell's streams (an IO thread reads them; it
+    also watches the run's socket for the supervisor going away)."""
 
-    def __init__(self, streams: Streams) -> None:
+    def __init__(self, streams: Streams, channel: Channel) -> None:
         self.streams = streams
+        self.channel = channel
+        #: the run's socket, watched for the supervisor's end closing
+        self.watch: int | None = channel.sock.fileno()
         self.fds: dict[int, str] = {}
         self.decoders: dict[int, Any] = {}
         self.lock = threading.Lock()
@@ -53,13 +83,30 @@ class FdCapture:
             self.streams.write(self.fds[fd], self.decoders[fd].decode(data))
 
     def _loop(self) -> None:
-        fds = list(self.fds)
         while True:
+            fds = list(self.fds) + ([self.watch] if self.watch is not None else [])
             ready, _, _ = select.select(fds, [], [], 0.1)
+            if self.watch is not None and self.watch in ready:
+                self._check_supervisor()
             with self.lock:
                 for fd in ready:
-                    self._read_available(fd)
+                    if fd in self.fds:
+                        self._read_available(fd)
             self.streams.flush()
+
+    def _check_supervisor(self) -> None:
+        """The supervisor sends nothing after the spec: readable means its end closed."""
+        try:
+            data = self.channel.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.watch = None  # unexpected, but not a hang-up: stop watching
+            return
+        processes.kill_tree(os.getpid(), include_root=False)
+        os._exit(1)
 
     def pull(self) -> None:
         """What subprocesses already wrote goes first: called before each Python-level write
@@ -104,51 +151,104 @@ def _stdin_unavailable(prompt: object = "") -> str:
     )
 
 
-def _apply_spec(spec: dict[str, Any]) -> None:
-    limit = spec.get("memory_limit")
+def _apply_spec(spec: dict[str, Any], base_path: list[str], shadowable: Iterable[str]) -> None:
+    limit = spec.get(proto.MEMORY_LIMIT)
     if limit:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
-    if spec.get("cwd"):
-        os.chdir(spec["cwd"])
-    env = spec.get("env")
+    if spec.get(proto.CWD):
+        os.chdir(spec[proto.CWD])
+    env = spec.get(proto.ENV)
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
     # what ipykernel does: figures are shown inline unless the run chose a backend
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    sys.argv = list(spec.get("argv") or [""])
+    _kernel_imports(base_path, shadowable)
+    sys.argv = list(spec.get(proto.ARGV) or [""])
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
 
 
-def child_main(sock_fd: int, shell: KilnShell) -> NoReturn:
+def _kernel_imports(base_path: list[str], shadowable: Iterable[str]) -> None:
+    """Imports resolve as in a kernel started in the run's working directory: the kernel's
+    ``sys.path``, and no pre-imported library that a module of that directory shadows."""
+    cwd = os.getcwd()
+    sys.path[:] = run_sys_path(base_path, safe_path=bool(os.environ.get("PYTHONSAFEPATH")))
+    sys.path_importer_cache.pop(cwd, None)  # the parent's listing of this folder may be stale
+    for top in shadowed(shadowable, cwd):
+        for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+            del sys.modules[name]
+
+
+def _detach() -> None:
+    """In a process the run's code forked (not exec'd): it is not the run. It drops the run's
+    socket, so it cannot hold the channel open or write to it, and prints to file
+    descriptors 1 and 2, which the run captures as the cell's output."""
+    global _channel
+    forkshell._outputs = None
+    if _channel is not None:
+        with contextlib.suppress(OSError):
+            _channel.sock.close()
+        _channel = None
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+
+def child_main(
+    sock_fd: int,
+    shell: KilnShell,
+    parent_fds: Iterable[int],
+    base_path: list[str],
+    shadowable: Iterable[str],
+) -> NoReturn:
     """Run one notebook's cells and exit; never returns."""
+    global _channel
     status = 0
-    channel: Channel | None = None
     try:
         os.setsid()
-        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        processes.set_child_subreaper()
+        processes.set_dumpable(True)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)
-        channel = Channel(socket.socket(fileno=sock_fd))
-        spec = channel.receive()
-        _apply_spec(spec)
-        _run_cells(channel, shell, spec)
+        # SIGPIPE stays ignored, as in any Python process (a kernel's too): a write to a
+        # closed pipe raises BrokenPipeError
+        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd in parent_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        os.set_inheritable(sock_fd, False)
+        _channel = Channel(socket.socket(fileno=sock_fd))
+        os.register_at_fork(after_in_child=_detach)
+        spec = _channel.receive()
+        _apply_spec(spec, base_path, shadowable)
+        _run_cells(_channel, shell, spec)
+        _end_processes()
+        _channel.send({proto.KIND: proto.DONE})
     except BaseException as exc:  # report anything that breaks the child itself
         status = 1
-        if channel is not None:
+        if _channel is not None:
             with contextlib.suppress(Exception):
-                channel.send({"t": "fatal", "error": f"{type(exc).__name__}: {exc}"})
+                error = f"{type(exc).__name__}: {exc}"
+                _channel.send({proto.KIND: proto.FATAL, proto.ERROR: error})
+        with contextlib.suppress(Exception):
+            _end_processes()  # the run is over, whatever broke: what it started goes too
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(status)
+
+
+def _end_processes() -> None:
+    """Kill what the run started and left running: as a subreaper, the child has every such
+    process below it. Most runs have no child left at all, which one syscall tells."""
+    if processes.has_children():
+        processes.kill_tree(os.getpid(), include_root=False)
 
 
 def _run_cells(channel: Channel, shell: KilnShell, spec: dict[str, Any]) -> None:
@@ -157,37 +257,49 @@ def _run_cells(channel: Channel, shell: KilnShell, spec: dict[str, Any]) -> None
     outputs = Outputs(channel)
     streams = Streams(outputs)
     forkshell._outputs = outputs
-    capture = FdCapture(streams)
+    capture = FdCapture(streams, channel)
     streams.before_write = capture.pull
     sys.stdout = StreamFile(streams, "stdout", 1)
     sys.stderr = StreamFile(streams, "stderr", 2)
     builtins.input = _stdin_unavailable
-    channel.send({"t": "ready", "pid": os.getpid()})
-    allow_errors = bool(spec.get("allow_errors"))
-    for cell in spec["cells"]:
-        index = int(cell["index"])
+    allow_errors = bool(spec.get(proto.ALLOW_ERRORS))
+    for cell in spec[proto.CELLS]:
+        index = int(cell[proto.INDEX])
         outputs.begin(index)
         count = shell.execution_count
         shell.last_error = None
-        channel.send({"t": "start", "cell": index, "count": count})
-        result = shell.run_cell(cell["source"], store_history=True)
+        channel.send({proto.KIND: proto.CELL_START, proto.CELL: index, proto.COUNT: count})
+        result = shell.run_cell(cell[proto.SOURCE], store_history=True)
         capture.drain()
-        error = None
-        if not result.success:
-            error = shell.last_error or _error_from(result)
+        cell_outputs = outputs.cells.get(index, [])
+        error = _cell_error(shell, result, cell_outputs)
         channel.send(
             {
-                "t": "end",
-                "cell": index,
-                "count": count,
-                "outputs": outputs.cells.get(index, []),
-                "error": error,
+                proto.KIND: proto.CELL_END,
+                proto.CELL: index,
+                proto.COUNT: count,
+                proto.OUTPUT_LIST: cell_outputs,
+                proto.ERROR: error,
             }
         )
-        if error is not None and not allow_errors and not cell.get("raises"):
+        if error is not None and not allow_errors and not cell.get(proto.RAISES):
             break
     capture.drain()
-    channel.send({"t": "done"})
+
+
+def _cell_error(
+    shell: KilnShell, result: Any, cell_outputs: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The cell's error as a kernel would report it. An error shown after the cell's code ran
+    (a post-execute callback) counts too: the cell's outputs hold it."""
+    if shell.last_error is not None:
+        return shell.last_error
+    if not result.success:
+        return _error_from(result)
+    shown = error_output(cell_outputs)
+    if shown is not None:
+        return {k: shown.get(k) for k in ("ename", "evalue", "traceback")}
+    return None
 
 
 def _error_from(result: Any) -> dict[str, Any]:

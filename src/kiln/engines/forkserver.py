@@ -1,20 +1,33 @@
-"""The warm parent: ``python -m kiln.engines.forkserver FD``.
+"""The warm parent: a small process that has IPython ready and forks a child per run.
 
-A small single-threaded process that has IPython ready and has imported what notebooks
-import; for each run it forks a child (see :mod:`kiln.engines.forkchild`). It talks to its
-supervisor over a SOCK_SEQPACKET socket (JSON messages; a run request carries the run's own
-socket as an SCM_RIGHTS file descriptor), reaps every child and reports how it exited.
+Started by the supervisor (:mod:`kiln.engines.fork`) as ``python -c BOOT MARKER FD OWNER
+OWNER_START``: ``-c`` rather than ``-m`` because ``-m`` would put the supervisor's working
+directory first on ``sys.path``, where a ``helpers.py`` would shadow the notebook's own; BOOT
+removes the ``''`` that ``-c`` puts there instead. Each child sets the path a kernel would have.
 
-It holds no threads, no event loop and no database connection, so forking it is safe; after
-each preload it checks that no import started a thread. When its supervisor goes away it
-kills its children and exits.
+It talks to its supervisor over a SOCK_SEQPACKET socket (messages in
+:mod:`kiln.engines.forkproto`; a run request carries the run's socket as an SCM_RIGHTS file
+descriptor), pre-imports the libraries notebooks import, forks a child per run (see
+:mod:`kiln.engines.forkchild`), reaps every child and reports how it exited.
+
+It stays single-threaded with no event loop, so forking it is safe; after each pre-import it
+checks that the import started no thread. It protects itself and follows its supervisor:
+
+* non-dumpable (``PR_SET_DUMPABLE`` 0): a run's code, running as the same user, cannot read
+  or write its memory through ``/proc/<ppid>/mem``, ptrace it, or take its control socket with
+  ``pidfd_getfd``, so no run can change what later runs start from (root still can: see
+  ``docs/fork-engine-threat-model.md``);
+* a child subreaper: what a crashed child leaves behind re-parents here and is killed when the
+  supervisor asks for a :data:`~kiln.engines.forkproto.SWEEP`;
+* ``PR_SET_PDEATHSIG`` SIGKILL: it dies with the supervisor's thread that started it, even
+  when it is stopped; its command line names its owner, so a Kiln command that finds one whose
+  owner is gone kills it (:func:`kiln.engines.fork.reap_leftover_parents`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import select
 import signal
@@ -23,11 +36,18 @@ import sys
 import threading
 from typing import Any
 
+from kiln import processes
+from kiln.engines import forkproto as proto
+from kiln.engines.imports import is_library, library_dirs, run_sys_path, shadowable
 
-def _send(ctl: socket.socket, message: dict[str, Any]) -> None:
-    with contextlib.suppress(OSError):
-        ctl.send(json.dumps(message).encode("utf-8"))
-
+#: the command line's mark, so that a leftover parent can be recognised (and its owner read)
+MARKER = "kiln-fork-parent"
+BOOT = (
+    "import sys\n"
+    "if sys.path and sys.path[0] == '': del sys.path[0]\n"
+    "from kiln.engines.forkserver import main\n"
+    "main()"
+)
 
 #: library warm-ups run once in the parent after the module is imported: lazy imports and
 #: caches every child would otherwise fill again (no user code, nothing in the user's
@@ -42,23 +62,158 @@ WARMERS = {
 }
 
 
-def _preload(modules: list[str]) -> dict[str, Any]:
-    loaded, failed = [], {}
-    for name in modules:
+class WarmParent:
+    """The warm parent's state: its control socket, its children, what it pre-imported."""
+
+    def __init__(self, ctl: socket.socket) -> None:
+        from kiln.engines.forkchild import child_main  # imported here, not in every child
+        from kiln.engines.forkshell import make_shell
+
+        self.child_main = child_main
+        os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+        self.ctl = ctl
+        self.shell = make_shell()
+        #: the sys.path every child starts from (a kernel's, minus its working directory)
+        self.base_path = list(sys.path)
+        self.libraries = library_dirs()
+        #: pre-imported top-level modules a file in a run's working directory could shadow
+        self.shadowable: set[str] = set()
+        self.children: dict[int, str] = {}
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def send(self, msg: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.ctl.send(proto.encode(msg))
+
+    def own_fds(self) -> list[int]:
+        """File descriptors no child may keep: its own channel to the supervisor."""
+        return [self.ctl.fileno(), self.wake_r, self.wake_w]
+
+    def serve(self) -> None:
+        self.send(
+            {
+                proto.KIND: proto.HELLO,
+                proto.PID: os.getpid(),
+                proto.PYTHON: sys.version.split()[0],
+                proto.IPYTHON: _ipython_version(),
+            }
+        )
         try:
-            importlib.import_module(name)
-            loaded.append(name)
-            warmer = WARMERS.get(name)
-            if warmer:
-                exec(compile(warmer, f"<kiln warm-up {name}>", "exec"), {})
-        except BaseException as exc:  # a module may raise anything, SystemExit included
-            failed[name] = f"{type(exc).__name__}: {exc}"[:300]
-    return {
-        "t": "preloaded",
-        "loaded": loaded,
-        "failed": failed,
-        "threads": threading.active_count(),
-    }
+            while True:
+                ready, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
+                if self.wake_r in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(self.wake_r, 512):
+                            pass
+                    self.reap()
+                if self.ctl.fileno() in ready and not self.handle():
+                    return
+        finally:
+            for pid in list(self.children):
+                processes.kill_tree(pid)
+            self.sweep()
+
+    def handle(self) -> bool:
+        """One request from the supervisor; False when it is time to exit."""
+        data, fds, _flags, _addr = socket.recv_fds(self.ctl, 1 << 20, 4)
+        if not data:
+            return False  # the supervisor is gone
+        try:
+            msg = proto.decode(data, proto.FROM_SUPERVISOR, "supervisor")
+        except proto.ProtocolError:
+            for fd in fds:
+                os.close(fd)
+            return False  # not our supervisor's words: stop rather than guess
+        kind = msg[proto.KIND]
+        if kind == proto.PRELOAD:
+            self.preload(msg)
+        elif kind == proto.RUN:
+            self.fork(str(msg[proto.RUN_ID]), fds)
+        elif kind == proto.SWEEP:
+            self.sweep()
+        elif kind == proto.STOP:
+            return False
+        return True
+
+    def preload(self, msg: dict[str, Any]) -> None:
+        cwd = str(msg.get(proto.CWD) or os.getcwd())
+        path = run_sys_path(self.base_path, safe_path=bool(msg.get(proto.SAFE_PATH)))
+        loaded: list[str] = []
+        failed: dict[str, str] = {}
+        local: list[str] = []
+        threaded = None
+        for name in msg.get(proto.MODULES, []):
+            top = name.partition(".")[0]
+            if top not in sys.modules and not is_library(top, path, cwd, self.libraries):
+                local.append(name)  # the project's own module: each child imports it
+                continue
+            self.send({proto.KIND: proto.IMPORTING, proto.MODULE: name})
+            try:
+                importlib.import_module(name)
+                warmer = WARMERS.get(name)
+                if warmer:
+                    exec(compile(warmer, f"<kiln warm-up {name}>", "exec"), {})
+                loaded.append(name)
+            except BaseException as exc:  # a module may raise anything, SystemExit included
+                failed[name] = f"{type(exc).__name__}: {exc}"[:300]
+            if shadowable(top, path):
+                self.shadowable.add(top)
+            if threading.active_count() > 1:
+                threaded = name  # this parent cannot fork safely any more: it will be replaced
+                break
+        self.send(
+            {
+                proto.KIND: proto.PRELOADED,
+                proto.LOADED: loaded,
+                proto.FAILED: failed,
+                proto.LOCAL: local,
+                proto.THREADED: threaded,
+            }
+        )
+
+    def fork(self, run_id: str, fds: list[int]) -> None:
+        if not fds or threading.active_count() > 1:
+            for fd in fds:
+                os.close(fd)
+            why = "no socket came with the request" if not fds else "the warm parent has threads"
+            self.send({proto.KIND: proto.REFUSED, proto.RUN_ID: run_id, proto.ERROR: why})
+            return
+        for extra in fds[1:]:
+            os.close(extra)
+        pid = os.fork()
+        if pid == 0:
+            self.child_main(fds[0], self.shell, self.own_fds(), self.base_path, self.shadowable)
+        os.close(fds[0])
+        self.children[pid] = run_id
+        self.send({proto.KIND: proto.FORKED, proto.RUN_ID: run_id, proto.PID: pid})
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run_id = self.children.pop(pid, None)
+            if run_id is not None:  # else: something a dead child left, re-parented here
+                self.send(
+                    {proto.KIND: proto.EXITED, proto.RUN_ID: run_id, proto.PID: pid}
+                    | _exit_info(status)
+                )
+
+    def sweep(self) -> None:
+        """Kill what dead children left behind: every process re-parented to this one (a
+        subreaper) that is not a run's child."""
+        me = os.getpid()
+        for info in processes.proc_table().values():
+            if info.ppid == me and info.pid not in self.children:
+                processes.kill_tree(info.pid)
+        self.reap()
 
 
 def _exit_info(status: int) -> dict[str, Any]:
@@ -68,95 +223,8 @@ def _exit_info(status: int) -> dict[str, Any]:
             name = signal.Signals(sig).name
         except ValueError:
             name = str(sig)
-        return {"signal": sig, "signal_name": name, "code": None}
-    return {"signal": None, "signal_name": None, "code": os.WEXITSTATUS(status)}
-
-
-def serve(ctl: socket.socket) -> None:
-    from kiln.engines.forkchild import child_main
-    from kiln.engines.forkshell import make_shell
-
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    shell = make_shell()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    children: dict[int, str] = {}
-
-    def reap() -> None:
-        while children:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            run_id = children.pop(pid, None)
-            _send(ctl, {"t": "exit", "pid": pid, "id": run_id, **_exit_info(status)})
-
-    _send(
-        ctl,
-        {
-            "t": "hello",
-            "pid": os.getpid(),
-            "python": sys.version.split()[0],
-            "ipython": _ipython_version(),
-            "threads": threading.active_count(),
-        },
-    )
-    try:
-        while True:
-            ready, _, _ = select.select([ctl.fileno(), wake_r], [], [])
-            if wake_r in ready:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake_r, 512):
-                        pass
-                reap()
-            if ctl.fileno() not in ready:
-                continue
-            data, fds, _flags, _addr = socket.recv_fds(ctl, 1 << 20, 4)
-            if not data:
-                return  # the supervisor is gone
-            message = json.loads(data)
-            command = message.get("cmd")
-            if command == "preload":
-                _send(ctl, _preload(list(message.get("modules", []))))
-            elif command == "run":
-                if threading.active_count() > 1:
-                    for fd in fds:
-                        os.close(fd)
-                    _send(
-                        ctl,
-                        {
-                            "t": "refused",
-                            "id": message["id"],
-                            "error": "the warm parent has threads; it cannot fork safely",
-                        },
-                    )
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    ctl.close()
-                    os.close(wake_r)
-                    os.close(wake_w)
-                    child_main(fds[0], shell)
-                for fd in fds:
-                    os.close(fd)
-                children[pid] = message["id"]
-                _send(ctl, {"t": "forked", "id": message["id"], "pid": pid})
-            elif command == "stop":
-                return
-    finally:
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in list(children):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        return {proto.SIGNAL: sig, proto.SIGNAL_NAME: name, proto.CODE: None}
+    return {proto.SIGNAL: None, proto.SIGNAL_NAME: None, proto.CODE: os.WEXITSTATUS(status)}
 
 
 def _ipython_version() -> str:
@@ -166,12 +234,16 @@ def _ipython_version() -> str:
 
 
 def main() -> None:
-    ctl = socket.socket(fileno=int(sys.argv[1]))
+    """Entry point (see BOOT): ``sys.argv`` is ``['-c', MARKER, FD, OWNER, OWNER_START]``."""
+    fd, owner = int(sys.argv[2]), int(sys.argv[3])
+    processes.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != owner:
+        os._exit(0)  # the supervisor died before we could follow it
+    processes.set_dumpable(False)
+    processes.set_child_subreaper()
+    os.set_inheritable(fd, False)
+    ctl = socket.socket(fileno=fd)
     try:
-        serve(ctl)
+        WarmParent(ctl).serve()
     finally:
         os._exit(0)
-
-
-if __name__ == "__main__":
-    main()

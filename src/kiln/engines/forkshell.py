@@ -3,7 +3,8 @@
 Imported by the warm parent (the fork server) before it forks, so every child starts with
 IPython ready. Outputs take the shapes a Jupyter kernel gives them (stream, display_data,
 update_display_data, execute_result, error) and travel to the supervisor as JSON lines over
-the socket the child inherited: never through the parent's objects.
+the socket the child inherited (messages in :mod:`kiln.engines.forkproto`): never through the
+parent's objects.
 
 Nothing here runs user code in the parent: the shell instance is created there untouched
 and each child uses its own copy-on-write copy of it.
@@ -11,7 +12,6 @@ and each child uses its own copy-on-write copy of it.
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 import threading
@@ -23,6 +23,8 @@ from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type
 
+from kiln.engines import forkproto as proto
+
 
 class Channel:
     """The child's line-oriented JSON channel to its supervisor (thread-safe)."""
@@ -33,15 +35,15 @@ class Channel:
         self.reader = sock.makefile("r", encoding="utf-8", newline="\n")
 
     def send(self, message: dict[str, Any]) -> None:
-        data = (json.dumps(message, default=repr) + "\n").encode("utf-8")
+        data = proto.encode_line(message)
         with self.lock:
             self.sock.sendall(data)
 
-    def receive(self) -> Any:
+    def receive(self) -> dict[str, Any]:
         line = self.reader.readline()
         if not line:
             raise EOFError("supervisor closed the channel")
-        return json.loads(line)
+        return proto.decode(line, proto.TO_CHILD, "supervisor")
 
 
 class Outputs:
@@ -74,7 +76,7 @@ class Outputs:
             if self.clear_pending:
                 outs.clear()
                 self.clear_pending = False
-                self.channel.send({"t": "set", "cell": self.current, "outputs": []})
+                self._replace(self.current, [])
             if (
                 output["output_type"] == "stream"
                 and outs
@@ -86,7 +88,12 @@ class Outputs:
                 if display_id:
                     self.displays.setdefault(display_id, []).append((self.current, len(outs)))
                 outs.append(dict(output))
-            self.channel.send({"t": "out", "cell": self.current, "o": output})
+            self.channel.send(
+                {proto.KIND: proto.OUTPUT, proto.CELL: self.current, proto.OUTPUT_NODE: output}
+            )
+
+    def _replace(self, cell: int, outputs: list[dict[str, Any]]) -> None:
+        self.channel.send({proto.KIND: proto.OUTPUTS, proto.CELL: cell, proto.OUTPUT_LIST: outputs})
 
     def update(self, display_id: str, data: dict[str, Any], metadata: dict[str, Any]) -> None:
         """``update_display``: every output shown with this display id changes in place."""
@@ -101,7 +108,7 @@ class Outputs:
                     outs[pos]["metadata"] = metadata
                     touched.add(cell)
             for cell in sorted(touched):
-                self.channel.send({"t": "set", "cell": cell, "outputs": self.cells[cell]})
+                self._replace(cell, self.cells[cell])
 
     def clear(self, wait: bool) -> None:
         if self.streams is not None:
@@ -114,7 +121,7 @@ class Outputs:
             self.displays = {
                 k: [(c, p) for c, p in v if c != self.current] for k, v in self.displays.items()
             }
-            self.channel.send({"t": "set", "cell": self.current, "outputs": []})
+            self._replace(self.current, [])
 
 
 class Streams:
@@ -271,6 +278,12 @@ class KilnCompiler(CachingCompiler):
         return os.path.join(tempfile.gettempdir(), f"kiln_{os.getpid()}", f"{digest}.py")
 
 
+#: matplotlib backends that render through a frontend's comm: a headless run cannot, and a
+#: kernel run under nbclient saves a script that only a live kernel could answer; the fork
+#: engine shows their figures inline (a real image in the output notebook) and says so
+INTERACTIVE_BACKENDS = frozenset({"notebook", "nbagg", "widget", "ipympl"})
+
+
 class KilnShell(InteractiveShell):
     """An InteractiveShell whose outputs are reported like a Jupyter kernel's."""
 
@@ -302,6 +315,20 @@ class KilnShell(InteractiveShell):
         # a kernel prints the usage error on stderr and fails the cell with ename UsageError
         print(f"UsageError: {exc}", file=sys.stderr)
         self.last_error = {"ename": "UsageError", "evalue": str(exc), "traceback": []}
+
+    def enable_matplotlib(self, gui: str | None = None) -> Any:
+        if gui in INTERACTIVE_BACKENDS:
+            from IPython.core.pylabtools import find_gui_and_backend
+
+            # what a kernel refuses (ipympl not installed), this refuses the same way
+            find_gui_and_backend(gui, self.pylab_gui_select)
+            print(
+                f"Kiln: `%matplotlib {gui}` draws through a live frontend, which this run does "
+                "not have; figures are shown inline instead",
+                file=sys.stderr,
+            )
+            gui = "inline"
+        return super().enable_matplotlib(gui)
 
     def enable_gui(self, gui: str | None = None) -> None:
         # `%matplotlib inline` asks for no event loop; a headless run has none to give

@@ -3,20 +3,31 @@
 Built on jupyter_client (kernel lifecycle) and nbclient (message handling, outputs, display
 ids). Kiln drives the cell loop itself so that it can stop at the first failure, tell a cell
 timeout from the whole-run timeout, report a dead kernel within about a second, and always
-kill the kernel's whole process group when the run ends, whatever way it ends.
+kill what the run started when it ends, whatever way it ends.
+
+On Linux the kernel is started through a tiny launcher that makes it a child subreaper
+(``PR_SET_CHILD_SUBREAPER``) before it execs the kernel's own command: processes a cell starts
+in a new session, or daemonises, re-parent to the kernel instead of init, so they are still
+below the kernel when the run ends and die with it (see :mod:`kiln.processes`). The kernel
+leads its own session and process group, so its pid also names them (the store's recovery
+uses that when Kiln itself was killed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from typing import IO, Any, Literal
 
+from kiln import processes
+from kiln.engines import outcomes
 from kiln.engines.base import (
     CellFinished,
     CellOutput,
@@ -29,6 +40,9 @@ from kiln.engines.base import (
     is_clean_exit,
 )
 from kiln.errors import CellFailure, EngineError, NoSuchKernel
+
+#: seconds between two readings of the processes below a kernel
+_WATCH_EVERY = 1.0
 
 #: the shortest timeout handed to nbclient (it treats 0 as "no timeout")
 _MIN_TIMEOUT = 0.05
@@ -86,7 +100,7 @@ def _kernel_spec_slow(name: str) -> Any:
         installed = ", ".join(sorted(ksm.find_kernel_specs())) or "none"
         raise NoSuchKernel(
             f"no Jupyter kernel named {name!r} is installed (installed: {installed}); "
-            "choose one with --kernel NAME"
+            "choose one of them as the run's kernel"
         ) from None
 
 
@@ -107,6 +121,30 @@ def _client_class() -> type[Any]:
             return out
 
     return _EventClient
+
+
+#: prepended to the kernel's command on Linux: become a child subreaper, then exec the kernel
+#: (the pid stays the kernel's); ``-I -S`` keeps it to a few milliseconds
+_SUBREAPER = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def _manager_class() -> type[Any]:
+    from jupyter_client.manager import AsyncKernelManager
+
+    class _SubreaperKernelManager(AsyncKernelManager):
+        """Starts the kernel as a child subreaper (see the module doc)."""
+
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            cmd: list[str] = super().format_kernel_cmd(extra_arguments)
+            if sys.platform.startswith("linux"):
+                return [sys.executable, "-I", "-S", "-c", _SUBREAPER, *cmd]
+            return cmd
+
+    return _SubreaperKernelManager
 
 
 class KernelEngine:
@@ -131,20 +169,21 @@ class KernelSession:
         self._pgid: int | None = None
         self._sockets: str | None = None
         self._stack = contextlib.ExitStack()
+        #: processes seen below the kernel while the run went on: pid -> start time
+        self._seen: dict[int, float | None] = {}
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Launch the kernel process; returns without waiting for it to be ready."""
-        from jupyter_client.manager import AsyncKernelManager
-
         options = self.options
         kernel_log: IO[str] | None = None
         if options.process_log is not None:
             kernel_log = self._stack.enter_context(open(options.process_log, "a"))  # noqa: SIM115
         # IPC (unix sockets) rather than TCP: no port races between concurrent runs. The
         # sockets live in a private folder with an absolute path, as the kernel may run in
-        # another working directory (--cwd).
+        # another working directory (cwd).
         self._sockets = tempfile.mkdtemp(prefix="kiln-")
-        self.km = km = AsyncKernelManager(
+        self.km = km = _manager_class()(
             kernel_name=options.kernel_name, transport="ipc", ip=os.path.join(self._sockets, "k")
         )
         # the spec was resolved (and validated) when the run was prepared: don't look it up
@@ -186,20 +225,42 @@ class KernelSession:
         client.emit = emit
         client.timeout_func = lambda cell: _cell_timeout(options)
         outcome = await self._start(client, self.km, options, emit)
+        self._watch = asyncio.ensure_future(self._watch_descendants())
         if outcome is None:
             outcome = await self._run_cells(client, nb, options, emit)
         return outcome
 
     async def close(self, *, graceful: bool) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        # what the run started, read while the kernel still holds it (as a subreaper)
+        self._note_descendants()
         try:
             if self.km is not None:
                 await _shutdown(self.km, self.client, graceful=graceful)
         finally:
             _kill_group(self._pgid)
+            for pid, started in self._seen.items():
+                if processes.same_process(pid, started):
+                    processes.kill_tree(pid)
             if self._sockets:
                 shutil.rmtree(self._sockets, ignore_errors=True)
             self._stack.close()
             self.km = None
+
+    def _note_descendants(self) -> None:
+        pid = getattr(getattr(self.km, "provisioner", None), "pid", None)
+        if pid and processes.pid_exists(pid):
+            for child in processes.descendants(pid):
+                if child not in self._seen:
+                    self._seen[child] = processes.start_time(child)
+
+    async def _watch_descendants(self) -> None:
+        """Note what runs below the kernel every second: if the kernel dies, its orphans go
+        to init, out of its tree, and this is how the run's end still finds them."""
+        while True:
+            await asyncio.sleep(_WATCH_EVERY)
+            self._note_descendants()
 
     async def _start(
         self, client: Any, km: Any, options: ExecuteOptions, emit: EventSink
@@ -209,10 +270,12 @@ class KernelSession:
         except RuntimeError as exc:
             # nbclient has already shut the kernel down here; tell the cases apart by message
             if "died" in str(exc).lower():
-                return ExecutionOutcome("dead", f"the kernel died while starting: {exc}")
+                return ExecutionOutcome("dead", outcomes.kernel_died_starting(str(exc)))
             if _deadline_passed(options, slack=1.0):
                 return ExecutionOutcome(
-                    "timeout", "the run timed out while the kernel started", timeout_kind="run"
+                    "timeout",
+                    outcomes.run_timed_out(during="the kernel was starting"),
+                    timeout_kind="run",
                 )
             raise EngineError(
                 f"the {options.kernel_name!r} kernel did not become ready: {exc}"
@@ -251,10 +314,7 @@ class KernelSession:
                 continue
             if _deadline_passed(options):
                 return ExecutionOutcome(
-                    "timeout",
-                    _run_timeout_message(options),
-                    failed_cell=index,
-                    timeout_kind="run",
+                    "timeout", outcomes.run_timed_out(), failed_cell=index, timeout_kind="run"
                 )
             emit(CellStarted(index))
             errored.clear()
@@ -266,18 +326,10 @@ class KernelSession:
                 if is_clean_exit(failure):
                     emit(CellFinished(index, time.monotonic() - t0, "ok"))
                     return ExecutionOutcome(
-                        "ok",
-                        f"stopped early by SystemExit in cell {index}",
-                        allowed_errors=allowed,
+                        "ok", outcomes.stopped_early(index), allowed_errors=allowed
                     )
                 emit(CellFinished(index, time.monotonic() - t0, "error"))
-                return ExecutionOutcome(
-                    "error",
-                    f"cell {index} raised {failure.ename}: {failure.evalue}",
-                    failed_cell=index,
-                    failure=failure,
-                    allowed_errors=allowed,
-                )
+                return _cell_failed(failure, allowed)
             except CellTimeoutError:
                 elapsed = time.monotonic() - t0
                 emit(CellFinished(index, elapsed, "error"))
@@ -285,10 +337,9 @@ class KernelSession:
                     "run" if _deadline_passed(options, slack=0.2) else "cell"
                 )
                 message = (
-                    _run_timeout_message(options)
+                    outcomes.run_timed_out()
                     if kind == "run"
-                    else f"cell {index} did not finish within the cell timeout of "
-                    f"{options.cell_timeout:g}s"
+                    else outcomes.cell_timed_out(index, options.cell_timeout)
                 )
                 return ExecutionOutcome(
                     "timeout",
@@ -300,15 +351,20 @@ class KernelSession:
             except DeadKernelError:
                 emit(CellFinished(index, time.monotonic() - t0, "error"))
                 return ExecutionOutcome(
-                    "dead",
-                    f"the kernel died while running cell {index}",
-                    failed_cell=index,
-                    allowed_errors=allowed,
+                    "dead", outcomes.kernel_died(index), failed_cell=index, allowed_errors=allowed
                 )
             status: Any = "ok"
-            if errored:
+            shown = None if errored else outcomes.error_output(cell.get("outputs", []))
+            if errored or shown is not None:
+                # an error the kernel did not fail the cell for (a post-execute callback's)
+                # fails it all the same, unless the cell is expected to raise
+                failure = failure_from_error_output(cell, index, _error_of(cell, errored))
                 status = "error"
-                allowed.append(failure_from_error_output(cell, index, _error_of(cell, errored)))
+                if shown is not None and not options.allow_errors and not _raises(cell):
+                    emit(CellFinished(index, time.monotonic() - t0, status))
+                    return _cell_failed(failure, allowed)
+                if options.allow_errors and not _raises(cell):
+                    allowed.append(failure)
             emit(CellFinished(index, time.monotonic() - t0, status))
         return ExecutionOutcome("ok", allowed_errors=allowed)
 
@@ -350,8 +406,18 @@ def _deadline_passed(options: ExecuteOptions, slack: float = 0.0) -> bool:
     return options.deadline is not None and time.monotonic() >= options.deadline - slack
 
 
-def _run_timeout_message(options: ExecuteOptions) -> str:
-    return "the run did not finish within its time limit (--timeout)"
+def _raises(cell: Any) -> bool:
+    return "raises-exception" in cell.get("metadata", {}).get("tags", [])
+
+
+def _cell_failed(failure: CellFailure, allowed: list[CellFailure]) -> ExecutionOutcome:
+    return ExecutionOutcome(
+        "error",
+        outcomes.cell_raised(failure.cell_index, failure.ename, failure.evalue),
+        failed_cell=failure.cell_index,
+        failure=failure,
+        allowed_errors=allowed,
+    )
 
 
 async def _shutdown(km: Any, client: Any, *, graceful: bool) -> None:

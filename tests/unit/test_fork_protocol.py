@@ -1,0 +1,54 @@
+"""The fork engine's wire protocol and the kernel's import path, as pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiln.engines import forkproto as proto
+from kiln.engines.imports import run_sys_path
+
+
+def test_no_kind_is_accepted_by_two_receivers():
+    receivers = (proto.FROM_SUPERVISOR, proto.FROM_PARENT, proto.TO_CHILD, proto.FROM_CHILD)
+    assert sum(len(r) for r in receivers) == len(set().union(*receivers))
+
+
+def test_a_known_kind_is_accepted():
+    line = proto.encode_line({proto.KIND: proto.CELL_START, proto.CELL: 2, proto.COUNT: 1})
+    message = proto.decode(line, proto.FROM_CHILD, "child")
+    assert message == {"kind": "cell_start", "cell": 2, "count": 1}
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b'{"kind": "nonsense"}', "unknown kind 'nonsense'"),
+        (b'{"kind": "spec"}', "unknown kind 'spec'"),  # a kind, but not one a child sends
+        (b'{"t": "done"}', "unknown kind None"),
+        (b"[1, 2]", "list, not a message object"),
+        (b"{not json", "not JSON"),
+    ],
+    ids=["unknown", "wrong-direction", "no-kind", "not-an-object", "not-json"],
+)
+def test_anything_else_is_a_protocol_error(data, why):
+    with pytest.raises(proto.ProtocolError, match=why.replace("(", r"\(").replace("[", r"\[")):
+        proto.decode(data, proto.FROM_CHILD, "run's child")
+
+
+STDLIB = "/usr/lib/python3.11"
+SITE = "/venv/lib/python3.11/site-packages"
+
+
+@pytest.mark.parametrize(
+    ("base", "safe_path", "expected"),
+    [
+        ([STDLIB, SITE, "/src"], False, [STDLIB, "", SITE, "/src"]),
+        ([STDLIB, "/opt/dist-packages"], False, [STDLIB, "", "/opt/dist-packages"]),
+        ([STDLIB, "/src"], False, ["", STDLIB, "/src"]),
+        ([STDLIB, SITE], True, [STDLIB, SITE]),
+        (["", STDLIB, SITE], False, ["", STDLIB, SITE]),
+    ],
+    ids=["after-stdlib", "dist-packages", "no-site-packages", "safe-path", "already-there"],
+)
+def test_the_runs_sys_path_is_a_kernels(base, safe_path, expected):
+    assert run_sys_path(base, safe_path=safe_path) == expected
