@@ -78,7 +78,7 @@ _IMAGE_MAGIC = {
     "image/gif": b"GIF8",
 }
 #: cell metadata written by the executor itself (timings), never by the author
-_EXECUTION_METADATA = ("execution", "ExecuteTime")
+_EXECUTION_METADATA = ("execution", "ExecuteTime", "papermill")
 
 
 def _text(value: Any) -> str:

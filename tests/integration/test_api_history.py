@@ -42,7 +42,8 @@ def test_api_run_and_read_back(make_nb, home, tmp_path):
     by_id = kiln.read_run(run.id)
     by_prefix = kiln.read_run(run.id[:17])
     by_path = kiln.read_run(run.output_path)
-    assert by_id.records == by_prefix.records == by_path.records == run.records
+    assert by_id.record_values == by_prefix.record_values == by_path.record_values
+    assert by_id.record_values == run.record_values
     assert by_path.parameters == {"region": "US", "n": 4} and by_path.state == "succeeded"
     assert by_id.kernel_version and "ipython" in by_id.kernel_version
     assert by_id.python_version and by_id.notebook_sha256 == run.notebook_sha256

@@ -209,7 +209,7 @@ def test_exported_script_records_what_the_notebook_run_records(make_nb, home, tm
     for line in records_file.read_text().splitlines():
         entry = json.loads(line)
         recorded[entry["name"]] = entry["value"]
-    assert recorded == run.records
+    assert recorded == run.record_values
     assert recorded["total"] == 9.0 and recorded["items"] == [7, 1]
 
 

@@ -118,7 +118,7 @@ def test_fork_outputs_match_a_jupyter_kernel(tmp_path, name):
     fork_run, fork_cells = _run_engine(tmp_path, FIDELITY[name], "fork")
     assert fork_run.engine == "fork" and kernel_run.engine == "kernel"
     assert fork_run.state == kernel_run.state
-    assert fork_run.records == kernel_run.records
+    assert fork_run.record_values == kernel_run.record_values
     assert fork_cells == kernel_cells
 
 

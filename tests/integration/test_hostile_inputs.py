@@ -39,7 +39,7 @@ BAD_NOTEBOOKS: dict[str, bytes | None] = {
     "nbformat-99": b'{"nbformat": 99, "cells": []}',
     "cells-not-list": b'{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": 3}',
     "cells-not-cells": _v4([1, "a", None]),
-    "bad-cell-type": _v4([{**CELL, "cell_type": "python", "source": "x"}]),
+    "bad-cell-type": _v4([{**CELL, "cell_type": 42, "source": "x"}]),
     "source-not-text": _v4([{**CELL, "source": 42}]),
     "nested-100000": b"[" * 100_000 + b"]" * 100_000,
     "nested-in-metadata": (

@@ -143,7 +143,7 @@ def test_bad_kiln_yaml_exits_2(lint: LintCli, tmp_path: Path) -> None:
     (tmp_path / "kiln.yaml").write_text(yaml.safe_dump({"lint": {"select": ["KL9"]}}))
     result = lint("nb.ipynb")
     assert result.returncode == 2
-    assert "kiln.yaml: lint: select: unknown rule or prefix 'KL9'" in result.stderr
+    assert "kiln.yaml:2:3: lint.select: unknown rule or prefix 'KL9'" in result.stderr
 
 
 def test_kiln_noqa(lint: LintCli, tmp_path: Path) -> None:

@@ -146,7 +146,8 @@ def _from_project(project: Project) -> LintConfig:
     source = f"{project.origin}: lint"
 
     def fail(exc: UsageError, key: str) -> UsageError:
-        return project.error(f"lint.{key}: {_problem(exc)}", lint, key)
+        problem = _problem(exc).removeprefix(f"{key}: ")
+        return project.error(f"lint.{key}: {problem}", lint, key)
 
     selections: tuple[Selection, ...] = ()
     if lint.select is not None or lint.ignore is not None:
