@@ -51,6 +51,7 @@ from kiln.errors import (
 from kiln.notebook import save_notebook
 from kiln.notebook.io import atomic_write_text
 from kiln.notebook.marks import add_failure_marks
+from kiln.notebook.saver import NotebookSaver
 from kiln.recording import record_from_output
 from kiln.request import Prepared, RunRequest, prepare
 from kiln.runlog import RunLog
@@ -325,8 +326,9 @@ class Runner:
             log.line("prepared only: parameters injected, not executed")
             return store.get_run(run.id)  # type: ignore[no-any-return]
         # the injected notebook is on disk within 0.2 s (or when the run ends, if sooner)
-        saver = _Saver(nb, output_path)
+        saver = NotebookSaver(nb, output_path)
         saver.changed()
+        log.set_output(output_path, nb)
         # the row turns `running` when the engine is ready (one write with the kernel's
         # details); until then it says `queued`, which is what it is while a kernel boots
         run.state, run.started_at = "running", started_at
@@ -338,6 +340,7 @@ class Runner:
 
         def on_event(event: Event) -> None:
             if isinstance(event, CellStarted):
+                saver.cell_started(event.index)
                 log.line(f"cell {event.index} started")
             elif isinstance(event, CellOutput):
                 log.output(event.index, event.output)
@@ -348,7 +351,7 @@ class Runner:
             elif isinstance(event, CellFinished):
                 durations[event.index] = round(event.duration, 6)
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
-                saver.changed()
+                saver.cell_finished(event.index)
             elif isinstance(event, KernelReady):
                 log.line(
                     f"kernel {event.kernel_name} ready ({event.kernel_version}, "
@@ -370,14 +373,14 @@ class Runner:
             outcome = await execute_cancellable(session, nb, on_event)
         finally:
             saver.stop()
-        return self._finish(prepared, run, nb, output_path, log, outcome, durations, records)
+        return self._finish(prepared, run, nb, saver, log, outcome, durations, records)
 
     def _finish(
         self,
         prepared: Prepared,
         run: Run,
         nb: Any,
-        output_path: Path,
+        saver: NotebookSaver,
         log: RunLog,
         outcome: ExecutionOutcome,
         durations: list[float | None],
@@ -402,7 +405,7 @@ class Runner:
         meta.update(state=state, ended_at=ended_at.isoformat())
         if outcome.status != "ok":
             meta["error"] = {"cell_index": outcome.failed_cell, "message": outcome.message}
-        save_notebook(nb, output_path)
+        saver.save()
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
         fields: dict[str, Any] = {
             "started_at": run.started_at,
@@ -429,36 +432,6 @@ class Runner:
         )
         self._notify(RunEnded(final))
         return final
-
-
-class _Saver:
-    """Saves the output notebook as cells finish: at once, or, when the last save is under
-    ``interval`` old, ``interval`` after it, so a burst of quick cells costs one write and
-    any finished cell is on disk within ``interval`` seconds. Every save is atomic."""
-
-    def __init__(self, nb: Any, path: Path, interval: float = 0.2) -> None:
-        self.nb = nb
-        self.path = path
-        self.interval = interval
-        self.last = time.monotonic()
-        self.timer: asyncio.TimerHandle | None = None
-
-    def changed(self) -> None:
-        wait = self.last + self.interval - time.monotonic()
-        if wait <= 0:
-            self.save()
-        elif self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(wait, self.save)
-
-    def save(self) -> None:
-        self.timer = None
-        self.last = time.monotonic()
-        save_notebook(self.nb, self.path)
-
-    def stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 def _reset_outputs(nb: Any, *, skip_tag: str) -> None:
