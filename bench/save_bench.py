@@ -10,7 +10,8 @@ outside; every run's own `--home` keeps the histories apart.
              trivial cells: the ratio of the two wall times (1.0: the 50 cells cost nothing)
   sigterm    SIGTERM to `kiln run` mid-run, the delay until the process exits, whether the
              run ended `cancelled` and how many cells its saved output holds: on a
-             20,000-cell notebook (signal after cell --term-after) and after a 100 MB output
+             20,000-cell notebook (signal after cell --term-after), right after a cell
+             printed 100 MB (the final save has to serialise it) and 3 s after (saved)
 
 A run that goes over --cap seconds is stopped there and reported as such, with the number of
 cells its log shows done. Usage:
@@ -188,7 +189,10 @@ def scenario_sigterm(work: Path, n: int, after: int, cap: float) -> dict[str, ob
         "cells": sigterm(
             many, work, "term-cells", f"SIGTERM, {n:,} cells, after {after:,}", after, cap
         ),
-        "big": sigterm(big, work, "term-big", "SIGTERM after a 100 MB output", 2, cap),
+        "big": sigterm(big, work, "term-big", "SIGTERM right after a 100 MB output", 2, cap),
+        "big-saved": sigterm(
+            big, work, "term-big-saved", "SIGTERM 3 s after a 100 MB output", 300, cap
+        ),
     }
 
 

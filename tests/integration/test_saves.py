@@ -47,9 +47,13 @@ def test_sigterm_after_a_huge_output_is_honoured_and_saves_what_ran(
     nb = make_nb(["import time", BIG, *["time.sleep(0.005)"] * 3000])
     out = tmp_path / "o.ipynb"
     proc = _start(["run", str(nb), str(out), "--engine", "fork"], home, tmp_path)
-    _log_says(home, "cell 5 ok in", proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=20)  # generous: the point is not 40 s and more
+    try:
+        _log_says(home, "cell 5 ok in", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)  # generous: the point is not 40 s and more
+    finally:
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130, err
     run = json.loads(kiln_cli("runs", "show", "last", "--json").stdout)
     assert run["state"] == "cancelled"
@@ -66,9 +70,11 @@ def test_a_killed_kiln_always_leaves_a_complete_notebook(make_nb, home, tmp_path
     for point in (2, 40, 300):
         out = tmp_path / f"o-{point}.ipynb"
         proc = _start(["run", str(nb), str(out), "--engine", "fork"], home, tmp_path)
-        _log_says(home, f"cell {point} ok in", proc)
-        proc.kill()  # whatever a save was doing at that moment
-        proc.communicate(timeout=20)
+        try:
+            _log_says(home, f"cell {point} ok in", proc)
+        finally:
+            proc.kill()  # whatever a save was doing at that moment
+            proc.communicate(timeout=20)
         saved = read_nb(out)
         nbformat.validate(saved)
         assert len(saved.cells) == len(read_nb(nb).cells)

@@ -286,13 +286,14 @@ class _Abandoned(Exception):
     """The run ended while this save was writing: the final save writes instead."""
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _copy(value: Any) -> Any:
-    """Dicts and lists copied all the way down (as plain ones); everything else shared."""
+    """A dict or list copied all the way down (as plain ones); everything else is shared."""
     if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_copy(v) for v in value]
-    return value
+        return {k: _copy(v) if isinstance(v, _CONTAINERS) else v for k, v in value.items()}
+    return [_copy(v) if isinstance(v, _CONTAINERS) else v for v in value]
 
 
 def _displayed(cell: Any) -> tuple[Any, ...]:
