@@ -74,3 +74,14 @@ def test_each_cell_has_its_own_budget(tmp_path, monkeypatch):
     text = (tmp_path / "run.log").read_text()
     assert "[cell 1 stdout] short" in text
     assert text.count("not logged here") == 1
+
+
+def test_output_after_a_display_in_the_middle_stays_bounded(tmp_path):
+    log = _log(tmp_path)
+    for i in range(3):  # a display between two large prints writes the first one's tail
+        log.output(1, {"output_type": "stream", "name": "stdout", "text": _lines(50_000, i)})
+        log.output(1, {"output_type": "display_data", "data": {"image/png": "AAA"}})
+    log.close()
+    text = (tmp_path / "run.log").read_text()
+    assert len(text.encode()) < 6 * (runlog.STREAM_HEAD + runlog.STREAM_TAIL)
+    assert text.count("[cell 1 display_data] image/png") == 3
