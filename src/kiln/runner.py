@@ -326,7 +326,9 @@ class Runner:
             log.line("prepared only: parameters injected, not executed")
             return store.get_run(run.id)  # type: ignore[no-any-return]
         # the injected notebook is on disk within 0.2 s (or when the run ends, if sooner)
-        saver = NotebookSaver(nb, output_path)
+        saver = NotebookSaver(
+            nb, output_path, on_error=lambda e: log.line(f"warning: could not save yet: {e}")
+        )
         saver.changed()
         log.set_output(output_path, nb)
         # the row turns `running` when the engine is ready (one write with the kernel's

@@ -6,8 +6,8 @@ each time: quadratic over a run of 20,000 cells, and a cell that printed 100 MB 
 later save write it out again. :class:`NotebookSaver` keeps three promises instead:
 
 - **Cost in proportion to what changed.** Each cell's JSON is kept, as bytes, from the save
-  that last wrote it; a save serialises only the cells that changed since and writes the
-  kept bytes of the others (one write of the file, no serialisation).
+  that serialised it; a save serialises only the cells that changed since, and writes the
+  kept bytes of the others as they are.
 - **Never more than a share of the run.** A save starts at least ``interval`` seconds after
   the previous one ended, and at least ``factor`` times as long as that one took, so saving
   takes at most ``1 / (1 + factor)`` of the run's time however large the notebook grows;
@@ -26,11 +26,13 @@ this costs in proportion to the cell's structure, not its bytes, even for a 100 
 
 **What changed.** Engines change a cell while they run it, and the runner reports that
 (:meth:`cell_started` .. :meth:`cell_finished`): a running cell is serialised at every save,
-and once more when it finishes. The one change an engine makes to another cell is
-``update_display``, which replaces that cell's outputs list or an output's ``data`` and
-``metadata``: cells showing a display or a result are checked at every save by the identity
-of those objects (the saver holds them, so an identity is never reused). A cell object the
-saver has not seen (a new cell, a banner) is serialised; the notebook's metadata always is.
+and once more when it finishes. The one change an engine makes to another cell, with no
+event naming it, is ``update_display``, which replaces that cell's outputs list (the fork
+engine) or an output's ``data`` and ``metadata`` (nbclient): cells showing a display or a
+result are checked at every save by the identity of those objects (the saver holds them,
+so an identity is never reused). A cell object the saver has not seen (a new cell, a
+banner) is serialised; the notebook's own metadata always is. An engine that changed cells
+otherwise would have to report them as started and finished.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kiln.notebook.io import atomic_write, cell_json, notebook_frame
 
-#: the shortest time between two saves (a finished cell is on disk within about this)
+#: the shortest time between two saves (while saves are quick, a finished cell is on disk
+#: within about this)
 MIN_INTERVAL = 0.2
 #: the wait after a save, in multiples of the time it took: saving takes at most
 #: 1 / (1 + SAVE_FACTOR) of the run's time
@@ -87,12 +90,16 @@ class NotebookSaver:
         *,
         interval: float | None = None,
         factor: float | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.nb = nb
         self.path = path
         self.interval = MIN_INTERVAL if interval is None else interval
         self.factor = SAVE_FACTOR if factor is None else factor
-        #: the last error of a background save (the final save raises its own)
+        #: told of a background save that failed, on the loop (the next save tries again;
+        #: the final save raises its own error)
+        self.on_error = on_error
+        #: the last error of a background save
         self.error: BaseException | None = None
         #: background saves written so far
         self.saves = 0
@@ -202,6 +209,8 @@ class NotebookSaver:
         exc = job.exception()
         if exc is not None:
             self.error = exc
+            if self.on_error is not None:
+                self.on_error(exc)
         else:
             self._take(plan, job.result())
             if not plan.abandon:

@@ -222,12 +222,14 @@ def test_a_failed_background_save_loses_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(saver_module, "atomic_write", flaky)
 
     async def main() -> None:
-        saver = NotebookSaver(nb, path, interval=0, factor=0)
+        errors: list[BaseException] = []
+        saver = NotebookSaver(nb, path, interval=0, factor=0, on_error=errors.append)
         saver.changed()
         await _until(lambda: saver.saves == 1, "the first save")
         fail[0] = True
         _run_cell(saver, nb, 1, "kept\n")
-        await _until(lambda: saver.error is not None, "the failed save")
+        await _until(lambda: bool(errors), "the failed save")
+        assert "No space left" in str(errors[0])
         assert "kept" not in path.read_text(encoding="utf-8")  # the last complete file
         saver.save()
         assert path.read_text(encoding="utf-8") == dumps(nb)
