@@ -1,16 +1,52 @@
-"""The per-run log file: one timestamped line per event, cell output included."""
+"""The per-run log file: one timestamped line per event, cell output included.
+
+Large outputs are stored once, in the output notebook: of a cell's stream output (stdout and
+stderr) the log keeps the first :data:`STREAM_HEAD` characters as they come and the last
+:data:`STREAM_TAIL` when the cell ends, with a line saying how much was left out and where
+the whole output is (the output notebook's path and the cell).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+#: characters of a cell's stream output logged as they come
+STREAM_HEAD = 64 * 1024
+#: characters logged from the end of a cell's stream output past STREAM_HEAD
+STREAM_TAIL = 64 * 1024
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Tail:
+    """The end of a cell's stream output, past its head: at most STREAM_TAIL characters."""
+
+    def __init__(self) -> None:
+        self.parts: deque[tuple[str, str]] = deque()
+        self.size = 0
+        self.dropped = 0
+
+    def add(self, name: str, text: str) -> None:
+        self.parts.append((name, text))
+        self.size += len(text)
+        while self.size > STREAM_TAIL:
+            first_name, first = self.parts[0]
+            excess = self.size - STREAM_TAIL
+            if len(first) <= excess:
+                self.parts.popleft()
+                self.size -= len(first)
+                self.dropped += len(first)
+            else:
+                self.parts[0] = (first_name, first[excess:])
+                self.size -= excess
+                self.dropped += excess
 
 
 class RunLog:
@@ -24,8 +60,23 @@ class RunLog:
         self._fh: IO[str] | None = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         #: why the log stopped being written (a full disk), if it did
         self.error: OSError | None = None
+        self._logged: dict[int, int] = {}  # cell -> stream characters logged as they came
+        self._tails: dict[int, _Tail] = {}
+        self._notebook: Path | None = None
+        self._cell_ids: list[str | None] = []
+
+    def set_output(self, path: Path, nb: Any) -> None:
+        """The output notebook, named where the log leaves a large output out."""
+        self._notebook = path
+        self._cell_ids = [cell.get("id") for cell in nb.get("cells", [])]
 
     def line(self, text: str) -> None:
+        # a cell's tail is complete when anything else than its output is logged (its end)
+        if self._tails:
+            self._write_tails()
+        self._write(text)
+
+    def _write(self, text: str) -> None:
         if self._fh is None:
             return
         stamp = _now()
@@ -39,9 +90,7 @@ class RunLog:
     def output(self, cell: int, output: Any) -> None:
         kind = output.get("output_type")
         if kind == "stream":
-            name = output.get("name", "stdout")
-            for part in str(output.get("text", "")).splitlines():
-                self.line(f"[cell {cell} {name}] {part}")
+            self._stream(cell, str(output.get("name", "stdout")), str(output.get("text", "")))
         elif kind == "error":
             self.line(f"[cell {cell} error] {output.get('ename')}: {output.get('evalue')}")
             from kiln.textutil import strip_ansi
@@ -53,6 +102,39 @@ class RunLog:
             mimes = ", ".join(sorted(output.get("data", {})))
             self.line(f"[cell {cell} {kind}] {mimes}")
 
+    def _stream(self, cell: int, name: str, text: str) -> None:
+        tail = self._tails.get(cell)
+        if tail is None:
+            room = STREAM_HEAD - self._logged.get(cell, 0)
+            head = text
+            if len(text) > room:
+                # cut after a line where one ends in the room left, else at the room
+                end = text.rfind("\n", 0, room) + 1 or room
+                head, text = text[:end], text[end:]
+                tail = self._tails[cell] = _Tail()
+            self._logged[cell] = self._logged.get(cell, 0) + len(head)
+            for part in head.splitlines():
+                self._write(f"[cell {cell} {name}] {part}")
+        if tail is not None and text:
+            tail.add(name, text)
+
+    def _write_tails(self) -> None:
+        tails, self._tails = self._tails, {}
+        for cell, tail in tails.items():
+            if tail.dropped:
+                where = "the output notebook"
+                if self._notebook is not None:
+                    cid = self._cell_ids[cell] if 0 <= cell < len(self._cell_ids) else None
+                    which = f"cell {cell} (id {cid})" if cid else f"cell {cell}"
+                    where = f"{which} of {self._notebook}"
+                self._write(
+                    f"[cell {cell}] ... {tail.dropped:,} characters of output not logged here: "
+                    f"the whole output is in {where}"
+                )
+            for name, text in tail.parts:
+                for part in text.splitlines():
+                    self._write(f"[cell {cell} {name}] {part}")
+
     def fields(self, label: str, values: Any) -> None:
         self.line(f"{label} {json.dumps(values, default=str, ensure_ascii=False)}")
 
@@ -61,6 +143,8 @@ class RunLog:
         return self._fh
 
     def close(self) -> None:
+        if self._tails:
+            self._write_tails()
         if self._fh is not None:
             fh, self._fh = self._fh, None
             try:

@@ -60,6 +60,7 @@ from kiln.notebook.papermill_meta import (
     papermill_finish,
     papermill_start,
 )
+from kiln.notebook.saver import NotebookSaver
 from kiln.options import OptionError
 from kiln.recording import record_from_output
 from kiln.request import Prepared, RunRequest, prepare
@@ -456,8 +457,14 @@ class Runner:
             self._notify(RunEnded(final))
             return final
         # the injected notebook is on disk within 0.2 s (or when the run ends, if sooner)
-        saver = _Saver(nb, output_path, mode=self._output_mode(request))
+        saver = NotebookSaver(
+            nb,
+            output_path,
+            on_error=lambda e: log.line(f"warning: could not save yet: {e}"),
+            mode=self._output_mode(request),
+        )
         saver.changed()
+        log.set_output(output_path, nb)
         # the row turns `running` when the engine is ready (one write with the kernel's
         # details); until then it says `queued`, which is what it is while a kernel boots
         run.state, run.started_at = RunState.RUNNING, started_at
@@ -469,6 +476,7 @@ class Runner:
 
         def on_event(event: Event) -> None:
             if isinstance(event, CellStarted):
+                saver.cell_started(event.index)
                 log.line(f"cell {event.index} started")
                 cell_started(nb.cells[event.index])
             elif isinstance(event, CellOutput):
@@ -481,7 +489,7 @@ class Runner:
                 durations[event.index] = round(event.duration, 6)
                 cell_finished(nb.cells[event.index], event.duration, event.status == "error")
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
-                saver.changed()
+                saver.cell_finished(event.index)
             elif isinstance(event, EngineSwitched):
                 # hook for the fork engine's fallback (engine "auto"): same run, another engine
                 log.line(f"warning: {event.notice}")
@@ -517,14 +525,14 @@ class Runner:
         finally:
             self._executing.pop(run.id, None)
             saver.stop()
-        return self._finish(prepared, run, nb, output_path, log, outcome, durations, records)
+        return self._finish(prepared, run, nb, saver, log, outcome, durations, records)
 
     def _finish(
         self,
         prepared: Prepared,
         run: Run,
         nb: NotebookNode,
-        output_path: Path,
+        saver: NotebookSaver,
         log: RunLog,
         outcome: ExecutionOutcome,
         durations: list[float | None],
@@ -551,7 +559,7 @@ class Runner:
         if outcome.status != "ok":
             meta["error"] = {"cell_index": outcome.failed_cell, "message": reason}
         papermill_finish(nb, ended_at, failed=not state.ok)
-        save_notebook(nb, output_path, mode=self._output_mode(prepared.request))
+        saver.save()
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
         self.store.finish_run(
             run.id,
@@ -575,45 +583,6 @@ class Runner:
         )
         self._notify(RunEnded(final))
         return final
-
-
-class _Saver:
-    """Saves the output notebook as cells finish: at once, or, when the last save is under
-    ``interval`` old, ``interval`` after it, so a burst of quick cells costs one write and
-    any finished cell is on disk within ``interval`` seconds. Every save is atomic."""
-
-    def __init__(
-        self, nb: NotebookNode, path: Path, interval: float = 0.2, *, mode: int | None = None
-    ) -> None:
-        self.nb = nb
-        self.path = path
-        self.mode = mode
-        self.error: OSError | None = None
-        self.interval = interval
-        self.last = time.monotonic()
-        self.timer: asyncio.TimerHandle | None = None
-
-    def changed(self) -> None:
-        if self.error is not None:  # a save failed (a full disk): the run cannot go on
-            raise self.error
-        wait = self.last + self.interval - time.monotonic()
-        if wait <= 0:
-            self.save()
-        elif self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(wait, self.save)
-
-    def save(self) -> None:
-        self.timer = None
-        self.last = time.monotonic()
-        try:
-            save_notebook(self.nb, self.path, mode=self.mode)
-        except OSError as exc:  # raised on the run's path by the next changed()
-            self.error = exc
-
-    def stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
 
 #: a reason (``cell 3 raised ValueError: ...``) keeps this much of a long error value; the

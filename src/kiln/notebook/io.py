@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -213,23 +214,44 @@ def load_notebook(path: str | os.PathLike[str]) -> Any:
 
 _SPLIT_MIMES = frozenset({"application/javascript", "image/svg+xml"})
 _TRANSIENT_NB = frozenset({"orig_nbformat", "orig_nbformat_minor", "signature"})
+#: the top-level ``cells`` entry of a notebook with no cells, as :func:`dumps` writes it
+_NO_CELLS = '\n "cells": []'
 
 
 def dumps(nb: Any) -> str:
     """Serialise a notebook byte for byte as nbformat writes it (1-space indent, sorted keys,
     multi-line text split into lines), without validating it and without nbformat's deep copy
-    of the whole notebook: runs save after cells finish, so this is on the hot path."""
-    return (
-        json.dumps(
-            _for_disk(nb),
-            indent=1,
-            sort_keys=True,
-            separators=(",", ": "),
-            ensure_ascii=False,
-            default=_encode_bytes,
-        )
-        + "\n"
-    )
+    of the whole notebook: runs save after cells finish, so this is on the hot path.
+
+    The text is :func:`notebook_frame` around the cells' :func:`cell_json`, which is how the
+    saver of a running notebook rebuilds it from the cells that changed only."""
+    head, tail = notebook_frame(nb)
+    return join_cells(head, [cell_json(cell) for cell in nb.get("cells", [])], tail)
+
+
+def notebook_frame(nb: Any) -> tuple[str, str]:
+    """The notebook's text before and after its cells: ``head`` ends with ``"cells": [``,
+    ``tail`` starts with the ``]`` that closes them (see :func:`join_cells`)."""
+    out = {k: v for k, v in nb.items() if k != "cells"}
+    out["metadata"] = {k: v for k, v in nb.get("metadata", {}).items() if k not in _TRANSIENT_NB}
+    out["cells"] = []
+    text = _encode(out, 0) + "\n"
+    # keys one level down are indented further: only the top-level entry matches
+    cut = text.index(_NO_CELLS) + len(_NO_CELLS) - 1
+    return text[:cut], text[cut + 1 :]
+
+
+def join_cells(head: str, cells: list[str], tail: str) -> str:
+    """A notebook's text from its frame and its cells' :func:`cell_json`."""
+    if not cells:
+        return f"{head}]{tail}"
+    return head + "\n" + ",\n".join(cells) + "\n ]" + tail
+
+
+def cell_json(cell: Any) -> str:
+    """One cell as it appears in a saved notebook, indented for its place in the ``cells``
+    list, without the separating comma."""
+    return "  " + _encode(_cell_for_disk(cell), 2)
 
 
 def _encode_bytes(value: Any) -> str:
@@ -249,31 +271,94 @@ def _split_bundle(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _for_disk(nb: Any) -> dict[str, Any]:
-    out = {k: v for k, v in nb.items() if k != "cells"}
-    out["metadata"] = {k: v for k, v in nb.get("metadata", {}).items() if k not in _TRANSIENT_NB}
-    cells = []
-    for cell in nb.get("cells", []):
-        c = dict(cell)
-        c["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k != "trusted"}
-        if isinstance(c.get("source"), str):
-            c["source"] = c["source"].splitlines(True)
-        if "attachments" in c:
-            c["attachments"] = {k: _split_bundle(v) for k, v in c["attachments"].items()}
-        if c.get("cell_type") == "code" and c.get("outputs"):
-            outputs = []
-            for output in c["outputs"]:
-                o = dict(output)
-                kind = o.get("output_type")
-                if kind in ("execute_result", "display_data") and "data" in o:
-                    o["data"] = _split_bundle(o["data"])
-                elif kind == "stream" and isinstance(o.get("text"), str):
-                    o["text"] = o["text"].splitlines(True)
-                outputs.append(o)
-            c["outputs"] = outputs
-        cells.append(c)
-    out["cells"] = cells
-    return out
+def _cell_for_disk(cell: Any) -> dict[str, Any]:
+    c = dict(cell)
+    c["metadata"] = {k: v for k, v in cell.get("metadata", {}).items() if k != "trusted"}
+    if isinstance(c.get("source"), str):
+        c["source"] = c["source"].splitlines(True)
+    if "attachments" in c:
+        c["attachments"] = {k: _split_bundle(v) for k, v in c["attachments"].items()}
+    if c.get("cell_type") == "code" and c.get("outputs"):
+        outputs = []
+        for output in c["outputs"]:
+            o = dict(output)
+            kind = o.get("output_type")
+            if kind in ("execute_result", "display_data") and "data" in o:
+                o["data"] = _split_bundle(o["data"])
+            elif kind == "stream" and isinstance(o.get("text"), str):
+                o["text"] = o["text"].splitlines(True)
+            outputs.append(o)
+        c["outputs"] = outputs
+    return c
+
+
+# What json.dumps(value, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False)
+# writes, built as a list of pieces joined once: json's own indenting encoder is pure Python
+# and joins its pieces at every level, so the text of a 100 MB output is copied several
+# times over; here a list of strings (the lines of a text) is one C-level join. Anything
+# unusual (keys that are not strings, subclasses of scalars) goes through json itself, so
+# the text is always exactly json's.
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
+_CONSTANTS: dict[Any, str] = {None: "null", True: "true", False: "false"}
+
+
+def _encode(value: Any, depth: int) -> str:
+    out: list[str] = []
+    _write(value, depth, out)
+    return "".join(out)
+
+
+def _write(value: Any, depth: int, out: list[str]) -> None:
+    kind = type(value)
+    if kind is str:
+        out.append(_encode_str(value))
+    elif isinstance(value, dict):
+        if not value:
+            out.append("{}")
+        elif not all(type(k) is str for k in value):
+            out.append(_by_json(value, depth))
+        else:
+            inner = "\n" + " " * (depth + 1)
+            first = True
+            for key, item in sorted(value.items()):
+                out.append(("{" if first else ",") + inner + _encode_str(key) + ": ")
+                _write(item, depth + 1, out)
+                first = False
+            out.append("\n" + " " * depth + "}")
+    elif kind is list or kind is tuple:
+        if not value:
+            out.append("[]")
+            return
+        inner = "\n" + " " * (depth + 1)
+        if all(type(item) is str for item in value):
+            out.append("[" + inner)
+            out.append(("," + inner).join(map(_encode_str, value)))
+        else:
+            first = True
+            for item in value:
+                out.append(("[" if first else ",") + inner)
+                _write(item, depth + 1, out)
+                first = False
+        out.append("\n" + " " * depth + "]")
+    elif kind is bool or value is None:
+        out.append(_CONSTANTS[value])
+    elif kind is int:
+        out.append(int.__repr__(value))
+    else:  # floats (NaN, Infinity), bytes, subclasses: json's own rules
+        out.append(_by_json(value, depth))
+
+
+def _by_json(value: Any, depth: int) -> str:
+    text = json.dumps(
+        value,
+        indent=1,
+        sort_keys=True,
+        separators=(",", ": "),
+        ensure_ascii=False,
+        default=_encode_bytes,
+    )
+    # JSON text has no raw newline inside a string: every newline is a line break
+    return text.replace("\n", "\n" + " " * depth) if depth else text
 
 
 _tmp_counter = itertools.count()
@@ -290,6 +375,19 @@ def atomic_write_text(
     here, and the runs database commits with ``synchronous=NORMAL``, the same promise).
     ``mode`` sets the file's permissions exactly; by default they are 0666 less the umask.
     """
+    atomic_write(path, (text.encode("utf-8"),), durable=durable, mode=mode)
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    parts: Iterable[bytes],
+    *,
+    durable: bool = False,
+    mode: int | None = None,
+) -> None:
+    """:func:`atomic_write_text` for a file given as a sequence of byte strings (written one
+    after the other); an exception raised while ``parts`` is iterated abandons the write
+    and leaves the previous file in place."""
     target = Path(path)
     # a name unique to this process and write: cheaper than mkstemp's random probing
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
@@ -301,8 +399,9 @@ def atomic_write_text(
     try:
         if mode is not None:
             os.fchmod(fd, mode)  # exact, whatever the umask
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
+            for part in parts:
+                fh.write(part)
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())

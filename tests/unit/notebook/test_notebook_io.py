@@ -8,6 +8,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nbformat.v4 import new_code_cell, new_notebook
 
 from kiln.errors import NotebookNotFound, NotebookReadError
@@ -192,3 +194,77 @@ def test_dumps_writes_exactly_what_nbformat_writes(tmp_path):
         },
     )
     assert dumps(nb) == nbformat.writes(nb) + "\n"
+
+
+_json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.sampled_from(["", "a\nb", 'q"\\', "\u2028", "é\x00", "\r\n\x0b"])
+)
+_json = st.recursive(
+    _json_leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json, depth=st.integers(0, 3))
+def test_the_encoder_writes_what_json_writes(value, depth):
+    from kiln.notebook.io import _encode
+
+    expected = json.dumps(
+        value, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False
+    ).replace("\n", "\n" + " " * depth)
+    assert _encode(value, depth) == expected
+
+
+def test_the_encoder_falls_back_to_json_for_the_unusual():
+    import enum
+
+    from kiln.notebook.io import _encode
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Name(str):
+        pass
+
+    for value in (
+        {1: "int key", 2: [True, None]},
+        [Level.HIGH, Name("x"), (1, 2), float("nan"), float("-inf"), 1e300],
+        {"nested": {"t": (Name("y"), {"z": []})}},
+    ):
+        expected = json.dumps(
+            value, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False
+        )
+        assert _encode(value, 0) == expected
+
+
+def test_cells_and_frame_make_the_notebook(tmp_path):
+    from kiln.notebook.io import cell_json, dumps, join_cells, notebook_frame
+
+    nb = new_notebook(cells=[new_code_cell("a = 1"), new_code_cell("b\nc")])
+    head, tail = notebook_frame(nb)
+    assert join_cells(head, [cell_json(c) for c in nb.cells], tail) == nbformat.writes(nb) + "\n"
+    empty = new_notebook(metadata={"cells": []})  # a key named cells one level down
+    assert dumps(empty) == nbformat.writes(empty) + "\n"
+
+
+def test_atomic_write_abandoned_mid_way_keeps_the_previous_file(tmp_path):
+    from kiln.notebook.io import atomic_write
+
+    target = tmp_path / "o.txt"
+    atomic_write(target, [b"complete"])
+
+    def parts():
+        yield b"half of it"
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, parts())
+    assert target.read_bytes() == b"complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]

@@ -1,0 +1,87 @@
+"""The run log: every event on its own line, large outputs stored once (in the notebook)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nbformat.v4 import new_code_cell, new_notebook
+
+from kiln import runlog
+from kiln.runlog import RunLog
+
+
+def _lines(n: int, start: int = 0) -> str:
+    return "".join(f"line {i:>8} of the output\n" for i in range(start, start + n))
+
+
+def _log(tmp_path: Path) -> RunLog:
+    log = RunLog(tmp_path / "run.log")
+    nb = new_notebook(cells=[new_code_cell("a"), new_code_cell("print(big)")])
+    nb.cells[1].id = "big-cell"
+    log.set_output(tmp_path / "out.ipynb", nb)
+    return log
+
+
+def test_small_outputs_are_logged_whole_as_they_come(tmp_path):
+    log = _log(tmp_path)
+    log.output(1, {"output_type": "stream", "name": "stdout", "text": "hello\nworld\n"})
+    text = (tmp_path / "run.log").read_text()
+    assert "[cell 1 stdout] hello" in text and "[cell 1 stdout] world" in text
+    log.close()
+
+
+def test_a_large_output_keeps_its_head_and_tail_and_says_where_the_rest_is(tmp_path):
+    log = _log(tmp_path)
+    total = 200_000  # ~5.6 MB of lines
+    log.line("cell 1 started")
+    log.output(1, {"output_type": "stream", "name": "stdout", "text": _lines(total)})
+    log.line("cell 1 ok in 1.000s")
+    log.close()
+    text = (tmp_path / "run.log").read_text()
+    size = len(text.encode())
+    assert size < 3 * (runlog.STREAM_HEAD + runlog.STREAM_TAIL)
+    assert f"line {0:>8} of" in text  # the first line, logged as it came
+    assert f"line {total - 1:>8} of" in text  # and the last one
+    assert f"line {total // 2:>8} of" not in text
+    note = next(line for line in text.splitlines() if "not logged here" in line)
+    assert f"cell 1 (id big-cell) of {tmp_path / 'out.ipynb'}" in note
+    # the tail comes before the cell's end line, in order
+    lines = text.splitlines()
+    end = next(i for i, line in enumerate(lines) if "cell 1 ok in" in line)
+    assert f"line {total - 1:>8} of" in lines[end - 1]
+
+
+def test_chunked_output_is_bounded_too_and_streams_keep_their_names(tmp_path):
+    log = _log(tmp_path)
+    for i in range(100):  # the fork engine sends stream output in chunks
+        log.output(1, {"output_type": "stream", "name": "stdout", "text": _lines(1000, i * 1000)})
+    log.output(1, {"output_type": "stream", "name": "stderr", "text": "the last words\n"})
+    log.close()  # a run cut short still gets the tail
+    text = (tmp_path / "run.log").read_text()
+    assert len(text.encode()) < 3 * (runlog.STREAM_HEAD + runlog.STREAM_TAIL)
+    assert "[cell 1 stderr] the last words" in text.splitlines()[-1]
+    assert f"line {99_999:>8} of" in text
+
+
+def test_each_cell_has_its_own_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(runlog, "STREAM_HEAD", 100)
+    monkeypatch.setattr(runlog, "STREAM_TAIL", 100)
+    log = _log(tmp_path)
+    log.output(0, {"output_type": "stream", "name": "stdout", "text": _lines(50)})
+    log.line("cell 0 ok in 0.1s")
+    log.output(1, {"output_type": "stream", "name": "stdout", "text": "short\n"})
+    log.close()
+    text = (tmp_path / "run.log").read_text()
+    assert "[cell 1 stdout] short" in text
+    assert text.count("not logged here") == 1
+
+
+def test_output_after_a_display_in_the_middle_stays_bounded(tmp_path):
+    log = _log(tmp_path)
+    for i in range(3):  # a display between two large prints writes the first one's tail
+        log.output(1, {"output_type": "stream", "name": "stdout", "text": _lines(50_000, i)})
+        log.output(1, {"output_type": "display_data", "data": {"image/png": "AAA"}})
+    log.close()
+    text = (tmp_path / "run.log").read_text()
+    assert len(text.encode()) < 6 * (runlog.STREAM_HEAD + runlog.STREAM_TAIL)
+    assert text.count("[cell 1 display_data] image/png") == 3
