@@ -90,10 +90,9 @@ def _find_kernel_spec(name: str) -> Any:
 
 
 def _kernel_spec_slow(name: str) -> Any:
-    from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.kernelspec import NoSuchKernel as _NoSuchKernel
 
-    ksm = KernelSpecManager()
+    ksm = _spec_manager()
     try:
         return ksm.get_kernel_spec(name)
     except _NoSuchKernel:
@@ -102,6 +101,61 @@ def _kernel_spec_slow(name: str) -> Any:
             f"no Jupyter kernel named {name!r} is installed (installed: {installed}); "
             "choose one of them as the run's kernel"
         ) from None
+
+
+#: where a Jupyter server is told which kernel spec manager to use (nb_conda_kernels and other
+#: environment managers set one of these)
+_MANAGER_SETTINGS = (
+    ("jupyter_server_config", "ServerApp"),
+    ("jupyter_notebook_config", "NotebookApp"),
+)
+
+
+def _spec_manager() -> Any:
+    """The KernelSpecManager Jupyter would use: ``KILN_KERNEL_SPEC_MANAGER`` (``module.Class``),
+    else the ``kernel_spec_manager_class`` of the user's Jupyter server configuration, else
+    jupyter_client's own (which also finds kernels of installed provisioners)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = os.environ.get("KILN_KERNEL_SPEC_MANAGER") or _configured_manager()
+    if not name:
+        return KernelSpecManager()
+    from traitlets.utils.importstring import import_item
+
+    try:
+        cls = import_item(name.replace(":", "."))
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise EngineError(f"cannot load the kernel spec manager {name!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, KernelSpecManager)):
+        raise EngineError(f"{name!r} is not a jupyter_client KernelSpecManager")
+    return cls()
+
+
+def _configured_manager() -> str | None:
+    from jupyter_core.paths import jupyter_config_path
+    from traitlets.config.loader import (
+        ConfigFileNotFound,
+        JSONFileConfigLoader,
+        PyFileConfigLoader,
+    )
+
+    found: str | None = None
+    for folder in reversed(jupyter_config_path()):  # the most specific folder wins
+        for stem, section in _MANAGER_SETTINGS:
+            for loader_cls, suffix in (
+                (JSONFileConfigLoader, ".json"),
+                (PyFileConfigLoader, ".py"),
+            ):
+                if not os.path.isfile(os.path.join(folder, stem + suffix)):
+                    continue
+                try:
+                    config = loader_cls(stem + suffix, path=folder).load_config()
+                except (ConfigFileNotFound, OSError, ValueError, SyntaxError):
+                    continue
+                setting = config.get(section, {}).get("kernel_spec_manager_class")
+                if isinstance(setting, str) and setting:
+                    found = setting
+    return found
 
 
 def _client_class() -> type[Any]:
