@@ -237,3 +237,11 @@ def test_cells_without_hints_are_not_walked() -> None:
     # the hint decides whether to walk: a tree that does not match its source stays unread
     assert scan_code(ast.parse(f"k = {AWS[:4]!r} + {AWS[4:]!r}"), "x = 1").secrets == []
 
+
+def test_a_cell_too_deep_for_the_parser_gets_the_text_scan() -> None:
+    # regression: ast.parse's RecursionError escaped and `kiln lint` died with a traceback
+    deep = "x = " + " + ".join(['"ab"'] * 5000)
+    cells: list[dict[str, Any]] = [corpus.code(f"{deep}\nkey = '{AWS}'")]
+    found = lint_notebook(corpus.notebook(corpus.Case("t", cells)), "t.ipynb", config=LintConfig())
+    assert [(f.rule, f.line) for f in found] == [("KL108", None), ("KL301", 2)]
+    assert "too deeply nested" in found[0].message
