@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from corpus_evasions import evasion_cases
+
 # Run as a script, this folder is on sys.path; the tests' loader (lintcorpus.py) adds it.
 from corpus_kit import (  # the values are re-exported for the tests
     AWS_ID,
@@ -521,6 +523,7 @@ def cases() -> list[Case]:
         ),
         Case("not_json", [], [("KL001", None)], raw='{"cells": [\n'),
         *more_cases(),
+        *evasion_cases(),
     ]
 
 
