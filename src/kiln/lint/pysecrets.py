@@ -106,19 +106,20 @@ class CodeScan:
     folded: list[tuple[int, int, str]] = field(default_factory=list)
 
 
-def scan_code(tree: ast.Module, source: str, *, has_strings: bool = True) -> CodeScan:
+def scan_code(tree: ast.Module, source: str, *, has_strings: bool = True) -> CodeScan | None:
     """Secrets in one parsed cell (``source`` is its text, to place columns and to skip values
-    a text scan already sees). ``has_strings=False`` says the tree holds no str literal (most
-    cells): then only a bytes literal could hold a secret, and without one nothing is read."""
+    a text scan already sees); None when the cell gives no reason to look (most cells).
+    ``has_strings=False`` says the tree holds no str literal: then only a bytes literal could
+    hold a secret, and without one nothing is read."""
     if not has_strings and not any(p in source for p in _BYTES_PREFIXES):
-        return CodeScan()
+        return None
     fold_at = _match_lines(_BUILDS_STRINGS, source)
     lowered = source.lower()  # substring tests first: ~6x cheaper than the regex alone
     name_at = []
     if any(w in lowered for w in _NAME_WORDS):
         name_at = _match_lines(_NAMES_HINT, source)
     if not (fold_at or name_at):
-        return CodeScan()
+        return None
     scan = _Scanner(source, sorted({*fold_at, *name_at}))
     scan.walk(tree, want_folds=bool(fold_at), want_names=bool(name_at))
     return scan.result

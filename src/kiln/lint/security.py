@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from kiln.lint.cells import CodeCell, NotebookView, json_text, strip_data_uris, text_of
 from kiln.lint.findings import Hit
 from kiln.lint.personal import find_cards, find_emails, find_phones
-from kiln.lint.pysecrets import CodeScan, CodeSecret, iter_secrets, scan_code
+from kiln.lint.pysecrets import CodeSecret, iter_secrets, scan_code
 from kiln.lint.secret_scan import SecretHit, find_secrets, high_entropy_tokens, mask
 
 SECURITY_RULES = ("KL301", "KL302", "KL303", "KL304", "KL305", "KL306", "KL307")
@@ -84,13 +84,15 @@ def _source_hits(
     if not ("KL301" in options.enabled or "KL304" in options.enabled):
         return
     found = find_secrets(source)
-    code = CodeScan()
+    code = None
     if cell is not None and cell.tree is not None:
         code = scan_code(cell.tree, cell.source, has_strings=bool(cell.nodes().strings))
-    # what the text scan found wins: the code scan adds only values it could not see
-    extra = [s for s in iter_secrets(code) if not _seen_in_text(s, found, source)]
-    if extra:  # a piece of a value the code scan saw whole (`pw = "Tr0ub" + "4dor..."`)
-        found = [h for h in found if not _piece_of(h, extra, source)]
+    extra: list[CodeSecret] = []
+    if code is not None and code.secrets:
+        # what the text scan found wins: the code scan adds only values it could not see
+        extra = [s for s in iter_secrets(code) if not _seen_in_text(s, found, source)]
+        if extra:  # a piece of a value the code scan saw whole (`pw = "Tr0ub" + "4dor..."`)
+            found = [h for h in found if not _piece_of(h, extra, source)]
     if "KL301" in options.enabled:
         hits: list[tuple[int, int, str]] = []
         for hit in found:
@@ -100,12 +102,15 @@ def _source_hits(
             how = " (built from string literals)" if secret.built else ""
             shown = mask(secret.secret, reveal=secret.reveal)
             hits.append((secret.line, secret.column, f"{secret.kind} in the source{how}: {shown}"))
-        for line, column, message in sorted(hits):
+        for line, column, message in sorted(hits) if extra else hits:
             yield Hit("KL301", index, line, column, message)
     if "KL304" in options.enabled:
-        known = [*found, *(SecretHit(s.kind, s.secret, -1, s.reveal) for s in extra)]
+        known = found
+        if extra:
+            known = [*found, *(SecretHit(s.kind, s.secret, -1, s.reveal) for s in extra)]
+        folded = code.folded if code is not None else []
         for line, column, token in _entropy_in_source(
-            source, cell, known, options.min_length, code.folded
+            source, cell, known, options.min_length, folded
         ):
             yield Hit(
                 "KL304",
@@ -131,8 +136,10 @@ def _entropy_in_source(
             for node in cell.nodes().strings
             if isinstance(node.value, str) and len(node.value) >= min_length
         ]
+        if folded:
+            strings += [f for f in folded if len(f[2]) >= min_length]
         reported: set[str] = set()
-        for line, column, value in [*strings, *(f for f in folded if len(f[2]) >= min_length)]:
+        for line, column, value in strings:
             for hit in high_entropy_tokens(value, min_length=min_length):
                 if not _covered(hit.secret, covered) and hit.secret not in reported:
                     reported.add(hit.secret)

@@ -33,7 +33,7 @@ def kl301(*sources: str) -> list[tuple[int | None, int | None, int | None, str]]
 
 def secrets(source: str) -> list[tuple[int, int, str, str]]:
     scan = scan_code(ast.parse(source), source)
-    return [(s.line, s.column, s.kind, s.secret) for s in scan.secrets]
+    return [] if scan is None else [(s.line, s.column, s.kind, s.secret) for s in scan.secrets]
 
 
 # -- folded strings ------------------------------------------------------------------------------
@@ -232,10 +232,12 @@ def test_credential_like_needs_more_of_a_token_than_of_a_password() -> None:
 
 
 def test_cells_without_hints_are_not_walked() -> None:
-    tree = ast.parse("x = 1\nprint(x)")
-    assert scan_code(tree, "x = 1\nprint(x)").secrets == []
-    # the hint decides whether to walk: a tree that does not match its source stays unread
-    assert scan_code(ast.parse(f"k = {AWS[:4]!r} + {AWS[4:]!r}"), "x = 1").secrets == []
+    assert scan_code(ast.parse("x = 1\nprint(x)"), "x = 1\nprint(x)") is None
+    # the hints decide whether to walk: a tree that does not match its source stays unread
+    built = f"k = {AWS[:4]!r} + {AWS[4:]!r}"
+    assert scan_code(ast.parse(built), "x = 1") is None
+    assert scan_code(ast.parse(built), built, has_strings=False) is None  # no str literal
+    assert scan_code(ast.parse(built), built) is not None
 
 
 def test_a_cell_too_deep_for_the_parser_gets_the_text_scan() -> None:
