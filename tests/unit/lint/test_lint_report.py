@@ -16,15 +16,15 @@ from kiln.lint.formats import format_text
 from kiln.lint.sarif import to_sarif
 
 corpus = make_corpus()
-DB_PW = "Vx9mQ2" + "pLr7wZk"
-TOKEN = "Sup3rS3cret" + "Tok9"
+DB_PW = corpus.glue("Vx9mQ2", "pLr7wZk")
+TOKEN = corpus.glue("Sup3rS3cret", "Tok9")
 PLANTED = {
     "aws": corpus.AWS_ID,
     "github": corpus.GH_TOKEN,
     "slack": corpus.SLACK,
     "google": corpus.GOOGLE,
     "stripe": corpus.STRIPE,
-    "db-password": "Vx9#mQ2pLr7w",
+    "db-password": corpus.glue("Vx9#mQ2", "pLr7w"),
     "keyword-password": corpus.PASSWORD,
     "pem-body": "MIIEowIBAAKCAQEA7bq98",
     "jwt": corpus.JWT,

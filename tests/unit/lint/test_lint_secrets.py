@@ -153,7 +153,7 @@ def test_not_cards(text: str) -> None:
 
 # -- connection strings --------------------------------------------------------------------------
 
-DB_PW = "Vx9mQ2" + "pLr7wZk"
+DB_PW = corpus.glue("Vx9mQ2", "pLr7wZk")
 CONNECTIONS = {
     "url": f"postgresql://etl:{DB_PW}@db.acme.io:5432/sales",
     "redis-no-user": f"redis://:{DB_PW}@cache.acme.io:6379/0",
