@@ -17,7 +17,13 @@ from kiln.cli.main import COMMANDS
 
 from kilntest import KILN, build_notebook
 
-AWS = "AKIA" + "Q3EGRT7XMPL4ZN2W"
+
+def _glue(*parts: str) -> str:
+    """A fake secret from its pieces (a call: no scanner, folding or not, sees it whole)."""
+    return "".join(parts)
+
+
+AWS = _glue("AKIA", "Q3EGRT7XMPL4ZN2W")
 # Until `lint_cmd` is listed in kiln.cli.main.COMMANDS, run the same CLI with it added.
 _SHIM = (
     "import sys, kiln.cli.main as m\n"
@@ -184,3 +190,26 @@ def test_list_rules(lint: LintCli) -> None:
     assert result.stdout.splitlines()[0].startswith("KL001  error")
     assert "KL201  warning  large-output" in result.stdout
     assert "max_output_kb=500" in result.stdout
+
+
+def test_secrets_built_from_pieces_are_found_and_masked(lint: LintCli, tmp_path: Path) -> None:
+    password = _glue("Vx9mQ2", "pLr7wZk")
+    write(
+        tmp_path / "nb.ipynb",
+        [
+            "%matplotlib inline\n"
+            f'key = "\\x{ord(AWS[0]):02x}{AWS[1:4]}" + "{AWS[4:]}"\n'
+            f"conn = connect(host='db.acme.io', password={password[:5]!r} + {password[5:]!r})",
+            "import os\nconn = connect(host='db', password=os.environ['DB_PASSWORD'])",
+        ],
+    )
+    result = lint("nb.ipynb", "--select", "KL3")
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stdout.splitlines() if " KL301 " in line]
+    assert [line.split(" KL301 ")[0] for line in lines] == ["nb.ipynb:0:2:7:", "nb.ipynb:0:3:44:"]
+    assert "AWS access key id in the source (built from string literals): AKIA" in lines[0]
+    assert lines[1].endswith("password passed as password= in the source: " + "*" * len(password))
+    for fmt in ("json", "sarif"):
+        text = lint("nb.ipynb", "--select", "KL3", "--format", fmt).stdout
+        assert AWS not in text and AWS[4:] not in text and password not in text
+        assert password[:5] not in text and password[5:] not in text

@@ -212,6 +212,9 @@ def _parse(cell: CodeCell) -> None:
         return
     except (SyntaxError, ValueError):
         pass
+    except RecursionError:  # Python cannot compile it either: it would fail when run
+        cell.syntax_error = SyntaxError("too deeply nested for Python's parser")
+        return
     # Only a cell that does not parse as is can hold magics (`%x`, `!x` and `x?` never parse).
     if _NEEDS_MAGIC_PASS.search(source):
         cell.magics.extend(_magics(source))
@@ -225,6 +228,9 @@ def _parse(cell: CodeCell) -> None:
             cell.syntax_error = exc
         except ValueError:  # null bytes
             cell.syntax_error = SyntaxError("source contains a null byte")
+            return
+        except RecursionError:
+            cell.syntax_error = SyntaxError("too deeply nested for Python's parser")
             return
 
 

@@ -87,6 +87,12 @@ _CARD = re.compile(
 )
 
 
+def is_documentation_domain(domain: str) -> bool:
+    """Whether ``domain`` is reserved for examples (``example.com``, ``*.test``, ``localhost``
+    look-alikes): an address or URL there belongs to documentation, not to anyone."""
+    return bool(_DOC_DOMAINS.search(domain))
+
+
 def find_emails(text: str, *, allow_domains: Collection[str] = ()) -> Iterator[PersonalHit]:
     if "@" not in text:
         return

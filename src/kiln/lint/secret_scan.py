@@ -3,7 +3,8 @@
 Two sources, merged:
 
 * :data:`PATTERNS`, Kiln's table of formats it knows precisely (cloud keys, tokens, private
-  key blocks, passwords in connection strings). They run on the whole text at once.
+  key blocks), and passwords in connection strings (:mod:`kiln.lint.connstrings`). They run on
+  the whole text at once.
 * detect-secrets' plugins (:data:`DETECT_SECRETS_PLUGINS`), called directly on strings (never
   its CLI or its baseline machinery). They are slower, so they only see the lines a cheap
   pre-filter lets through: lines with a long token-like run or a secret-ish keyword. Every
@@ -22,6 +23,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
+
+from kiln.lint.connstrings import KIND as CONNECTION_KIND
+from kiln.lint.connstrings import find_connection_passwords, is_example_login, is_placeholder
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,6 @@ PATTERNS: tuple[Pattern, ...] = (
         "PRIVATE",
         r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
     ),
-    _p(
-        "password in a connection string",
-        "://",
-        r"\b[a-z][a-z0-9+.\-]{1,30}://[^\s:/@'\"<>]{1,100}:([^\s@/'\"<>]{1,200})@[\w.\-\[\]]+",
-        1,
-        reveal=False,
-        flags=re.I,
-    ),
 )
 
 #: detect-secrets plugins used, by module and class. Left out: high-entropy (ours is stricter
@@ -137,13 +133,6 @@ def is_candidate(text: str) -> bool:
     return any(word in lowered for word in _SECRET_WORDS) or bool(_LONG_RUN.search(text))
 
 
-_PLACEHOLDER = re.compile(
-    r"^(?:x+|\*+|\.+|-+|#+|0+|none|null|nil|true|false|undefined|changeme|change_me|secret|"
-    r"password|passwd|pass|pwd|token|key|test|testing|dummy|example|sample|foo|bar|todo|tbd|"
-    r"redacted|hidden|masked|placeholder|your[-_ ].*|my[-_ ].*|.*\{.*\}.*|.*%\(?\w*\)?s.*|"
-    r".*<[^>]*>.*|\$.*|\.\.\.)$",
-    re.I,
-)
 # a name such as `secret_name` or `password_field` holds a label, not a secret
 _LABEL_NAME = re.compile(
     r"(?:name|names|id|ids|path|file|filename|dir|url|uri|env|var|type|arn|header|field|"
@@ -161,10 +150,12 @@ def find_secrets(text: str) -> list[SecretHit]:
             continue
         for match in pattern.regex.finditer(text):
             secret = match.group(pattern.group)
-            if pattern.reveal or not _PLACEHOLDER.match(secret):
+            if pattern.reveal or not is_placeholder(secret):
                 hits.append(
                     SecretHit(pattern.kind, secret, match.start(pattern.group), pattern.reveal)
                 )
+    for secret, start in find_connection_passwords(text):
+        hits.append(SecretHit(CONNECTION_KIND, secret, start, False))
     hits.extend(_detect_secrets_hits(text, hits))
     hits.sort(key=lambda h: h.start)
     return _dedupe(hits)
@@ -197,8 +188,12 @@ def _detect_secrets_hits(text: str, known: Sequence[SecretHit]) -> Iterator[Secr
                 if tail is not None:
                     secret = tail.group(0)  # detect-secrets stops before the signature
                 if position >= 0:
-                    yield SecretHit(kind, secret, offset + position, kind != "secret keyword")
+                    yield SecretHit(kind, secret, offset + position, kind not in _NEVER_SHOWN)
         offset += len(line) + 1
+
+
+#: detect-secrets kinds that are passwords: never a character of them in a report
+_NEVER_SHOWN = frozenset({"secret keyword", "basic auth credentials"})
 
 
 def _scan_line(plugins: Sequence[Any], line: str) -> Iterator[tuple[str, str]]:
@@ -209,7 +204,9 @@ def _scan_line(plugins: Sequence[Any], line: str) -> Iterator[tuple[str, str]]:
             kind = str(plugin.secret_type).lower()
             if kind == "secret keyword" and _weak_keyword_hit(secret, line):
                 continue
-            if kind == "basic auth credentials" and _PLACEHOLDER.match(secret):
+            if kind == "basic auth credentials" and (
+                is_placeholder(secret) or is_example_login(line, secret)
+            ):
                 continue
             yield kind, secret
 
@@ -218,17 +215,22 @@ def _weak_keyword_hit(secret: str, line: str) -> bool:
     from detect_secrets.filters import heuristic
 
     if (
-        _PLACEHOLDER.match(secret)
+        is_placeholder(secret)
         or heuristic.is_templated_secret(secret)
         or heuristic.is_sequential_string(secret)
         or heuristic.is_potential_uuid(secret)
         or heuristic.is_not_alphanumeric_string(secret)
-        or heuristic.is_indirect_reference(line)
     ):
         return True
-    before = line[: line.find(secret)]
-    name = _LAST_IDENTIFIER.search(before)
-    return name is not None and bool(_LABEL_NAME.search(name.group(1)))
+    position = line.find(secret)
+    name = _LAST_IDENTIFIER.search(line, 0, position)
+    if name is None:
+        return heuristic.is_indirect_reference(line)
+    if _LABEL_NAME.search(name.group(1)):
+        return True
+    # `name = "secret"` right before the value: judge that assignment, not the whole line
+    # (`conn = connect(host="db", password="...")` is a call on the left, a literal here)
+    return heuristic.is_indirect_reference(line[name.start() : position + len(secret)])
 
 
 def warm_up() -> None:

@@ -12,6 +12,7 @@ from corpus_kit import (
     Case,
     code,
     data,
+    glue,
     md,
     out,
 )
@@ -20,7 +21,7 @@ from corpus_kit import (
 def more_cases() -> list[Case]:
     """A second batch, written after the rules and run as they were first written."""
     c = code
-    aws_secret = "wJalrXUtnFEMI/K7MDENG/" + "bPxRfiCYz3Xq9Lm2Nv8Rt"
+    aws_secret = glue("wJalrXUtnFEMI/K7MDENG/", "bPxRfiCYz3Xq9Lm2Nv8Rt")
     return [
         Case(
             "analysis_typical",

@@ -5,8 +5,9 @@
 Each case becomes ``OUT_DIR/<case>/<case>.ipynb`` (plus ``kiln.yaml`` when the case has lint
 settings) and ``OUT_DIR/manifest.json`` lists, per case, the expected ``[rule, cell]`` pairs.
 Every rule has cases where it must fire and cases built to tempt it where it must stay quiet.
-Secret-shaped values are assembled from pieces, so this file itself holds no secret in a
-format a scanner would flag; none of them is a real credential.
+Secret-shaped values are assembled from pieces with ``glue()``, so this file itself holds no
+secret in a format a scanner would flag, even one that folds string expressions; none of them
+is a real credential.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 # Run as a script, this folder is on sys.path; the tests' loader (lintcorpus.py) adds it.
+from corpus_evasions import evasion_cases
 from corpus_kit import (  # the values are re-exported for the tests
     AWS_ID,
     CARD,
@@ -43,6 +45,7 @@ from corpus_kit import (  # the values are re-exported for the tests
     out,
     png,
 )
+from corpus_kit import glue as glue  # re-exported: the tests assemble their values with it
 from corpus_more import more_cases
 
 
@@ -515,6 +518,7 @@ def cases() -> list[Case]:
         ),
         Case("not_json", [], [("KL001", None)], raw='{"cells": [\n'),
         *more_cases(),
+        *evasion_cases(),
     ]
 
 

@@ -2,7 +2,8 @@
 
 The corpus (tests/data/lint/make_corpus.py) has, for each rule, notebooks where it must fire
 and notebooks built to tempt it where it must stay quiet. A finding is matched by
-(notebook, rule, cell).
+(notebook, rule, cell). Every rule needs 0.9 precision and recall; the security rules (KL3xx)
+need precision 1.00.
 """
 
 from __future__ import annotations
@@ -65,3 +66,6 @@ def test_precision_and_recall_per_rule(lint_corpus: tuple[Path, dict[str, Any]])
         print(f"{rule_id}  {precision:9.2f}  {recall:6.2f}  {want:8d}  {got:8d}")
     low = [r for r in rows if r[1] < 0.9 or r[2] < 0.9]
     assert not low, f"precision or recall below 0.9: {low}"
+    # a secret scanner that cries wolf gets switched off: on this corpus it never may
+    noisy = [r for r in rows if r[0].startswith("KL3") and r[1] < 1.0]
+    assert not noisy, f"security rules below precision 1.00: {noisy}"

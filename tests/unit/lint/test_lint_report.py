@@ -16,13 +16,15 @@ from kiln.lint.formats import format_text
 from kiln.lint.sarif import to_sarif
 
 corpus = make_corpus()
+DB_PW = corpus.glue("Vx9mQ2", "pLr7wZk")
+TOKEN = corpus.glue("Sup3rS3cret", "Tok9")
 PLANTED = {
     "aws": corpus.AWS_ID,
     "github": corpus.GH_TOKEN,
     "slack": corpus.SLACK,
     "google": corpus.GOOGLE,
     "stripe": corpus.STRIPE,
-    "db-password": "Vx9#mQ2pLr7w",
+    "db-password": corpus.glue("Vx9#mQ2", "pLr7w"),
     "keyword-password": corpus.PASSWORD,
     "pem-body": "MIIEowIBAAKCAQEA7bq98",
     "jwt": corpus.JWT,
@@ -30,6 +32,8 @@ PLANTED = {
     "email": corpus.EMAIL,
     "card": corpus.CARD,
     "card-digits": corpus.CARD.replace(" ", ""),
+    "db-password-2": DB_PW,
+    "token-kwarg": TOKEN,
 }
 
 
@@ -46,6 +50,13 @@ def leaky(tmp_path: Path) -> Path:
             c("show()", data({"text/html": f'<td>{corpus.STRIPE}</td><img alt="{corpus.SLACK}">'})),
             c("pay()", data({"text/plain": f"card {corpus.CARD}"}, count=5)),
             corpus.md(f"![{corpus.GOOGLE}](x.png) and `{corpus.JWT}`"),
+            # built from pieces, in connection strings, under a secret's name
+            c(
+                f'key = "{corpus.AWS_ID[:4]}" + "{corpus.AWS_ID[4:]}"\n'
+                f'ado = "Server=db.acme.io;User Id=etl;Password=" "{DB_PW};"\n'
+                f"client = Client(token={TOKEN[:6]!r} + {TOKEN[6:]!r})"
+            ),
+            c("print(cfg)", out(f"redis://:{DB_PW}@cache.acme.io:6379/0\n")),
         ],
         metadata={"service": {"url": corpus.DB_URL}},
     )
@@ -64,6 +75,31 @@ def test_secrets_masked_in_every_format(leaky: Path, fmt: str) -> None:
         assert secret not in text, f"{name} shown in the clear in {fmt}"
     assert "AKIA" + "*" * 12 + corpus.AWS_ID[-4:] in text
     assert "*" * 12 + "1111" in text  # the card's last four digits only
+
+
+def test_evasions_reported_masked_where_they_start(leaky: Path) -> None:
+    report = lint_paths([leaky], config=LintConfig())
+    found = [(f.rule, f.line, f.column, f.message) for f in report.findings if f.cell == 6]
+    assert [f[:3] for f in found if f[0] == "KL301"] == [
+        ("KL301", 1, 7),
+        ("KL301", 2, 7),
+        ("KL301", 3, 23),
+    ]
+    messages = [f[3] for f in found if f[0] == "KL301"]
+    built = " in the source (built from string literals): "
+    assert messages == [
+        "AWS access key id" + built + "AKIA" + "*" * 12 + corpus.AWS_ID[-4:],
+        "password in a connection string" + built + "*" * len(DB_PW),
+        "secret passed as token= in the source: " + "*" * len(TOKEN),
+    ]
+    assert any(f.rule == "KL302" and f.cell == 7 for f in report.findings)
+    results = to_sarif(report)["runs"][0]["results"]
+    placed = [
+        (r["properties"]["cell"], r["properties"]["cellLine"])
+        for r in results
+        if r["ruleId"] == "KL301" and "built from" in r["message"]["text"]
+    ]
+    assert placed == [(6, 1), (6, 2)]
 
 
 def test_text_format(leaky: Path) -> None:

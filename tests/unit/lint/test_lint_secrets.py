@@ -149,3 +149,88 @@ def test_cards(card: str, brand: str) -> None:
 )
 def test_not_cards(text: str) -> None:
     assert list(find_cards(text)) == []
+
+
+# -- connection strings --------------------------------------------------------------------------
+
+DB_PW = corpus.glue("Vx9mQ2", "pLr7wZk")
+CONNECTIONS = {
+    "url": f"postgresql://etl:{DB_PW}@db.acme.io:5432/sales",
+    "redis-no-user": f"redis://:{DB_PW}@cache.acme.io:6379/0",
+    "rediss": f"rediss://default:{DB_PW}@cache.acme.io:6380",
+    "amqp": f"amqp://etl:{DB_PW}@mq.acme.io:5672/jobs",
+    "jdbc-query": f"jdbc:postgresql://db.acme.io/sales?user=etl&password={DB_PW}",
+    "jdbc-semicolon": f"jdbc:sqlserver://db.acme.io;databaseName=sales;user=etl;password={DB_PW}",
+    "ado": f"Server=tcp:db.acme.io,1433;Database=sales;User Id=etl;Password={DB_PW};",
+    "ado-spaces": f"Data Source=db; Initial Catalog=sales; User ID=etl; Password = {DB_PW}",
+    "odbc-braces": f"DRIVER={{ODBC Driver 18}};SERVER=db;UID=etl;PWD={{{DB_PW}}}",
+    "libpq": f"host=db.acme.io user=etl password={DB_PW} dbname=sales",
+    "html-escaped-then-read": f"<td>Server=db;User Id=etl;Password={DB_PW};</td>",
+}
+
+
+@pytest.mark.parametrize("text", CONNECTIONS.values(), ids=CONNECTIONS.keys())
+def test_connection_string_password(text: str) -> None:
+    hits = find_secrets(f'dsn = "{text}"')
+    assert [(h.kind, h.secret, h.reveal) for h in hits] == [
+        ("password in a connection string", DB_PW, False)
+    ]
+
+
+def test_percent_encoded_password_is_found_and_masked_whole() -> None:
+    # regression: `%40S` once matched the `%s` placeholder pattern (case-blind)
+    encoded = DB_PW[:4] + "%40S" + DB_PW[4:]
+    (hit,) = find_secrets(f"postgresql://etl:{encoded}@db.acme.io/sales")
+    assert hit.secret == encoded and set(mask(hit.secret, reveal=hit.reveal)) == {"*"}
+
+
+CONNECTIONS_QUIET = {
+    "template-brace": "Server=db;User Id=etl;Password={password};",
+    "template-env-brace": "Server=db;User Id=etl;PWD={DB_PASSWORD}",
+    "template-dollar": "jdbc:postgresql://db/sales?user=etl&password=${DB_PASSWORD}",
+    "template-percent": "host=db user=etl password=%s dbname=sales",
+    "angle": "Server=db;User Id=etl;Password=<password>;",
+    "prepared": "jdbc:mysql://db/sales?user=etl&password=?",
+    "doc-my": "Server=myServerAddress;Database=myDataBase;User Id=myUsername;Password=myPassword;",
+    "doc-your": "host=localhost user=postgres password=YourPassword dbname=x",
+    "doc-secret": "jdbc:postgresql://localhost/test?user=fred&password=secret&ssl=true",
+    "doc-domain": f"mongodb://reader:{DB_PW}@mongodb0.example.com:27017/",
+    "doc-test-tld": f"postgresql://etl:{DB_PW}@db.staging.test/sales",
+    "user-as-password": "amqp://guest:guest@localhost:5672//",
+    "encoded-placeholder": "postgresql://u:%3Cpassword%3E@db/x",
+    "stars": "redis://:***@cache:6379",
+    "empty": "Server=db;User Id=etl;Password=;",
+    "code-kwarg-name": "conn = connect(host=h, password=pw)",
+    "code-kwarg-call": "conn = connect(host=h, password=os.environ['DB_PASSWORD'])",
+    "code-concat": 'dsn = "Server=db;User Id=etl;Password=" + pw + ";"',
+    "shell-variable": "PGPASSWORD=hunter2x psql -h db",
+    "no-list": "the password=hunter2x was rotated",
+    "f-string": "f\"redis://:{os.environ['REDIS_PW']}@cache:6379\"",
+}
+
+
+@pytest.mark.parametrize("text", CONNECTIONS_QUIET.values(), ids=CONNECTIONS_QUIET.keys())
+def test_no_connection_password(text: str) -> None:
+    assert [h for h in find_secrets(text) if h.kind == "password in a connection string"] == []
+
+
+def test_default_and_example_logins_are_not_reported_by_any_scanner() -> None:
+    assert find_secrets('uri = "postgresql://postgres:postgres@localhost:5432/pandas"') == []
+    assert find_secrets(f'uri = "mongodb://reader:{DB_PW}@mongodb0.example.com/"') == []
+
+
+def test_basic_auth_passwords_are_never_revealed() -> None:
+    # the host is a shell variable: our URL pattern wants a host name, detect-secrets does not
+    hits = find_secrets(f"curl https://etl:{DB_PW}@$API_HOST/v1")
+    assert [(h.kind, h.secret, h.reveal) for h in hits] == [
+        ("basic auth credentials", DB_PW, False)
+    ]
+    assert set(mask(hits[0].secret, reveal=hits[0].reveal)) == {"*"}
+
+
+def test_keyword_in_a_call_on_a_line_with_an_assignment() -> None:
+    # regression: the indirect-reference filter judged the whole line (`conn = connect(`)
+    line = f"conn = psycopg2.connect(host='db', password='{DB_PW}')"
+    assert [(h.kind, h.secret) for h in find_secrets(line)] == [("secret keyword", DB_PW)]
+    assert find_secrets("secret = get_secret_key()") == []
+    assert find_secrets("api_key = request.headers['apikey']") == []
