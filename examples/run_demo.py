@@ -48,7 +48,7 @@ def main() -> int:
         f"{OUT}:\n  output notebooks  {OUT}/daily_sales_EU.ipynb, {OUT}/daily_sales_US.ipynb\n"
         f"  run history       {OUT}/.kiln/kiln.db (try: KILN_HOME={OUT}/.kiln "
         ".venv/bin/kiln runs list)\n"
-        f"  per-run folders   {OUT}/.kiln/runs/<id>/ (input.ipynb, run.log)"
+        f"  per-run folders   {OUT}/.kiln/runs/<id>/ (run.log; inputs in {OUT}/.kiln/inputs/)"
     )
     return 0
 
