@@ -32,7 +32,8 @@ class RunRequest(RunOptions):
 
     #: the notebook file to run (never modified)
     notebook: Path
-    #: parameter values: plain data, or ``CliValue`` text to be coerced by the schema
+    #: parameter values: plain data, or ``CliValue`` text to be coerced by the schema (Any:
+    #: a value is any JSON-like data until the notebook's schema types it)
     parameters: Mapping[str, Any] = field(default_factory=dict)
     #: where to write the output notebook (default: ``$KILN_HOME/runs/<id>/output.ipynb``)
     output: Path | None = None
@@ -95,7 +96,7 @@ class RunRequest(RunOptions):
         output: str | os.PathLike[str] | None = None,
         source: bytes | None = None,
         defaults: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Any,  # Any: options as given (text or typed); make_options checks each
     ) -> RunRequest:
         """A request from loosely typed options (``timeout="10m"``, ``cwd="data"``).
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kilntest import KILN, read_nb, stream_text
+from kilntest import KILN, read_nb, stream_text, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -130,15 +130,6 @@ def _start_kiln(args: list[str], home: Path, cwd: Path) -> subprocess.Popen[str]
     )
 
 
-def _wait_for(predicate, seconds: float = 60.0) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def _cell_done(out: Path, index: int) -> bool:
     try:
         nb = read_nb(out)
@@ -152,8 +143,7 @@ def test_signal_cancels_the_run(make_nb, home, tmp_path, kiln_cli, sig, engine):
     nb = make_nb(["print('first')", "import time\ntime.sleep(120)", "print('never')"])
     out = tmp_path / "o.ipynb"
     proc = _start_kiln(["run", str(nb), str(out), "--engine", engine], home, tmp_path)
-    _wait_for(lambda: _cell_done(out, 0))
-    time.sleep(0.5)
+    wait_for(lambda: _cell_done(out, 0), what="the first cell saved")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -171,8 +161,7 @@ def test_killed_kiln_leaves_complete_output_and_is_marked_crashed(
     nb = make_nb(["print('first')", "print('second')", "import time\ntime.sleep(120)"])
     out = tmp_path / "o.ipynb"
     proc = _start_kiln(["run", str(nb), str(out), "--engine", engine], home, tmp_path)
-    _wait_for(lambda: _cell_done(out, 1))
-    time.sleep(0.5)
+    wait_for(lambda: _cell_done(out, 1), what="the second cell saved")
     proc.kill()
     proc.communicate(timeout=10)
     saved = read_nb(out)  # a complete, valid notebook: the last atomic save

@@ -19,6 +19,7 @@ from kiln.engines.base import (
     ExecutionOutcome,
     KernelReady,
 )
+from kiln.options import ENGINE_CHOICES
 
 __all__ = [
     "ENGINES",
@@ -43,7 +44,7 @@ ENGINES = {
     "fork": "kiln.engines.fork:ForkEngine",
     "fake": "kiln.engines.fake:FakeEngine",
 }
-CHOICES = ("auto", "fork", "kernel")
+CHOICES = ENGINE_CHOICES  # defined once, with the run options
 
 
 def get_engine(name: str) -> Engine:
