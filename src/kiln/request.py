@@ -7,6 +7,7 @@ without starting anything and returns a :class:`Prepared` the runner executes.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class RunRequest(RunOptions):
     #: a URL, a queued run's stored copy); ``notebook`` then only names them
     source: bytes | None = None
 
-    @property
+    @functools.cached_property
     def notebook_label(self) -> str:
         """The notebook as recorded: its absolute path, or its name when ``source`` is given
         (``<stdin>``, a URL)."""
@@ -158,8 +159,8 @@ class Prepared:
             if parsed is not None:
                 parsed.valid = True
             if self.values:  # like papermill: no values, no injected cell (an old one stays)
-                nb = inject_parameters(
-                    nb, self.values, schema=self.schema, language=self.language
+                nb = inject_parameters(  # nb is this run's own: no copy needed
+                    nb, self.values, schema=self.schema, language=self.language, in_place=True
                 ).notebook
             remove_marks(nb)
             self.notebook = nb

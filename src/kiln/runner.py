@@ -504,15 +504,27 @@ class Runner:
                 )
                 run.kernel_pid, run.kernel_version = event.pid, _kernel_version(event)
                 run.kernel_started = process_start_time(event.pid) if event.pid else None
-                store.update_run(
-                    run.id,
-                    state=RunState.RUNNING,
-                    started_at=started_at,
-                    kernel_pid=run.kernel_pid,
-                    kernel_started=run.kernel_started,
-                    kernel_version=run.kernel_version,
-                )
+                if run.engine == "fork":
+                    # a forked run is ready at once and often done in milliseconds: it turns
+                    # `running` in the history only if it lasts (its end writes everything)
+                    loop = asyncio.get_running_loop()
+                    pending.append(loop.call_later(RUNNING_WRITE_DELAY, mark_running))
+                else:
+                    mark_running()
             self._notify(event)
+
+        def mark_running() -> None:
+            pending.clear()
+            store.update_run(
+                run.id,
+                state=RunState.RUNNING,
+                started_at=started_at,
+                kernel_pid=run.kernel_pid,
+                kernel_started=run.kernel_started,
+                kernel_version=run.kernel_version,
+            )
+
+        pending: list[asyncio.TimerHandle] = []
 
         try:
             outcome = await execute_cancellable(
@@ -524,6 +536,8 @@ class Runner:
             )
         finally:
             self._executing.pop(run.id, None)
+            for timer in pending:
+                timer.cancel()
             saver.stop()
         return self._finish(prepared, run, nb, saver, log, outcome, durations, records)
 
@@ -570,6 +584,9 @@ class Runner:
             started_at=run.started_at,
             cell_durations=durations,
             records=records,
+            kernel_pid=run.kernel_pid,
+            kernel_started=run.kernel_started,
+            kernel_version=run.kernel_version,
         )
         # what was just written, without reading it back
         final = dataclasses.replace(
@@ -584,6 +601,9 @@ class Runner:
         self._notify(RunEnded(final))
         return final
 
+
+#: a fork-engine run is written as ``running`` only once it has lasted this long (seconds)
+RUNNING_WRITE_DELAY = 0.25
 
 #: a reason (``cell 3 raised ValueError: ...``) keeps this much of a long error value; the
 #: whole value stays in the stored error and the traceback

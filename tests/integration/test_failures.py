@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kilntest import KILN, read_nb, stream_text, wait_for
+from kilntest import KILN, read_nb, stream_text, wait_for, wait_for_run_state
 
 pytestmark = pytest.mark.kernel
 
@@ -162,6 +162,7 @@ def test_killed_kiln_leaves_complete_output_and_is_marked_crashed(
     out = tmp_path / "o.ipynb"
     proc = _start_kiln(["run", str(nb), str(out), "--engine", engine], home, tmp_path)
     wait_for(lambda: _cell_done(out, 1), what="the second cell saved")
+    wait_for_run_state(home, {"running"})  # its kernel is in the history
     proc.kill()
     proc.communicate(timeout=10)
     saved = read_nb(out)  # a complete, valid notebook: the last atomic save

@@ -47,11 +47,13 @@ def inject_parameters(
     *,
     schema: ParameterSchema | None = None,
     language: str | None = None,
+    in_place: bool = False,
 ) -> InjectResult:
     """Return a copy of ``nb`` with ``values`` written as literals in an injected cell.
 
     The language is ``language``, else ``schema.language``, else the notebook's kernel language.
-    ``nb`` itself is not changed. Values should already be checked with
+    ``nb`` itself is not changed, unless ``in_place`` (a caller that owns a fresh notebook
+    spares the copy). Values should already be checked with
     :func:`kiln.parameters.resolve_parameters`; the translator still refuses anything that is
     not plain data.
     """
@@ -59,7 +61,7 @@ def inject_parameters(
         language = schema.language if schema is not None else notebook_language(nb)
     source = get_translator(language).render(values)
 
-    new = copy.deepcopy(nb)
+    new = nb if in_place else copy.deepcopy(nb)
     new.cells = [cell for cell in new.cells if INJECTED_TAG not in cell_tags(cell)]
     params_index = find_tagged_cell(new.cells, PARAMETERS_TAG)
     index = 0 if params_index is None else params_index + 1
