@@ -143,6 +143,8 @@ class Run:
     #: Start time of ``kernel_pid`` (epoch seconds), so a recycled pid is never mistaken for
     #: the run's leftover kernel.
     kernel_started: float | None = None
+    #: the pipeline build this run is a task of (``kiln build``), if any
+    build_id: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, RunState):

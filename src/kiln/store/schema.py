@@ -1,4 +1,4 @@
-"""The runs table, as SQLAlchemy Core sees it.
+"""The history's tables (runs; pipeline builds), as SQLAlchemy Core sees them.
 
 The migrations in ``migrations/versions`` are the source of truth for the database; this table
 definition must describe the same schema (a test compares them) and is what queries are built
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 #: The newest migration. The store compares it with ``alembic_version`` on open and only imports
 #: Alembic when the database is new or behind; a test checks it equals Alembic's script head.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 metadata = sa.MetaData()
 
@@ -48,8 +48,74 @@ runs = sa.Table(
     sa.Column("owner_started", sa.Double),
     sa.Column("kernel_pid", sa.Integer),
     sa.Column("kernel_started", sa.Double),
+    # the pipeline build this run is a task of (none for a run started on its own)
+    sa.Column("build_id", sa.String(128)),
     sa.Index("ix_runs_state", "state"),
     sa.Index("ix_runs_created_at", "created_at"),
     sa.Index("ix_runs_notebook_path", "notebook_path"),
     sa.Index("ix_runs_notebook_name", "notebook_name"),
+    sa.Index("ix_runs_build_id", "build_id"),
+)
+
+# -- pipelines (migration 0002) ----------------------------------------------------------------
+
+#: one ``kiln build`` of one pipeline of one project
+builds = sa.Table(
+    "builds",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("project", sa.Text, nullable=False),
+    sa.Column("pipeline", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("owner_host", sa.String(255)),
+    sa.Column("owner_started", sa.Double),
+    sa.Index("ix_builds_pipeline", "project", "pipeline", "created_at"),
+    sa.Index("ix_builds_state", "state"),
+)
+
+#: each selected task's state in a build, and why
+build_tasks = sa.Table(
+    "build_tasks",
+    metadata,
+    sa.Column(
+        "build_id",
+        sa.String(128),
+        sa.ForeignKey("builds.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("task", sa.Text, primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("run_id", sa.String(128)),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+)
+
+#: what each task's last successful run saw and wrote: decides whether it is up to date
+task_states = sa.Table(
+    "task_states",
+    metadata,
+    sa.Column("project", sa.Text, primary_key=True),
+    sa.Column("pipeline", sa.Text, primary_key=True),
+    sa.Column("task", sa.Text, primary_key=True),
+    sa.Column("fingerprint", sa.JSON, nullable=False),
+    sa.Column("run_id", sa.String(128)),
+    sa.Column("build_id", sa.String(128)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: a file's sha256 for a stamp (its size and modification time, or an object store's ETag)
+file_hashes = sa.Table(
+    "file_hashes",
+    metadata,
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("stamp", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
 )
