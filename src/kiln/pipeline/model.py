@@ -319,6 +319,11 @@ class _Builder:
             return rendered
         return str(self.project.resolve(rendered))
 
+    def _shown(self, location: str) -> str:
+        from kiln.pipeline.fingerprint import shown
+
+        return shown(location, self.project.root)
+
     # -- upstream -----------------------------------------------------------------------------
 
     def _link(
@@ -332,8 +337,8 @@ class _Builder:
                 other = makers.get(key)
                 if other is not None:
                     raise self.fail(
-                        f"tasks.{task.base}.products.{product}: {location} is also product "
-                        f"{other[1]!r} of task {other[0]}: a file has one maker",
+                        f"tasks.{task.base}.products.{product}: {self._shown(location)} is "
+                        f"also product {other[1]!r} of task {other[0]}: a file has one maker",
                         section.products,
                         product,
                     )
@@ -371,8 +376,8 @@ class _Builder:
                     continue
                 if maker[0] == task.name:
                     raise self.fail(
-                        f"tasks.{task.base}.inputs: {location} is this task's own product "
-                        f"{maker[1]!r}",
+                        f"tasks.{task.base}.inputs: {self._shown(location)} is this task's "
+                        f"own product {maker[1]!r}",
                         section,
                         "inputs",
                     )
