@@ -27,7 +27,10 @@ TASK_CELLS: list[CellSpec] = [
     "        nested = all(isinstance(v, dict) for v in value.values())\n"
     "        for products in (value.values() if nested else [value]):\n"
     "            yield from products.values()\n"
-    "got = [json.load(open(p)) for p in sorted(products_of(upstream))]",
+    "def load(path):\n"
+    "    with open(path) as f:\n"
+    "        return json.load(f)\n"
+    "got = [load(p) for p in sorted(products_of(upstream))]",
     "for name, path in (product or {}).items():\n"
     "    os.makedirs(os.path.dirname(path), exist_ok=True)\n"
     "    with open(path, 'w') as f:\n"
