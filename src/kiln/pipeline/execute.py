@@ -216,6 +216,8 @@ class _Build:
         if result.started_at is not None and result.ended_at is None:
             result.ended_at = _now()
         self._set_row(result)
+        if result.attempts:  # a task that ran is on disk at once; the others with the next
+            self._flush()
         self.futures[name].set_result(result)
         self._emit(TaskEnded(result))
 
@@ -292,7 +294,6 @@ class _Build:
             self._set_row(result)
             await asyncio.sleep(delay)
         result.ended_at = _now()
-        self._flush()
 
     def _succeeded(
         self,
