@@ -128,6 +128,7 @@ def handle(args: argparse.Namespace) -> int:
 
 def print_build(build: Build) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from kiln.cli.runs_cmd import console
 
@@ -141,7 +142,10 @@ def print_build(build: Build) -> None:
     for row in build.rows():
         state = row[1].split(" (")[0]
         colour = colours.get(state, "yellow" if state in ("blocked", "cancelled") else "")
-        table.add_row(row[0], f"[{colour}]{row[1]}[/]" if colour else row[1], *row[2:])
+        # task names hold brackets (clean[region=EU]): plain text, never markup
+        cells = [Text(cell) for cell in row]
+        cells[1].stylize(colour)
+        table.add_row(*cells)
     out = console()
     out.print(table)
     took = f" in {build.duration:.2f}s" if build.duration is not None else ""

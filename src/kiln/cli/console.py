@@ -195,8 +195,10 @@ class BuildConsole:
                 transient=True,
                 console=_stderr_console(),
             )
+            from rich.markup import escape
+
             self._task = self.printer.progress.add_task(
-                event.pipeline, total=len(event.tasks), failures="", running=""
+                escape(event.pipeline), total=len(event.tasks), failures="", running=""
             )
             self.printer.progress.start()
         elif isinstance(event, TaskStarted):
@@ -222,7 +224,9 @@ class BuildConsole:
     def _update(self, advance: int = 0) -> None:
         if self.printer.progress is None:
             return
-        shown = ", ".join(self.running[:3]) + (" …" if len(self.running) > 3 else "")
+        from rich.markup import escape
+
+        shown = escape(", ".join(self.running[:3]) + (" …" if len(self.running) > 3 else ""))
         self.printer.progress.update(
             self._task,
             advance=advance,

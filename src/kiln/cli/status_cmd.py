@@ -72,6 +72,7 @@ def print_status(status: Status, *, as_json: bool, plan: bool) -> None:
         print(json.dumps(status.to_json(), indent=2, default=str))
         return
     from rich.table import Table
+    from rich.text import Text
 
     from kiln.cli.runs_cmd import console
 
@@ -85,7 +86,8 @@ def print_status(status: Status, *, as_json: bool, plan: bool) -> None:
         else:
             label = "up to date" if task.up_to_date else "outdated"
         colour = "dim" if task.up_to_date else "yellow"
-        table.add_row(task.name, f"[{colour}]{label}[/]", task.reason)
+        # task names hold brackets (clean[region=EU]): plain text, never markup
+        table.add_row(Text(task.name), Text(label, style=colour), Text(task.reason))
     out = console()
     out.print(table)
     if plan:

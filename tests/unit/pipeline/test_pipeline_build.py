@@ -353,3 +353,24 @@ def test_hashes_are_read_once_per_size_and_time(
     (chain.root / "out/raw.json").write_text(json.dumps({"n": 1}))
     assert chain.reasons()["extract"] == "product out/raw.json changed since the task wrote it"
     assert read == [str(chain.root.resolve() / "out/raw.json")]
+
+
+def test_the_summary_table_shows_grid_members_as_written(
+    project: PipelineProject, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kiln.cli.build_cmd import print_build
+    from kiln.cli.status_cmd import print_status
+
+    project.notebook("a.ipynb")
+    project.config(
+        """
+        pipelines:
+          p:
+            tasks:
+              a: {notebook: a.ipynb, grid: {region: [EU]}, products: {d: "{{params.region}}"}}
+        """
+    )
+    print_build(project.build())
+    print_status(project.status(), as_json=False, plan=False)
+    out = capsys.readouterr().out
+    assert out.count("a[region=EU]") == 2  # brackets are text, not rich markup
