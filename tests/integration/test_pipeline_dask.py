@@ -147,7 +147,8 @@ def test_a_killed_worker_gives_a_retry_or_a_clear_failure(tmp_path: Path, home: 
         proc.kill()
     assert proc.returncode == 1, err
     tasks = {t["task"]: t for t in json.loads(out)["tasks"]}
-    assert tasks["retried"]["state"] == "succeeded", (tasks, err) and tasks["retried"]["attempts"] == 2
+    assert tasks["retried"]["state"] == "succeeded", (tasks, err)
+    assert tasks["retried"]["attempts"] == 2
     assert (root / "out/retried.txt").read_text() == "survived"
     assert tasks["lost"]["state"] == "failed"
     assert tasks["lost"]["reason"].startswith("crashed: the Dask worker running it died")
