@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from kiln.pipeline import Build, BuildObserver, Status
     from kiln.project import Project
     from kiln.store.builds import BuildStore
-    from kiln.store.sql import RunStore
     from kiln.sweeps import SweepResult
 
 PathLike = str | os.PathLike[str]
@@ -237,8 +236,10 @@ def build(
     if dry_run:
         with _read_builds(found, home) as builds:
             return plan(chosen, builds, options)
-    with _store(found, home) as store:
-        result = run_build(chosen, store=store, options=options, observer=observer)
+    from kiln.project import find_home
+
+    folder = Path(home) if home is not None else find_home(found.root)
+    result = run_build(chosen, home=folder, options=options, observer=observer)
     if check:
         result.check()
     return result
@@ -275,27 +276,21 @@ def _project(where: PathLike | None) -> Project:
     return load_project(start)
 
 
-def _store(project: Project, home: PathLike | None, *, create: bool = True) -> RunStore:
-    from kiln.project import find_home
-    from kiln.store import RunStore
-
-    folder = Path(home) if home is not None else find_home(project.root)
-    return RunStore(folder, create=create)
-
-
 @contextlib.contextmanager
 def _read_builds(project: Project, home: PathLike | None) -> Iterator[BuildStore | None]:
     """The history's builds, or ``None`` when nothing was ever recorded (creates nothing)."""
     from kiln.errors import HomeNotFound
+    from kiln.project import find_home
     from kiln.store.builds import BuildStore
 
+    folder = Path(home) if home is not None else find_home(project.root)
     try:
-        store = _store(project, home, create=False)
+        builds = BuildStore.open(folder, create=False)
     except HomeNotFound:
         yield None
         return
-    with store:
-        yield BuildStore(store)
+    with builds:
+        yield builds
 
 
 def _state_of(meta: Mapping[str, Any], path: Path) -> RunState:

@@ -107,13 +107,11 @@ def handle(args: argparse.Namespace) -> int:
         return 0
     from kiln.cli.console import BuildConsole
     from kiln.pipeline import run_build
-    from kiln.store import RunStore
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     console = BuildConsole(progress=progress, quiet=args.quiet)
     try:
-        with RunStore() as store:
-            build = run_build(pipeline, store=store, options=options, observer=console.observe)
+        build = run_build(pipeline, options=options, observer=console.observe)
     finally:
         console.close()
     if args.json:
@@ -127,30 +125,23 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def print_build(build: Build) -> None:
-    from rich.table import Table
-    from rich.text import Text
+    """The summary: a row per task (state, duration, run, reason), the counts, the build."""
+    from kiln.cli.style import table_text, use_color
 
-    from kiln.cli.runs_cmd import console
-
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in build.COLUMNS:
-        if column == "DURATION":
-            table.add_column(column, justify="right")
-        else:
-            table.add_column(column, overflow="fold")
     colours = {"ran": "green", "up to date": "dim", "failed": "red", "crashed": "red"}
-    for row in build.rows():
-        state = row[1].split(" (")[0]
-        colour = colours.get(state, "yellow" if state in ("blocked", "cancelled") else "")
-        # task names hold brackets (clean[region=EU]): plain text, never markup
-        cells = [Text(cell) for cell in row]
-        cells[1].stylize(colour)
-        table.add_row(*cells)
-    out = console()
-    out.print(table)
+    rows = build.rows()
+    states = [row[1].split(" (")[0] for row in rows]
+    text = table_text(
+        build.COLUMNS,
+        rows,
+        colours=[
+            colours.get(s, "yellow" if s in ("blocked", "cancelled") else None) for s in states
+        ],
+        right={2},
+        color=use_color("auto", sys.stdout),
+    )
     took = f" in {build.duration:.2f}s" if build.duration is not None else ""
-    out.print(f"{build.counts()}", markup=False, highlight=False)
-    out.print(f"Build {build.id} {build.state}{took}", markup=False, highlight=False)
+    sys.stdout.write(f"{text}{build.counts()}\nBuild {build.id} {build.state}{took}\n")
 
 
 def _print_failures(build: Build) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -44,16 +45,15 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 def read_builds() -> Iterator[BuildStore | None]:
     """The history's builds, or ``None`` when there is no history yet (nothing is created)."""
     from kiln.errors import HomeNotFound
-    from kiln.store import RunStore
     from kiln.store.builds import BuildStore
 
     try:
-        store = RunStore(create=False)
+        builds = BuildStore.open(create=False)
     except HomeNotFound:
         yield None
         return
-    with store:
-        yield BuildStore(store)
+    with builds:
+        yield builds
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -71,32 +71,27 @@ def print_status(status: Status, *, as_json: bool, plan: bool) -> None:
     if as_json:
         print(json.dumps(status.to_json(), indent=2, default=str))
         return
-    from rich.table import Table
-    from rich.text import Text
+    from kiln.cli.style import table_text, use_color
 
-    from kiln.cli.runs_cmd import console
-
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("TASK", overflow="fold")
-    table.add_column("ACTION" if plan else "STATUS")
-    table.add_column("REASON", overflow="fold")
+    rows = []
     for task in status.tasks:
         if plan:
             label = {"run": "run", "skip": "up to date", "done": "done (resume)"}[task.action]
         else:
             label = "up to date" if task.up_to_date else "outdated"
-        colour = "dim" if task.up_to_date else "yellow"
-        # task names hold brackets (clean[region=EU]): plain text, never markup
-        table.add_row(Text(task.name), Text(label, style=colour), Text(task.reason))
-    out = console()
-    out.print(table)
+        rows.append((task.name, label, task.reason))
+    text = table_text(
+        ("TASK", "ACTION" if plan else "STATUS", "REASON"),
+        rows,
+        colours=["dim" if task.up_to_date else "yellow" for task in status.tasks],
+        color=use_color("auto", sys.stdout),
+    )
     if plan:
         runs = sum(1 for t in status.tasks if t.action == "run")
-        out.print(
-            f"{len(status.tasks)} tasks: {runs} would run, {len(status.tasks) - runs} "
-            "would not (dry run: nothing ran)",
-            markup=False,
-            highlight=False,
+        footer = (
+            f"{len(status.tasks)} tasks: {runs} would run, {len(status.tasks) - runs} would not "
+            "(dry run: nothing ran)"
         )
     else:
-        out.print(status.counts(), markup=False, highlight=False)
+        footer = status.counts()
+    sys.stdout.write(f"{text}{footer}\n")

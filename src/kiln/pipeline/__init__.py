@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from kiln.pipeline.build import run_build
     from kiln.pipeline.check import BuildOptions, plan
-    from kiln.pipeline.execute import abuild, run_build
+    from kiln.pipeline.execute import abuild
     from kiln.pipeline.executors import Executor, LocalExecutor
     from kiln.pipeline.model import Pipeline, Task, load_pipeline
     from kiln.pipeline.result import (
@@ -64,7 +65,7 @@ _LAZY = {
     "BuildOptions": "kiln.pipeline.check",
     "plan": "kiln.pipeline.check",
     "abuild": "kiln.pipeline.execute",
-    "run_build": "kiln.pipeline.execute",
+    "run_build": "kiln.pipeline.build",
     "Executor": "kiln.pipeline.executors",
     "LocalExecutor": "kiln.pipeline.executors",
     "Pipeline": "kiln.pipeline.model",

@@ -68,10 +68,10 @@ def task_marks(pipeline: Pipeline, builds: BuildStore | None) -> dict[str, TaskM
     for name, state in states.items():
         if name not in run_ids and state.run_id:
             run_ids[name] = state.run_id
-    runs = builds.runs(run_ids.values())
+    durations = builds.run_durations(run_ids.values())
     for name in pipeline.tasks:
-        run = runs.get(run_ids.get(name, ""))
-        marks[name] = TaskMark(latest.get(name, "never built"), run.duration if run else None)
+        duration = durations.get(run_ids.get(name, ""))
+        marks[name] = TaskMark(latest.get(name, "never built"), duration)
     return marks
 
 

@@ -70,13 +70,14 @@ class _Build:
         self,
         pipeline: Pipeline,
         store: RunStore,
+        builds: BuildStore,
         executor: Executor,
         options: BuildOptions,
         observer: BuildObserver | None,
     ) -> None:
         self.pipeline = pipeline
         self.store = store
-        self.builds = BuildStore(store)
+        self.builds = builds
         self.executor = executor
         self.options = options
         self.observer = observer
@@ -440,44 +441,25 @@ async def abuild(
     pipeline: Pipeline,
     *,
     store: RunStore,
+    builds: BuildStore | None = None,
     options: BuildOptions | None = None,
     executor: Executor | None = None,
     observer: BuildObserver | None = None,
 ) -> Build:
-    """Build ``pipeline`` in the running event loop (see the module docstring).
+    """Build ``pipeline`` in the running event loop (see the module docstring), recording the
+    runs in ``store`` and the build in ``builds`` (default: ``store``'s database).
 
     ``executor`` defaults to the one ``options`` names; one given here is not closed."""
     options = options if options is not None else BuildOptions()
+    builds = builds if builds is not None else BuildStore(store)
     owned = executor is None
     if executor is None:
         executor = make_executor(store, options, pipeline)
     try:
-        return await _Build(pipeline, store, executor, options, observer).run()
+        return await _Build(pipeline, store, builds, executor, options, observer).run()
     finally:
         if owned:
             await executor.close()
-
-
-def run_build(
-    pipeline: Pipeline,
-    *,
-    store: RunStore,
-    options: BuildOptions | None = None,
-    executor: Executor | None = None,
-    observer: BuildObserver | None = None,
-) -> Build:
-    """:func:`abuild` in its own event loop (an ``executor`` given here is closed with it)."""
-
-    async def once() -> Build:
-        try:
-            return await abuild(
-                pipeline, store=store, options=options, executor=executor, observer=observer
-            )
-        finally:
-            if executor is not None:
-                await executor.close()
-
-    return asyncio.run(once())
 
 
 def make_executor(

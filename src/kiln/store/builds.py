@@ -1,28 +1,34 @@
 """Pipeline builds in the history: builds, each task's state in them, each task's last good
 state, and file hashes cached on (path, size, modification time).
 
-:class:`BuildStore` works on an open :class:`~kiln.store.sql.RunStore` (same database, same
-transactions: ``BEGIN IMMEDIATE`` for every write). A build is recorded when it starts, each
-task's row changes as the task moves, and the build ends in exactly one state; a build whose
-``kiln build`` process died is found by the next one (its owner's pid is gone) and marked
-``crashed``, like a run.
+A build is recorded when it starts, each task's row changes as the task moves, and the build
+ends in exactly one state; a build whose ``kiln build`` process died is found by the next one
+(its owner's pid is gone) and marked ``crashed``, like a run.
+
+The statements are plain SQL with named parameters, run either through the standard
+library's ``sqlite3`` on the home's ``kiln.db`` (:meth:`BuildStore.open`: no SQLAlchemy, so
+checking a pipeline whose tasks are all up to date starts in a fraction of the time) or through
+an open :class:`~kiln.store.sql.RunStore`'s SQLAlchemy engine (any database it supports). The
+same rules hold either way: WAL, a busy timeout, every write a ``BEGIN IMMEDIATE``
+transaction; a database that is new or behind is upgraded by opening a ``RunStore`` (Alembic).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
-
-import sqlalchemy as sa
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiln.errors import StoreError
 from kiln.store.process import current_owner, same_process
-from kiln.store.records import Run
-from kiln.store.schema import build_tasks, builds, file_hashes, runs, task_states
-from kiln.store.sql import RunStore, _row_to_run, _to_utc
+
+if TYPE_CHECKING:
+    from kiln.store.sql import RunStore
 
 #: the states of a build
 BUILD_STATES = ("running", "succeeded", "failed", "cancelled", "crashed")
@@ -39,8 +45,14 @@ TASK_STATES = (
 )
 DONE_STATES = frozenset({"succeeded", "up_to_date"})
 
-#: rows per statement when looking up many keys at once (SQLite's variable limit is 32766)
+#: keys per statement when looking up many at once (SQLite's variable limit is 32766)
 _CHUNK = 500
+_BUSY_TIMEOUT_S = 30.0
+_BUILD_COLUMNS = (
+    "id, project, pipeline, state, created_at, ended_at, options, reason, owner_pid, "
+    "owner_host, owner_started"
+)
+_TASK_COLUMNS = "task, state, reason, run_id, attempts, started_at, ended_at, position"
 
 
 @dataclass
@@ -91,11 +103,142 @@ class TaskStateRow:
     updated_at: datetime
 
 
-class BuildStore:
-    """Builds, task states and file hashes in ``store``'s database."""
+Params = Mapping[str, Any]
+
+
+class _Database(Protocol):
+    def read(self, sql: str, params: Params = ...) -> list[tuple[Any, ...]]: ...
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Params]]]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class _Sqlite:
+    """The home's SQLite file through the standard library (the rules of RunStore: WAL, a busy
+    timeout, BEGIN IMMEDIATE for writes)."""
+
+    def __init__(self, path: Path) -> None:
+        import sqlite3
+
+        self.sqlite3 = sqlite3
+        self.path = path
+        # a history on a read-only place is read as it is (writes then fail: StoreError)
+        writable = os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)
+        target = str(path) if writable else f"file:{path}?mode=ro&immutable=1"
+        try:
+            self.conn = sqlite3.connect(
+                target,
+                uri=not writable,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self.conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+            if writable:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the runs database {path}: {exc}") from exc
+
+    def read(self, sql: str, params: Params = {}) -> list[tuple[Any, ...]]:  # noqa: B006
+        try:
+            return list(self.conn.execute(sql, _bind(params)))
+        except self.sqlite3.Error as exc:
+            raise StoreError(f"runs database {self.path}: {exc}") from exc
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Params]]]) -> int:
+        changed = 0
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in statements:
+                    changed += self.conn.executemany(sql, [_bind(r) for r in rows]).rowcount
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        except self.sqlite3.Error as exc:
+            raise StoreError(f"runs database {self.path}: {exc}") from exc
+        return changed
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _Alchemy:
+    """The same statements through an open RunStore's SQLAlchemy engine."""
 
     def __init__(self, store: RunStore) -> None:
         self.store = store
+
+    def read(self, sql: str, params: Params = {}) -> list[tuple[Any, ...]]:  # noqa: B006
+        import sqlalchemy as sa
+
+        with self.store._read() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql), _bind(params, native=True))]
+
+    def write(self, statements: Sequence[tuple[str, Sequence[Params]]]) -> int:
+        import sqlalchemy as sa
+
+        changed = 0
+        with self.store._write() as conn:
+            for sql, rows in statements:
+                bound = [_bind(r, native=True) for r in rows]
+                changed += conn.execute(sa.text(sql), bound).rowcount or 0
+        return changed
+
+    def close(self) -> None:
+        return None
+
+
+class BuildStore:
+    """Builds, task states and file hashes in a Kiln home's database.
+
+    ``BuildStore(store)`` works in an open :class:`~kiln.store.sql.RunStore`'s database;
+    :meth:`open` opens the home's SQLite file directly (upgrading it first if needed)."""
+
+    def __init__(self, store: RunStore | None = None, *, _db: _Database | None = None) -> None:
+        if _db is None:
+            if store is None:
+                raise ValueError("give a RunStore")
+            db_file = _sqlite_file(store.url)
+            _db = _Sqlite(db_file) if db_file is not None else _Alchemy(store)
+        self._db = _db
+        self.home: Path | None = Path(store.home) if store is not None else None
+
+    @classmethod
+    def open(cls, home: Path | None = None, *, create: bool = True) -> BuildStore:
+        """The builds of the history in ``home`` (default: the project's, see ``find_home``).
+
+        A history at the current schema opens with ``sqlite3`` alone; a new or older one is
+        created or upgraded by a :class:`RunStore` first. ``create=False`` raises
+        :class:`~kiln.errors.HomeNotFound` when there is no history (nothing is created)."""
+        from kiln.store.paths import default_home
+        from kiln.store.version import SCHEMA_HEAD
+
+        folder = (Path(home).expanduser() if home is not None else default_home()).absolute()
+        db_file = folder / "kiln.db"
+        if db_file.is_file() and _schema_version(db_file) == SCHEMA_HEAD:
+            store = cls(_db=_Sqlite(db_file))
+            store.home = folder
+            return store
+        from kiln.store.sql import RunStore
+
+        with RunStore(folder, create=create):  # creates or upgrades the schema (or refuses)
+            pass
+        store = cls(_db=_Sqlite(db_file))
+        store.home = folder
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> BuildStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- builds -----------------------------------------------------------------------------
 
@@ -106,210 +249,193 @@ class BuildStore:
         project: str,
         pipeline: str,
         options: Mapping[str, Any],
-        tasks: Sequence[str],
+        tasks: Sequence[str] | Sequence[BuildTaskRow],
+        state: str = "running",
+        reason: str | None = None,
     ) -> BuildRow:
-        """Record a running build and its tasks (``pending``), in one transaction."""
+        """Record a build and its tasks (``pending`` unless rows are given), in one
+        transaction. A build recorded in a final ``state`` is finished at once."""
         pid, host, started = current_owner()
         now = _now()
-        row = BuildRow(
+        rows = [t if isinstance(t, BuildTaskRow) else BuildTaskRow(t, "pending") for t in tasks]
+        for position, row in enumerate(rows):
+            row.position = position
+        build = BuildRow(
             id=build_id,
             project=project,
             pipeline=pipeline,
-            state="running",
+            state=state,
             created_at=now,
+            ended_at=now if state != "running" else None,
             options=dict(options),
+            reason=reason,
             owner_pid=pid,
             owner_host=host,
             owner_started=started,
-            tasks={name: BuildTaskRow(name, "pending", position=i) for i, name in enumerate(tasks)},
+            tasks={row.task: row for row in rows},
         )
-        with self.store._write() as conn:
-            conn.execute(
-                builds.insert(),
-                {
-                    "id": build_id,
-                    "project": project,
-                    "pipeline": pipeline,
-                    "state": "running",
-                    "created_at": now,
-                    "options": row.options,
-                    "owner_pid": pid,
-                    "owner_host": host,
-                    "owner_started": started,
-                },
+        insert_build = (
+            f"INSERT INTO builds ({_BUILD_COLUMNS}) VALUES (:id, :project, :pipeline, :state, "
+            ":created_at, :ended_at, :options, :reason, :owner_pid, :owner_host, :owner_started)"
+        )
+        insert_tasks = (
+            "INSERT INTO build_tasks (build_id, task, position, state, reason, run_id, "
+            "attempts, started_at, ended_at) VALUES (:build_id, :task, :position, :state, "
+            ":reason, :run_id, :attempts, :started_at, :ended_at)"
+        )
+        values = {k: v for k, v in build.__dict__.items() if k != "tasks"}
+        statements: list[tuple[str, Sequence[Params]]] = [(insert_build, [values])]
+        if rows:
+            statements.append(
+                (insert_tasks, [{"build_id": build_id, **_task_values(row)} for row in rows])
             )
-            if tasks:
-                conn.execute(
-                    build_tasks.insert(),
-                    [
-                        {
-                            "build_id": build_id,
-                            "task": name,
-                            "position": i,
-                            "state": "pending",
-                            "attempts": 0,
-                        }
-                        for i, name in enumerate(tasks)
-                    ],
-                )
-        return row
+        self._db.write(statements)
+        return build
 
     def update_tasks(self, build_id: str, rows: Iterable[BuildTaskRow]) -> None:
         """Write the current state of some tasks of a build (one statement for all)."""
-        values = [
-            {
-                "_build": build_id,
-                "_task": row.task,
-                "_v_state": row.state,
-                "_v_reason": row.reason,
-                "_v_run_id": row.run_id,
-                "_v_attempts": row.attempts,
-                "_v_started_at": row.started_at,
-                "_v_ended_at": row.ended_at,
-            }
-            for row in rows
-        ]
-        if not values:
-            return
-        with self.store._write() as conn:
-            conn.execute(_task_update(), values)
+        values = [{"build_id": build_id, **_task_values(row)} for row in rows]
+        if values:
+            self._db.write(
+                [
+                    (
+                        "UPDATE build_tasks SET state = :state, reason = :reason, "
+                        "run_id = :run_id, attempts = :attempts, started_at = :started_at, "
+                        "ended_at = :ended_at WHERE build_id = :build_id AND task = :task",
+                        values,
+                    )
+                ]
+            )
 
     def finish_build(self, build_id: str, state: str, *, reason: str | None = None) -> bool:
         """Give a running build its one final state; ``False`` if it already has one."""
         if state not in BUILD_STATES or state == "running":
             raise ValueError(f"{state!r} is not a final build state")
-        with self.store._write() as conn:
-            done = conn.execute(
-                builds.update()
-                .where(builds.c.id == build_id, builds.c.state == "running")
-                .values(state=state, reason=reason, ended_at=_now())
-            ).rowcount
+        done = self._db.write(
+            [
+                (
+                    "UPDATE builds SET state = :state, reason = :reason, ended_at = :now "
+                    "WHERE id = :id AND state = 'running'",
+                    [{"state": state, "reason": reason, "now": _now(), "id": build_id}],
+                )
+            ]
+        )
         return bool(done)
 
     def get_build(self, build_id: str) -> BuildRow:
-        with self.store._read() as conn:
-            row = conn.execute(builds.select().where(builds.c.id == build_id)).first()
-            if row is None:
-                from kiln.errors import RunNotFound
+        rows = self._db.read(
+            f"SELECT {_BUILD_COLUMNS} FROM builds WHERE id = :id", {"id": build_id}
+        )
+        if not rows:
+            from kiln.errors import RunNotFound
 
-                raise RunNotFound(f"no build {build_id!r} in {self.store.home}")
-            return self._with_tasks(conn, row)
+            raise RunNotFound(f"no build {build_id!r} in {self.home}")
+        return self._with_tasks(rows[0])
 
     def last_build(self, project: str, pipeline: str) -> BuildRow | None:
         """The newest build of a pipeline, with its tasks (``None`` before the first)."""
-        builds_ = self.list_builds(project, pipeline, limit=1)
-        return builds_[0] if builds_ else None
+        found = self.list_builds(project, pipeline, limit=1)
+        return found[0] if found else None
 
-    def list_builds(self, project: str, pipeline: str, *, limit: int | None = 20) -> list[BuildRow]:
+    def list_builds(self, project: str, pipeline: str, *, limit: int = 20) -> list[BuildRow]:
         """Builds of a pipeline, newest first, with their tasks."""
-        query = (
-            builds.select()
-            .where(builds.c.project == project, builds.c.pipeline == pipeline)
-            .order_by(builds.c.created_at.desc(), builds.c.id.desc())
+        rows = self._db.read(
+            f"SELECT {_BUILD_COLUMNS} FROM builds WHERE project = :project AND "
+            "pipeline = :pipeline ORDER BY created_at DESC, id DESC LIMIT :limit",
+            {"project": project, "pipeline": pipeline, "limit": limit},
         )
-        if limit is not None:
-            query = query.limit(limit)
-        with self.store._read() as conn:
-            return [self._with_tasks(conn, row) for row in conn.execute(query).all()]
+        return [self._with_tasks(row) for row in rows]
 
-    def _with_tasks(self, conn: sa.Connection, row: sa.Row[Any]) -> BuildRow:
-        data = row._mapping
+    def _with_tasks(self, row: tuple[Any, ...]) -> BuildRow:
+        (id_, project, pipeline, state, created, ended, options, reason, pid, host, started) = row
         build = BuildRow(
-            id=data["id"],
-            project=data["project"],
-            pipeline=data["pipeline"],
-            state=data["state"],
-            created_at=_to_utc(data["created_at"]),
-            ended_at=_to_utc(data["ended_at"]) if data["ended_at"] else None,
-            options=dict(data["options"] or {}),
-            reason=data["reason"],
-            owner_pid=data["owner_pid"],
-            owner_host=data["owner_host"],
-            owner_started=data["owner_started"],
+            id=id_,
+            project=project,
+            pipeline=pipeline,
+            state=state,
+            created_at=_when(created) or _now(),
+            ended_at=_when(ended),
+            options=_json(options) or {},
+            reason=reason,
+            owner_pid=pid,
+            owner_host=host,
+            owner_started=started,
         )
-        query = (
-            build_tasks.select()
-            .where(build_tasks.c.build_id == build.id)
-            .order_by(build_tasks.c.position)
+        tasks = self._db.read(
+            f"SELECT {_TASK_COLUMNS} FROM build_tasks WHERE build_id = :id ORDER BY position",
+            {"id": id_},
         )
-        for task in conn.execute(query):
-            t = task._mapping
-            build.tasks[t["task"]] = BuildTaskRow(
-                task=t["task"],
-                state=t["state"],
-                reason=t["reason"],
-                run_id=t["run_id"],
-                attempts=t["attempts"],
-                started_at=_to_utc(t["started_at"]) if t["started_at"] else None,
-                ended_at=_to_utc(t["ended_at"]) if t["ended_at"] else None,
-                position=t["position"],
+        for task, t_state, t_reason, run_id, attempts, t_started, t_ended, position in tasks:
+            build.tasks[task] = BuildTaskRow(
+                task,
+                t_state,
+                t_reason,
+                run_id,
+                attempts,
+                _when(t_started),
+                _when(t_ended),
+                position,
             )
         return build
 
-    def runs(self, run_ids: Iterable[str]) -> dict[str, Run]:
-        """Runs by id (those that exist)."""
-        ids = sorted(set(run_ids))
-        found: dict[str, Run] = {}
-        with self.store._read() as conn:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                for row in conn.execute(runs.select().where(runs.c.id.in_(chunk))):
-                    run = _row_to_run(row)
-                    found[run.id] = run
-        return found
+    def run_durations(self, run_ids: Iterable[str]) -> dict[str, float | None]:
+        """How long each of these runs took (those that exist)."""
+        out: dict[str, float | None] = {}
+        for chunk in _chunks(sorted(set(run_ids))):
+            names = {f"r{i}": run_id for i, run_id in enumerate(chunk)}
+            sql = (
+                "SELECT id, started_at, ended_at FROM runs WHERE id IN "
+                f"({', '.join(':' + k for k in names)})"
+            )
+            for run_id, started, ended in self._db.read(sql, names):
+                begin, end = _when(started), _when(ended)
+                out[run_id] = (end - begin).total_seconds() if begin and end else None
+        return out
 
     def recover_orphan_builds(self) -> list[str]:
         """Mark ``crashed`` the running builds whose ``kiln build`` process has died (on this
         host), and their unfinished tasks; return their ids."""
-        if self.store.read_only:
-            return []
         _, host, _ = current_owner()
-        query = sa.select(builds.c.id, builds.c.owner_pid, builds.c.owner_started).where(
-            builds.c.state == "running", builds.c.owner_host == host
+        candidates = self._db.read(
+            "SELECT id, owner_pid, owner_started FROM builds WHERE state = 'running' AND "
+            "owner_host = :host",
+            {"host": host},
         )
-        with self.store._read() as conn:
-            candidates = conn.execute(query).all()
         recovered = []
         for build_id, pid, started in candidates:
             if pid is None or same_process(pid, started) is not False:
                 continue
             reason = f"the kiln build process {pid} on {host} exited before the build ended"
-            with self.store._write() as conn:
-                done = conn.execute(
-                    builds.update()
-                    .where(builds.c.id == build_id, builds.c.state == "running")
-                    .values(state="crashed", reason=reason, ended_at=_now())
-                ).rowcount
-                if not done:
-                    continue
-                conn.execute(
-                    build_tasks.update()
-                    .where(
-                        build_tasks.c.build_id == build_id,
-                        build_tasks.c.state.in_(("pending", "running")),
-                    )
-                    .values(state="crashed", reason=reason)
-                )
-            recovered.append(build_id)
+            done = self._db.write(
+                [
+                    (
+                        "UPDATE builds SET state = 'crashed', reason = :reason, ended_at = :now "
+                        "WHERE id = :id AND state = 'running'",
+                        [{"reason": reason, "now": _now(), "id": build_id}],
+                    ),
+                    (
+                        "UPDATE build_tasks SET state = 'crashed', reason = :reason WHERE "
+                        "build_id = :id AND state IN ('pending', 'running')",
+                        [{"reason": reason, "id": build_id}],
+                    ),
+                ]
+            )
+            if done:
+                recovered.append(build_id)
         return recovered
 
     # -- task states ------------------------------------------------------------------------
 
     def task_states(self, project: str, pipeline: str) -> dict[str, TaskStateRow]:
         """Every task's last good state in a pipeline, by task name."""
-        query = task_states.select().where(
-            task_states.c.project == project, task_states.c.pipeline == pipeline
+        rows = self._db.read(
+            "SELECT task, fingerprint, run_id, build_id, updated_at FROM task_states "
+            "WHERE project = :project AND pipeline = :pipeline",
+            {"project": project, "pipeline": pipeline},
         )
-        with self.store._read() as conn:
-            rows = conn.execute(query).all()
         return {
-            row.task: TaskStateRow(
-                fingerprint=dict(row.fingerprint or {}),
-                run_id=row.run_id,
-                build_id=row.build_id,
-                updated_at=_to_utc(row.updated_at),
-            )
-            for row in rows
+            task: TaskStateRow(_json(fingerprint) or {}, run_id, build_id, _when(updated) or _now())
+            for task, fingerprint, run_id, build_id, updated in rows
         }
 
     def save_task_state(
@@ -323,69 +449,142 @@ class BuildStore:
         build_id: str | None,
     ) -> None:
         """Record what a task's successful run saw and wrote (replacing the previous)."""
-        key = (
-            task_states.c.project == project,
-            task_states.c.pipeline == pipeline,
-            task_states.c.task == task,
+        key = {"project": project, "pipeline": pipeline, "task": task}
+        self._db.write(
+            [
+                (
+                    "DELETE FROM task_states WHERE project = :project AND pipeline = :pipeline "
+                    "AND task = :task",
+                    [key],
+                ),
+                (
+                    "INSERT INTO task_states (project, pipeline, task, fingerprint, run_id, "
+                    "build_id, updated_at) VALUES (:project, :pipeline, :task, :fingerprint, "
+                    ":run_id, :build_id, :updated_at)",
+                    [
+                        {
+                            **key,
+                            "fingerprint": dict(fingerprint),
+                            "run_id": run_id,
+                            "build_id": build_id,
+                            "updated_at": _now(),
+                        }
+                    ],
+                ),
+            ]
         )
-        with self.store._write() as conn:
-            conn.execute(task_states.delete().where(*key))
-            conn.execute(
-                task_states.insert(),
-                {
-                    "project": project,
-                    "pipeline": pipeline,
-                    "task": task,
-                    "fingerprint": dict(fingerprint),
-                    "run_id": run_id,
-                    "build_id": build_id,
-                    "updated_at": _now(),
-                },
-            )
 
     # -- file hashes ------------------------------------------------------------------------
 
     def file_hashes(self, paths: Iterable[str]) -> dict[str, tuple[str, str]]:
         """``path -> (stamp, sha256)`` for the paths that have a cached hash."""
-        keys = sorted(set(paths))
         found: dict[str, tuple[str, str]] = {}
-        with self.store._read() as conn:
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
-                query = sa.select(file_hashes).where(file_hashes.c.path.in_(chunk))
-                for path, stamp, sha in conn.execute(query):
-                    found[path] = (stamp, sha)
+        for chunk in _chunks(sorted(set(paths))):
+            names = {f"p{i}": path for i, path in enumerate(chunk)}
+            sql = (
+                "SELECT path, stamp, sha256 FROM file_hashes WHERE path IN "
+                f"({', '.join(':' + k for k in names)})"
+            )
+            for path, stamp, sha in self._db.read(sql, names):
+                found[path] = (stamp, sha)
         return found
 
     def save_file_hashes(self, entries: Mapping[str, tuple[str, str]]) -> None:
         """Remember ``path -> (stamp, sha256)`` (replacing older entries)."""
         if not entries:
             return
-        keys = sorted(entries)
-        try:
-            with self.store._write() as conn:
-                for start in range(0, len(keys), _CHUNK):
-                    chunk = keys[start : start + _CHUNK]
-                    conn.execute(file_hashes.delete().where(file_hashes.c.path.in_(chunk)))
-                conn.execute(
-                    file_hashes.insert(),
-                    [{"path": k, "stamp": entries[k][0], "sha256": entries[k][1]} for k in keys],
-                )
-        except StoreError:
-            pass  # a cache: a full disk or a read-only history only costs hashing again
+        rows = [{"path": k, "stamp": v[0], "sha256": v[1]} for k, v in sorted(entries.items())]
+        # a cache: a full disk or a read-only history only costs hashing again
+        with contextlib.suppress(StoreError):
+            self._db.write(
+                [
+                    (
+                        "DELETE FROM file_hashes WHERE path = :path",
+                        [{"path": r["path"]} for r in rows],
+                    ),
+                    (
+                        "INSERT INTO file_hashes (path, stamp, sha256) VALUES "
+                        "(:path, :stamp, :sha256)",
+                        rows,
+                    ),
+                ]
+            )
 
 
-@functools.lru_cache(maxsize=1)
-def _task_update() -> sa.Update:
-    columns = ("state", "reason", "run_id", "attempts", "started_at", "ended_at")
+def _task_values(row: BuildTaskRow) -> dict[str, Any]:
+    return {
+        "task": row.task,
+        "position": row.position,
+        "state": row.state,
+        "reason": row.reason,
+        "run_id": row.run_id,
+        "attempts": row.attempts,
+        "started_at": row.started_at,
+        "ended_at": row.ended_at,
+    }
+
+
+def _bind(params: Params, *, native: bool = False) -> dict[str, Any]:
+    """Values as the database takes them: JSON as text; times in UTC, as SQLAlchemy writes
+    them on SQLite (text) unless ``native`` (the driver converts them)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        elif isinstance(value, datetime):
+            value = value.astimezone(timezone.utc)
+            if not native:
+                value = value.strftime("%Y-%m-%d %H:%M:%S.%f")
+        out[key] = value
+    return out
+
+
+def _when(value: Any) -> datetime | None:
+    """A stored time as an aware UTC datetime (text on SQLite, a datetime elsewhere)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a time, got {value!r}")
     return (
-        build_tasks.update()
-        .where(
-            build_tasks.c.build_id == sa.bindparam("_build"),
-            build_tasks.c.task == sa.bindparam("_task"),
-        )
-        .values({c: sa.bindparam(f"_v_{c}") for c in columns})
+        value.replace(tzinfo=timezone.utc)
+        if value.tzinfo is None
+        else value.astimezone(timezone.utc)
     )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file behind a plain ``sqlite:///PATH`` URL (read-only URI forms excluded)."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or "?" in url or url[len(prefix) :].startswith("file:"):
+        return None
+    return Path(url[len(prefix) :])
+
+
+def _schema_version(db_file: Path) -> str | None:
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 def _now() -> datetime:

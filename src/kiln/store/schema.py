@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-#: The newest migration. The store compares it with ``alembic_version`` on open and only imports
-#: Alembic when the database is new or behind; a test checks it equals Alembic's script head.
-SCHEMA_HEAD = "0002"
+from kiln.store.version import SCHEMA_HEAD  # the newest migration (kept free of SQLAlchemy)
+
+__all__ = ["SCHEMA_HEAD", "build_tasks", "builds", "file_hashes", "metadata", "runs", "task_states"]
 
 metadata = sa.MetaData()
 

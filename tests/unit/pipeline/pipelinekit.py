@@ -74,8 +74,8 @@ class PipelineProject:
             )
 
     def status(self, name: str | None = None, **options: Any) -> Status:
-        with RunStore(self.home) as store:
-            return plan(self.pipeline(name), BuildStore(store), BuildOptions(**options))
+        with BuildStore.open(self.home) as builds:
+            return plan(self.pipeline(name), builds, BuildOptions(**options))
 
     def reasons(self, name: str | None = None) -> dict[str, str]:
         return {t.name: t.reason for t in self.status(name).tasks}

@@ -60,7 +60,7 @@ def test_tasks_run_in_order_and_the_build_is_recorded(chain: PipelineProject) ->
         build = builds.last_build(str(chain.root.resolve()), "daily")
         assert build is not None and build.state == "succeeded"
         assert [t.state for t in build.tasks.values()] == ["succeeded"] * 4
-        runs = builds.runs(t.run_id for t in build.tasks.values() if t.run_id)
+        runs = {t.run_id: store.get_run_exact(t.run_id) for t in build.tasks.values() if t.run_id}
         assert {run.build_id for run in runs.values()} == {build.id}
         clean_run = runs[build.tasks["clean"].run_id or ""]
         assert clean_run.records["upstream"] == {"extract": {"data": str(root / "out/raw.json")}}

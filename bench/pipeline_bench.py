@@ -1,0 +1,242 @@
+"""Pipelines: `kiln build` against `ploomber build` on the same pipeline, and the cost of
+checking a big pipeline whose tasks are all up to date.
+
+    python bench/pipeline_bench.py              # everything (installs ploomber the first time)
+    python bench/pipeline_bench.py --no-ploomber
+
+1. The fork engine's per-run floor here: `kiln run --sweep` of the same small notebook, N
+   runs at -j 2 in one CLI call (the cost of a run with nothing around it).
+2. A 50-task pipeline (10 chains of 5 small notebooks, each reading its upstream product and
+   writing its own): a fresh `kiln build -j 2` and a fresh `ploomber build` of the same
+   pipeline, alternating the tools; then each tool's all-up-to-date rebuild. Every figure is
+   a whole CLI call, the way people run them. Ploomber 0.23.3 runs in its own virtualenv,
+   created here under ~/.cache/kiln/bench-venvs/ (never in Kiln's).
+3. A 500-task pipeline, built once: `kiln status` and `kiln build` with every task up to
+   date (median of 5 calls each).
+
+Prints each figure and the ratios; a ratio above 1 means Kiln is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+KILN = str(Path(sys.executable).with_name("kiln"))
+PLOOMBER_VERSION = "0.23.3"
+VENVS = Path.home() / ".cache" / "kiln" / "bench-venvs"
+
+#: the same small notebook for both tools: read the upstream products, write its own
+CELLS = [
+    ("upstream = None\nproduct = None", ["parameters"]),
+    "import json\n"
+    "value = 0\n"
+    "for products in (upstream or {}).values():\n"
+    "    with open(products['data']) as f:\n"
+    "        value += json.load(f)['value']\n"
+    "with open(product['data'], 'w') as f:\n"
+    "    json.dump({'value': value + 1}, f)",
+]
+
+
+def write_notebook(path: Path) -> None:
+    cells = [
+        new_code_cell(c[0], metadata={"tags": c[1]}) if isinstance(c, tuple) else new_code_cell(c)
+        for c in CELLS
+    ]
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": kernel}), path)
+
+
+def task_names(chains: int, steps: int) -> list[tuple[str, str | None]]:
+    return [
+        (f"c{c}_s{s}", f"c{c}_s{s - 1}" if s else None) for c in range(chains) for s in range(steps)
+    ]
+
+
+def kiln_project(root: Path, chains: int, steps: int) -> Path:
+    root.mkdir(parents=True)
+    (root / "out").mkdir()
+    write_notebook(root / "task.ipynb")
+    lines = ["pipelines:", "  bench:", "    tasks:"]
+    for name, up in task_names(chains, steps):
+        upstream = f", upstream: [{up}]" if up else ""
+        lines.append(
+            f"      {name}: {{notebook: task.ipynb{upstream}, products: {{data: out/{name}.json}}}}"
+        )
+    (root / "kiln.yaml").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def ploomber_project(root: Path, chains: int, steps: int, jobs: int) -> Path:
+    root.mkdir(parents=True)
+    (root / "out").mkdir()
+    write_notebook(root / "task.ipynb")
+    lines = ["meta:", "  extract_upstream: false", "  extract_product: false"]
+    if jobs > 1:
+        lines += [
+            "executor:",
+            "  dotted_path: ploomber.executors.Parallel",
+            f"  processes: {jobs}",
+        ]
+    lines.append("tasks:")
+    for name, up in task_names(chains, steps):
+        lines += [
+            "  - source: task.ipynb",
+            f"    name: {name}",
+            f"    product: {{nb: out/{name}.ipynb, data: out/{name}.json}}",
+        ]
+        if up:
+            lines.append(f"    upstream: [{up}]")
+    (root / "pipeline.yaml").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def timed(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:3])} failed in {cwd}:\n{done.stdout}\n{done.stderr}")
+    return took
+
+
+def kiln_env(root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("KILN_HOME", None)  # .kiln beside the project's kiln.yaml
+    return env
+
+
+def ploomber_python() -> tuple[Path | None, str]:
+    """Ploomber's own virtualenv (created the first time), or why there is none."""
+    venv = VENVS / f"ploomber-{PLOOMBER_VERSION}"
+    python = venv / "bin" / "python"
+    if python.exists():
+        check = subprocess.run([python, "-c", "import ploomber"], capture_output=True, text=True)
+        if check.returncode == 0:
+            return python, ""
+    print(f"creating {venv} with ploomber=={PLOOMBER_VERSION} (once) ...", flush=True)
+    VENVS.mkdir(parents=True, exist_ok=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    made = subprocess.run(
+        [base, "-m", "venv", "--clear", str(venv)], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        return None, f"python -m venv failed: {made.stderr.strip()[-500:]}"
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    done = subprocess.run(
+        [*pip, f"ploomber=={PLOOMBER_VERSION}", "ipykernel"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        return None, f"pip install ploomber=={PLOOMBER_VERSION} failed: {done.stderr[-1500:]}"
+    return python, ""
+
+
+def fork_floor(work: Path, runs: int) -> float:
+    """The fork engine's marginal cost of a run: `kiln run --sweep` of 2N runs minus N runs
+    (-j 2, one CLI call each), over N; start-up and the CLI's own cost cancel out."""
+    root = work / "floor"
+    root.mkdir()
+    cells = [new_code_cell("x = 1", metadata={"tags": ["parameters"]}), new_code_cell("y = x + 1")]
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": kernel}), root / "nb.ipynb")
+    env = dict(kiln_env(root), KILN_HOME=str(root / ".kiln"))
+    took = {}
+    for count in (runs, 2 * runs):
+        (root / "grid.yaml").write_text(json.dumps({"x": list(range(count))}))
+        took[count] = timed([KILN, "run", "nb.ipynb", "--sweep", "grid.yaml", "-j", "2"], root, env)
+    return (took[2 * runs] - took[runs]) / runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chains", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--big", type=int, default=500, help="tasks of the up-to-date check")
+    parser.add_argument("--no-ploomber", action="store_true")
+    parser.add_argument(
+        "--ploomber-jobs",
+        type=int,
+        default=1,
+        help="ploomber's executor: 1 serial (its default), 2 its Parallel executor",
+    )
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kiln-pipeline-bench-"))
+    tasks = args.chains * args.steps
+    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; work in {work}")
+    try:
+        floor = fork_floor(work, tasks)
+        print(f"fork engine floor (kiln run --sweep -j 2, marginal): {floor * 1000:.1f} ms/run")
+
+        python, why = (None, "--no-ploomber") if args.no_ploomber else ploomber_python()
+        if python is None:
+            print(f"ploomber: not measured: {why}")
+        # fresh builds, alternating the tools, then the all-up-to-date rebuilds
+        kroot = kiln_project(work / "kiln", args.chains, args.steps)
+        kiln_fresh = timed([KILN, "build", "-j", "2"], kroot, kiln_env(kroot))
+        ploomber_fresh = ploomber_again = None
+        if python is not None:
+            proot = ploomber_project(work / "ploomber", args.chains, args.steps, args.ploomber_jobs)
+            cmd = [str(python.with_name("ploomber")), "build", "--entry-point", "pipeline.yaml"]
+            ploomber_fresh = timed(cmd, proot)
+        kiln_again = timed([KILN, "build", "-j", "2"], kroot, kiln_env(kroot))
+        if python is not None:
+            ploomber_again = timed(cmd, proot)
+        values = [
+            json.loads((kroot / f"out/c{c}_s{args.steps - 1}.json").read_text())
+            for c in range(args.chains)
+        ]
+        assert all(v == {"value": args.steps} for v in values), values
+
+        print(f"\n{tasks}-task pipeline ({args.chains} chains of {args.steps}), kiln -j 2:")
+        print(f"  fresh build:       kiln {kiln_fresh:6.2f} s", end="")
+        if ploomber_fresh is not None:
+            print(
+                f"   ploomber {ploomber_fresh:6.2f} s   ratio {ploomber_fresh / kiln_fresh:5.1f}x"
+            )
+        else:
+            print()
+        print(f"  up-to-date build:  kiln {kiln_again:6.2f} s", end="")
+        if ploomber_again is not None:
+            print(
+                f"   ploomber {ploomber_again:6.2f} s   ratio {ploomber_again / kiln_again:5.1f}x"
+            )
+        else:
+            print()
+        per_task = (kiln_fresh - kiln_again) / tasks
+        print(
+            f"  kiln per task (fresh minus up-to-date, over {tasks} tasks): "
+            f"{per_task * 1000:.1f} ms; the fork floor above: {floor * 1000:.1f} ms/run"
+        )
+
+        big = kiln_project(work / "big", args.big // 5, 5)
+        built = timed([KILN, "build", "-j", "2"], big, kiln_env(big))
+        statuses = [timed([KILN, "status"], big, kiln_env(big)) for _ in range(5)]
+        builds = [timed([KILN, "build"], big, kiln_env(big)) for _ in range(5)]
+        print(f"\n{args.big}-task pipeline, built once in {built:.1f} s; all up to date:")
+        print(
+            f"  kiln status: median {statistics.median(statuses):.2f} s (of 5: "
+            f"{', '.join(f'{t:.2f}' for t in statuses)})"
+        )
+        print(
+            f"  kiln build:  median {statistics.median(builds):.2f} s (of 5: "
+            f"{', '.join(f'{t:.2f}' for t in builds)})"
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
