@@ -41,7 +41,7 @@ from kiln.pipeline.result import (
     TaskRetrying,
     TaskStarted,
 )
-from kiln.store.builds import BuildStore, BuildTaskRow
+from kiln.store.builds import BuildStore, BuildTaskRow, TaskState
 from kiln.store.records import Run, RunState
 
 if TYPE_CHECKING:
@@ -84,6 +84,9 @@ class _Build:
         self.results: dict[str, TaskResult] = {}
         self.rows: dict[str, BuildTaskRow] = {}
         self.dirty: set[str] = set()
+        self.new_states: list[TaskState] = []
+        #: the parameters each notebook declares, by the sha256 of its bytes
+        self.declared: dict[str, frozenset[str]] = {}
         #: each finished task's current product hashes (what downstream tasks compare with)
         self.now: dict[str, dict[str, str] | None] = {}
         self.ran: set[str] = set()
@@ -329,13 +332,16 @@ class _Build:
             inputs={k: v for k, v in inputs.items() if v is not None},
             products=products,
         )
-        self.builds.save_task_state(
-            self.pipeline.key,
-            self.pipeline.name,
-            task.name,
-            fingerprint.to_json(),
-            run_id=run.id,
-            build_id=self.build_id,
+        # saved with the task's row when the task ends (one transaction)
+        self.new_states.append(
+            TaskState(
+                self.pipeline.key,
+                self.pipeline.name,
+                task.name,
+                fingerprint.to_json(),
+                run.id,
+                self.build_id,
+            )
         )
         self.now[task.name] = fingerprint.product_hashes()
         self.ran.add(task.name)
@@ -350,7 +356,11 @@ class _Build:
         from kiln.request import RunRequest
 
         path = str(task.notebook)
-        declared = set(infer_schema(load_json(data, path=path), notebook=path).names())
+        key = _sha(data)
+        declared = self.declared.get(key)
+        if declared is None:
+            raw = load_json(data, path=path)
+            declared = self.declared[key] = frozenset(infer_schema(raw, notebook=path).names())
         parameters: dict[str, Any] = dict(task.parameters)
         if "upstream" in declared:
             parameters["upstream"] = self._upstream_value(task)
@@ -391,10 +401,15 @@ class _Build:
         self.dirty.add(result.name)
 
     def _flush(self) -> None:
-        if self.dirty:
-            self.builds.update_tasks(self.build_id, [self.rows[name] for name in self.dirty])
+        """Rows that changed, new task states and new file hashes: one transaction."""
+        rows = [self.rows[name] for name in self.dirty]
+        states, self.new_states = self.new_states, []
+        try:
+            self.builds.save(
+                self.build_id, rows, states=states, hashes=self.checker.hasher.take_new()
+            )
+        finally:
             self.dirty.clear()
-        self.checker.hasher.flush()
 
     def _observe(self, event: RunEvent) -> None:
         slot = _current.get()

@@ -74,9 +74,14 @@ class FileHasher:
 
     def flush(self) -> None:
         """Remember the hashes computed since the last flush."""
-        if self._new and self.builds is not None:
-            self.builds.save_file_hashes(self._new)
-        self._new = {}
+        new = self.take_new()
+        if new and self.builds is not None:
+            self.builds.save_file_hashes(new)
+
+    def take_new(self) -> dict[str, tuple[str, str]]:
+        """The hashes computed since the last call, for the caller to save."""
+        new, self._new = self._new, {}
+        return new
 
     # -- local files --------------------------------------------------------------------------
 

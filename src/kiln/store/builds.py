@@ -294,18 +294,26 @@ class BuildStore:
 
     def update_tasks(self, build_id: str, rows: Iterable[BuildTaskRow]) -> None:
         """Write the current state of some tasks of a build (one statement for all)."""
-        values = [{"build_id": build_id, **_task_values(row)} for row in rows]
-        if values:
-            self._db.write(
-                [
-                    (
-                        "UPDATE build_tasks SET state = :state, reason = :reason, "
-                        "run_id = :run_id, attempts = :attempts, started_at = :started_at, "
-                        "ended_at = :ended_at WHERE build_id = :build_id AND task = :task",
-                        values,
-                    )
-                ]
-            )
+        statements = _task_statements(build_id, list(rows))
+        if statements:
+            self._db.write(statements)
+
+    def save(
+        self,
+        build_id: str,
+        rows: Iterable[BuildTaskRow] = (),
+        *,
+        states: Iterable[TaskState] = (),
+        hashes: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """In one transaction: some tasks' rows of a build, new last good states of tasks,
+        and file hashes to remember (what a task's end writes)."""
+        statements = _task_statements(build_id, list(rows))
+        for state in states:
+            statements += _state_statements(state)
+        statements += _hash_statements(hashes or {})
+        if statements:
+            self._db.write(statements)
 
     def finish_build(self, build_id: str, state: str, *, reason: str | None = None) -> bool:
         """Give a running build its one final state; ``False`` if it already has one."""
@@ -449,30 +457,8 @@ class BuildStore:
         build_id: str | None,
     ) -> None:
         """Record what a task's successful run saw and wrote (replacing the previous)."""
-        key = {"project": project, "pipeline": pipeline, "task": task}
-        self._db.write(
-            [
-                (
-                    "DELETE FROM task_states WHERE project = :project AND pipeline = :pipeline "
-                    "AND task = :task",
-                    [key],
-                ),
-                (
-                    "INSERT INTO task_states (project, pipeline, task, fingerprint, run_id, "
-                    "build_id, updated_at) VALUES (:project, :pipeline, :task, :fingerprint, "
-                    ":run_id, :build_id, :updated_at)",
-                    [
-                        {
-                            **key,
-                            "fingerprint": dict(fingerprint),
-                            "run_id": run_id,
-                            "build_id": build_id,
-                            "updated_at": _now(),
-                        }
-                    ],
-                ),
-            ]
-        )
+        state = TaskState(project, pipeline, task, dict(fingerprint), run_id, build_id)
+        self._db.write(_state_statements(state))
 
     # -- file hashes ------------------------------------------------------------------------
 
@@ -491,24 +477,74 @@ class BuildStore:
 
     def save_file_hashes(self, entries: Mapping[str, tuple[str, str]]) -> None:
         """Remember ``path -> (stamp, sha256)`` (replacing older entries)."""
-        if not entries:
-            return
-        rows = [{"path": k, "stamp": v[0], "sha256": v[1]} for k, v in sorted(entries.items())]
-        # a cache: a full disk or a read-only history only costs hashing again
-        with contextlib.suppress(StoreError):
-            self._db.write(
-                [
-                    (
-                        "DELETE FROM file_hashes WHERE path = :path",
-                        [{"path": r["path"]} for r in rows],
-                    ),
-                    (
-                        "INSERT INTO file_hashes (path, stamp, sha256) VALUES "
-                        "(:path, :stamp, :sha256)",
-                        rows,
-                    ),
-                ]
-            )
+        statements = _hash_statements(entries)
+        if statements:
+            # a cache: a full disk or a read-only history only costs hashing again
+            with contextlib.suppress(StoreError):
+                self._db.write(statements)
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A task's new last good state, to be saved."""
+
+    project: str
+    pipeline: str
+    task: str
+    fingerprint: dict[str, Any]
+    run_id: str | None
+    build_id: str | None
+
+
+Statements = list[tuple[str, Sequence[Params]]]
+
+
+def _task_statements(build_id: str, rows: Sequence[BuildTaskRow]) -> Statements:
+    if not rows:
+        return []
+    return [
+        (
+            "UPDATE build_tasks SET state = :state, reason = :reason, run_id = :run_id, "
+            "attempts = :attempts, started_at = :started_at, ended_at = :ended_at "
+            "WHERE build_id = :build_id AND task = :task",
+            [{"build_id": build_id, **_task_values(row)} for row in rows],
+        )
+    ]
+
+
+def _state_statements(state: TaskState) -> Statements:
+    key = {"project": state.project, "pipeline": state.pipeline, "task": state.task}
+    return [
+        (
+            "DELETE FROM task_states WHERE project = :project AND pipeline = :pipeline "
+            "AND task = :task",
+            [key],
+        ),
+        (
+            "INSERT INTO task_states (project, pipeline, task, fingerprint, run_id, build_id, "
+            "updated_at) VALUES (:project, :pipeline, :task, :fingerprint, :run_id, :build_id, "
+            ":updated_at)",
+            [
+                {
+                    **key,
+                    "fingerprint": state.fingerprint,
+                    "run_id": state.run_id,
+                    "build_id": state.build_id,
+                    "updated_at": _now(),
+                }
+            ],
+        ),
+    ]
+
+
+def _hash_statements(entries: Mapping[str, tuple[str, str]]) -> Statements:
+    if not entries:
+        return []
+    rows = [{"path": k, "stamp": v[0], "sha256": v[1]} for k, v in sorted(entries.items())]
+    return [
+        ("DELETE FROM file_hashes WHERE path = :path", [{"path": r["path"]} for r in rows]),
+        ("INSERT INTO file_hashes (path, stamp, sha256) VALUES (:path, :stamp, :sha256)", rows),
+    ]
 
 
 def _task_values(row: BuildTaskRow) -> dict[str, Any]:
