@@ -284,3 +284,36 @@ def test_dag_pictures_and_the_mermaid_fallback(tmp_path: Path, kiln_in: Cli, hom
     assert no_dot.returncode == 0, no_dot.stderr
     assert "dot program is not installed" in no_dot.stderr
     assert (tmp_path / "d.mmd").read_text().startswith("flowchart LR")
+
+
+def test_the_python_api(tmp_path: Path, home: Path) -> None:
+    import kiln
+    from kiln.errors import BuildFailed
+
+    root = write(tmp_path / "proj", {"extract.ipynb": EXTRACT, "clean.ipynb": CLEAN}, MINIMAL)
+    plan = kiln.build(project=root, dry_run=True)
+    assert [(t.name, t.action, t.reason) for t in plan.tasks] == [
+        ("extract", "run", "never ran successfully"),
+        ("clean", "run", "never ran successfully"),
+    ]
+    events: list[object] = []
+    build = kiln.build("daily", project=root, jobs=2, observer=events.append)
+    assert build.ok and build.ran == ["extract", "clean"]
+    clean = build.tasks["clean"].run
+    assert clean is not None and clean.build_id == build.id
+    assert clean.records["product"] == {"data": str(root.resolve() / "out/clean.json")}
+    assert [type(e).__name__ for e in events][:2] == ["BuildStarted", "TaskStarted"]
+    status = kiln.status(project=root / "kiln.yaml")
+    assert status.outdated == []
+    (root / "out/raw.json").unlink()
+    assert [t.reason for t in kiln.status(project=root).tasks] == [
+        "product out/raw.json missing",
+        "upstream extract is outdated",
+    ]
+    nb = nbformat.read(root / "clean.ipynb", as_version=4)
+    nb.cells[1].source = "raise ValueError('broken')"
+    nbformat.write(nb, root / "clean.ipynb")
+    failed = kiln.build(project=root)
+    assert failed.state == "failed" and failed.failed == ["clean"]
+    with pytest.raises(BuildFailed, match=r"build .* of daily failed"):
+        kiln.build(project=root, check=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from kiln.engines.base import Engine
+    from kiln.engines.fork import ForkPool
     from kiln.events import Observer
     from kiln.request import RunRequest
     from kiln.store.records import Run
@@ -65,11 +66,13 @@ class LocalExecutor:
         from kiln.runner import Runner
 
         engines: dict[str, Engine] = {}
+        self.pool: ForkPool | None = None
         if engine is None:
             from kiln.engines.fork import ForkEngine, ForkPool
 
             # as many forked children at once as the build runs tasks
-            engines["fork"] = ForkEngine(ForkPool(max_children=max(jobs, 1)))
+            self.pool = ForkPool(max_children=max(jobs, 1))
+            engines["fork"] = ForkEngine(self.pool)
         self.runner = Runner(store=store, engine=engine, engines=engines, observers=observers)
         self.observers = self.runner.observers
 
@@ -81,6 +84,9 @@ class LocalExecutor:
 
     async def close(self) -> None:
         await self.runner.aclose_engines()
+        if self.pool is not None:  # the engine does not close a pool it was given
+            await self.pool.close()
+            self.pool = None
 
     def warnings(self) -> list[str]:
         return []

@@ -374,3 +374,40 @@ def test_the_summary_table_shows_grid_members_as_written(
     print_status(project.status(), as_json=False, plan=False)
     out = capsys.readouterr().out
     assert out.count("a[region=EU]") == 2  # brackets are text, not rich markup
+
+
+def test_dask_warns_when_products_are_local_and_workers_remote(project: PipelineProject) -> None:
+    pytest.importorskip("distributed")
+    from kiln.pipeline.dask_executor import DaskExecutor
+
+    project.notebook("a.ipynb")
+    project.config(
+        """
+        pipelines:
+          p:
+            tasks:
+              a: {notebook: a.ipynb, products: {data: out/a.json}}
+              b: {notebook: a.ipynb, products: {data: "s3://bucket/b.json"}}
+        """
+    )
+    with RunStore(project.home) as store:
+        remote = DaskExecutor(
+            store, scheduler="tcp://10.0.0.1:8786", jobs=1, pipeline=project.pipeline()
+        )
+        local = DaskExecutor(store, scheduler=None, jobs=1, pipeline=project.pipeline())
+        (warning,) = remote.warnings()
+        assert "1 product(s) or input(s) are local paths (such as a.json)" in warning
+        assert local.warnings() == []  # a local cluster shares this machine's disk
+
+
+def test_the_console_tells_retries_and_warnings_once(capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln.cli.console import BuildConsole
+    from kiln.pipeline.result import BuildWarning, TaskRetrying
+
+    console = BuildConsole(progress=False)
+    console.observe(TaskRetrying("clean", 1, 2.0, "crashed: the worker died"))
+    console.observe(BuildWarning("clean: using the kernel engine"))
+    console.observe(BuildWarning("clean: using the kernel engine"))
+    err = capsys.readouterr().err
+    assert "clean: attempt 1 failed (crashed: the worker died); retrying in 2s" in err
+    assert err.count("using the kernel engine") == 1
