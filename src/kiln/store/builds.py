@@ -16,15 +16,24 @@ transaction; a database that is new or behind is upgraded by opening a ``RunStor
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from kiln.errors import StoreError
+from kiln.store.litedb import (
+    Alchemy,
+    Database,
+    Params,
+    Sqlite,
+    chunks,
+    from_json,
+    schema_version,
+    sqlite_file,
+    when,
+)
 from kiln.store.process import current_owner, same_process
 
 if TYPE_CHECKING:
@@ -45,9 +54,6 @@ TASK_STATES = (
 )
 DONE_STATES = frozenset({"succeeded", "up_to_date"})
 
-#: keys per statement when looking up many at once (SQLite's variable limit is 32766)
-_CHUNK = 500
-_BUSY_TIMEOUT_S = 30.0
 _BUILD_COLUMNS = (
     "id, project, pipeline, state, created_at, ended_at, options, reason, owner_pid, "
     "owner_host, owner_started"
@@ -103,107 +109,18 @@ class TaskStateRow:
     updated_at: datetime
 
 
-Params = Mapping[str, Any]
-
-
-class _Database(Protocol):
-    def read(self, sql: str, params: Params = ...) -> list[tuple[Any, ...]]: ...
-
-    def write(self, statements: Sequence[tuple[str, Sequence[Params]]]) -> int: ...
-
-    def close(self) -> None: ...
-
-
-class _Sqlite:
-    """The home's SQLite file through the standard library (the rules of RunStore: WAL, a busy
-    timeout, BEGIN IMMEDIATE for writes)."""
-
-    def __init__(self, path: Path) -> None:
-        import sqlite3
-
-        self.sqlite3 = sqlite3
-        self.path = path
-        # a history on a read-only place is read as it is (writes then fail: StoreError)
-        writable = os.access(path.parent, os.W_OK) and os.access(path, os.W_OK)
-        target = str(path) if writable else f"file:{path}?mode=ro&immutable=1"
-        try:
-            self.conn = sqlite3.connect(
-                target,
-                uri=not writable,
-                timeout=_BUSY_TIMEOUT_S,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self.conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
-            if writable:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the runs database {path}: {exc}") from exc
-
-    def read(self, sql: str, params: Params = {}) -> list[tuple[Any, ...]]:  # noqa: B006
-        try:
-            return list(self.conn.execute(sql, _bind(params)))
-        except self.sqlite3.Error as exc:
-            raise StoreError(f"runs database {self.path}: {exc}") from exc
-
-    def write(self, statements: Sequence[tuple[str, Sequence[Params]]]) -> int:
-        changed = 0
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, rows in statements:
-                    changed += self.conn.executemany(sql, [_bind(r) for r in rows]).rowcount
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-        except self.sqlite3.Error as exc:
-            raise StoreError(f"runs database {self.path}: {exc}") from exc
-        return changed
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class _Alchemy:
-    """The same statements through an open RunStore's SQLAlchemy engine."""
-
-    def __init__(self, store: RunStore) -> None:
-        self.store = store
-
-    def read(self, sql: str, params: Params = {}) -> list[tuple[Any, ...]]:  # noqa: B006
-        import sqlalchemy as sa
-
-        with self.store._read() as conn:
-            return [tuple(row) for row in conn.execute(sa.text(sql), _bind(params, native=True))]
-
-    def write(self, statements: Sequence[tuple[str, Sequence[Params]]]) -> int:
-        import sqlalchemy as sa
-
-        changed = 0
-        with self.store._write() as conn:
-            for sql, rows in statements:
-                bound = [_bind(r, native=True) for r in rows]
-                changed += conn.execute(sa.text(sql), bound).rowcount or 0
-        return changed
-
-    def close(self) -> None:
-        return None
-
-
 class BuildStore:
     """Builds, task states and file hashes in a Kiln home's database.
 
     ``BuildStore(store)`` works in an open :class:`~kiln.store.sql.RunStore`'s database;
     :meth:`open` opens the home's SQLite file directly (upgrading it first if needed)."""
 
-    def __init__(self, store: RunStore | None = None, *, _db: _Database | None = None) -> None:
+    def __init__(self, store: RunStore | None = None, *, _db: Database | None = None) -> None:
         if _db is None:
             if store is None:
                 raise ValueError("give a RunStore")
-            db_file = _sqlite_file(store.url)
-            _db = _Sqlite(db_file) if db_file is not None else _Alchemy(store)
+            db_file = sqlite_file(store.url)
+            _db = Sqlite(db_file) if db_file is not None else Alchemy(store)
         self._db = _db
         self.home: Path | None = Path(store.home) if store is not None else None
 
@@ -219,15 +136,15 @@ class BuildStore:
 
         folder = (Path(home).expanduser() if home is not None else default_home()).absolute()
         db_file = folder / "kiln.db"
-        if db_file.is_file() and _schema_version(db_file) == SCHEMA_HEAD:
-            store = cls(_db=_Sqlite(db_file))
+        if db_file.is_file() and schema_version(db_file) == SCHEMA_HEAD:
+            store = cls(_db=Sqlite(db_file))
             store.home = folder
             return store
         from kiln.store.sql import RunStore
 
         with RunStore(folder, create=create):  # creates or upgrades the schema (or refuses)
             pass
-        store = cls(_db=_Sqlite(db_file))
+        store = cls(_db=Sqlite(db_file))
         store.home = folder
         return store
 
@@ -361,9 +278,9 @@ class BuildStore:
             project=project,
             pipeline=pipeline,
             state=state,
-            created_at=_when(created) or _now(),
-            ended_at=_when(ended),
-            options=_json(options) or {},
+            created_at=when(created) or _now(),
+            ended_at=when(ended),
+            options=from_json(options) or {},
             reason=reason,
             owner_pid=pid,
             owner_host=host,
@@ -380,8 +297,8 @@ class BuildStore:
                 t_reason,
                 run_id,
                 attempts,
-                _when(t_started),
-                _when(t_ended),
+                when(t_started),
+                when(t_ended),
                 position,
             )
         return build
@@ -389,14 +306,14 @@ class BuildStore:
     def run_durations(self, run_ids: Iterable[str]) -> dict[str, float | None]:
         """How long each of these runs took (those that exist)."""
         out: dict[str, float | None] = {}
-        for chunk in _chunks(sorted(set(run_ids))):
+        for chunk in chunks(sorted(set(run_ids))):
             names = {f"r{i}": run_id for i, run_id in enumerate(chunk)}
             sql = (
                 "SELECT id, started_at, ended_at FROM runs WHERE id IN "
                 f"({', '.join(':' + k for k in names)})"
             )
             for run_id, started, ended in self._db.read(sql, names):
-                begin, end = _when(started), _when(ended)
+                begin, end = when(started), when(ended)
                 out[run_id] = (end - begin).total_seconds() if begin and end else None
         return out
 
@@ -442,7 +359,9 @@ class BuildStore:
             {"project": project, "pipeline": pipeline},
         )
         return {
-            task: TaskStateRow(_json(fingerprint) or {}, run_id, build_id, _when(updated) or _now())
+            task: TaskStateRow(
+                from_json(fingerprint) or {}, run_id, build_id, when(updated) or _now()
+            )
             for task, fingerprint, run_id, build_id, updated in rows
         }
 
@@ -465,7 +384,7 @@ class BuildStore:
     def file_hashes(self, paths: Iterable[str]) -> dict[str, tuple[str, str]]:
         """``path -> (stamp, sha256)`` for the paths that have a cached hash."""
         found: dict[str, tuple[str, str]] = {}
-        for chunk in _chunks(sorted(set(paths))):
+        for chunk in chunks(sorted(set(paths))):
             names = {f"p{i}": path for i, path in enumerate(chunk)}
             sql = (
                 "SELECT path, stamp, sha256 FROM file_hashes WHERE path IN "
@@ -558,69 +477,6 @@ def _task_values(row: BuildTaskRow) -> dict[str, Any]:
         "started_at": row.started_at,
         "ended_at": row.ended_at,
     }
-
-
-def _bind(params: Params, *, native: bool = False) -> dict[str, Any]:
-    """Values as the database takes them: JSON as text; times in UTC, as SQLAlchemy writes
-    them on SQLite (text) unless ``native`` (the driver converts them)."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, ensure_ascii=False, default=str)
-        elif isinstance(value, datetime):
-            value = value.astimezone(timezone.utc)
-            if not native:
-                value = value.strftime("%Y-%m-%d %H:%M:%S.%f")
-        out[key] = value
-    return out
-
-
-def _when(value: Any) -> datetime | None:
-    """A stored time as an aware UTC datetime (text on SQLite, a datetime elsewhere)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a time, got {value!r}")
-    return (
-        value.replace(tzinfo=timezone.utc)
-        if value.tzinfo is None
-        else value.astimezone(timezone.utc)
-    )
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
-
-
-def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
-
-
-def _sqlite_file(url: str) -> Path | None:
-    """The file behind a plain ``sqlite:///PATH`` URL (read-only URI forms excluded)."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or "?" in url or url[len(prefix) :].startswith("file:"):
-        return None
-    return Path(url[len(prefix) :])
-
-
-def _schema_version(db_file: Path) -> str | None:
-    import sqlite3
-
-    try:
-        conn = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
-    except sqlite3.Error:
-        return None
-    try:
-        rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 def _now() -> datetime:
