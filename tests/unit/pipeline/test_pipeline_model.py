@@ -268,3 +268,15 @@ def test_choosing_the_pipeline(project: PipelineProject, tmp_path: Path) -> None
     assert project.pipeline("two").name == "two"
     with pytest.raises(UsageError, match="has no task 'b'"):
         project.pipeline("one").select(["b"])
+
+
+def test_config_check_checks_the_pipelines_too(
+    project: PipelineProject, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.notebook("a.ipynb")
+    project.config(BAD["cycle"][0])
+    monkeypatch.chdir(project.root)
+    assert run_main(["config", "check"]) == 2
+    assert "a cycle: a -> b -> c -> a" in capsys.readouterr().err
+    project.config(MINIMAL.replace("extract.ipynb", "a.ipynb").replace("clean.ipynb", "a.ipynb"))
+    assert run_main(["config", "check"]) == 0
