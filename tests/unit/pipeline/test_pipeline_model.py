@@ -280,3 +280,20 @@ def test_config_check_checks_the_pipelines_too(
     assert "a cycle: a -> b -> c -> a" in capsys.readouterr().err
     project.config(MINIMAL.replace("extract.ipynb", "a.ipynb").replace("clean.ipynb", "a.ipynb"))
     assert run_main(["config", "check"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["build"], "build"),
+        (["--home", "status", "status"], "status"),  # the value of --home is no command
+        (["-q", "--color", "never", "dag", "--format", "svg"], "dag"),
+        (["--help", "build"], None),  # top-level help lists every command
+        (["bild"], None),  # the full parser says what the commands are
+        ([], None),
+    ],
+)
+def test_only_the_chosen_command_is_set_up(argv: list[str], command: str | None) -> None:
+    from kiln.cli.main import _command_of
+
+    assert _command_of(argv) == command
