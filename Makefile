@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck unit integration bench clean venv corpus
+.PHONY: demo test lint typecheck unit integration bench clean venv corpus graphviz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,16 @@ corpus: $(VENV)/.installed-test
 	      || echo "corpus: download failed; corpus tests will be skipped"; \
 	  fi
 
-test: $(VENV)/.installed-test corpus lint typecheck
+# kiln dag draws with Graphviz's dot (Debian's graphviz); the tests draw SVG and PNG
+graphviz:
+	@command -v dot >/dev/null 2>&1 || { \
+	  echo "installing Graphviz (dot) for kiln dag"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y graphviz >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y graphviz >/dev/null; }; \
+	  else sudo apt-get install -y graphviz >/dev/null; fi; } || \
+	  echo "graphviz: could not install dot; kiln dag falls back to Mermaid text"
+
+test: $(VENV)/.installed-test graphviz corpus lint typecheck
 	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus} $(BIN)/python -m pytest -n 2 -q
 
 bench: $(VENV)/.installed-test

@@ -16,15 +16,17 @@ __all__ = [
     "KilnError",
     "Run",
     "__version__",
+    "build",
     "list_runs",
     "read_run",
     "record",
     "run",
+    "status",
     "sweep",
 ]
 
 if TYPE_CHECKING:
-    from kiln.api import list_runs, read_run, run, sweep
+    from kiln.api import build, list_runs, read_run, run, status, sweep
     from kiln.errors import KilnError
     from kiln.store.records import Run
 
@@ -33,6 +35,8 @@ _LAZY = {
     "read_run": "kiln.api",
     "list_runs": "kiln.api",
     "sweep": "kiln.api",
+    "build": "kiln.api",
+    "status": "kiln.api",
     "Run": "kiln.store.records",
     "KilnError": "kiln.errors",
 }

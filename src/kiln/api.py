@@ -1,12 +1,14 @@
 """The Python API, mirroring the CLI: ``kiln.run``, ``kiln.sweep``, ``kiln.read_run``,
-``kiln.list_runs``. Run options are declared once, in :mod:`kiln.options`."""
+``kiln.list_runs``, ``kiln.build``, ``kiln.status``. Run options are declared once, in
+:mod:`kiln.options`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from kiln.liveoutput import LiveOutput
 from kiln.options import RunOptionArgs, options_doc
@@ -16,6 +18,9 @@ from kiln.units import parse_count
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+    from kiln.pipeline import Build, BuildObserver, Status
+    from kiln.project import Project
+    from kiln.store.builds import BuildStore
     from kiln.sweeps import SweepResult
 
 PathLike = str | os.PathLike[str]
@@ -143,6 +148,149 @@ def list_runs(
             limit=limit,
         )
         return runs
+
+
+@overload
+def build(
+    pipeline: str | None = None,
+    *,
+    targets: str | Sequence[str] = (),
+    force: bool = False,
+    resume: bool = False,
+    jobs: int = 1,
+    executor: Literal["local", "dask"] = "local",
+    scheduler: str | None = None,
+    dry_run: Literal[False] = False,
+    project: PathLike | None = None,
+    home: PathLike | None = None,
+    observer: BuildObserver | None = None,
+    check: bool = False,
+) -> Build: ...
+
+
+@overload
+def build(
+    pipeline: str | None = None,
+    *,
+    targets: str | Sequence[str] = (),
+    force: bool = False,
+    resume: bool = False,
+    jobs: int = 1,
+    executor: Literal["local", "dask"] = "local",
+    scheduler: str | None = None,
+    dry_run: Literal[True],
+    project: PathLike | None = None,
+    home: PathLike | None = None,
+    observer: BuildObserver | None = None,
+    check: bool = False,
+) -> Status: ...
+
+
+def build(
+    pipeline: str | None = None,
+    *,
+    targets: str | Sequence[str] = (),
+    force: bool = False,
+    resume: bool = False,
+    jobs: int = 1,
+    executor: Literal["local", "dask"] = "local",
+    scheduler: str | None = None,
+    dry_run: bool = False,
+    project: PathLike | None = None,
+    home: PathLike | None = None,
+    observer: BuildObserver | None = None,
+    check: bool = False,
+) -> Build | Status:
+    """Build a pipeline of ``kiln.yaml`` (``kiln build``): its tasks in dependency order,
+    ``jobs`` at a time, skipping those that are up to date; returns the recorded
+    :class:`~kiln.pipeline.Build` (each task's state, reason and runs).
+
+    ``pipeline`` may be left out when the project has one. ``targets`` builds only those
+    tasks (and what they need); ``force`` runs them even when up to date; ``resume`` runs
+    only what failed or never ran in the last build. ``executor="dask"`` runs the tasks on
+    the Dask cluster at ``scheduler`` (``tcp://HOST:PORT``), or on a local one when none is
+    given. ``dry_run`` runs nothing and returns the plan (a :class:`~kiln.pipeline.Status`:
+    what would run, and why). ``project`` is the project's folder or ``kiln.yaml`` (default:
+    the working directory's); ``home`` the history (default: ``.kiln`` beside ``kiln.yaml``);
+    ``observer`` hears the build's events. A failed task does not stop independent tasks; with
+    ``check`` a build that did not succeed raises :class:`~kiln.errors.BuildFailed`.
+
+    >>> build = kiln.build("daily", jobs=2)
+    >>> build.ok, build.ran, build.up_to_date
+    >>> build.tasks["clean"].run.records
+    """
+    from kiln.pipeline import BuildOptions, load_pipeline, plan, run_build
+
+    if isinstance(targets, str):
+        targets = (targets,)
+    options = BuildOptions(
+        targets=tuple(targets),
+        force=force,
+        resume=resume,
+        jobs=parse_count(jobs),
+        executor=executor,
+        scheduler=scheduler,
+    )
+    found = _project(project)
+    chosen = load_pipeline(pipeline, project=found)
+    if dry_run:
+        with _read_builds(found, home) as builds:
+            return plan(chosen, builds, options)
+    from kiln.project import find_home
+
+    folder = Path(home) if home is not None else find_home(found.root)
+    result = run_build(chosen, home=folder, options=options, observer=observer)
+    if check:
+        result.check()
+    return result
+
+
+def status(
+    pipeline: str | None = None,
+    *,
+    targets: str | Sequence[str] = (),
+    project: PathLike | None = None,
+    home: PathLike | None = None,
+) -> Status:
+    """Each task of a pipeline up to date or outdated, with the reason (``kiln status``):
+    "code changed in cell 3", "upstream clean re-ran", "product out/a.json missing".
+
+    >>> [(t.name, t.reason) for t in kiln.status("daily").tasks if not t.up_to_date]
+    """
+    from kiln.pipeline import BuildOptions, load_pipeline, plan
+
+    if isinstance(targets, str):
+        targets = (targets,)
+    found = _project(project)
+    chosen = load_pipeline(pipeline, project=found)
+    with _read_builds(found, home) as builds:
+        return plan(chosen, builds, BuildOptions(targets=tuple(targets)))
+
+
+def _project(where: PathLike | None) -> Project:
+    from kiln.project import load_project
+
+    start = Path(where) if where is not None else None
+    if start is not None and start.is_file():
+        start = start.parent
+    return load_project(start)
+
+
+@contextlib.contextmanager
+def _read_builds(project: Project, home: PathLike | None) -> Iterator[BuildStore | None]:
+    """The history's builds, or ``None`` when nothing was ever recorded (creates nothing)."""
+    from kiln.errors import HomeNotFound
+    from kiln.project import find_home
+    from kiln.store.builds import BuildStore
+
+    folder = Path(home) if home is not None else find_home(project.root)
+    try:
+        builds = BuildStore.open(folder, create=False)
+    except HomeNotFound:
+        yield None
+        return
+    with builds:
+        yield builds
 
 
 def _state_of(meta: Mapping[str, Any], path: Path) -> RunState:

@@ -20,11 +20,12 @@
     │   ├── RunNotFound            exit 2
     │   ├── HomeNotFound           exit 2: a read-only command found no Kiln history
     │   └── HomeNotWritable        exit 2: no run can be recorded there (refused before it runs)
-    └── RunFailed                  exit 1: the run started and ended in a non-success state
-        ├── CellExecutionError     a cell raised; carries the cell, ename, evalue, traceback
-        ├── RunTimedOut            a cell timeout or the whole-run timeout expired
-        ├── KernelDied             the kernel process died (os._exit, segfault, OOM kill)
-        └── RunCancelled           SIGINT/SIGTERM or an API cancel
+    ├── RunFailed                  exit 1: the run started and ended in a non-success state
+    │   ├── CellExecutionError     a cell raised; carries the cell, ename, evalue, traceback
+    │   ├── RunTimedOut            a cell timeout or the whole-run timeout expired
+    │   ├── KernelDied             the kernel process died (os._exit, segfault, OOM kill)
+    │   └── RunCancelled           SIGINT/SIGTERM or an API cancel
+    └── BuildFailed                exit 1: a pipeline build ended with failed tasks (``check()``)
 
 User-facing errors know their exit code and how to show themselves (``show()``); the CLI is the
 one place that turns them into output and an exit status.
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from kiln.store.records import Run
 
 __all__ = [
+    "BuildFailed",
     "CellExecutionError",
     "CellFailure",
     "EngineError",
@@ -258,3 +260,9 @@ class KernelDied(RunFailed):
 
 class RunCancelled(RunFailed):
     exit_code = 130
+
+
+class BuildFailed(KilnError):
+    """A pipeline build did not succeed: a task failed, or the build was cancelled."""
+
+    exit_code = 1

@@ -41,6 +41,8 @@ class RunRequest(RunOptions):
     #: the notebook's bytes when they do not come from the file ``notebook`` (standard input,
     #: a URL, a queued run's stored copy); ``notebook`` then only names them
     source: bytes | None = None
+    #: the pipeline build this run is a task of (recorded on the run, linking it to the build)
+    build_id: str | None = None
 
     @functools.cached_property
     def notebook_label(self) -> str:

@@ -401,6 +401,7 @@ class Runner:
                 owner_pid=pid,
                 owner_host=host,
                 owner_started=started,
+                build_id=request.build_id,
             )
         )
         return run

@@ -26,6 +26,7 @@ PACKAGES = (
     "kiln.lint",
     "kiln.project",
     "kiln.sweeps",
+    "kiln.pipeline",
 )
 
 

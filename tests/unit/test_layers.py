@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"events", "cancel", "runlog", "failure", "request"},
     {"runner"},
     {"sweeps/", "queue/"},
+    {"pipeline/"},
     {"liveoutput"},
     {"testing/", "papermill", "api"},
     {"cli/", "kiln"},

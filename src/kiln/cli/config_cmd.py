@@ -54,6 +54,11 @@ def handle_check(args: argparse.Namespace) -> int:
     if found is None:
         raise UsageError(f"no {PROJECT_FILE} in {start.absolute()} or the folders above it")
     project = load_project(found.parent)
+    if project.config.pipelines:
+        from kiln.pipeline import load_pipeline
+
+        for name in project.config.pipelines:  # a cycle, an unknown task: located errors
+            load_pipeline(name, project=project)
     if args.json:
         print(json.dumps(dataclasses.asdict(project.config), indent=2, default=str))
     elif not args.quiet:

@@ -1,6 +1,7 @@
 """What ``kiln run`` shows on the terminal: warnings, progress bars, live output, summaries.
 
-:class:`Console` observes one run, :class:`SweepConsole` a sweep (one bar over the runs). Both
+:class:`Console` observes one run, :class:`SweepConsole` a sweep (one bar over the runs),
+:class:`BuildConsole` a pipeline build (one bar over its tasks). They
 echo cell output through :class:`kiln.liveoutput.LiveOutput` (the same echo ``kiln.run`` uses)
 and print through the progress bar when one is shown, so lines never tear it. rich is
 imported only when a bar is shown.
@@ -17,6 +18,7 @@ from kiln.liveoutput import LiveOutput
 from kiln.store.records import Run
 
 if TYPE_CHECKING:
+    from kiln.pipeline.result import BuildEvent
     from kiln.sweeps import SweepEvent
 
 
@@ -147,6 +149,90 @@ class SweepConsole:
         if text not in self.seen:
             self.seen.add(text)
             self.printer.line(f"Warning: {text}")
+
+    def close(self) -> None:
+        self.printer.stop()
+
+
+class BuildConsole:
+    """A build on the terminal: one progress bar over its tasks (done, running, failed), a
+    line per retry, each warning once."""
+
+    def __init__(self, *, progress: bool, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.show_progress = progress and not quiet
+        self.printer = _Printer()
+        self.running: list[str] = []
+        self.failures = 0
+        self.seen: set[str] = set()
+        self._task: Any = None
+
+    def observe(self, event: BuildEvent) -> None:
+        from kiln.pipeline.result import (
+            BuildStarted,
+            BuildWarning,
+            TaskEnded,
+            TaskRetrying,
+            TaskStarted,
+        )
+
+        if isinstance(event, BuildStarted) and self.show_progress:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.printer.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("[red]{task.fields[failures]}"),
+                TextColumn("{task.fields[running]}"),
+                transient=True,
+                console=_stderr_console(),
+            )
+            from rich.markup import escape
+
+            self._task = self.printer.progress.add_task(
+                escape(event.pipeline), total=len(event.tasks), failures="", running=""
+            )
+            self.printer.progress.start()
+        elif isinstance(event, TaskStarted):
+            if event.task not in self.running:
+                self.running.append(event.task)
+            self._update()
+        elif isinstance(event, TaskRetrying):
+            if not self.quiet:
+                self.printer.line(
+                    f"{event.task}: attempt {event.attempt} failed ({event.reason}); "
+                    f"retrying in {event.delay:g}s"
+                )
+        elif isinstance(event, TaskEnded):
+            if event.result.name in self.running:
+                self.running.remove(event.result.name)
+            if event.result.state in ("failed", "crashed"):
+                self.failures += 1
+            self._update(advance=1)
+        elif isinstance(event, BuildWarning) and event.text not in self.seen and not self.quiet:
+            self.seen.add(event.text)
+            self.printer.line(f"Warning: {event.text}")
+
+    def _update(self, advance: int = 0) -> None:
+        if self.printer.progress is None:
+            return
+        from rich.markup import escape
+
+        shown = escape(", ".join(self.running[:3]) + (" …" if len(self.running) > 3 else ""))
+        self.printer.progress.update(
+            self._task,
+            advance=advance,
+            failures=f"{self.failures} failed" if self.failures else "",
+            running=f"running: {shown}" if self.running else "",
+        )
 
     def close(self) -> None:
         self.printer.stop()

@@ -56,6 +56,10 @@ COMMANDS = (
     "params_cmd",
     "runs_cmd",
     "queue_cmd",
+    "worker_cmd",
+    "build_cmd",
+    "status_cmd",
+    "dag_cmd",
     "lint_cmd",
     "verify_cmd",
     "clean_cmd",
@@ -95,7 +99,9 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``only`` names the one command to set up (the others' modules, and
+    what they import, are then not loaded: start-up is what a quick command costs)."""
     import importlib
 
     parser = _Parser(
@@ -109,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        importlib.import_module(f"kiln.cli.{name}").add_parser(sub, [common])
+        if only is None or name == f"{only}_cmd":
+            importlib.import_module(f"kiln.cli.{name}").add_parser(sub, [common])
     parser.set_defaults(handler=help_of(parser))
     return parser
 
@@ -137,7 +144,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list or os.environ.get("KILN_DEBUG") == "1"
     try:
-        parser = build_parser()
+        parser = build_parser(only=_command_of(args_list))
         _complete(parser)
         args = parser.parse_args(args_list)
         debug = debug or bool(args.debug)
@@ -165,6 +172,30 @@ def run_main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+#: global options that take a value (``--home DIR``)
+_VALUED = frozenset({"--home", "--color"})
+
+
+def _command_of(args: Sequence[str]) -> str | None:
+    """The command a command line runs, when only its parser is needed: not for shell
+    completion, top-level help, or a word that is no command (the full parser explains)."""
+    if "_ARGCOMPLETE" in os.environ:
+        return None
+    names = {name.removesuffix("_cmd") for name in COMMANDS}
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in _VALUED:
+            skip = True
+        elif arg.startswith("-"):
+            if arg in ("-h", "--help", "-V", "--version"):
+                return None
+        else:
+            return arg if arg in names else None
+    return None
 
 
 def _apply_globals(args: argparse.Namespace) -> None:

@@ -173,10 +173,19 @@ def _from_project(project: Project) -> LintConfig:
         severity=MappingProxyType(severity),
         options=MappingProxyType(options),
         require_parameters=lint.require_parameters,
-        scheduled=frozenset(),
+        scheduled=_pipeline_notebooks(project),
         exclude=tuple(lint.exclude),
         root=str(project.root),
         project_file=project.origin,
+    )
+
+
+def _pipeline_notebooks(project: Project) -> frozenset[str]:
+    """The notebooks that pipeline tasks run (KL206: they must take parameters)."""
+    return frozenset(
+        _resolve(project.root / task.notebook)
+        for pipeline in project.config.pipelines.values()
+        for task in pipeline.tasks.values()
     )
 
 

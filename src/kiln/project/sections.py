@@ -11,6 +11,7 @@ feature, which can point at the place with :meth:`kiln.project.Project.where`.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -143,6 +144,73 @@ class StoreSection:
         return parse_file_mode(self.file_mode)
 
 
+# -- pipelines ---------------------------------------------------------------------------------
+
+#: characters a task name may hold: ``[``, ``]``, ``=`` and ``,`` name the members of a grid
+TASK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class TaskSection:
+    """One task of a pipeline: a notebook run with parameters, the files it reads and writes."""
+
+    notebook: str = field(metadata=_help("the notebook to run, relative to the project root"))
+    parameters: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("parameter values, checked against the notebook")
+    )
+    upstream: list[str] | None = field(
+        default=None,
+        metadata=_help(
+            "tasks that run first (a grid task's name means all its members); tasks whose "
+            "products this task lists in inputs are added"
+        ),
+    )
+    products: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_help(
+            "named files the task writes: paths from the project root or fsspec URLs "
+            "(s3://, gs://, file://); templates such as data/{{params.day}}/clean.parquet"
+        ),
+    )
+    inputs: list[str] = field(
+        default_factory=list,
+        metadata=_help("files the task reads; another task's product here makes it upstream"),
+    )
+    grid: dict[str, Any] | list[dict[str, Any]] | None = field(
+        default=None,
+        metadata=_help(
+            "fan out: a task per parameter set (name -> list of values, or a list of sets), "
+            "named task[name=value]; a downstream task receives all of them"
+        ),
+    )
+    retries: int = field(default=0, metadata=_help("runs again after a failure, this many times"))
+    retry_delay: Duration = field(
+        default=1.0, metadata=_help("the wait before the first retry; each next wait doubles")
+    )
+    timeout: Duration | None = field(
+        default=None, metadata=_help("time limit for each run of the task")
+    )
+    engine: Literal["auto", "fork", "kernel"] | None = field(
+        default=None, metadata=_help("fork, kernel or auto (default: the run section's, or auto)")
+    )
+    kernel: str | None = field(
+        default=None, metadata=_help("kernel to run on (default: the notebook's kernelspec)")
+    )
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries: expected 0 or more; got {self.retries}")
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    """A pipeline of notebooks: ``kiln build NAME`` runs its tasks in dependency order."""
+
+    tasks: dict[str, TaskSection] = field(
+        metadata=_help("the tasks by name (letters, digits, _ . -)")
+    )
+
+
 # -- the file ----------------------------------------------------------------------------------
 
 
@@ -163,4 +231,7 @@ class ProjectConfig:
     )
     store: StoreSection | None = field(
         default=None, metadata=_help("the run history: file permissions")
+    )
+    pipelines: dict[str, PipelineSection] = field(
+        default_factory=dict, metadata=_help("pipelines of notebooks, by name, for kiln build")
     )

@@ -158,6 +158,8 @@ class Run:
     tags: dict[str, str] = field(default_factory=dict)
     #: when someone asked to cancel the run (its holder stops it)
     cancel_requested: datetime | None = None
+    #: the pipeline build this run is a task of (``kiln build``), if any
+    build_id: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.state, RunState):

@@ -1,4 +1,4 @@
-"""The runs table, as SQLAlchemy Core sees it.
+"""The history's tables (runs; pipeline builds), as SQLAlchemy Core sees them.
 
 The migrations in ``migrations/versions`` are the source of truth for the database; this table
 definition must describe the same schema (a test compares them) and is what queries are built
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-#: The newest migration. The store compares it with ``alembic_version`` on open and only imports
-#: Alembic when the database is new or behind; a test checks it equals Alembic's script head.
-SCHEMA_HEAD = "0002"
+from kiln.store.version import SCHEMA_HEAD  # the newest migration (kept free of SQLAlchemy)
+
+__all__ = ["SCHEMA_HEAD", "build_tasks", "builds", "file_hashes", "metadata", "runs", "task_states"]
 
 metadata = sa.MetaData()
 
@@ -58,9 +58,75 @@ runs = sa.Table(
     sa.Column("submitted_by", sa.String(255)),
     sa.Column("tags", sa.JSON(none_as_null=True)),
     sa.Column("cancel_requested", sa.DateTime(timezone=True)),
+    # the pipeline build this run is a task of (none for a run started on its own)
+    sa.Column("build_id", sa.String(128)),
     sa.Index("ix_runs_state", "state"),
     sa.Index("ix_runs_state_created_at", "state", "created_at"),
     sa.Index("ix_runs_created_at", "created_at"),
     sa.Index("ix_runs_notebook_path", "notebook_path"),
     sa.Index("ix_runs_notebook_name", "notebook_name"),
+    sa.Index("ix_runs_build_id", "build_id"),
+)
+
+# -- pipelines (migration 0002) ----------------------------------------------------------------
+
+#: one ``kiln build`` of one pipeline of one project
+builds = sa.Table(
+    "builds",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("project", sa.Text, nullable=False),
+    sa.Column("pipeline", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("options", sa.JSON, nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("owner_pid", sa.Integer),
+    sa.Column("owner_host", sa.String(255)),
+    sa.Column("owner_started", sa.Double),
+    sa.Index("ix_builds_pipeline", "project", "pipeline", "created_at"),
+    sa.Index("ix_builds_state", "state"),
+)
+
+#: each selected task's state in a build, and why
+build_tasks = sa.Table(
+    "build_tasks",
+    metadata,
+    sa.Column(
+        "build_id",
+        sa.String(128),
+        sa.ForeignKey("builds.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("task", sa.Text, primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("run_id", sa.String(128)),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+)
+
+#: what each task's last successful run saw and wrote: decides whether it is up to date
+task_states = sa.Table(
+    "task_states",
+    metadata,
+    sa.Column("project", sa.Text, primary_key=True),
+    sa.Column("pipeline", sa.Text, primary_key=True),
+    sa.Column("task", sa.Text, primary_key=True),
+    sa.Column("fingerprint", sa.JSON, nullable=False),
+    sa.Column("run_id", sa.String(128)),
+    sa.Column("build_id", sa.String(128)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: a file's sha256 for a stamp (its size and modification time, or an object store's ETag)
+file_hashes = sa.Table(
+    "file_hashes",
+    metadata,
+    sa.Column("path", sa.Text, primary_key=True),
+    sa.Column("stamp", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
 )

@@ -331,9 +331,14 @@ def cases() -> list[Case]:
             "scheduled_missing_parameters",
             [c("print(1)")],
             [("KL206", None)],
-            # kiln.yaml's schedules and pipelines sections are not there yet: the project asks
-            # for a parameters cell in every notebook instead
-            project={"lint": {"require_parameters": True}},
+            # a pipeline task's notebook must take parameters
+            project={
+                "pipelines": {
+                    "nightly": {
+                        "tasks": {"report": {"notebook": "scheduled_missing_parameters.ipynb"}}
+                    }
+                }
+            },
         ),
         Case("unscheduled_no_parameters", [c("print(1)")]),
         Case(

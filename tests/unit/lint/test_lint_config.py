@@ -121,3 +121,27 @@ def test_exclude_globs(tmp_path: Path) -> None:
     config = load_lint_config(tmp_path, environ={})
     assert config.excluded(tmp_path / "scratch" / "a.ipynb")
     assert not config.excluded(tmp_path / "reports" / "a.ipynb")
+
+
+def test_pipeline_notebooks_need_a_parameters_cell(tmp_path: Path) -> None:
+    """KL206 applies to the notebooks that pipeline tasks run, and only to them."""
+    import nbformat
+
+    from kiln.lint import lint_notebook
+
+    from kilntest import build_notebook
+
+    for name in ("task.ipynb", "adhoc.ipynb"):
+        nbformat.write(build_notebook(["print(1)"]), tmp_path / name)
+    write_project(
+        tmp_path,
+        {"pipelines": {"daily": {"tasks": {"t": {"notebook": "task.ipynb"}}}}},
+    )
+    config = load_lint_config(tmp_path, environ={})
+    why = config.parameters_required_by(tmp_path / "task.ipynb")
+    assert why is not None and "pipeline" in why
+    assert config.parameters_required_by(tmp_path / "adhoc.ipynb") is None
+    nb = build_notebook(["print(1)"])
+    task = [f.rule for f in lint_notebook(nb, tmp_path / "task.ipynb", config=config)]
+    adhoc = [f.rule for f in lint_notebook(nb, tmp_path / "adhoc.ipynb", config=config)]
+    assert "KL206" in task and "KL206" not in adhoc
