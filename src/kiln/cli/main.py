@@ -56,6 +56,7 @@ COMMANDS = (
     "params_cmd",
     "runs_cmd",
     "queue_cmd",
+    "store_cmd",
     "lint_cmd",
     "verify_cmd",
     "clean_cmd",

@@ -1,18 +1,21 @@
 """The run history database (SQLAlchemy Core) and each run's artefact folder.
 
 Everything that starts a run records it here first, and every run ends here in exactly one
-terminal state. The default database is SQLite in the Kiln home folder; any SQLAlchemy URL can
-be given instead (PostgreSQL for a team).
+terminal state. The default database is SQLite in the Kiln home folder; a team points
+``KILN_DATABASE_URL`` (or ``store: {url: ...}`` in ``kiln.yaml``) at PostgreSQL instead. Both
+run the same statements and the same migrations, and give back the same values.
 
 SQLite is set up for many writers on one machine: WAL (readers never wait for the writer), a
 30 s busy timeout, and every write in a ``BEGIN IMMEDIATE`` transaction, so a writer takes the
 lock when its transaction starts, waits its turn if another holds it, and never fails half-way
-with "database is locked".
+with "database is locked". PostgreSQL needs none of that: row locks and ``READ COMMITTED``
+do the same job, and every conditional ``UPDATE`` here re-checks its condition on the row it
+locked.
 
-Processes and threads: the SQLite engine keeps no connections between calls (``NullPool``), so
-a store may be shared by threads and survives ``fork``. For pooled databases a store used in a
-forked child drops the inherited pool before its first query; still, prefer opening the store
-after the fork, or call :meth:`RunStore.close` before forking.
+Processes and threads: connections are pooled (a small pool, checked before use on
+PostgreSQL); a store used in a forked child drops the inherited pool before its first query,
+never touching the parent's connections. Still, prefer opening the store after the fork, or
+call :meth:`RunStore.close` before forking.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import fields, replace
 from datetime import date, datetime, time, timezone
@@ -31,8 +36,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.errors import HomeNotFound, HomeNotWritable, RunNotFound, StoreError
-from kiln.store.migrate import ensure_schema
-from kiln.store.paths import check_run_id, default_home
+from kiln.store.migrate import ensure_schema, problem, where
+from kiln.store.paths import check_run_id, database_url, default_home
 from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
 from kiln.store.queue import crash_and_retry
 from kiln.store.records import ACTIVE_STATES, STATES, TERMINAL_STATES, Record, Run, RunState
@@ -50,6 +55,17 @@ _TERMINAL = tuple(state.value for state in RunState if state in TERMINAL_STATES)
 _REQUIRED = frozenset({"notebook_path", "notebook_sha256", "state", "created_at"})
 _NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.id.desc())
 _BUSY_TIMEOUT_MS = 30_000
+#: bounded text columns: a longer value is refused on every backend (PostgreSQL would refuse
+#: it, SQLite would keep it), so both hold the same values
+_MAX_LENGTH = {
+    column.name: column.type.length
+    for column in runs.columns
+    if isinstance(column.type, sa.String) and column.type.length
+}
+_BACKENDS = ("sqlite", "postgresql")
+_DRIVER_HINT = (
+    "install Kiln's PostgreSQL driver (psycopg 3): pip install 'kiln-notebooks[postgres]'"
+)
 
 
 class RunStore:
@@ -64,9 +80,12 @@ class RunStore:
             store.finish_run(run.id, "succeeded")
             store.get_run("last").state        # 'succeeded'
 
-    ``home`` holds ``kiln.db`` and ``runs/``; ``url`` puts the database elsewhere (any
-    SQLAlchemy URL) while run folders stay under ``home``. Opening creates or upgrades the
-    schema as needed.
+    ``home`` holds ``kiln.db`` and ``runs/``. ``url`` puts the database elsewhere (SQLite or
+    PostgreSQL; default: ``$KILN_DATABASE_URL``, else ``store.url`` of ``kiln.yaml``) while
+    run folders stay under ``home``. Opening creates or upgrades a SQLite database as needed
+    and sets up an empty PostgreSQL one; a PostgreSQL database that is behind is refused
+    (:class:`~kiln.errors.StoreOutdated`) until ``kiln store migrate`` upgrades it. With
+    ``create=False`` nothing is created: a missing history is :class:`HomeNotFound`.
     """
 
     def __init__(
@@ -74,6 +93,8 @@ class RunStore:
     ) -> None:
         self.home = (Path(home).expanduser() if home is not None else default_home()).absolute()
         self.runs_dir = self.home / "runs"
+        if url is None:
+            url = database_url()
         if not create and url is None and not (self.home / "kiln.db").is_file():
             raise HomeNotFound(
                 f"no Kiln history in {self.home}: nothing has run here yet (runs are recorded "
@@ -88,26 +109,34 @@ class RunStore:
                 "to a folder you can write",
                 home=self.home,
             )
-        try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the Kiln home folder {self.home}: {exc}") from exc
+        if create or url is None:  # a read-only look at a shared database makes no folder
+            try:
+                self.runs_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the Kiln home folder {self.home}: {exc}") from exc
         if url is not None:
             self.url = url
         elif self.read_only:  # no -wal/-shm can be made: read the file as it is
             self.url = f"sqlite:///file:{self.home / 'kiln.db'}?mode=ro&immutable=1&uri=true"
         else:
             self.url = f"sqlite:///{self.home / 'kiln.db'}"
-        try:
-            self._engine = _make_engine(self.url)
-        except (sa.exc.ArgumentError, ImportError) as exc:
-            raise StoreError(f"cannot use the runs database URL {self.url!r}: {exc}") from exc
+        self._engine = _make_engine(self.url)
         self._pid = os.getpid()
         try:
-            ensure_schema(self._engine, self.home / "kiln.db.lock")
+            ensure_schema(self._engine, _lock_path(self._engine, self.home), create=create)
         except sa.exc.SQLAlchemyError as exc:
             self._engine.dispose()
-            raise StoreError(f"cannot open the runs database {self._where}: {exc}") from exc
+            raise StoreError(
+                f"cannot open the runs database {self._where}: {problem(exc)}"
+            ) from exc
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return str(self._engine.dialect.name)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -297,7 +326,7 @@ class RunStore:
         if since is not None:
             query = query.where(runs.c.created_at >= _to_utc(since))
         for name, value in (parameters or {}).items():
-            query = query.where(_parameter_equals(name, value))
+            query = query.where(_parameter_equals(name, value, self.backend))
         query = query.order_by(*_NEWEST_FIRST)
         if limit is not None:
             if limit < 0:
@@ -382,7 +411,7 @@ class RunStore:
 
     @property
     def _where(self) -> str:
-        return self._engine.url.render_as_string(hide_password=True)
+        return where(self._engine)
 
     def _live_engine(self) -> sa.Engine:
         if os.getpid() != self._pid:
@@ -400,9 +429,11 @@ class RunStore:
         except sa.exc.StatementError as exc:
             if isinstance(exc.orig, (TypeError, ValueError)):
                 raise StoreError(f"cannot store the value: {exc.orig}") from exc
-            raise StoreError(f"runs database {self._where}: {exc}") from exc
+            raise StoreError(f"runs database {self._where}: {problem(exc)}") from exc
+        except _NotJson as exc:
+            raise StoreError(f"cannot store the value: {exc}") from exc
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"runs database {self._where}: {exc}") from exc
+            raise StoreError(f"runs database {self._where}: {problem(exc)}") from exc
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -412,18 +443,85 @@ class RunStore:
                 conn.execution_options(kiln_read_only=True)
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"runs database {self._where}: {exc}") from exc
+            raise StoreError(f"runs database {self._where}: {problem(exc)}") from exc
+
+
+def migrate_store(
+    home: Path | str | None = None, *, url: str | None = None
+) -> tuple[str, set[str], set[str]]:
+    """Upgrade the runs database to this Kiln's schema, on purpose (``kiln store migrate``):
+    returns the database (as shown to people) and its schema versions before and after."""
+    from kiln.store.migrate import upgrade, where
+
+    folder = (Path(home).expanduser() if home is not None else default_home()).absolute()
+    url = url or database_url()
+    if url is None:
+        try:
+            (folder / "runs").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the Kiln home folder {folder}: {exc}") from exc
+        url = f"sqlite:///{folder / 'kiln.db'}"
+    engine = _make_engine(url)
+    try:
+        before, after = upgrade(engine, _lock_path(engine, folder))
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreError(f"cannot open the runs database {where(engine)}: {problem(exc)}") from exc
+    finally:
+        engine.dispose()
+    return where(engine), before, after
 
 
 # -- engine ---------------------------------------------------------------------------------
 
 
+def _lock_path(engine: sa.Engine, home: Path) -> Path | None:
+    """The file that serialises schema changes of a SQLite database (None elsewhere)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if database in (None, "", ":memory:") or database.startswith("file:"):
+        return home / "kiln.db.lock"
+    return Path(f"{database}.lock")
+
+
 def _make_engine(url: str) -> sa.Engine:
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(
-            parsed, json_serializer=_dumps, pool_pre_ping=True, pool_size=2, max_overflow=4
+    """An engine for a SQLite or PostgreSQL URL; StoreError (with what to do) otherwise."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"cannot use the runs database URL {url!r}: {exc}") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    if backend not in _BACKENDS:
+        raise StoreError(
+            f"cannot use the runs database URL {shown!r}: Kiln keeps its history in SQLite or "
+            "PostgreSQL (postgresql+psycopg://USER@HOST/DATABASE)"
         )
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # the driver of Kiln's extra
+    try:
+        if backend == "postgresql":
+            return sa.create_engine(
+                parsed,
+                json_serializer=_dumps,
+                pool_pre_ping=True,
+                pool_size=2,
+                max_overflow=4,
+                connect_args={"application_name": "kiln", "connect_timeout": 10},
+            )
+        return _sqlite_engine(parsed)
+    except ImportError as exc:
+        hint = _DRIVER_HINT
+        if parsed.get_driver_name() != "psycopg":
+            hint = f"use postgresql+psycopg://... and {hint}"
+        raise StoreError(
+            f"cannot use the runs database URL {shown!r}: its driver is missing ({exc}); {hint}"
+        ) from exc
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"cannot use the runs database URL {shown!r}: {exc}") from exc
+
+
+def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
     memory = parsed.database in (None, "", ":memory:")
     engine = sa.create_engine(
         parsed,
@@ -481,6 +579,10 @@ def _check_state(state: RunState | str) -> None:
         raise ValueError(f"unknown run state {state!r}: expected one of {', '.join(STATES)}")
 
 
+class _NotJson(TypeError):
+    """A value with no JSON form (the driver may raise it unwrapped: PostgreSQL's does)."""
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
@@ -492,11 +594,37 @@ def _json_default(value: Any) -> Any:
         method = getattr(value, convert, None)
         if callable(method):
             return method()
-    raise TypeError(f"{type(value).__name__} value {value!r} cannot be stored as JSON")
+    raise _NotJson(f"{type(value).__name__} value {value!r} cannot be stored as JSON")
+
+
+#: a \u0000 escape in JSON text (an odd number of backslashes before the u)
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, ensure_ascii=False)
+    """JSON text that every backend stores as it is: NaN and infinities become the text
+    ``"nan"``, ``"inf"``, ``"-inf"`` (as ``kiln.record`` stores them) and NUL characters
+    U+FFFD (PostgreSQL's JSON and text types cannot hold either)."""
+    try:
+        text = json.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        if "float" not in str(exc):  # "Out of range float values are not JSON compliant"
+            raise
+        plain = json.loads(json.dumps(value, default=_json_default, ensure_ascii=False))
+        text = json.dumps(_finite(plain), ensure_ascii=False, allow_nan=False)
+    if "\\u0000" in text:
+        text = _JSON_NUL.sub(r"\1\\ufffd", text)
+    return text
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _column_values(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -524,6 +652,15 @@ def _column_values(values: Mapping[str, Any]) -> dict[str, Any]:
             out["notebook_name"] = _basename(str(value))
         else:
             out[name] = value
+    for name, value in out.items():
+        if isinstance(value, str):
+            if "\x00" in value:  # PostgreSQL's text cannot hold NUL: the same everywhere
+                out[name] = value = value.replace("\x00", "\ufffd")
+            limit = _MAX_LENGTH.get(name)
+            if limit is not None and len(value) > limit:
+                raise ValueError(
+                    f"run field {name} is {len(value)} characters long: at most {limit} fit"
+                )
     return out
 
 
@@ -566,28 +703,49 @@ def _bound(values: Mapping[str, Any]) -> dict[str, Any]:
     return {f"_v_{c}": v for c, v in values.items()}
 
 
-def _parameter_equals(name: str, value: Any) -> sa.ColumnElement[bool]:
-    """``parameters[name] == value``, compared as the JSON type of ``value``."""
-    field = runs.c.parameters[name]
-    condition: sa.ColumnElement[bool]
+def _parameter_equals(name: str, value: Any, backend: str) -> sa.ColumnElement[bool]:
+    """``parameters[name] == value`` as JSON values, the same on every backend: the same JSON
+    type (numbers compare as numbers: 3 matches 3.0) and value; ``None`` matches a JSON null;
+    a run without the parameter never matches."""
+    if not name.isidentifier():
+        return sa.false()  # parameters are Python names: no run has this one
+    stored_as = _dumps(value)  # what the value would be in the database (dates as text, ...)
+    value = json.loads(stored_as)
+    if backend == "postgresql":
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        # jsonb compares by type and value (3 = 3.0, true != 1, "3" != 3) and never fails
+        # on a value of another type, unlike a cast of the text
+        field = sa.cast(runs.c.parameters, JSONB)[name]
+        return field == sa.cast(sa.literal(stored_as, sa.Text), JSONB)
+    path = f'$."{name}"'
+    kind = sa.func.json_type(runs.c.parameters, path)
+    found = sa.func.json_extract(runs.c.parameters, path)
     if isinstance(value, bool):
-        condition = field.as_boolean() == value
-    elif isinstance(value, int):
-        condition = field.as_integer() == value
-    elif isinstance(value, float):
-        condition = field.as_float() == value
-    elif value is None:
-        condition = field.as_json() == sa.null()
-    else:
-        condition = field.as_string() == str(value)
-    return condition
+        return kind == ("true" if value else "false")
+    if value is None:
+        return kind == "null"
+    if isinstance(value, (int, float)):
+        return kind.in_(("integer", "real")) & (found == value)
+    if isinstance(value, str):
+        return (kind == "text") & (found == value)
+    return kind.in_(("array", "object")) & (found == sa.func.json(stored_as))
 
 
 def _notebook_filter(notebook: str) -> sa.ColumnElement[bool]:
+    """The stored path as given or resolved; a bare file name matches it in any folder.
+
+    Written so that the common case is one indexed equality (``notebook_name``, or
+    ``notebook_path IN (...)``), not an OR of both, which no index serves in order."""
     paths = {notebook}
     with contextlib.suppress(OSError, RuntimeError):
         paths.add(str(Path(notebook).expanduser().resolve()))
-    condition: sa.ColumnElement[bool] = runs.c.notebook_path.in_(sorted(paths))
-    if _basename(notebook) == notebook:
-        condition = condition | (runs.c.notebook_name == notebook)
+    name = _basename(notebook)
+    if name != notebook:
+        return runs.c.notebook_path.in_(sorted(paths))
+    condition: sa.ColumnElement[bool] = runs.c.notebook_name == name
+    # a path whose file name differs (the name is a symlink) still matches as a path
+    others = sorted(path for path in paths if _basename(path) != name)
+    if others:
+        condition = condition | runs.c.notebook_path.in_(others)
     return condition
