@@ -18,10 +18,6 @@ from kilntest import KILN, CellSpec, build_notebook
 BACKENDS = ("sqlite", "postgresql")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "postgresql: runs against the test PostgreSQL server")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # `-m "not postgresql"` leaves the PostgreSQL variants out
     for item in items:
