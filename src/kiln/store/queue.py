@@ -46,7 +46,6 @@ def claim(
     None when the queue is empty."""
     from kiln.store.sql import _row_to_run
 
-    now = _now()
     oldest = (
         sa.select(runs.c.id)
         .where(runs.c.state == RunState.QUEUED.value)
@@ -54,23 +53,29 @@ def claim(
         .limit(1)
         .with_for_update(skip_locked=True)
     )
+    values = {
+        "state": RunState.RUNNING.value,
+        "lease_owner": owner,
+        "lease_expires": _now() + timedelta(seconds=lease),
+        "owner_pid": pid,
+        "owner_host": host,
+        "owner_started": started,
+    }
+    queued = runs.c.state == RunState.QUEUED.value
     with store._write() as conn:
+        if store.backend == "postgresql":
+            # one round trip: lock the oldest row nobody holds, take it, return it
+            taken = runs.update().where(runs.c.id == oldest.scalar_subquery(), queued)
+            row = conn.execute(taken.values(values).returning(*runs.c)).first()
+            return None if row is None else _row_to_run(row)
+        # SQLite: the transaction holds the write lock (BEGIN IMMEDIATE), so nobody else can
+        # take the row between these statements (and RETURNING needs SQLite 3.35)
         found = conn.execute(oldest).scalar()
         if found is None:
             return None
-        taken = conn.execute(
-            runs.update()
-            .where(runs.c.id == found, runs.c.state == RunState.QUEUED.value)
-            .values(
-                state=RunState.RUNNING.value,
-                lease_owner=owner,
-                lease_expires=now + timedelta(seconds=lease),
-                owner_pid=pid,
-                owner_host=host,
-                owner_started=started,
-            )
-        ).rowcount
-        if not taken:  # another worker's transaction won (PostgreSQL without the lock)
+        if not conn.execute(
+            runs.update().where(runs.c.id == found, queued).values(values)
+        ).rowcount:
             return None
         row = conn.execute(runs.select().where(runs.c.id == found)).one()
     return _row_to_run(row)

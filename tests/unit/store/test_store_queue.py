@@ -68,11 +68,13 @@ def test_claim_locks_with_skip_locked_on_postgresql(
     _queued(make_run, 1)
     statements.clear()
     assert runs_queue.claim(store, "w", lease=30) is not None
-    select = next(s for s in statements if s.lstrip().upper().startswith("SELECT RUNS.ID"))
-    assert "ORDER BY runs.created_at, runs.id" in select
-    if store.backend == "postgresql":
-        assert select.rstrip().endswith("FOR UPDATE SKIP LOCKED")
+    if store.backend == "postgresql":  # one statement: lock, take and return the oldest row
+        (claim,) = [s for s in statements if s.lstrip().startswith("UPDATE runs")]
+        assert "ORDER BY runs.created_at, runs.id" in claim
+        assert "FOR UPDATE SKIP LOCKED" in claim and "RETURNING" in claim
     else:  # SQLite has no row locks: the claim's transaction holds the write lock
+        select = next(s for s in statements if s.lstrip().startswith("SELECT runs.id"))
+        assert "ORDER BY runs.created_at, runs.id" in select
         assert "FOR UPDATE" not in select
         assert statements[0] == "BEGIN IMMEDIATE"
 
