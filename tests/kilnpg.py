@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 SUPERUSER = "kiln"
+PREFIX = "kiln-pg-"
 
 
 class PostgresUnavailable(RuntimeError):
@@ -87,8 +88,10 @@ class PostgresServer:
                     "running as root and there is no 'postgres' user to run the server as"
                 ) from None
             as_user = "postgres"
-        root = Path(tempfile.mkdtemp(prefix="kiln-pg-"))
+        _reap_stale()
+        root = Path(tempfile.mkdtemp(prefix=PREFIX))
         try:
+            (root / "owner").write_text(f"{os.getpid()} {_started(os.getpid())}")
             if as_user is not None:
                 os.chown(root, owner.pw_uid, owner.pw_gid)
             server = cls._init_and_start(bindir, root, as_user, timeout)
@@ -191,6 +194,44 @@ def _run(argv: list[str], as_user: str | None, timeout: float) -> subprocess.Com
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise PostgresUnavailable(f"{Path(argv[0]).name} could not run: {exc}") from exc
+
+
+def _started(pid: int) -> str:
+    """The process's start time in clock ticks since boot ("" if unknown): with the pid, it
+    names a process for good (pids are reused, start times are not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _reap_stale() -> None:
+    """Stop the servers of test sessions that were killed before they could (SIGKILL, a
+    lost machine): their owner process is gone. Servers of live sessions are left alone."""
+    for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
+        try:
+            pid, started = (root / "owner").read_text().split()
+            if _alive(int(pid)) and _started(int(pid)) == started:
+                continue
+            server_pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError):
+            continue
+        stale = PostgresServer(Path(), root, 0, server_pid, None)
+        if _is_postgres(server_pid, root):
+            with contextlib.suppress(OSError):  # another user's: not ours to stop
+                stale.stop()
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _is_postgres(pid: int, root: Path) -> bool:
+    """``pid`` is the postmaster of the cluster in ``root`` (not a process that got its pid)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(root / "data").encode() in command
 
 
 def _has_locale(name: str) -> bool:
