@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck unit integration bench clean venv corpus graphviz
+.PHONY: demo test lint typecheck unit integration bench clean venv corpus graphviz postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,24 @@ graphviz:
 	  else sudo apt-get install -y graphviz >/dev/null; fi; } || \
 	  echo "graphviz: could not install dot; kiln dag falls back to Mermaid text"
 
-test: $(VENV)/.installed-test graphviz corpus lint typecheck
+
+# PostgreSQL's programs for the store and queue tests, which start a throwaway server of their
+# own (initdb + pg_ctl in a temporary folder; nothing runs as a service). Installed from the
+# distribution's packages when missing and we are root with apt; otherwise those tests skip
+# and say why (under CI they fail instead: they must run there).
+postgres:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "postgres: installing PostgreSQL for the tests (apt-get install postgresql)"; \
+	    ( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        --no-install-recommends postgresql >/dev/null ) \
+	      || echo "postgres: the install failed; the PostgreSQL tests will not run"; \
+	  else \
+	    echo "postgres: no initdb and no way to install it (needs root and apt-get); the PostgreSQL tests will skip"; \
+	  fi; \
+	fi
+
+test: $(VENV)/.installed-test graphviz postgres corpus lint typecheck
 	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus} $(BIN)/python -m pytest -n 2 -q
 
 bench: $(VENV)/.installed-test

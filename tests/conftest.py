@@ -1,17 +1,75 @@
-"""Shared fixtures: notebook factories and an isolated KILN_HOME per test."""
+"""Shared fixtures: notebook factories, an isolated KILN_HOME per test, and the database
+backends (SQLite, and a real PostgreSQL server started for the session)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 
+from kilnpg import PostgresServer, PostgresUnavailable
 from kilntest import KILN, CellSpec, build_notebook
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # `-m "not postgresql"` leaves the PostgreSQL variants out
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            item.add_marker(pytest.mark.postgresql)
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KILN_DATABASE_URL in the developer's shell never reaches the tests' stores."""
+    monkeypatch.delenv("KILN_DATABASE_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster per test session (per xdist worker), stopped at the
+    end. Without PostgreSQL the tests that need it skip with the reason, except in CI."""
+    try:
+        import psycopg  # noqa: F401
+
+        server = PostgresServer.start()
+    except (PostgresUnavailable, ImportError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL tests must run in CI, but: {exc}", pytrace=False)
+        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new, empty database on the session's server; dropped after the test."""
+    url = postgres_server.create_database()
+    try:
+        yield url
+    finally:
+        postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Run the test once per backend: None is SQLite in the home folder; for PostgreSQL the
+    URL of an empty database, also set as KILN_DATABASE_URL so that every store the test (or
+    a `kiln` subprocess) opens uses it, as a user's would."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("KILN_DATABASE_URL", url)
+    return url
 
 
 @pytest.fixture

@@ -111,18 +111,38 @@ def wait_for_file(path: Path, *, contains: str | None = None, timeout: float = 6
 def wait_for_run_state(
     home: Path, states: set[str], *, count: int = 1, timeout: float = 60.0
 ) -> list[Any]:
-    """Wait until ``count`` runs of the history in ``home`` are in one of ``states``."""
+    """Wait until ``count`` runs of the history in ``home`` (or in the database that
+    ``KILN_DATABASE_URL`` names) are in one of ``states``."""
     import sqlite3
 
-    def matching() -> list[Any] | None:
-        db = home / "kiln.db"
-        if not db.exists():
-            return None
+    url = os.environ.get("KILN_DATABASE_URL")
+
+    def rows_in_database() -> list[Any] | None:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url or "", poolclass=sa.NullPool)
         try:
-            with sqlite3.connect(db) as conn:
-                rows = conn.execute("select id, state from runs").fetchall()
-        except sqlite3.OperationalError:  # the schema is not created yet
+            with engine.connect() as conn:
+                return list(conn.exec_driver_sql("select id, state from runs").all())
+        except sa.exc.ProgrammingError:  # the schema is not created yet
             return None
+        finally:
+            engine.dispose()
+
+    def matching() -> list[Any] | None:
+        if url:
+            rows = rows_in_database()
+            if rows is None:
+                return None
+        else:
+            db = home / "kiln.db"
+            if not db.exists():
+                return None
+            try:
+                with sqlite3.connect(db) as conn:
+                    rows = conn.execute("select id, state from runs").fetchall()
+            except sqlite3.OperationalError:  # the schema is not created yet
+                return None
         found = [row for row in rows if row[1] in states]
         return found if len(found) >= count else None
 

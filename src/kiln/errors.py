@@ -19,7 +19,8 @@
     ├── StoreError                 the runs database or artefact folders
     │   ├── RunNotFound            exit 2
     │   ├── HomeNotFound           exit 2: a read-only command found no Kiln history
-    │   └── HomeNotWritable        exit 2: no run can be recorded there (refused before it runs)
+    │   ├── HomeNotWritable        exit 2: no run can be recorded there (refused before it runs)
+    │   └── StoreOutdated          exit 2: the database's schema is behind (kiln store migrate)
     ├── RunFailed                  exit 1: the run started and ended in a non-success state
     │   ├── CellExecutionError     a cell raised; carries the cell, ename, evalue, traceback
     │   ├── RunTimedOut            a cell timeout or the whole-run timeout expired
@@ -64,6 +65,7 @@ __all__ = [
     "RunNotFound",
     "RunTimedOut",
     "StoreError",
+    "StoreOutdated",
     "UnknownParameter",
     "UsageError",
 ]
@@ -186,6 +188,13 @@ class HomeNotFound(StoreError):
     def __init__(self, message: str, *, home: Any = None) -> None:
         super().__init__(message)
         self.home = home
+
+
+class StoreOutdated(StoreError):
+    """A shared database's schema is older than this Kiln: it is upgraded only on purpose
+    (``kiln store migrate``), never as a side effect of opening it."""
+
+    exit_code = 2
 
 
 class RunFailed(KilnError):

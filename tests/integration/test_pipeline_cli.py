@@ -72,7 +72,11 @@ pipelines:
 """
 
 
-def test_the_minimal_pipeline_as_written(tmp_path: Path, kiln_in: Cli) -> None:
+def test_the_minimal_pipeline_as_written(
+    tmp_path: Path, kiln_in: Cli, home: Path, database_url: str | None
+) -> None:
+    """On SQLite and on PostgreSQL (KILN_DATABASE_URL): builds, task states and the runs they
+    link to all live in the configured database."""
     root = write(tmp_path / "proj", {"extract.ipynb": EXTRACT, "clean.ipynb": CLEAN}, MINIMAL)
     done = kiln_in(root, "build", "--json")
     assert done.returncode == 0, done.stderr
@@ -96,6 +100,7 @@ def test_the_minimal_pipeline_as_written(tmp_path: Path, kiln_in: Cli) -> None:
     assert "2 tasks: 2 up to date" in again.stdout
     status = kiln_in(root, "status", "--json")
     assert [t["up_to_date"] for t in json.loads(status.stdout)["tasks"]] == [True, True]
+    assert (home / "kiln.db").exists() == (database_url is None)
 
 
 SLOW: list[CellSpec] = [

@@ -1,4 +1,6 @@
-"""The durable queue with real workers: submit, claim, run, retry, cancel, drain, kill -9."""
+"""The durable queue with real workers: submit, claim, run, retry, cancel, drain, kill -9 —
+every test on SQLite and on PostgreSQL (the ``database_url`` fixture sets KILN_DATABASE_URL,
+which the `kiln` subprocesses inherit)."""
 
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import pytest
 
 from kilntest import KILN, build_notebook, wait_for, wait_for_run_state
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.usefixtures("database_url")]
 
 
 def _env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     env["KILN_HOME"] = str(home)
+    if os.environ.get("KILN_DATABASE_URL"):  # the PostgreSQL variant
+        env["KILN_DATABASE_URL"] = os.environ["KILN_DATABASE_URL"]
     return env
 
 
@@ -34,6 +38,8 @@ def _kiln(
 def _runs(home: Path, cwd: Path) -> list[dict[str, Any]]:
     done = _kiln("runs", "list", "--json", "--limit", "0", home=home, cwd=cwd)
     assert done.returncode == 0, done.stderr
+    if os.environ.get("KILN_DATABASE_URL"):  # the history really is on PostgreSQL
+        assert not (home / "kiln.db").exists()
     runs: list[dict[str, Any]] = json.loads(done.stdout)
     return runs
 
@@ -79,7 +85,7 @@ def test_refused_at_submission_writes_nothing(project: Path) -> None:
     home = project / "home"
     done = _kiln("run", "nb.ipynb", "-p", "nope", "1", "--queue", home=home, cwd=project)
     assert done.returncode == 2 and "unknown parameter 'nope'" in done.stderr
-    assert not (home / "kiln.db").exists() or _runs(home, project) == []
+    assert _runs(home, project) == []
 
 
 def test_the_submitted_bytes_run_even_if_the_file_changed(project: Path) -> None:

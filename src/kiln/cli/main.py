@@ -60,6 +60,7 @@ COMMANDS = (
     "build_cmd",
     "status_cmd",
     "dag_cmd",
+    "store_cmd",
     "lint_cmd",
     "verify_cmd",
     "clean_cmd",

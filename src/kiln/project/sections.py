@@ -135,9 +135,23 @@ class StoreSection:
             "keeps runs private to their owner, 0640 shares them with the group"
         ),
     )
+    url: str | None = field(
+        default=None,
+        metadata=_help(
+            "the runs database as a SQLAlchemy URL, e.g. postgresql+psycopg://kiln@db/kiln "
+            "(default: SQLite in the home folder; run folders stay in the home); "
+            "KILN_DATABASE_URL overrides it. Keep passwords out of this file: libpq reads "
+            "PGPASSWORD and ~/.pgpass"
+        ),
+    )
 
     def __post_init__(self) -> None:
         parse_file_mode(self.file_mode)  # a bad mode is refused where it is written
+        if self.url is not None and "://" not in self.url:
+            raise ValueError(
+                f"{self.url!r} is not a database URL: expected e.g. "
+                "postgresql+psycopg://USER@HOST/DATABASE or sqlite:////path/to/kiln.db"
+            )
 
     @property
     def mode(self) -> int:
@@ -230,7 +244,7 @@ class ProjectConfig:
         metadata=_help("parameter sets per notebook (path or glob) for pytest --kiln"),
     )
     store: StoreSection | None = field(
-        default=None, metadata=_help("the run history: file permissions")
+        default=None, metadata=_help("the run history: its database and file permissions")
     )
     pipelines: dict[str, PipelineSection] = field(
         default_factory=dict, metadata=_help("pipelines of notebooks, by name, for kiln build")

@@ -129,12 +129,19 @@ class BuildStore:
         """The builds of the history in ``home`` (default: the project's, see ``find_home``).
 
         A history at the current schema opens with ``sqlite3`` alone; a new or older one is
-        created or upgraded by a :class:`RunStore` first. ``create=False`` raises
+        created or upgraded by a :class:`RunStore` first; a history on a database server
+        (``KILN_DATABASE_URL`` or ``store: {url: …}``) is reached through a ``RunStore``. ``create=False`` raises
         :class:`~kiln.errors.HomeNotFound` when there is no history (nothing is created)."""
-        from kiln.store.paths import default_home
+        from kiln.store.paths import database_url, default_home
         from kiln.store.version import SCHEMA_HEAD
 
         folder = (Path(home).expanduser() if home is not None else default_home()).absolute()
+        if database_url() is not None:  # the history is on a server: reach it through SQLAlchemy
+            from kiln.store.sql import RunStore
+
+            store = cls(_db=Alchemy(RunStore(folder, create=create), owned=True))
+            store.home = folder
+            return store
         db_file = folder / "kiln.db"
         if db_file.is_file() and schema_version(db_file) == SCHEMA_HEAD:
             store = cls(_db=Sqlite(db_file))

@@ -93,8 +93,9 @@ class Sqlite:
 class Alchemy:
     """The same statements through an open RunStore's SQLAlchemy engine."""
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, *, owned: bool = False) -> None:
         self.store = store
+        self.owned = owned  # opened for this BuildStore: closed with it
 
     def read(self, sql: str, params: Params = {}) -> list[tuple[Any, ...]]:  # noqa: B006
         import sqlalchemy as sa
@@ -113,7 +114,8 @@ class Alchemy:
         return changed
 
     def close(self) -> None:
-        return None
+        if self.owned:
+            self.store.close()
 
 
 def bind(params: Params, *, native: bool = False) -> dict[str, Any]:

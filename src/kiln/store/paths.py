@@ -5,6 +5,7 @@ Kept free of SQLAlchemy so that naming a run or finding the home folder costs no
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from datetime import datetime, timezone
@@ -23,6 +24,22 @@ def default_home(cwd: Path | None = None) -> Path:
     from kiln.project import find_home
 
     return find_home(cwd)
+
+
+def database_url() -> str | None:
+    """The runs database chosen for this process: ``$KILN_DATABASE_URL``, else ``store.url`` of
+    the ``kiln.yaml`` above the working directory; None means SQLite in the home folder."""
+    env = os.environ.get("KILN_DATABASE_URL", "").strip()
+    if env:
+        return env
+    from kiln.project import find_project_file
+
+    if find_project_file() is None:
+        return None
+    from kiln.project import load_project
+
+    section = load_project().config.store
+    return section.url if section is not None else None
 
 
 _issued: tuple[str, set[str]] = ("", set())

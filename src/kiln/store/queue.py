@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from kiln.store.records import Run, RunState
 from kiln.store.schema import runs
+from kiln.store.values import TERMINAL, column_values, row_to_run
 
 if TYPE_CHECKING:
     from kiln.store.sql import RunStore
@@ -44,9 +45,6 @@ def claim(
 ) -> Run | None:
     """Take the oldest queued run for ``owner`` (``running``, leased for ``lease`` seconds);
     None when the queue is empty."""
-    from kiln.store.sql import _row_to_run
-
-    now = _now()
     oldest = (
         sa.select(runs.c.id)
         .where(runs.c.state == RunState.QUEUED.value)
@@ -54,26 +52,32 @@ def claim(
         .limit(1)
         .with_for_update(skip_locked=True)
     )
+    values = {
+        "state": RunState.RUNNING.value,
+        "lease_owner": owner,
+        "lease_expires": _now() + timedelta(seconds=lease),
+        "owner_pid": pid,
+        "owner_host": host,
+        "owner_started": started,
+    }
+    queued = runs.c.state == RunState.QUEUED.value
     with store._write() as conn:
+        if store.backend == "postgresql":
+            # one round trip: lock the oldest row nobody holds, take it, return it
+            taken = runs.update().where(runs.c.id == oldest.scalar_subquery(), queued)
+            row = conn.execute(taken.values(values).returning(*runs.c)).first()
+            return None if row is None else row_to_run(row)
+        # SQLite: the transaction holds the write lock (BEGIN IMMEDIATE), so nobody else can
+        # take the row between these statements (and RETURNING needs SQLite 3.35)
         found = conn.execute(oldest).scalar()
         if found is None:
             return None
-        taken = conn.execute(
-            runs.update()
-            .where(runs.c.id == found, runs.c.state == RunState.QUEUED.value)
-            .values(
-                state=RunState.RUNNING.value,
-                lease_owner=owner,
-                lease_expires=now + timedelta(seconds=lease),
-                owner_pid=pid,
-                owner_host=host,
-                owner_started=started,
-            )
-        ).rowcount
-        if not taken:  # another worker's transaction won (PostgreSQL without the lock)
+        if not conn.execute(
+            runs.update().where(runs.c.id == found, queued).values(values)
+        ).rowcount:
             return None
         row = conn.execute(runs.select().where(runs.c.id == found)).one()
-    return _row_to_run(row)
+    return row_to_run(row)
 
 
 def renew(store: RunStore, owner: str, *, lease: float) -> int:
@@ -106,8 +110,6 @@ def release(store: RunStore, run_id: str, owner: str) -> bool:
 def expire(store: RunStore, *, now: datetime | None = None) -> list[Run]:
     """Runs whose worker stopped renewing its lease: mark them ``crashed`` (and queue their
     retries). Returns the crashed runs."""
-    from kiln.store.sql import _row_to_run
-
     when = now or _now()
     query = runs.select().where(
         runs.c.state.in_(_ACTIVE),
@@ -115,7 +117,7 @@ def expire(store: RunStore, *, now: datetime | None = None) -> list[Run]:
         runs.c.lease_expires < when,
     )
     with store._read() as conn:
-        stale = [_row_to_run(row) for row in conn.execute(query)]
+        stale = [row_to_run(row) for row in conn.execute(query)]
     crashed = []
     for run in stale:
         reason = (
@@ -139,21 +141,19 @@ def crash_and_retry(
 ) -> Run | None:
     """Mark an abandoned run ``crashed`` and, in the same transaction, queue its retry when
     its policy allows; None when the run moved meanwhile (someone else handled it)."""
-    from kiln.store.sql import _TERMINAL, _column_values
-
     ended = _now()
-    values = _column_values(
+    values = column_values(
         {"state": RunState.CRASHED, "ended_at": ended, "reason": reason, "lease_expires": None}
     )
     where = sa.and_(
-        runs.c.id == run.id, runs.c.state == run.state.value, runs.c.state.not_in(_TERMINAL)
+        runs.c.id == run.id, runs.c.state == run.state.value, runs.c.state.not_in(TERMINAL)
     )
     with store._write() as conn:
         if not conn.execute(runs.update().where(where, *only_if).values(values)).rowcount:
             return None
         retry = retry_of(run)
         if retry is not None:
-            conn.execute(runs.insert(), _column_values(_insert_fields(retry)))
+            conn.execute(runs.insert(), column_values(_insert_fields(retry)))
     return replace(run, state=RunState.CRASHED, ended_at=ended, reason=reason)
 
 
@@ -191,16 +191,12 @@ def request_cancel(store: RunStore, run_id: str, *, reason: str) -> Run:
     """Cancel a run: a queued one ends ``cancelled`` at once; a running one is flagged for
     its holder, which stops it (within a heartbeat) and records it ``cancelled``. Returns the
     run as it is now; a finished run is left as it is."""
-    from kiln.store.sql import _column_values
-
     now = _now()
     with store._write() as conn:
         conn.execute(
             runs.update()
             .where(runs.c.id == run_id, runs.c.state == RunState.QUEUED.value)
-            .values(
-                _column_values({"state": RunState.CANCELLED, "ended_at": now, "reason": reason})
-            )
+            .values(column_values({"state": RunState.CANCELLED, "ended_at": now, "reason": reason}))
         )
         conn.execute(
             runs.update()

@@ -1,9 +1,12 @@
 """The history's tables (runs; pipeline builds), as SQLAlchemy Core sees them.
 
 The migrations in ``migrations/versions`` are the source of truth for the database; this table
-definition must describe the same schema (a test compares them) and is what queries are built
-from. Types are portable: ``JSON`` and ``DateTime(timezone=True)`` map to ``TEXT`` on SQLite and
-to ``json`` / ``timestamptz`` on PostgreSQL.
+definition must describe the same schema (a test compares them, on both backends) and is what
+queries are built from. Types are portable: ``JSON`` and ``DateTime(timezone=True)`` map to
+``TEXT`` on SQLite and to ``json`` / ``timestamptz`` on PostgreSQL. The JSON columns stay
+``json``, not ``jsonb``, on PostgreSQL: ``json`` keeps the text as written (the order of a run's
+parameters, as on SQLite), and the one query that looks inside (the parameter filter) casts to
+``jsonb`` for its comparison.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ metadata = sa.MetaData()
 runs = sa.Table(
     "runs",
     metadata,
-    sa.Column("id", sa.String(128), primary_key=True),
+    # "C" on PostgreSQL: ids sort bytewise, as on SQLite, and prefix lookups use the index
+    sa.Column(
+        "id",
+        sa.String(128).with_variant(sa.String(128, collation="C"), "postgresql"),
+        primary_key=True,
+    ),
     sa.Column("notebook_path", sa.Text, nullable=False),
     # Derived from notebook_path so "runs of report.ipynb" is an indexed, exact comparison.
     sa.Column("notebook_name", sa.Text, nullable=False),
@@ -60,11 +68,11 @@ runs = sa.Table(
     sa.Column("cancel_requested", sa.DateTime(timezone=True)),
     # the pipeline build this run is a task of (none for a run started on its own)
     sa.Column("build_id", sa.String(128)),
-    sa.Index("ix_runs_state", "state"),
     sa.Index("ix_runs_state_created_at", "state", "created_at"),
     sa.Index("ix_runs_created_at", "created_at"),
-    sa.Index("ix_runs_notebook_path", "notebook_path"),
-    sa.Index("ix_runs_notebook_name", "notebook_name"),
+    # runs of a notebook in some state, newest first, from the index alone (0005)
+    sa.Index("ix_runs_notebook_name_state", "notebook_name", "state", "created_at", "id"),
+    sa.Index("ix_runs_notebook_path_state", "notebook_path", "state", "created_at", "id"),
     sa.Index("ix_runs_build_id", "build_id"),
 )
 

@@ -1,18 +1,19 @@
 """The run history database (SQLAlchemy Core) and each run's artefact folder.
 
 Everything that starts a run records it here first, and every run ends here in exactly one
-terminal state. The default database is SQLite in the Kiln home folder; any SQLAlchemy URL can
-be given instead (PostgreSQL for a team).
+terminal state. The default database is SQLite in the Kiln home folder; a team points
+``KILN_DATABASE_URL`` (or ``store: {url: ...}`` in ``kiln.yaml``) at PostgreSQL instead. Both
+run the same statements and the same migrations, and give back the same values.
 
-SQLite is set up for many writers on one machine: WAL (readers never wait for the writer), a
-30 s busy timeout, and every write in a ``BEGIN IMMEDIATE`` transaction, so a writer takes the
-lock when its transaction starts, waits its turn if another holds it, and never fails half-way
-with "database is locked".
+Concurrency: SQLite writers take turns (``BEGIN IMMEDIATE``, :mod:`kiln.store.engine`); on
+PostgreSQL, row locks under ``READ COMMITTED`` do the same job, and every conditional
+``UPDATE`` here re-checks its condition on the row it locked. Values go in and come out the
+same on both (:mod:`kiln.store.values`).
 
-Processes and threads: the SQLite engine keeps no connections between calls (``NullPool``), so
-a store may be shared by threads and survives ``fork``. For pooled databases a store used in a
-forked child drops the inherited pool before its first query; still, prefer opening the store
-after the fork, or call :meth:`RunStore.close` before forking.
+Processes and threads: connections are pooled (a small pool, checked before use on
+PostgreSQL); a store used in a forked child drops the inherited pool before its first query,
+never touching the parent's connections. Still, prefer opening the store after the fork, or
+call :meth:`RunStore.close` before forking.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import functools
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import fields, replace
-from datetime import date, datetime, time, timezone
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,25 +32,28 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.errors import HomeNotFound, HomeNotWritable, RunNotFound, StoreError
-from kiln.store.migrate import ensure_schema
-from kiln.store.paths import check_run_id, default_home
+from kiln.store.engine import lock_path, make_engine
+from kiln.store.migrate import ensure_schema, problem, where
+from kiln.store.paths import check_run_id, database_url, default_home
 from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
 from kiln.store.queue import crash_and_retry
-from kiln.store.records import ACTIVE_STATES, STATES, TERMINAL_STATES, Record, Run, RunState
+from kiln.store.records import ACTIVE_STATES, TERMINAL_STATES, Run, RunState
 from kiln.store.schema import runs
-
-_DATETIME_FIELDS = frozenset(
-    {"created_at", "started_at", "ended_at", "lease_expires", "cancel_requested"}
+from kiln.store.values import (
+    RUN_FIELDS,
+    TERMINAL,
+    NotJson,
+    basename,
+    check_state,
+    column_values,
+    dumps,
+    now,
+    row_to_run,
+    to_utc,
 )
-_RUN_FIELDS = tuple(f.name for f in fields(Run))
-#: Fields ``update_run`` accepts: every Run field but the id; ``records`` means ``records_list``.
-_UPDATABLE = frozenset(_RUN_FIELDS) - {"id"} | {"records"}
+
 _ACTIVE_STATES = tuple(state.value for state in RunState if state in ACTIVE_STATES)
-_TERMINAL = tuple(state.value for state in RunState if state in TERMINAL_STATES)
-#: Columns that cannot be NULL (the derived notebook_name aside).
-_REQUIRED = frozenset({"notebook_path", "notebook_sha256", "state", "created_at"})
 _NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.id.desc())
-_BUSY_TIMEOUT_MS = 30_000
 
 
 class RunStore:
@@ -64,9 +68,12 @@ class RunStore:
             store.finish_run(run.id, "succeeded")
             store.get_run("last").state        # 'succeeded'
 
-    ``home`` holds ``kiln.db`` and ``runs/``; ``url`` puts the database elsewhere (any
-    SQLAlchemy URL) while run folders stay under ``home``. Opening creates or upgrades the
-    schema as needed.
+    ``home`` holds ``kiln.db`` and ``runs/``. ``url`` puts the database elsewhere (SQLite or
+    PostgreSQL; default: ``$KILN_DATABASE_URL``, else ``store.url`` of ``kiln.yaml``) while
+    run folders stay under ``home``. Opening creates or upgrades a SQLite database as needed
+    and sets up an empty PostgreSQL one; a PostgreSQL database that is behind is refused
+    (:class:`~kiln.errors.StoreOutdated`) until ``kiln store migrate`` upgrades it. With
+    ``create=False`` nothing is created: a missing history is :class:`HomeNotFound`.
     """
 
     def __init__(
@@ -74,6 +81,8 @@ class RunStore:
     ) -> None:
         self.home = (Path(home).expanduser() if home is not None else default_home()).absolute()
         self.runs_dir = self.home / "runs"
+        if url is None:
+            url = database_url()
         if not create and url is None and not (self.home / "kiln.db").is_file():
             raise HomeNotFound(
                 f"no Kiln history in {self.home}: nothing has run here yet (runs are recorded "
@@ -88,26 +97,34 @@ class RunStore:
                 "to a folder you can write",
                 home=self.home,
             )
-        try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the Kiln home folder {self.home}: {exc}") from exc
+        if create or url is None:  # a read-only look at a shared database makes no folder
+            try:
+                self.runs_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the Kiln home folder {self.home}: {exc}") from exc
         if url is not None:
             self.url = url
         elif self.read_only:  # no -wal/-shm can be made: read the file as it is
             self.url = f"sqlite:///file:{self.home / 'kiln.db'}?mode=ro&immutable=1&uri=true"
         else:
             self.url = f"sqlite:///{self.home / 'kiln.db'}"
-        try:
-            self._engine = _make_engine(self.url)
-        except (sa.exc.ArgumentError, ImportError) as exc:
-            raise StoreError(f"cannot use the runs database URL {self.url!r}: {exc}") from exc
+        self._engine = make_engine(self.url)
         self._pid = os.getpid()
         try:
-            ensure_schema(self._engine, self.home / "kiln.db.lock")
+            ensure_schema(self._engine, lock_path(self._engine, self.home), create=create)
         except sa.exc.SQLAlchemyError as exc:
             self._engine.dispose()
-            raise StoreError(f"cannot open the runs database {self._where}: {exc}") from exc
+            raise StoreError(
+                f"cannot open the runs database {self._where}: {problem(exc)}"
+            ) from exc
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @property
+    def backend(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return str(self._engine.dialect.name)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -137,7 +154,7 @@ class RunStore:
         ``created_at`` defaults to now (UTC) and ``run_dir`` to ``<home>/runs/<id>``.
         """
         check_run_id(run.id)
-        _check_state(run.state)
+        check_state(run.state)
         if run.run_dir is None:
             folder = self.run_folder(run.id)
             try:
@@ -146,8 +163,8 @@ class RunStore:
                 raise StoreError(f"cannot create the run folder {folder}: {exc}") from exc
             run = replace(run, run_dir=str(folder))
         if run.created_at is None:
-            run = replace(run, created_at=_now())
-        values = _column_values({name: getattr(run, name) for name in _RUN_FIELDS})
+            run = replace(run, created_at=now())
+        values = column_values({name: getattr(run, name) for name in RUN_FIELDS})
         with self._write() as conn:
             try:
                 # parameters, not .values(): one cached compiled INSERT for every run
@@ -156,9 +173,9 @@ class RunStore:
                 raise StoreError(f"run {run.id} already exists in {self._where}") from exc
         return replace(
             run,
-            created_at=_to_utc(run.created_at) if run.created_at else None,
-            started_at=_to_utc(run.started_at) if run.started_at else None,
-            ended_at=_to_utc(run.ended_at) if run.ended_at else None,
+            created_at=to_utc(run.created_at) if run.created_at else None,
+            started_at=to_utc(run.started_at) if run.started_at else None,
+            ended_at=to_utc(run.ended_at) if run.ended_at else None,
         )
 
     def update_run(self, run_id: str, **fields: Any) -> None:  # Any: values of Run's fields
@@ -171,10 +188,10 @@ class RunStore:
             raise ValueError("a run's id cannot change")
         state = fields.get("state")
         if "state" in fields:
-            _check_state(fields["state"])
+            check_state(fields["state"])
             if state in TERMINAL_STATES:
                 raise ValueError(f"state {state!r} is terminal: end the run with finish_run()")
-        values = _column_values(fields)
+        values = column_values(fields)
         if not values:
             self.get_run_exact(run_id)
             return
@@ -202,24 +219,24 @@ class RunStore:
         ``ended_at`` defaults to now; ``reason`` and ``error`` are only written when given.
         Other keyword arguments are fields to set in the same transaction.
         """
-        _check_state(state)
+        check_state(state)
         if state not in TERMINAL_STATES:
-            raise ValueError(f"{state!r} is not a terminal state ({', '.join(_TERMINAL)})")
+            raise ValueError(f"{state!r} is not a terminal state ({', '.join(TERMINAL)})")
         if "state" in fields:
             raise ValueError("pass the state as finish_run's second argument")
         fields["state"] = state
-        fields["ended_at"] = ended_at if ended_at is not None else _now()
+        fields["ended_at"] = ended_at if ended_at is not None else now()
         if reason is not None:
             fields["reason"] = reason
         if error is not None:
             fields["error"] = dict(error)
-        return self._end(run_id, _column_values(fields))
+        return self._end(run_id, column_values(fields))
 
     def _end(self, run_id: str, values: dict[str, Any], *only_if: sa.ColumnElement[bool]) -> bool:
         """Write a terminal state unless the run already has one (or ``only_if`` fails)."""
         with self._write() as conn:
             if only_if:  # recovery, rare: a statement of its own
-                where = sa.and_(runs.c.id == run_id, runs.c.state.not_in(_TERMINAL), *only_if)
+                where = sa.and_(runs.c.id == run_id, runs.c.state.not_in(TERMINAL), *only_if)
                 done = conn.execute(runs.update().where(where).values(values)).rowcount
             else:  # every run's end: a statement compiled once per set of columns
                 statement = _update(tuple(values), only_active=True)
@@ -239,7 +256,7 @@ class RunStore:
             row = conn.execute(runs.select().where(runs.c.id == run_id)).first()
         if row is None:
             raise RunNotFound(f"no run {run_id!r} in {self._where}")
-        return _row_to_run(row)
+        return row_to_run(row)
 
     def get_run(self, run_id_or_prefix: str) -> Run:
         """A run by id, by a prefix that only one run id starts with, or ``"last"`` (newest)."""
@@ -251,17 +268,17 @@ class RunStore:
                 row = conn.execute(runs.select().order_by(*_NEWEST_FIRST).limit(1)).first()
                 if row is None:
                     raise RunNotFound(f"no run 'last': no runs are recorded in {self._where}")
-                return _row_to_run(row)
+                return row_to_run(row)
             row = conn.execute(runs.select().where(runs.c.id == key)).first()
             if row is not None:
-                return _row_to_run(row)
+                return row_to_run(row)
             # LIKE ignores case on SQLite: keep only true prefixes.
             query = sa.select(runs.c.id).where(runs.c.id.startswith(key, autoescape=True))
             matches = conn.execute(query.order_by(runs.c.id)).scalars()
             ids = [found for found in matches if found.startswith(key)]
             if len(ids) == 1:
                 row = conn.execute(runs.select().where(runs.c.id == ids[0])).one()
-                return _row_to_run(row)
+                return row_to_run(row)
         if not ids:
             raise RunNotFound(f"no run with id or id prefix {key!r} in {self._where}")
         shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
@@ -292,19 +309,19 @@ class RunStore:
         if state is not None:
             states = [state] if isinstance(state, str) else list(state)
             for one in states:
-                _check_state(one)
+                check_state(one)
             query = query.where(runs.c.state.in_([RunState(one).value for one in states]))
         if since is not None:
-            query = query.where(runs.c.created_at >= _to_utc(since))
+            query = query.where(runs.c.created_at >= to_utc(since))
         for name, value in (parameters or {}).items():
-            query = query.where(_parameter_equals(name, value))
+            query = query.where(_parameter_equals(name, value, self.backend))
         query = query.order_by(*_NEWEST_FIRST)
         if limit is not None:
             if limit < 0:
                 raise ValueError(f"limit must be >= 0 or None, not {limit}")
             query = query.limit(limit)
         with self._read() as conn:
-            return [_row_to_run(row) for row in conn.execute(query)]
+            return [row_to_run(row) for row in conn.execute(query)]
 
     def delete_run(self, run_id: str) -> Run:
         """Remove a finished run: its row, then its folder (and the output notebook it wrote
@@ -312,7 +329,7 @@ class RunStore:
         run = self.get_run_exact(run_id)
         with self._write() as conn:
             deleted = conn.execute(
-                runs.delete().where(runs.c.id == run_id, runs.c.state.in_(_TERMINAL))
+                runs.delete().where(runs.c.id == run_id, runs.c.state.in_(TERMINAL))
             ).rowcount
         if not deleted:
             raise StoreError(f"run {run_id} is {run.state}: only a finished run can be removed")
@@ -347,7 +364,7 @@ class RunStore:
             runs.c.owner_pid.is_not(None),
         )
         with self._read() as conn:
-            candidates = [_row_to_run(row) for row in conn.execute(query)]
+            candidates = [row_to_run(row) for row in conn.execute(query)]
         recovered: list[Run] = []
         for run in candidates:
             if run.owner_pid is None or same_process(run.owner_pid, run.owner_started) is not False:
@@ -382,7 +399,7 @@ class RunStore:
 
     @property
     def _where(self) -> str:
-        return self._engine.url.render_as_string(hide_password=True)
+        return where(self._engine)
 
     def _live_engine(self) -> sa.Engine:
         if os.getpid() != self._pid:
@@ -400,9 +417,11 @@ class RunStore:
         except sa.exc.StatementError as exc:
             if isinstance(exc.orig, (TypeError, ValueError)):
                 raise StoreError(f"cannot store the value: {exc.orig}") from exc
-            raise StoreError(f"runs database {self._where}: {exc}") from exc
+            raise StoreError(f"runs database {self._where}: {problem(exc)}") from exc
+        except NotJson as exc:
+            raise StoreError(f"cannot store the value: {exc}") from exc
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"runs database {self._where}: {exc}") from exc
+            raise StoreError(f"runs database {self._where}: {problem(exc)}") from exc
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[sa.Connection]:
@@ -412,143 +431,32 @@ class RunStore:
                 conn.execution_options(kiln_read_only=True)
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"runs database {self._where}: {exc}") from exc
+            raise StoreError(f"runs database {self._where}: {problem(exc)}") from exc
 
 
-# -- engine ---------------------------------------------------------------------------------
+def migrate_store(
+    home: Path | str | None = None, *, url: str | None = None
+) -> tuple[str, set[str], set[str]]:
+    """Upgrade the runs database to this Kiln's schema, on purpose (``kiln store migrate``):
+    returns the database (as shown to people) and its schema versions before and after."""
+    from kiln.store.migrate import upgrade, where
 
-
-def _make_engine(url: str) -> sa.Engine:
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(
-            parsed, json_serializer=_dumps, pool_pre_ping=True, pool_size=2, max_overflow=4
-        )
-    memory = parsed.database in (None, "", ":memory:")
-    engine = sa.create_engine(
-        parsed,
-        json_serializer=_dumps,
-        # One shared connection for an in-memory database (else each connection is a new,
-        # empty database). For a file, a small pool: reopening a connection (and its PRAGMAs)
-        # for every write cost ~20 ms per write; _live_engine drops the pool after a fork.
-        poolclass=sa.StaticPool if memory else sa.QueuePool,
-        connect_args={"check_same_thread": False} if memory else {},
-    )
-    sa.event.listen(engine, "connect", _sqlite_on_connect)
-    sa.event.listen(engine, "begin", _sqlite_on_begin)
-    return engine
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # SQLAlchemy's documented pysqlite recipe: stop the driver from emitting its own
-    # (deferred) BEGIN so that _sqlite_on_begin decides how each transaction starts.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
+    folder = (Path(home).expanduser() if home is not None else default_home()).absolute()
+    url = url or database_url()
+    if url is None:
+        try:
+            (folder / "runs").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the Kiln home folder {folder}: {exc}") from exc
+        url = f"sqlite:///{folder / 'kiln.db'}"
+    engine = make_engine(url)
     try:
-        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")  # first: the next may wait
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        before, after = upgrade(engine, lock_path(engine, folder))
+    except sa.exc.SQLAlchemyError as exc:
+        raise StoreError(f"cannot open the runs database {where(engine)}: {problem(exc)}") from exc
     finally:
-        cursor.close()
-
-
-def _sqlite_on_begin(conn: sa.Connection) -> None:
-    # A write takes the database's write lock when its transaction starts: if another writer
-    # holds it, this waits (busy_timeout) instead of failing later on lock upgrade.
-    read_only = conn.get_execution_options().get("kiln_read_only", False)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-
-# -- values in and out ----------------------------------------------------------------------
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _to_utc(value: datetime) -> datetime:
-    """Aware UTC. A naive datetime is taken to be UTC already (the store's convention)."""
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a datetime, got {type(value).__name__}: {value!r}")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def _check_state(state: RunState | str) -> None:
-    if state not in STATES:
-        raise ValueError(f"unknown run state {state!r}: expected one of {', '.join(STATES)}")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime, date, time)):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (set, frozenset)):
-        return sorted(value, key=repr)
-    for convert in ("tolist", "item"):  # numpy arrays and scalars
-        method = getattr(value, convert, None)
-        if callable(method):
-            return method()
-    raise TypeError(f"{type(value).__name__} value {value!r} cannot be stored as JSON")
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_json_default, ensure_ascii=False)
-
-
-def _column_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Run fields -> column values (records serialised, datetimes in UTC, derived columns)."""
-    unknown = sorted(set(values) - _UPDATABLE - {"id"})
-    if unknown:
-        raise ValueError(
-            f"unknown run field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
-            f"expected some of {', '.join(sorted(_UPDATABLE))}"
-        )
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None and name in _REQUIRED:
-            raise ValueError(f"run field {name} cannot be None")
-        if name in ("records", "records_list"):
-            out["records"] = [r.to_json() if isinstance(r, Record) else dict(r) for r in value]
-        elif name in _DATETIME_FIELDS:
-            out[name] = None if value is None else _to_utc(value)
-        elif name == "state":
-            out[name] = RunState(value).value
-        elif name in ("parameters", "cell_durations") and value is None:
-            out[name] = {} if name == "parameters" else []
-        elif name == "notebook_path":
-            out[name] = str(value)
-            out["notebook_name"] = _basename(str(value))
-        else:
-            out[name] = value
-    return out
-
-
-def _row_to_run(row: sa.Row[Any]) -> Run:
-    data = row._mapping
-    values: dict[str, Any] = {}
-    for name in _RUN_FIELDS:
-        if name == "records_list":
-            values[name] = [
-                Record(r["name"], r["kind"], r.get("value"), r.get("cell_index"))
-                for r in data["records"] or []
-            ]
-        elif name in _DATETIME_FIELDS:
-            value = data[name]
-            values[name] = None if value is None else _to_utc(value)
-        else:
-            values[name] = data[name]
-    values["parameters"] = values["parameters"] or {}
-    values["cell_durations"] = values["cell_durations"] or []
-    values["tags"] = values["tags"] or {}
-    return Run(**values)
-
-
-def _basename(path: str) -> str:
-    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+        engine.dispose()
+    return where(engine), before, after
 
 
 @functools.lru_cache(maxsize=64)
@@ -558,7 +466,7 @@ def _update(columns: tuple[str, ...], *, only_active: bool) -> sa.Update:
     the database's time, not the statement building's, about a third as much)."""
     where = runs.c.id == sa.bindparam("_run_id")
     if only_active:
-        where = where & runs.c.state.not_in(_TERMINAL)
+        where = where & runs.c.state.not_in(TERMINAL)
     return runs.update().where(where).values({c: sa.bindparam(f"_v_{c}") for c in columns})
 
 
@@ -566,28 +474,49 @@ def _bound(values: Mapping[str, Any]) -> dict[str, Any]:
     return {f"_v_{c}": v for c, v in values.items()}
 
 
-def _parameter_equals(name: str, value: Any) -> sa.ColumnElement[bool]:
-    """``parameters[name] == value``, compared as the JSON type of ``value``."""
-    field = runs.c.parameters[name]
-    condition: sa.ColumnElement[bool]
+def _parameter_equals(name: str, value: Any, backend: str) -> sa.ColumnElement[bool]:
+    """``parameters[name] == value`` as JSON values, the same on every backend: the same JSON
+    type (numbers compare as numbers: 3 matches 3.0) and value; ``None`` matches a JSON null;
+    a run without the parameter never matches."""
+    if not name.isidentifier():
+        return sa.false()  # parameters are Python names: no run has this one
+    stored_as = dumps(value)  # what the value would be in the database (dates as text, ...)
+    value = json.loads(stored_as)
+    if backend == "postgresql":
+        from sqlalchemy.dialects.postgresql import JSONB
+
+        # jsonb compares by type and value (3 = 3.0, true != 1, "3" != 3) and never fails
+        # on a value of another type, unlike a cast of the text
+        field = sa.cast(runs.c.parameters, JSONB)[name]
+        return field == sa.cast(sa.literal(stored_as, sa.Text), JSONB)
+    path = f'$."{name}"'
+    kind = sa.func.json_type(runs.c.parameters, path)
+    found = sa.func.json_extract(runs.c.parameters, path)
     if isinstance(value, bool):
-        condition = field.as_boolean() == value
-    elif isinstance(value, int):
-        condition = field.as_integer() == value
-    elif isinstance(value, float):
-        condition = field.as_float() == value
-    elif value is None:
-        condition = field.as_json() == sa.null()
-    else:
-        condition = field.as_string() == str(value)
-    return condition
+        return kind == ("true" if value else "false")
+    if value is None:
+        return kind == "null"
+    if isinstance(value, (int, float)):
+        return kind.in_(("integer", "real")) & (found == value)
+    if isinstance(value, str):
+        return (kind == "text") & (found == value)
+    return kind.in_(("array", "object")) & (found == sa.func.json(stored_as))
 
 
 def _notebook_filter(notebook: str) -> sa.ColumnElement[bool]:
+    """The stored path as given or resolved; a bare file name matches it in any folder.
+
+    Written so that the common case is one indexed equality (``notebook_name``, or
+    ``notebook_path IN (...)``), not an OR of both, which no index serves in order."""
     paths = {notebook}
     with contextlib.suppress(OSError, RuntimeError):
         paths.add(str(Path(notebook).expanduser().resolve()))
-    condition: sa.ColumnElement[bool] = runs.c.notebook_path.in_(sorted(paths))
-    if _basename(notebook) == notebook:
-        condition = condition | (runs.c.notebook_name == notebook)
+    name = basename(notebook)
+    if name != notebook:
+        return runs.c.notebook_path.in_(sorted(paths))
+    condition: sa.ColumnElement[bool] = runs.c.notebook_name == name
+    # a path whose file name differs (the name is a symlink) still matches as a path
+    others = sorted(path for path in paths if basename(path) != name)
+    if others:
+        condition = condition | runs.c.notebook_path.in_(others)
     return condition

@@ -1,3 +1,5 @@
+"""Fixtures of the store tests: every test that takes ``store`` runs on both backends."""
+
 from __future__ import annotations
 
 import itertools
@@ -21,8 +23,10 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(home: Path) -> Iterator[RunStore]:
+def store(home: Path, database_url: str | None) -> Iterator[RunStore]:
+    """The store under test, once on SQLite and once on PostgreSQL (``database_url``)."""
     with RunStore(home) as opened:
+        assert opened.backend == ("sqlite" if database_url is None else "postgresql")
         yield opened
 
 

@@ -334,6 +334,32 @@ def test_every_terminal_state_can_end_a_run(make_run: MakeRun, store: RunStore, 
     assert set(STATES) >= TERMINAL_STATES
 
 
+def test_delete_run_removes_a_finished_run_and_its_folder(
+    make_run: MakeRun, store: RunStore, tmp_path: Path
+) -> None:
+    done = make_run(state="running")
+    assert done.run_dir is not None
+    (Path(done.run_dir) / "output.ipynb").write_text("{}")
+    assert store.finish_run(done.id, "succeeded")
+    active = make_run(state="running")
+    elsewhere = make_run(run_dir=str(tmp_path / "not-in-home"))
+    (tmp_path / "not-in-home").mkdir()
+    assert store.finish_run(elsewhere.id, "failed")
+
+    assert store.delete_run(done.id).id == done.id
+    assert not Path(done.run_dir).exists()
+    with pytest.raises(RunNotFound):
+        store.get_run(done.id)
+    with pytest.raises(StoreError, match="is running: only a finished run can be removed"):
+        store.delete_run(active.id)
+    assert store.get_run(active.id).state == "running"
+    store.delete_run(elsewhere.id)
+    assert (tmp_path / "not-in-home").is_dir()  # never outside this home's run folders
+    with pytest.raises(RunNotFound):
+        store.delete_run("ghost")
+    assert [r.id for r in store.list_runs()] == [active.id]
+
+
 # -- values --------------------------------------------------------------------------------
 
 

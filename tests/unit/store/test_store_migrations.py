@@ -1,41 +1,87 @@
-"""The schema is created and upgraded by Alembic, which is only imported when needed."""
+"""The schema is created and upgraded by Alembic, which is only imported when needed.
+
+Every test that takes ``store`` or ``database_url`` runs on SQLite and on PostgreSQL; the file
+lock that serialises SQLite set-ups is SQLite's own (PostgreSQL uses an advisory lock, tested
+here too).
+"""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from kiln.errors import StoreError
-from kiln.store import RunStore
-from kiln.store.migrate import script_head
+from kiln.errors import HomeNotFound, StoreError, StoreOutdated
+from kiln.store import Run, RunStore
+from kiln.store.migrate import ADVISORY_LOCK_KEY, alembic_config, script_head
 from kiln.store.schema import SCHEMA_HEAD, metadata
+from kiln.store.sql import migrate_store
 
-from kilntest import start_barrier
+from kilntest import KILN, start_barrier, wait_for
 
 RunPython = Callable[..., subprocess.CompletedProcess[str]]
+#: the schema version before this Kiln's newest migration
+PREVIOUS = "0002"
 
 
-def _versions(db: Path) -> list[str]:
-    raw = sqlite3.connect(db)
-    try:
-        return [row[0] for row in raw.execute("SELECT version_num FROM alembic_version")]
-    finally:
-        raw.close()
+def _url(home: Path, database_url: str | None) -> str:
+    return database_url or f"sqlite:///{home / 'kiln.db'}"
+
+
+@pytest.fixture
+def raw(home: Path, database_url: str | None) -> Iterator[sa.Engine]:
+    """A plain engine on the test's database (no Kiln in between)."""
+    home.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(_url(home, database_url), poolclass=sa.NullPool)
+    yield engine
+    engine.dispose()
+
+
+def _versions(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
+
+
+def _alembic(engine: sa.Engine, action: str, revision: str) -> None:
+    from alembic import command
+
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        getattr(command, action)(config, revision)
+
+
+def _add_old_run(engine: sa.Engine, run_id: str) -> None:
+    """A run row as a Kiln at the previous schema version wrote it."""
+    columns = "id, notebook_path, notebook_name, notebook_sha256, state, parameters, created_at,"
+    columns += " cell_durations, records, request, attempt"
+    values = ":id, '/p/report.ipynb', 'report.ipynb', 'x', 'succeeded', :parameters, :created,"
+    values += " '[]', :records, NULL, 1"
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(f"INSERT INTO runs ({columns}) VALUES ({values})"),
+            {
+                "id": run_id,
+                "parameters": '{"b": 2, "a": "x"}',
+                "created": datetime(2024, 5, 1, 12, tzinfo=timezone.utc),
+                "records": '[{"name": "n", "kind": "json", "value": 7}]',
+            },
+        )
 
 
 def test_schema_head_constant_matches_alembic_head() -> None:
     assert script_head() == SCHEMA_HEAD
 
 
-def test_fresh_database_is_at_head(store: RunStore, home: Path) -> None:
-    assert _versions(home / "kiln.db") == [SCHEMA_HEAD]
+def test_fresh_database_is_at_head(store: RunStore, raw: sa.Engine) -> None:
+    assert _versions(raw) == [SCHEMA_HEAD]
 
 
 def test_table_definition_matches_the_migrations(store: RunStore) -> None:
@@ -47,6 +93,26 @@ def test_table_definition_matches_the_migrations(store: RunStore) -> None:
     assert differences == []
 
 
+def test_run_ids_sort_bytewise_on_every_backend(store: RunStore, raw: sa.Engine) -> None:
+    # a linguistic collation (PostgreSQL's default) would put "a-2" before "a_1" and "B"
+    # after "a"; Kiln's order must not depend on the server's locale
+    for run_id in ("a_1", "a-2", "B", "a.3", "a0"):
+        store.create_run(
+            Run(id=run_id, notebook_path="n.ipynb", notebook_sha256="x", state="queued")
+        )
+    with raw.connect() as conn:
+        ordered = list(conn.exec_driver_sql("SELECT id FROM runs ORDER BY id").scalars())
+    assert ordered == sorted(["a_1", "a-2", "B", "a.3", "a0"])
+
+
+def test_migrations_go_down_and_up_again(store: RunStore, raw: sa.Engine) -> None:
+    _alembic(raw, "downgrade", "base")
+    with raw.connect() as conn:
+        assert not sa.inspect(conn).has_table("runs")
+    _alembic(raw, "upgrade", "head")
+    assert _versions(raw) == [SCHEMA_HEAD]
+
+
 def test_reopening_an_existing_store_does_not_import_alembic(
     store: RunStore, home: Path, run_python: RunPython
 ) -> None:
@@ -56,33 +122,90 @@ from kiln.store import Run, RunStore
 store = RunStore(sys.argv[1])
 store.create_run(Run(id="r1", notebook_path="a.ipynb", notebook_sha256="x", state="queued"))
 store.get_run("last")
-print("alembic" in sys.modules, "sqlalchemy.orm" in sys.modules)
+print("alembic" in sys.modules, "sqlalchemy.orm" in sys.modules, store.backend)
 """
     done = run_python(code, str(home))
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "False"]
+    assert done.stdout.split() == ["False", "False", store.backend]
 
 
-def test_a_new_store_does_run_alembic(tmp_path: Path, run_python: RunPython) -> None:
+def test_a_new_store_does_run_alembic(
+    home: Path, database_url: str | None, raw: sa.Engine, run_python: RunPython
+) -> None:
     code = "import sys; from kiln.store import RunStore; RunStore(sys.argv[1]); "
     code += "print('alembic' in sys.modules)"
-    done = run_python(code, str(tmp_path / "new"))
+    done = run_python(code, str(home))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
-    assert _versions(tmp_path / "new" / "kiln.db") == [SCHEMA_HEAD]
+    assert _versions(raw) == [SCHEMA_HEAD]
 
 
-def test_a_database_from_a_newer_kiln_is_refused(store: RunStore, home: Path) -> None:
-    raw = sqlite3.connect(home / "kiln.db")
-    with raw:
-        raw.execute("UPDATE alembic_version SET version_num = '9999'")
-    raw.close()
+def test_a_database_from_a_newer_kiln_is_refused(
+    store: RunStore, home: Path, raw: sa.Engine
+) -> None:
+    with raw.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(StoreError, match=r"9999.*newer Kiln"):
         RunStore(home)
+    with pytest.raises(StoreError, match=r"9999.*newer Kiln"):
+        migrate_store(home)
 
 
-def test_processes_opening_a_new_home_at_once(tmp_path: Path) -> None:
-    home = tmp_path / "race"
+def test_a_database_one_version_behind(
+    home: Path, database_url: str | None, raw: sa.Engine
+) -> None:
+    """SQLite (a private file) is upgraded on open; a shared PostgreSQL database is refused
+    until `kiln store migrate`, and the runs written before come through unchanged."""
+    _alembic(raw, "upgrade", PREVIOUS)
+    _add_old_run(raw, "20240501-120000-0a0b0c0d")
+    if database_url is not None:
+        with pytest.raises(
+            StoreOutdated, match=f"{PREVIOUS}.*needs {SCHEMA_HEAD}.*kiln store migrate"
+        ):
+            RunStore(home)
+        with pytest.raises(StoreOutdated, match="kiln store migrate"):
+            RunStore(home, create=False)
+        assert _versions(raw) == [PREVIOUS]  # nothing changed by the refusals
+        _, before, after = migrate_store(home)
+        assert (before, after) == ({PREVIOUS}, {SCHEMA_HEAD})
+    with RunStore(home) as store:
+        run = store.get_run("20240501")  # a prefix lookup on the upgraded table
+        assert run.parameters == {"b": 2, "a": "x"}
+        assert list(run.parameters) == ["b", "a"]  # the order as written
+        assert run.records == {"n": 7}
+        assert run.created_at == datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
+        assert [r.id for r in store.list_runs(notebook="report.ipynb", state="succeeded")] == [
+            run.id
+        ]
+    assert _versions(raw) == [SCHEMA_HEAD]
+    assert migrate_store(home)[1:] == ({SCHEMA_HEAD}, {SCHEMA_HEAD})  # again: nothing to do
+
+
+def test_kiln_store_migrate_command(
+    home: Path, database_url: str | None, raw: sa.Engine, tmp_path: Path
+) -> None:
+    _alembic(raw, "upgrade", PREVIOUS)
+    env = {k: v for k, v in os.environ.items() if k != "KILN_HOME"}
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [KILN, "--home", str(home), "store", "migrate"],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+        )  # fmt: skip
+
+    first = migrate()
+    assert first.returncode == 0, first.stderr
+    assert f"schema version {PREVIOUS} -> {SCHEMA_HEAD}" in first.stderr
+    assert (database_url or "kiln.db").rsplit("/", 1)[-1] in first.stderr
+    again = migrate()
+    assert again.returncode == 0, again.stderr
+    assert f"already at schema version {SCHEMA_HEAD}" in again.stderr
+    assert _versions(raw) == [SCHEMA_HEAD]
+
+
+def test_processes_opening_a_new_database_at_once(
+    tmp_path: Path, home: Path, database_url: str | None, raw: sa.Engine
+) -> None:
     go = tmp_path / "go"
     code = """
 import sys, time
@@ -111,9 +234,68 @@ print("ok")
     for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err
         assert out.strip() == "ok"
-    assert _versions(home / "kiln.db") == [SCHEMA_HEAD]
+    assert _versions(raw) == [SCHEMA_HEAD]
     with RunStore(home) as store:
         assert sorted(r.id for r in store.list_runs()) == [f"run-{n}" for n in range(6)]
+
+
+# -- PostgreSQL: an empty database, the advisory lock ---------------------------------------
+
+
+def test_reading_an_empty_postgres_database_creates_nothing(
+    home: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_DATABASE_URL", postgres_url)
+    with pytest.raises(HomeNotFound, match=r"no Kiln tables yet.*kiln store migrate"):
+        RunStore(home, create=False)
+    engine = sa.create_engine(postgres_url, poolclass=sa.NullPool)
+    with engine.connect() as conn:
+        assert sa.inspect(conn).get_table_names() == []
+    engine.dispose()
+    assert not home.exists()  # a read-only look makes no folder either
+
+
+def test_setting_up_postgres_waits_for_the_advisory_lock(
+    home: Path, postgres_url: str, run_python: RunPython, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_DATABASE_URL", postgres_url)
+    engine = sa.create_engine(postgres_url, poolclass=sa.NullPool)
+    holder = engine.connect()
+    holder.execute(sa.select(sa.func.pg_advisory_lock(ADVISORY_LOCK_KEY)))
+    holder.commit()
+    code = "import sys; from kiln.store import RunStore; RunStore(sys.argv[1]); print('ok')"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        )
+
+        def blocked() -> bool:
+            found = bool(holder.exec_driver_sql(waiting).scalar())
+            holder.rollback()  # the activity view is a snapshot per transaction
+            return found
+
+        wait_for(blocked, what="the set-up to wait its turn")
+        assert proc.poll() is None
+        with engine.connect() as conn:
+            assert not sa.inspect(conn).has_table("runs")  # nothing half-made meanwhile
+    finally:
+        holder.execute(sa.select(sa.func.pg_advisory_unlock(ADVISORY_LOCK_KEY)))
+        holder.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip() == "ok"
+    assert _versions(engine) == [SCHEMA_HEAD]
+    engine.dispose()
+
+
+# -- SQLite: the file lock -------------------------------------------------------------------
 
 
 def _hold_lock(home: Path) -> int:
@@ -125,7 +307,7 @@ def _hold_lock(home: Path) -> int:
     return fd
 
 
-def test_setting_up_a_new_database_waits_for_the_migration_lock(tmp_path: Path) -> None:
+def test_setting_up_a_new_sqlite_database_waits_for_the_file_lock(tmp_path: Path) -> None:
     home = tmp_path / "locked"
     fd = _hold_lock(home)
     code = "import sys; from kiln.store import RunStore; RunStore(sys.argv[1]); print('ok')"
@@ -143,11 +325,15 @@ def test_setting_up_a_new_database_waits_for_the_migration_lock(tmp_path: Path) 
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.strip() == "ok"
-    assert _versions(home / "kiln.db") == [SCHEMA_HEAD]
+    engine = sa.create_engine(f"sqlite:///{home / 'kiln.db'}")
+    assert _versions(engine) == [SCHEMA_HEAD]
+    engine.dispose()
 
 
 @pytest.mark.timeout(30)  # taking the lock would block forever
-def test_opening_a_database_at_head_takes_no_lock(store: RunStore, home: Path) -> None:
+def test_opening_a_sqlite_database_at_head_takes_no_lock(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    RunStore(home).close()
     fd = _hold_lock(home)
     try:
         started = time.perf_counter()

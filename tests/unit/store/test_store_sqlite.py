@@ -1,4 +1,8 @@
-"""SQLite is set up for many writers: WAL, a busy timeout, and BEGIN IMMEDIATE for writes."""
+"""SQLite is set up for many writers: WAL, a busy timeout, and BEGIN IMMEDIATE for writes.
+
+SQLite only: these are the SQLite engine's own settings (PostgreSQL has row locks and MVCC
+instead; its concurrency is tested by the parametrised store and queue tests).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 
 from kiln.store import Run, RunStore
 
 MakeRun = Callable[..., Run]
+
+
+@pytest.fixture
+def database_url() -> None:
+    """SQLite only (see the module's docstring): no PostgreSQL variant."""
+    return None
 
 
 def test_database_is_in_wal_mode(store: RunStore, home: Path) -> None:

@@ -1,0 +1,109 @@
+"""Connecting to the runs database: SQLite set up for many writers, PostgreSQL through
+psycopg 3; anything else is refused with what to do.
+
+SQLite: WAL (readers never wait for the writer), a 30 s busy timeout, and every write in a
+``BEGIN IMMEDIATE`` transaction, so a writer takes the lock when its transaction starts, waits
+its turn if another holds it, and never fails half-way with "database is locked".
+PostgreSQL: a small pool whose connections are checked before use (a server restart or an
+idle timeout is survived); ``postgresql://`` means psycopg 3, the driver of Kiln's extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from kiln.errors import StoreError
+from kiln.store.values import dumps
+
+BACKENDS = ("sqlite", "postgresql")
+_BUSY_TIMEOUT_MS = 30_000
+_DRIVER_HINT = (
+    "install Kiln's PostgreSQL driver (psycopg 3): pip install 'kiln-notebooks[postgres]'"
+)
+
+
+def lock_path(engine: sa.Engine, home: Path) -> Path | None:
+    """The file that serialises schema changes of a SQLite database (None elsewhere)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database
+    if database in (None, "", ":memory:") or database.startswith("file:"):
+        return home / "kiln.db.lock"
+    return Path(f"{database}.lock")
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for a SQLite or PostgreSQL URL; StoreError (with what to do) otherwise."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"cannot use the runs database URL {url!r}: {exc}") from exc
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    if backend not in BACKENDS:
+        raise StoreError(
+            f"cannot use the runs database URL {shown!r}: Kiln keeps its history in SQLite or "
+            "PostgreSQL (postgresql+psycopg://USER@HOST/DATABASE)"
+        )
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # the driver of Kiln's extra
+    try:
+        if backend == "postgresql":
+            return sa.create_engine(
+                parsed,
+                json_serializer=dumps,
+                pool_pre_ping=True,
+                pool_size=2,
+                max_overflow=4,
+                connect_args={"application_name": "kiln", "connect_timeout": 10},
+            )
+        return _sqlite_engine(parsed)
+    except ImportError as exc:
+        hint = _DRIVER_HINT
+        if parsed.get_driver_name() != "psycopg":
+            hint = f"use postgresql+psycopg://... and {hint}"
+        raise StoreError(
+            f"cannot use the runs database URL {shown!r}: its driver is missing ({exc}); {hint}"
+        ) from exc
+    except sa.exc.ArgumentError as exc:
+        raise StoreError(f"cannot use the runs database URL {shown!r}: {exc}") from exc
+
+
+def _sqlite_engine(parsed: sa.URL) -> sa.Engine:
+    memory = parsed.database in (None, "", ":memory:")
+    engine = sa.create_engine(
+        parsed,
+        json_serializer=dumps,
+        # One shared connection for an in-memory database (else each connection is a new,
+        # empty database). For a file, a small pool: reopening a connection (and its PRAGMAs)
+        # for every write cost ~20 ms per write; RunStore drops the pool after a fork.
+        poolclass=sa.StaticPool if memory else sa.QueuePool,
+        connect_args={"check_same_thread": False} if memory else {},
+    )
+    sa.event.listen(engine, "connect", _sqlite_on_connect)
+    sa.event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy's documented pysqlite recipe: stop the driver from emitting its own
+    # (deferred) BEGIN so that _sqlite_on_begin decides how each transaction starts.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")  # first: the next may wait
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    # A write takes the database's write lock when its transaction starts: if another writer
+    # holds it, this waits (busy_timeout) instead of failing later on lock upgrade.
+    read_only = conn.get_execution_options().get("kiln_read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
