@@ -130,8 +130,9 @@ class BuildStore:
 
         A history at the current schema opens with ``sqlite3`` alone; a new or older one is
         created or upgraded by a :class:`RunStore` first; a history on a database server
-        (``KILN_DATABASE_URL`` or ``store: {url: …}``) is reached through a ``RunStore``. ``create=False`` raises
-        :class:`~kiln.errors.HomeNotFound` when there is no history (nothing is created)."""
+        (``KILN_DATABASE_URL`` or ``store: {url: …}``) is reached through a ``RunStore``.
+        ``create=False`` raises :class:`~kiln.errors.HomeNotFound` when there is no history
+        (nothing is created)."""
         from kiln.store.paths import database_url, default_home
         from kiln.store.version import SCHEMA_HEAD
 
