@@ -22,8 +22,9 @@ LAYERS: list[set[str]] = [
     {"events", "cancel", "runlog", "failure", "request"},
     {"runner"},
     {"sweeps/", "queue/"},
-    {"liveoutput"},
+    {"liveoutput", "report/"},
     {"testing/", "papermill", "api"},
+    {"server/"},
     {"cli/", "kiln"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

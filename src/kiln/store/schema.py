@@ -1,4 +1,5 @@
-"""The runs table, as SQLAlchemy Core sees it.
+"""The store's tables (runs; users, tokens and the audit log of the server), as SQLAlchemy
+Core sees them.
 
 The migrations in ``migrations/versions`` are the source of truth for the database; this table
 definition must describe the same schema (a test compares them) and is what queries are built
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 
 #: The newest migration. The store compares it with ``alembic_version`` on open and only imports
 #: Alembic when the database is new or behind; a test checks it equals Alembic's script head.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 metadata = sa.MetaData()
 
@@ -63,4 +64,50 @@ runs = sa.Table(
     sa.Index("ix_runs_created_at", "created_at"),
     sa.Index("ix_runs_notebook_path", "notebook_path"),
     sa.Index("ix_runs_notebook_name", "notebook_name"),
+)
+
+
+# -- accounts and the audit log (0003) ------------------------------------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    # argon2 hash; NULL for an account that only signs in through a trusted proxy or tokens
+    sa.Column("password_hash", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    # SHA-256 of the token (hex): tokens are long random strings, the hash is the lookup key
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_name", sa.String(255), nullable=False),
+    # "api" (kiln tokens create) or "session" (a browser's login)
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("label", sa.String(255)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_tokens_user_name", "user_name"),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(255)),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.Text),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(255)),
+    sa.Column("details", sa.JSON(none_as_null=True)),
+    sa.Index("ix_audit_at", "at"),
+    sa.Index("ix_audit_actor", "actor"),
 )
