@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -99,10 +99,14 @@ def build_app(
         await run_in_threadpool(store.recover_orphans)
         await run_in_threadpool(runs_queue.expire, store)
         await ctx.endpoints.warm()
+        # what the first requests would otherwise wait for: the secret scanner's plugins
+        # (audit masking) and nbconvert's templates (rendering), loaded in the background
+        warming = asyncio.ensure_future(run_in_threadpool(_warm_up))
         try:
             yield
         finally:
             ctx.shutdown.set()
+            warming.cancel()
             await ctx.endpoints.aclose()
 
     app = FastAPI(
@@ -127,6 +131,17 @@ def build_app(
     gated = AuthGate(app, ctx.auth, public=public, root_path=settings.root_path)
     asgi = ServerMiddleware(gated, max_body=settings.max_body)
     return app, asgi
+
+
+def _warm_up() -> None:
+    from kiln.lint.secret_scan import warm_up
+    from kiln.report.render import _exporter
+
+    try:
+        warm_up()
+        _exporter()
+    except Exception as exc:  # an optimisation only: the first use loads them anyway
+        log.warning("could not warm up: %s", exc)
 
 
 def _base_routes(app: FastAPI, ctx: ServerContext) -> None:
@@ -172,8 +187,11 @@ def endpoints_router(ctx: ServerContext) -> APIRouter:
         who: Principal = Depends(requires("runner")),  # noqa: B008
     ) -> JSONResponse:
         run, status, body = await ctx.endpoints.answer(name, parameters, user=who.name)
-        # the call is audited after the answer is decided, in the same request
-        record(
+        # the hot path: the call is audited once the answer is on its way (the run itself
+        # was recorded before it started)
+        tasks = BackgroundTasks()
+        tasks.add_task(
+            record,
             ctx.store,
             actor=who.name,
             action="endpoint.call",
@@ -182,7 +200,7 @@ def endpoints_router(ctx: ServerContext) -> APIRouter:
             outcome="ok" if status == 200 else "failed",
             details={"run": run.id, "status": status, "parameters": parameters},
         )
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, background=tasks)
 
     return router
 
