@@ -697,6 +697,8 @@ def test_failed_logins_are_limited(tmp_path: Path) -> None:
         "--trusted-user-header",
         "X-Forwarded-User",
         "--metrics-public",
+        "--log-format",
+        "json",
     ) as server:
         assert server.url.endswith("/kiln")
         server.url = server.url.removesuffix("/kiln")
@@ -720,6 +722,10 @@ def test_failed_logins_are_limited(tmp_path: Path) -> None:
         assert stranger.status_code == 401 and "no Kiln account" in stranger.json()["detail"]
         docs = client.get("/docs", follow_redirects=False)
         assert docs.headers["location"] == "/kiln/login?next=/docs"
+    lines = [json.loads(line) for line in server.err if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "kiln.server.access"]
+    assert {"client", "method", "path", "status", "ms", "user"} <= set(access[-1])
+    assert any(line["path"] == "/kiln/api/v1/me" and line["user"] == "admin" for line in access)
     audit = server.kiln("audit", "--json", "--action", "login", "-n", "0")
     outcomes = sorted(e["outcome"] for e in json.loads(audit.stdout))
     assert outcomes.count("failed") == 5 and outcomes.count("denied") == 2

@@ -185,3 +185,29 @@ def test_a_dead_worker_is_started_again(project: Path, tmp_path: Path) -> None:
 def _children(pid: int) -> list[int]:
     text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     return [int(p) for p in text.split()]
+
+
+def test_a_taken_port_is_a_clear_error(project: Path, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    from kilntest import KILN
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+        done = subprocess.run(
+            [KILN, "serve", "--port", str(port), "--workers", "0"],
+            cwd=project,
+            env={**env, "KILN_HOME": str(tmp_path / "h")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
+    assert "admin password" not in done.stdout  # nothing was set up

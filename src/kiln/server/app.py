@@ -98,15 +98,15 @@ def build_app(
 
         await run_in_threadpool(store.recover_orphans)
         await run_in_threadpool(runs_queue.expire, store)
+        # routes run in threads: two first requests importing the same packages at once can
+        # meet a half-imported module (jupyter_client's circular imports do). Everything the
+        # routes import is imported here, once, before the first request.
+        await run_in_threadpool(_warm_up)
         await ctx.endpoints.warm()
-        # what the first requests would otherwise wait for: the secret scanner's plugins
-        # (audit masking) and nbconvert's templates (rendering), loaded in the background
-        warming = asyncio.ensure_future(run_in_threadpool(_warm_up))
         try:
             yield
         finally:
             ctx.shutdown.set()
-            warming.cancel()
             await ctx.endpoints.aclose()
 
     app = FastAPI(
@@ -134,14 +134,29 @@ def build_app(
 
 
 def _warm_up() -> None:
+    """Import what the routes use and load the secret scanner's plugins and nbconvert's
+    templates (what the first requests would otherwise wait for)."""
+    import importlib
+
+    for module in (
+        "jupyter_client.manager",
+        "jupyter_client.kernelspec",
+        "nbclient",
+        "kiln.engines.kernel",
+        "kiln.engines.fork",
+        "kiln.parameters",
+        "kiln.queue.submit",
+        "kiln.runner",
+        "kiln.store.queue",
+        "kiln.lint.secret_scan",
+        "nbconvert",
+    ):
+        importlib.import_module(module)
     from kiln.lint.secret_scan import warm_up
     from kiln.report.render import _exporter
 
-    try:
-        warm_up()
-        _exporter()
-    except Exception as exc:  # an optimisation only: the first use loads them anyway
-        log.warning("could not warm up: %s", exc)
+    warm_up()
+    _exporter()
 
 
 def _base_routes(app: FastAPI, ctx: ServerContext) -> None:

@@ -43,7 +43,10 @@ def _mask_text(text: str) -> str:
         return text
     from kiln.lint.secret_scan import find_secrets, mask
 
-    hits = find_secrets(text)
+    try:
+        hits = find_secrets(text)
+    except Exception:  # the scanner failed: mask the whole value rather than keep it
+        return _MASK
     for hit in sorted(hits, key=lambda h: h.start, reverse=True):
         end = hit.start + len(hit.secret)
         text = text[: hit.start] + mask(hit.secret, reveal=hit.reveal) + text[end:]

@@ -108,7 +108,7 @@ class ServerMiddleware:
         client = scope.get("client") or ("-", 0)
         found = scope.get("state")
         user = getattr(found.get("principal"), "name", None) if isinstance(found, dict) else None
-        path = scope.get("root_path", "") + scope.get("path", "")
+        path = scope.get("path", "")  # uvicorn puts the root path in front already
         access_log.info(
             "%s %s %s %d %.1fms",
             client[0],

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,14 +133,30 @@ def serve(settings: ServerSettings, *, out: Callable[[str], None] = print) -> in
     from kiln.store.sql import RunStore
 
     logs.configure(settings.log_format)
+    sock = listen(settings.host, settings.port)
     store = RunStore(settings.home)
     password = ensure_first_admin(store)
     if password is not None:
         out(f"admin password: {password}")
-    return asyncio.run(_serve(settings, store))
+    return asyncio.run(_serve(settings, store, sock))
 
 
-async def _serve(settings: ServerSettings, store: Any) -> int:
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so that a taken port is a clear error, not a trace."""
+    from kiln.errors import UsageError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+async def _serve(settings: ServerSettings, store: Any, sock: socket.socket) -> int:
     from kiln.server.app import build_app
 
     workers = WorkerProcesses(settings)
@@ -170,12 +187,14 @@ async def _serve(settings: ServerSettings, store: Any) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    serving = asyncio.ensure_future(server.serve())
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
-    if serving.done():  # the port is taken, the app failed to start...
+    if serving.done():  # the app failed to start (uvicorn logged why)
         workers.stopping = True
-        await serving
+        with contextlib.suppress(SystemExit):
+            await serving
+        print("kiln serve: could not start (see the log above)", file=sys.stderr)
         return 1
     workers.start()
     watching = asyncio.ensure_future(workers.watch())
@@ -199,7 +218,7 @@ async def _serve(settings: ServerSettings, store: Any) -> int:
     log.info("stopping: running runs get %gs to finish", settings.grace)
     draining = asyncio.ensure_future(workers.drain(settings.grace))
     server.should_exit = True
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception, SystemExit):
         await serving
     await draining
     watching.cancel()
