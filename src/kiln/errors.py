@@ -16,6 +16,11 @@
     ├── EngineError                exit 2: the engine cannot start (no such kernel, ...)
     │   └── NoSuchKernel
     ├── LintGateFailed             exit 1: ``kiln run --lint`` found lint errors (nothing ran)
+    ├── AccountError               exit 2: users, roles and tokens of the server
+    │   ├── AccountNotFound        no such user or token
+    │   └── AccountExists          the user name is taken
+    ├── ServerError                exit 1: a remote Kiln server failed or could not be reached
+    │   └── ServerRefused          exit 2: it refused the request (4xx: bad input, no access)
     ├── StoreError                 the runs database or artefact folders
     │   ├── RunNotFound            exit 2
     │   ├── HomeNotFound           exit 2: a read-only command found no Kiln history
@@ -42,6 +47,9 @@ if TYPE_CHECKING:
     from kiln.store.records import Run
 
 __all__ = [
+    "AccountError",
+    "AccountExists",
+    "AccountNotFound",
     "BuildFailed",
     "CellExecutionError",
     "CellFailure",
@@ -64,6 +72,8 @@ __all__ = [
     "RunFailed",
     "RunNotFound",
     "RunTimedOut",
+    "ServerError",
+    "ServerRefused",
     "StoreError",
     "StoreOutdated",
     "UnknownParameter",
@@ -160,6 +170,38 @@ class LintGateFailed(KilnError):
     def __init__(self, message: str, *, findings: Sequence[Any] = ()) -> None:
         super().__init__(message)
         self.findings = list(findings)
+
+
+class AccountError(KilnError):
+    """A user, role or token cannot be used as asked (``kiln users``, ``kiln tokens``, the
+    server's account routes)."""
+
+    exit_code = 2
+
+
+class AccountNotFound(AccountError):
+    pass
+
+
+class AccountExists(AccountError):
+    pass
+
+
+class ServerError(KilnError):
+    """A Kiln server (``kiln --server URL``) answered with an error, or could not be reached;
+    ``status`` is the HTTP status (None when no answer came)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, detail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        #: the server's own words (its answer's ``detail``)
+        self.detail = detail
+
+
+class ServerRefused(ServerError):
+    exit_code = 2
 
 
 class StoreError(KilnError):

@@ -197,6 +197,10 @@ NOT_FOR: Mapping[str, Mapping[str, str]] = {
         "prepare_only": "a test must execute the notebook",
         "lint": "--kiln-lint adds a lint item per notebook instead of a run gate",
     },
+    "server": {
+        "env": "a caller of the REST API could change how the run's Python loads code "
+        "(PYTHONPATH, LD_PRELOAD); a run's environment is set in kiln.yaml (run: {env: ...})",
+    },
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import datetime
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -129,3 +130,25 @@ def format_size(size: float) -> str:
             return f"{size:.3g}{unit}" if unit else f"{size:g}B"
         size /= 1024
     return f"{size:.3g}T"
+
+
+def parse_since(text: str, *, now: datetime | None = None) -> datetime:
+    """A point in time from ``"2d"`` / ``"12h"`` (that long ago) or an ISO-8601 date or time
+    (``2026-11-30``, ``2026-11-30T08:00:00+01:00``; a time without an offset is local time)."""
+    from datetime import timedelta, timezone
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("expected a duration ago (2d, 12h) or an ISO-8601 date/time; got nothing")
+    try:
+        ago = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        return (now or datetime.now(timezone.utc)) - timedelta(seconds=ago)
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"expected a duration ago (2d, 12h) or an ISO-8601 date/time (2026-11-30); got {text!r}"
+        ) from None
+    return when if when.tzinfo else when.astimezone()

@@ -23,8 +23,9 @@ LAYERS: list[set[str]] = [
     {"runner"},
     {"sweeps/", "queue/"},
     {"pipeline/"},
-    {"liveoutput"},
+    {"liveoutput", "report/"},
     {"testing/", "papermill", "api"},
+    {"server/"},
     {"cli/", "kiln"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

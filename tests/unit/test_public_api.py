@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -30,3 +31,28 @@ def test_import_kiln_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+SERVER_PACKAGES = ("fastapi", "starlette", "uvicorn", "argon2", "prometheus_client", "nbconvert")
+
+
+def test_the_cli_and_kiln_run_load_nothing_of_the_server(tmp_path):
+    # the server's packages are an extra: `kiln run` (and every command's parser, which
+    # includes kiln serve's) must work, and stay fast, without them
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = tmp_path / "nb.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), nb)
+    code = (
+        "import sys\n"
+        "from kiln.cli.main import run_main\n"
+        f"code = run_main(['run', {str(nb)!r}, '--prepare-only', '-q'])\n"
+        f"heavy = [m for m in {SERVER_PACKAGES!r} if m in sys.modules]\n"
+        "print(code, ','.join(heavy))"
+    )
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.split() == ["0"], out.stdout + out.stderr

@@ -61,6 +61,9 @@ COMMANDS = (
     "status_cmd",
     "dag_cmd",
     "store_cmd",
+    "serve_cmd",
+    "users_cmd",
+    "audit_cmd",
     "lint_cmd",
     "verify_cmd",
     "clean_cmd",
@@ -91,6 +94,19 @@ def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
     parser.add_argument(
         "-q", "--quiet", action="store_true", default=default(False), help="print only problems"
+    )
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        default=default(None),
+        help="talk to this Kiln server for 'runs' and 'run --queue' (default: $KILN_SERVER; "
+        "none: the local history)",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=default(None),
+        help="API token for --server (default: $KILN_TOKEN)",
     )
     parser.add_argument(
         "--color",

@@ -262,6 +262,15 @@ def build_request(args: argparse.Namespace, *, output: str | None) -> RunRequest
 
 
 def handle(args: argparse.Namespace) -> int:
+    from kiln.cli.remote import client_of
+
+    if args.server and not args.queue:
+        raise UsageError("--server submits to a server's queue: add --queue")
+    client = client_of(args) if args.queue else None
+    if client is not None:
+        from kiln.cli.remote import submit
+
+        return submit(client, args)
     if args.help_notebook:
         from kiln.cli.params_cmd import show_parameters
 

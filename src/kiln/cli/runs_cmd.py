@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,19 +74,12 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
 
 
 def _since(text: str) -> datetime:
-    from kiln.units import parse_duration
+    from kiln.units import parse_since
 
     try:
-        return datetime.now(timezone.utc) - timedelta(seconds=parse_duration(text))
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a duration ago (2d, 12h) or an ISO date (2026-11-30); got {text!r}"
-        ) from None
-    return when if when.tzinfo else when.astimezone()  # a naive time is local time
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _limit(text: str) -> int | None:
@@ -125,7 +118,12 @@ def _parameters(pairs: list[str]) -> dict[str, Any]:
 
 
 def handle_list(args: argparse.Namespace) -> int:
+    from kiln.cli.remote import client_of, runs_list
     from kiln.errors import HomeNotFound
+
+    client = client_of(args)
+    if client is not None:
+        return runs_list(client, args)
 
     try:
         with open_store() as store:
@@ -211,7 +209,12 @@ def short_params(params: dict[str, Any]) -> str:
 
 
 def handle_show(args: argparse.Namespace) -> int:
+    from kiln.cli.remote import client_of, runs_show
     from kiln.errors import HomeNotFound, RunNotFound
+
+    client = client_of(args)
+    if client is not None:
+        return runs_show(client, args)
 
     try:
         with open_store() as store:
@@ -260,7 +263,12 @@ def handle_show(args: argparse.Namespace) -> int:
 
 
 def handle_logs(args: argparse.Namespace) -> int:
+    from kiln.cli.remote import client_of, runs_logs
     from kiln.errors import HomeNotFound, RunNotFound, StoreError
+
+    client = client_of(args)
+    if client is not None:
+        return runs_logs(client, args)
 
     try:
         with open_store() as store:
@@ -300,7 +308,11 @@ def _follow(store: RunStore, run: Run, path: Path, interval: float = 0.2) -> int
 
 
 def handle_rm(args: argparse.Namespace) -> int:
+    from kiln.cli.remote import client_of, refuse
     from kiln.errors import HomeNotFound, RunNotFound
+
+    if client_of(args) is not None:
+        refuse("kiln runs rm")
 
     try:
         with open_store() as store:
@@ -320,8 +332,13 @@ def handle_cancel(args: argparse.Namespace) -> int:
     """A queued run ends ``cancelled`` now; a running one is stopped by its worker."""
     import getpass
 
+    from kiln.cli.remote import client_of, runs_cancel
     from kiln.errors import HomeNotFound, RunNotFound
     from kiln.store.queue import request_cancel
+
+    client = client_of(args)
+    if client is not None:
+        return runs_cancel(client, args)
 
     try:
         with open_store(write=True) as store:

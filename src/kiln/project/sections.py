@@ -225,6 +225,60 @@ class PipelineSection:
     )
 
 
+# -- server and endpoints ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """Settings of `kiln serve`; its command-line flags override them."""
+
+    host: str = field(default="127.0.0.1", metadata=_help("address to listen on"))
+    port: int = field(default=8000, metadata=_help("port to listen on (0: any free port)"))
+    workers: int = field(
+        default=2, metadata=_help("worker processes running queued runs (0: none beside the API)")
+    )
+    grace: Duration = field(
+        default=30.0,
+        metadata=_help("on SIGTERM, how long running runs may go on before they are cancelled"),
+    )
+    root_path: str = field(
+        default="", metadata=_help("the sub-path the server is served under (a reverse proxy's)")
+    )
+    metrics_public: bool = field(
+        default=False, metadata=_help("serve /metrics without authentication")
+    )
+    trusted_user_header: str | None = field(
+        default=None,
+        metadata=_help(
+            "a header holding the user name a reverse proxy authenticated (e.g. "
+            "X-Forwarded-User); only for a server that nothing but the proxy can reach"
+        ),
+    )
+    log_format: Literal["text", "json"] = field(
+        default="text", metadata=_help("text lines, or one JSON object per line")
+    )
+    max_body: Size = field(
+        default=1024 * 1024, metadata=_help("largest request body accepted (413 above it)")
+    )
+    session_lifetime: Duration = field(
+        default=12 * 3600.0, metadata=_help("how long a browser's login lasts")
+    )
+
+
+@dataclass(frozen=True)
+class EndpointSection:
+    """A notebook served as a synchronous API endpoint at POST /api/v1/endpoints/NAME: the
+    JSON body is its parameters, the answer its records; every call is a fresh-state run."""
+
+    notebook: str = field(metadata=_help("the notebook, relative to the project root"))
+    timeout: Duration = field(
+        default=10.0, metadata=_help("time limit of one call (504 when it is over)")
+    )
+    concurrency: int = field(
+        default=4, metadata=_help("calls at once; one more is answered 429 at once")
+    )
+
+
 # -- the file ----------------------------------------------------------------------------------
 
 
@@ -248,4 +302,9 @@ class ProjectConfig:
     )
     pipelines: dict[str, PipelineSection] = field(
         default_factory=dict, metadata=_help("pipelines of notebooks, by name, for kiln build")
+    )
+    server: ServerSection | None = field(default=None, metadata=_help("kiln serve"))
+    endpoints: dict[str, EndpointSection] = field(
+        default_factory=dict,
+        metadata=_help("notebooks served as API endpoints, by name (POST /api/v1/endpoints/NAME)"),
     )

@@ -47,7 +47,9 @@ def claim(
     None when the queue is empty."""
     oldest = (
         sa.select(runs.c.id)
-        .where(runs.c.state == RunState.QUEUED.value)
+        # a direct run (kiln run, an endpoint call) is also `queued` while its engine starts,
+        # but holds no request: it is not the queue's to take
+        .where(runs.c.state == RunState.QUEUED.value, runs.c.request.is_not(None))
         .order_by(runs.c.created_at, runs.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)

@@ -1,4 +1,5 @@
-"""The history's tables (runs; pipeline builds), as SQLAlchemy Core sees them.
+"""The store's tables (runs; pipeline builds; the server's users, tokens and audit log), as
+SQLAlchemy Core sees them.
 
 The migrations in ``migrations/versions`` are the source of truth for the database; this table
 definition must describe the same schema (a test compares them, on both backends) and is what
@@ -15,7 +16,18 @@ import sqlalchemy as sa
 
 from kiln.store.version import SCHEMA_HEAD  # the newest migration (kept free of SQLAlchemy)
 
-__all__ = ["SCHEMA_HEAD", "build_tasks", "builds", "file_hashes", "metadata", "runs", "task_states"]
+__all__ = [
+    "SCHEMA_HEAD",
+    "audit",
+    "build_tasks",
+    "builds",
+    "file_hashes",
+    "metadata",
+    "runs",
+    "task_states",
+    "tokens",
+    "users",
+]
 
 metadata = sa.MetaData()
 
@@ -76,7 +88,7 @@ runs = sa.Table(
     sa.Index("ix_runs_build_id", "build_id"),
 )
 
-# -- pipelines (migration 0002) ----------------------------------------------------------------
+# -- pipelines (migration 0003) ----------------------------------------------------------------
 
 #: one ``kiln build`` of one pipeline of one project
 builds = sa.Table(
@@ -137,4 +149,50 @@ file_hashes = sa.Table(
     sa.Column("path", sa.Text, primary_key=True),
     sa.Column("stamp", sa.Text, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
+)
+
+
+# -- accounts and the audit log (0004) ------------------------------------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    # argon2 hash; NULL for an account that only signs in through a trusted proxy or tokens
+    sa.Column("password_hash", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    # SHA-256 of the token (hex): tokens are long random strings, the hash is the lookup key
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_name", sa.String(255), nullable=False),
+    # "api" (kiln tokens create) or "session" (a browser's login)
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("label", sa.String(255)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    sa.Column("last_used_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_tokens_user_name", "user_name"),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("actor", sa.String(255)),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("target", sa.Text),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("address", sa.String(255)),
+    sa.Column("details", sa.JSON(none_as_null=True)),
+    sa.Index("ix_audit_at", "at"),
+    sa.Index("ix_audit_actor", "actor"),
 )

@@ -193,7 +193,13 @@ def test_eight_processes_claim_every_run_exactly_once(
 ) -> None:
     ids = []
     for i in range(400):
-        run = Run(id=f"q-{i:04d}", notebook_path="n.ipynb", notebook_sha256="x", state="queued")
+        run = Run(
+            id=f"q-{i:04d}",
+            notebook_path="n.ipynb",
+            notebook_sha256="x",
+            state="queued",
+            request={"options": {}},
+        )
         ids.append(store.create_run(run).id)
     procs = [
         subprocess.Popen(

@@ -1,7 +1,7 @@
 """Indexes for the history's queries at PostgreSQL scale; run ids compared byte by byte.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2027-01-10
 
 - ``kiln runs list --notebook X --state S`` (and the API's run list) is answered by one index
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

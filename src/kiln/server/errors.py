@@ -1,0 +1,158 @@
+"""Kiln's errors as HTTP answers: the one place that decides the status of each.
+
+Every error answer is JSON: ``{"detail": "<what went wrong, in words>"}``, plus ``"field"``
+when one input is to blame (``"parameters.region"``, ``"timeout"``, ``"limit"``), the way the
+CLI names a flag. Routes raise :mod:`kiln.errors` (or :class:`HTTPProblem` for what only HTTP
+knows: 401, 403, 429...); the handlers installed by :func:`install` turn them into answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kiln.errors import (
+    AccountError,
+    AccountExists,
+    AccountNotFound,
+    EngineError,
+    HomeNotWritable,
+    KilnError,
+    LintGateFailed,
+    NotebookError,
+    NotebookNotFound,
+    ParameterError,
+    RunFailed,
+    RunNotFound,
+    StoreError,
+    UsageError,
+)
+from kiln.options import OptionError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+log = logging.getLogger("kiln.server")
+
+#: most specific first; the first class an error is an instance of decides
+STATUS: tuple[tuple[type[KilnError], int], ...] = (
+    (RunNotFound, 404),
+    (AccountNotFound, 404),
+    (NotebookNotFound, 404),
+    (AccountExists, 409),
+    (ParameterError, 422),
+    (OptionError, 422),
+    (NotebookError, 422),
+    (LintGateFailed, 422),
+    (AccountError, 422),
+    (EngineError, 422),
+    (UsageError, 422),
+    (HomeNotWritable, 503),
+    (StoreError, 503),
+    (RunFailed, 500),
+    (KilnError, 500),
+)
+
+
+class HTTPProblem(Exception):
+    """An answer only HTTP has words for (401, 403, 409, 429...), with optional headers."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.field = field
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def status_of(exc: KilnError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def field_of(exc: KilnError) -> str | None:
+    """The input an error is about, named as in the request."""
+    if isinstance(exc, ParameterError) and exc.name:
+        return f"parameters.{exc.name}"
+    if isinstance(exc, OptionError):
+        return exc.option
+    if isinstance(exc, NotebookError):
+        return "notebook"
+    return None
+
+
+def body(detail: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"detail": detail}
+    if field is not None:
+        out["field"] = field
+    out.update(extra)
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers: Kiln errors, HTTP problems, request validation, the rest."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def kiln_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, KilnError)
+        status = status_of(exc)
+        if status >= 500:
+            log.error("request failed: %s", exc.message)
+        return JSONResponse(body(exc.message, field_of(exc)), status_code=status)
+
+    async def problem(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPProblem)
+        return JSONResponse(
+            body(exc.detail, exc.field, **exc.extra), status_code=exc.status, headers=exc.headers
+        )
+
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse(
+            body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers or None
+        )
+
+    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse(validation_body(exc.errors()), status_code=422)
+
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error: %s: %s", type(exc).__name__, exc)
+        return JSONResponse(
+            body(f"internal error ({type(exc).__name__}); the server's log has the details"),
+            status_code=500,
+        )
+
+    app.add_exception_handler(KilnError, kiln_error)
+    app.add_exception_handler(HTTPProblem, problem)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def validation_body(errors: Any) -> dict[str, Any]:
+    """FastAPI's validation errors as one sentence naming the first bad field."""
+    problems = []
+    first: str | None = None
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        where = ".".join(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
+        if loc == ["body"]:
+            where = "body"
+        first = first or where
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return body("; ".join(problems) or "invalid request", first)

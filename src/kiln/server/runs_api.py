@@ -1,0 +1,384 @@
+"""``/api/v1/notebooks`` and ``/api/v1/runs``: the project's notebooks, and runs submitted to
+the queue, listed, followed, rendered and cancelled.
+
+A submission's fields are the run options' own names (:mod:`kiln.options`), so the API, the
+CLI and ``kiln.run`` take the same options; ``env`` is the one the API does without
+(``options.NOT_FOR["server"]`` says why). A submission is validated as any run is and
+committed ``queued`` before the answer (202) goes out; a worker process runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
+
+from kiln.errors import RunNotFound, UsageError
+from kiln.options import NOT_FOR, OPTIONS, OptionError
+from kiln.server.auditlog import record
+from kiln.server.auth import Principal, client_address, principal, requires
+from kiln.server.errors import HTTPProblem
+from kiln.store.records import STATES, Run
+
+if TYPE_CHECKING:
+    from kiln.server.app import ServerContext
+
+_RUN_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+#: how often a followed log is read, and a keep-alive comment sent on a quiet stream
+_FOLLOW_EVERY = 0.25
+_KEEPALIVE = 15.0
+
+_TYPES: dict[str, Any] = {
+    "text": str | None,
+    "choice": str | None,
+    "path": str | None,
+    "duration": float | str | None,
+    "size": int | str | None,
+    "switch": bool | None,
+}
+
+
+def submission_model() -> Any:
+    """The body of ``POST /api/v1/runs``: notebook, parameters, retries and every run option
+    the API takes, documented with the option's own help."""
+    from pydantic import ConfigDict, Field, create_model
+
+    fields: dict[str, Any] = {
+        "notebook": (str, Field(description="the notebook, relative to the project root")),
+        "parameters": (
+            dict[str, Any],
+            Field(default_factory=dict, description="parameter values as JSON"),
+        ),
+        "parameters_text": (
+            dict[str, str],
+            Field(
+                default_factory=dict,
+                description="parameter values as text, typed by the notebook's parameters "
+                "cell like `kiln run -p` (a value in `parameters` wins)",
+            ),
+        ),
+        "retries": (
+            int,
+            Field(0, ge=0, le=20, description="run again up to N times if its worker dies"),
+        ),
+    }
+    for option in OPTIONS:
+        if option.name in NOT_FOR["server"]:
+            continue
+        fields[option.name] = (
+            _TYPES[option.metadata["kind"]],
+            Field(None, description=option.metadata["help"]),
+        )
+    return create_model("RunSubmission", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+RunSubmission = submission_model()
+
+
+def run_json(ctx: ServerContext, run: Run) -> dict[str, Any]:
+    """A run as the API shows it: the record, the notebook relative to the project, the
+    options it was submitted with (environment values left out)."""
+    out = run.to_json()
+    request = out.pop("request", None) or {}
+    options = dict(request.get("options") or {})
+    if "env" in options:
+        options["env"] = sorted(options["env"])
+    options.pop("cwd", None)
+    out["options"] = options
+    out["notebook"] = ctx.notebooks.relative(run.notebook_path)
+    return out
+
+
+def encode_cursor(key: tuple[datetime, str]) -> str:
+    raw = json.dumps([key[0].isoformat(), key[1]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        when, run_id = json.loads(raw)
+        return datetime.fromisoformat(when), str(run_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise HTTPProblem(422, "cursor: not a cursor this API returned", field="cursor") from None
+
+
+def parse_since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    from kiln.units import parse_since as parse
+
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise HTTPProblem(422, f"since: {exc}", field="since") from None
+
+
+def check_run_key(key: str) -> str:
+    if not key or len(key) > 128 or not set(key) <= _RUN_KEY or key.startswith("."):
+        raise RunNotFound(f"no run {key!r}")
+    return key
+
+
+def router(ctx: ServerContext) -> APIRouter:
+    api = APIRouter()
+    reader = Depends(principal)
+    runner = Depends(requires("runner"))
+
+    @api.get("/notebooks", tags=["notebooks"], summary="the project's notebooks and parameters")
+    def notebooks(who: Principal = reader) -> list[dict[str, Any]]:
+        return ctx.notebooks.listing()
+
+    @api.get("/notebooks/{path:path}", tags=["notebooks"], summary="one notebook's parameters")
+    def notebook(path: str, who: Principal = reader) -> dict[str, Any]:
+        found = ctx.notebooks.resolve(path)
+        return {"path": ctx.notebooks.relative(found), "parameters": ctx.notebooks.schema(found)}
+
+    @api.post("/runs", tags=["runs"], status_code=202, summary="submit a run to the queue")
+    def submit_run(body: RunSubmission, request: Request, who: Principal = runner) -> JSONResponse:  # type: ignore[valid-type]
+        from kiln.parameters import CliValue
+        from kiln.queue import submit
+        from kiln.request import RunRequest
+        from kiln.server.settings import confine
+
+        given: dict[str, Any] = body.model_dump()  # type: ignore[attr-defined]
+        path = ctx.notebooks.resolve(given["notebook"])
+        options = {
+            o.name: given[o.name]
+            for o in OPTIONS
+            if o.name not in NOT_FOR["server"] and given.get(o.name) is not None
+        }
+        if "cwd" in options:
+            try:
+                options["cwd"] = str(confine(ctx.settings.root, str(options["cwd"])))
+            except UsageError as exc:
+                raise OptionError("cwd", exc.message) from None
+        parameters: dict[str, Any] = {k: CliValue(v) for k, v in given["parameters_text"].items()}
+        parameters.update(given["parameters"])
+        run = submit(
+            RunRequest.build(path, parameters=parameters, **options),
+            store=ctx.store,
+            retries=given["retries"],
+            submitted_by=who.name,
+        )
+        record(
+            ctx.store,
+            actor=who.name,
+            action="run.submit",
+            target=run.id,
+            address=client_address(request),
+            details={
+                "notebook": ctx.notebooks.relative(path),
+                "parameters": run.parameters,
+                "options": options,
+                "retries": given["retries"],
+            },
+        )
+        location = ctx.url(f"/api/v1/runs/{run.id}")
+        return JSONResponse(run_json(ctx, run), status_code=202, headers={"Location": location})
+
+    @api.get("/runs", tags=["runs"], summary="runs, newest first (cursor pagination)")
+    def list_runs(
+        notebook: str | None = None,
+        state: list[str] = Query(default=[]),  # noqa: B008
+        since: str | None = Query(None, description="ISO-8601 time, or a duration ago: 2d"),
+        param: list[str] = Query(default=[], description="NAME=VALUE (JSON value)"),  # noqa: B008
+        limit: int = Query(50, ge=1, le=500),
+        cursor: str | None = None,
+        who: Principal = reader,
+    ) -> dict[str, Any]:
+        from kiln.server.settings import confine
+        from kiln.store import pages
+
+        states = [s for given in state for s in given.split(",") if s]
+        for one in states:
+            if one not in STATES:
+                raise HTTPProblem(
+                    422,
+                    f"state: unknown state {one!r} (expected one of {', '.join(STATES)})",
+                    field="state",
+                )
+        paths: list[str] = []
+        name = None
+        if notebook:
+            if "/" in notebook:
+                try:
+                    paths = [str(confine(ctx.settings.root, notebook))]
+                except UsageError as exc:
+                    raise HTTPProblem(422, f"notebook: {exc.message}", field="notebook") from None
+            else:
+                name = notebook
+        page, after = pages.runs_page(
+            ctx.store,
+            notebooks=paths,
+            notebook_name=name,
+            states=states,
+            since=parse_since(since),
+            parameters=_params(param),
+            after=decode_cursor(cursor) if cursor else None,
+            limit=limit,
+        )
+        return {
+            "items": [run_json(ctx, run) for run in page],
+            "next_cursor": encode_cursor(after) if after else None,
+        }
+
+    @api.get("/runs/{run_id}", tags=["runs"], summary="one run (id, unique prefix or 'last')")
+    def get_run(run_id: str, who: Principal = reader) -> dict[str, Any]:
+        return run_json(ctx, ctx.store.get_run(check_run_key(run_id)))
+
+    @api.get("/runs/{run_id}/log", tags=["runs"], summary="the run's log (text, or SSE)")
+    async def run_log(
+        run_id: str,
+        request: Request,
+        follow: bool = Query(False, description="stream as Server-Sent Events until it ends"),
+        who: Principal = reader,
+    ) -> Any:
+        from starlette.responses import StreamingResponse
+
+        run = await run_in_threadpool(ctx.store.get_run, check_run_key(run_id))
+        if follow or "text/event-stream" in request.headers.get("accept", ""):
+            start = _offset(request.headers.get("last-event-id"))
+            return StreamingResponse(
+                _follow(ctx, run, start, request),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+        text = ""  # a queued run has no log yet
+        if run.log_path:
+            with contextlib.suppress(FileNotFoundError):
+                text = await run_in_threadpool(Path(run.log_path).read_text, "utf-8", "replace")
+        return PlainTextResponse(text)
+
+    @api.get("/runs/{run_id}/notebook", tags=["runs"], summary="the output notebook (.ipynb)")
+    def run_notebook(run_id: str, who: Principal = reader) -> FileResponse:
+        run = ctx.store.get_run(check_run_key(run_id))
+        path = _output(run)
+        return FileResponse(path, media_type="application/x-ipynb+json", filename=f"{run.id}.ipynb")
+
+    @api.get(
+        "/runs/{run_id}/html",
+        tags=["runs"],
+        summary="the rendered output, served in a sandbox (no origin, no cookies)",
+    )
+    def run_html(run_id: str, who: Principal = reader) -> HTMLResponse:
+        from kiln.notebook import load_notebook
+        from kiln.report.render import render_html
+        from kiln.server.middleware import SANDBOX_CSP
+
+        run = ctx.store.get_run(check_run_key(run_id))
+        page = render_html(
+            load_notebook(_output(run)), title=f"{Path(run.notebook_path).name} — run {run.id}"
+        )
+        return HTMLResponse(
+            page,
+            headers={"Content-Security-Policy": SANDBOX_CSP, "X-Frame-Options": "SAMEORIGIN"},
+        )
+
+    @api.post("/runs/{run_id}/cancel", tags=["runs"], summary="cancel a queued or running run")
+    def cancel_run(run_id: str, request: Request, who: Principal = runner) -> JSONResponse:
+        from kiln.store.queue import request_cancel
+
+        run = ctx.store.get_run(check_run_key(run_id))
+        if run.finished:
+            raise HTTPProblem(409, f"run {run.id} already ended: {run.state}")
+        now = request_cancel(ctx.store, run.id, reason=f"cancelled by {who.name} (API)")
+        record(
+            ctx.store,
+            actor=who.name,
+            action="run.cancel",
+            target=run.id,
+            address=client_address(request),
+            details={"state_before": run.state.value},
+        )
+        out = run_json(ctx, now)
+        out["detail"] = "cancelled" if now.finished else "cancel requested: its worker stops it"
+        return JSONResponse(out, status_code=200 if now.finished else 202)
+
+    return api
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise HTTPProblem(422, f"param: expected NAME=VALUE, got {pair!r}", field="param")
+        try:
+            out[name] = json.loads(text)
+        except ValueError:
+            out[name] = text
+    return out
+
+
+def _offset(text: str | None) -> int:
+    try:
+        return max(0, int(text)) if text else 0
+    except ValueError:
+        return 0
+
+
+def _output(run: Run) -> str:
+    if not run.output_path or not Path(run.output_path).is_file():
+        raise HTTPProblem(404, f"run {run.id} has no output notebook (yet)")
+    return run.output_path
+
+
+def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
+    lines = [f"event: {kind}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.extend(f"data: {line}" for line in data.split("\n"))
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+async def _follow(
+    ctx: ServerContext, run: Run, start: int, request: Request
+) -> AsyncIterator[bytes]:
+    """The log as events: ``log`` (whole lines; the id is the byte offset, so a reconnecting
+    client resumes with ``Last-Event-ID``), then one ``end`` with the run's final state."""
+    position, pending = start, b""
+    quiet_since = time.monotonic()
+    while True:
+        now = await run_in_threadpool(ctx.store.get_run_exact, run.id)
+        data = b""
+        if now.log_path:  # a queued run gets its log when a worker takes it
+            try:
+                with open(now.log_path, "rb") as handle:
+                    handle.seek(position)
+                    data = handle.read(1024 * 1024)
+            except FileNotFoundError:
+                pass
+        if data:
+            position += len(data)
+            *lines, pending = (pending + data).split(b"\n")
+            if lines:
+                text = b"\n".join(lines).decode("utf-8", errors="replace")
+                yield _event("log", text, position - len(pending))
+                quiet_since = time.monotonic()
+            if len(data) == 1024 * 1024:
+                continue  # more to read at once
+        if now.finished:
+            if pending:
+                yield _event("log", pending.decode("utf-8", errors="replace"), position)
+            yield _event(
+                "end", json.dumps({"id": now.id, "state": now.state.value, "reason": now.reason})
+            )
+            return
+        if ctx.shutdown.is_set() or await request.is_disconnected():
+            return
+        if time.monotonic() - quiet_since > _KEEPALIVE:
+            yield b": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        await asyncio.sleep(_FOLLOW_EVERY)

@@ -1,0 +1,133 @@
+"""The audit log: who did what, to what, when, from where. Append-only.
+
+Kiln only ever inserts into the ``audit`` table: no function here (or anywhere in Kiln)
+updates or deletes an entry. Callers mask secret values in ``details`` before they append
+(the server uses the secret scanner of :mod:`kiln.lint`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from kiln.store.schema import audit
+
+if TYPE_CHECKING:
+    from kiln.store.sql import RunStore
+
+#: what an entry's ``outcome`` says
+OUTCOMES: tuple[str, ...] = ("ok", "denied", "failed")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str | None
+    action: str
+    target: str | None
+    outcome: str
+    address: str | None
+    details: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "outcome": self.outcome,
+            "address": self.address,
+            "details": self.details,
+        }
+
+
+def append(
+    store: RunStore,
+    *,
+    actor: str | None,
+    action: str,
+    target: str | None = None,
+    outcome: str = "ok",
+    address: str | None = None,
+    details: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> None:
+    """Add one entry (its own transaction)."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown audit outcome {outcome!r}")
+    values = {
+        "at": at or datetime.now(timezone.utc),
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "address": address,
+        "details": details,
+    }
+    with store._write() as conn:
+        conn.execute(audit.insert(), {key: _portable(value) for key, value in values.items()})
+
+
+def _portable(value: Any) -> Any:
+    """What both databases hold alike: no NUL in text (PostgreSQL's cannot hold it), no NaN
+    or infinity in JSON. Requests are hostile input; their audit entry must still be written."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {_portable(str(k)): _portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(v) for v in value]
+    return value
+
+
+def entries(
+    store: RunStore,
+    *,
+    since: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    before: int | None = None,
+    limit: int | None = 100,
+) -> list[AuditEntry]:
+    """Entries, newest first; ``before`` (an entry id) pages back through older ones."""
+    query = audit.select().order_by(audit.c.id.desc())
+    if since is not None:
+        when = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        query = query.where(audit.c.at >= when.astimezone(timezone.utc))
+    if actor is not None:
+        query = query.where(audit.c.actor == actor)
+    if action is not None:
+        query = query.where(audit.c.action == action)
+    if before is not None:
+        query = query.where(audit.c.id < before)
+    if limit is not None:
+        query = query.limit(limit)
+    with store._read() as conn:
+        return [_entry(row) for row in conn.execute(query)]
+
+
+def _entry(row: Any) -> AuditEntry:
+    at = row.at if row.at.tzinfo else row.at.replace(tzinfo=timezone.utc)
+    return AuditEntry(
+        id=int(row.id),
+        at=at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        outcome=row.outcome,
+        address=row.address,
+        details=row.details,
+    )
+
+
+def count(store: RunStore) -> int:
+    with store._read() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(audit)).scalar() or 0)
