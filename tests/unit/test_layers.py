@@ -14,16 +14,17 @@ import kiln
 
 #: lowest first; a unit is a package (``notebook/``) or a top-level module (``runner``)
 LAYERS: list[set[str]] = [
-    {"errors", "units", "textutil", "recording", "processes"},
+    {"errors", "units", "textutil", "recording", "processes", "provenance"},
     {"yamlio", "remote", "options"},
     {"flags", "notebook/", "project/"},
     {"parameters/", "engines/", "store/"},
     {"lint/", "convert/"},
-    {"events", "cancel", "runlog", "failure", "request"},
+    {"events", "cancel", "runlog", "failure", "request", "capture", "mlflow_export"},
     {"runner"},
     {"sweeps/", "queue/"},
     {"liveoutput"},
     {"testing/", "papermill", "api"},
+    {"tracking/"},
     {"cli/", "kiln"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
