@@ -34,8 +34,11 @@ CAPTURE_WAIT = 10.0
 class RunCapture:
     """One run's provenance (looked up in the background) and tracked outputs."""
 
-    def __init__(self, prepared: Prepared, engine_name: str, store: RunStore) -> None:
+    def __init__(
+        self, prepared: Prepared, engine_name: str, store: RunStore, run_id: str
+    ) -> None:
         self.prepared = prepared
+        self.run_id = run_id
         self.engine_name = engine_name
         self.store = store
         self.metrics: list[dict[str, Any]] = []
@@ -61,6 +64,15 @@ class RunCapture:
         state = git_state(where)
         out["git"] = state.to_json() if state is not None else None
         out["inputs"] = [hash_file(p).to_json() for p in _declared_inputs(request)]
+        if request.mlflow_uri and not request.prepare_only:
+            # owed from now on: a run that never gets to its export is found by sync-mlflow
+            from kiln.mlflow_export import experiment_for
+            from kiln.store.exports import PENDING, mark_export
+
+            experiment = experiment_for(request.notebook_label, request.run_cwd)
+            mark_export(
+                self.store, self.run_id, uri=request.mlflow_uri, experiment=experiment, state=PENDING
+            )
         return out
 
     async def wait(self) -> None:

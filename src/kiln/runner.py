@@ -296,7 +296,7 @@ class Runner:
             prepared.complete()
             run = self._record(prepared, engine, run_id, run_dir, claimed=claimed)
             recorded = True
-            capture = RunCapture(prepared, engine.name, self.store)
+            capture = RunCapture(prepared, engine.name, self.store, run.id)
             capture.start()  # environment, git state, declared inputs: cached lookups
             try:
                 final = await self._drive(prepared, session, run, log, capture)

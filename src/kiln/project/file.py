@@ -121,6 +121,9 @@ def run_defaults(project: Project, environ: Mapping[str, str] | None = None) -> 
             values[f.name] = normalize(f.name, given)
         except OptionError as exc:
             raise OptionError(f"KILN_{f.name.upper()}", exc.problem) from None
+        if f.name == "tags" and section is not None and section.tags:
+            # tags add up: the project's, then the environment's (which win per key)
+            values["tags"] = {**normalize("tags", section.tags), **values["tags"]}
     return values
 
 
