@@ -1,14 +1,14 @@
 """Kiln: run Jupyter notebooks as production work.
 
 Imported inside user kernels (``import kiln; kiln.record(...)``), so this module stays light:
-everything but ``record`` loads on first use.
+everything but ``record``, ``metric``, ``artifact`` and ``input`` loads on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kiln.recording import record
+from kiln.recording import artifact, input, metric, record
 
 __version__ = "0.1.0"
 
@@ -16,8 +16,11 @@ __all__ = [
     "KilnError",
     "Run",
     "__version__",
+    "artifact",
     "build",
+    "input",
     "list_runs",
+    "metric",
     "read_run",
     "record",
     "run",

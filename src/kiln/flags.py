@@ -46,6 +46,23 @@ class _EnvAction(argparse.Action):
             raise argparse.ArgumentError(self, exc.problem) from None
 
 
+class _TagAction(argparse.Action):
+    """``--tag KEY=VALUE`` (repeatable) into one mapping."""
+
+    def __call__(
+        self, parser: Any, namespace: Any, values: Any, option_string: str | None = None
+    ) -> None:
+        name, sep, value = str(values).partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentError(self, f"expected KEY=VALUE, got {values!r}")
+        current = dict(getattr(namespace, self.dest, None) or {})
+        current[name] = value
+        try:
+            setattr(namespace, self.dest, normalize("tags", current))
+        except OptionError as exc:
+            raise argparse.ArgumentError(self, exc.problem) from None
+
+
 def add_run_options(
     group: Any,
     *,
@@ -67,8 +84,9 @@ def add_run_options(
         kwargs: dict[str, Any] = {"dest": _dest(f.name, prefix), "default": absent}
         if kind == "switch":
             kwargs["action"] = "store_true"
-        elif kind == "env":
-            kwargs.update(action=_EnvAction, metavar=meta["metavar"])
+        elif kind in ("env", "tags"):
+            action = _EnvAction if kind == "env" else _TagAction
+            kwargs.update(action=action, metavar=meta["metavar"])
             help_text += " (repeatable)"
         elif kind == "choice":
             kwargs["choices"] = [*ENGINE_CHOICES, *ENGINE_ALIASES]

@@ -37,7 +37,11 @@ ENGINE_ALIASES: Mapping[str, EngineChoice] = {"nbclient": "kernel"}
 _TEST_ENGINES = frozenset({"fake"})
 
 #: how a value of each kind is parsed from text (flags, environment, kiln.yaml)
-Kind = Literal["text", "choice", "path", "duration", "size", "switch", "env"]
+Kind = Literal["text", "choice", "path", "duration", "size", "switch", "env", "tags"]
+
+#: MLflow's own limits on a tag (kept for every tag, so any run can be exported)
+TAG_KEY_LIMIT = 250
+TAG_VALUE_LIMIT = 5000
 
 
 def _option(
@@ -153,6 +157,22 @@ class RunOptions:
         kind="switch",
         flags=("--prepare-only",),
     )
+    tags: Mapping[str, str] | None = _option(
+        None,
+        "labels stored with the run, e.g. team=sales: shown, filterable (kiln runs list --tag), "
+        "sent to MLflow; added to kiln.yaml's run.tags and KILN_TAGS (k=v,k2=v2)",
+        kind="tags",
+        flags=("--tag",),
+        metavar="KEY=VALUE",
+    )
+    mlflow_uri: str | None = _option(
+        None,
+        "also record the run in this MLflow tracking store or server (default: kiln.yaml's "
+        "tracking.mlflow.uri); MLflow being down never fails the run",
+        kind="text",
+        flags=("--mlflow-uri",),
+        metavar="URI",
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -181,6 +201,8 @@ class RunOptionArgs(TypedDict, total=False):
     lint: bool
     report_mode: bool
     prepare_only: bool
+    tags: Mapping[str, str] | None
+    mlflow_uri: str | None
 
 
 OPTIONS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(RunOptions)
@@ -200,6 +222,8 @@ NOT_FOR: Mapping[str, Mapping[str, str]] = {
     "server": {
         "env": "a caller of the REST API could change how the run's Python loads code "
         "(PYTHONPATH, LD_PRELOAD); a run's environment is set in kiln.yaml (run: {env: ...})",
+        "mlflow_uri": "a caller of the REST API could make the server send run data to any "
+        "address; the MLflow server is set in kiln.yaml (tracking: {mlflow: {uri: ...}})",
     },
 }
 
@@ -247,6 +271,8 @@ def normalize(name: str, value: Any) -> Any:
             return value
         if kind == "env":
             return _env(value)
+        if kind == "tags":
+            return parse_tags(value)
         if not isinstance(value, str):
             raise ValueError(f"expected text; got {type(value).__name__} {value!r}")
         return value
@@ -264,6 +290,37 @@ def _env(value: Any) -> dict[str, str]:
         if not isinstance(item, str) or "\0" in item:
             raise ValueError(f"the value of environment variable {key} must be a string")
         out[key] = item
+    return out
+
+
+def parse_tags(value: Any) -> dict[str, str]:
+    """Tags as a mapping of text to text: from a mapping (numbers and booleans become text)
+    or from ``k=v,k2=v2`` (``KILN_TAGS``)."""
+    if isinstance(value, str):
+        pairs: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            key, sep, text = part.partition("=")
+            if not sep:
+                raise ValueError(f"expected KEY=VALUE pairs separated by commas; got {part!r}")
+            pairs[key.strip()] = text.strip()
+        value = pairs
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of tag names to values (team=sales)")
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.strip() or "=" in key or "\0" in key:
+            raise ValueError(f"invalid tag name {key!r}: a non-empty name without '='")
+        if len(key) > TAG_KEY_LIMIT:
+            raise ValueError(f"tag name {key[:40]!r}... is longer than {TAG_KEY_LIMIT} characters")
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        elif isinstance(item, (int, float)):
+            item = str(item)
+        if not isinstance(item, str) or "\0" in item:
+            raise ValueError(f"the value of tag {key} must be text; got {item!r}")
+        if len(item) > TAG_VALUE_LIMIT:
+            raise ValueError(f"the value of tag {key} is longer than {TAG_VALUE_LIMIT} characters")
+        out[key.strip()] = item
     return out
 
 

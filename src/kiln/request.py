@@ -43,6 +43,9 @@ class RunRequest(RunOptions):
     source: bytes | None = None
     #: the pipeline build this run is a task of (recorded on the run, linking it to the build)
     build_id: str | None = None
+    #: where the run comes from beyond its trigger, recorded with it (``kiln rerun``:
+    #: ``{"rerun_of": id, "overrides": {...}}``)
+    origin: Mapping[str, Any] | None = None
 
     @functools.cached_property
     def notebook_label(self) -> str:
@@ -115,7 +118,11 @@ class RunRequest(RunOptions):
             start = path.parent if source is None else Path.cwd()
             defaults = run_defaults(load_project(start))
         values = dict(defaults)
-        values.update(make_options(options))
+        given = make_options(options)
+        if given.get("tags") is not None or values.get("tags") is not None:
+            # tags add up: kiln.yaml's and KILN_TAGS, then the run's own (which win per key)
+            given["tags"] = {**(values.get("tags") or {}), **(given.get("tags") or {})}
+        values.update(given)
         return cls(
             notebook=path,
             parameters=dict(parameters or {}),

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln import __version__
 from kiln.cancel import Cancellable, cancel_on_signals, execute_cancellable
+from kiln.capture import RunCapture, request_record
 from kiln.engines.base import (
     CellFinished,
     CellOutput,
@@ -295,8 +296,12 @@ class Runner:
             prepared.complete()
             run = self._record(prepared, engine, run_id, run_dir, claimed=claimed)
             recorded = True
+            capture = RunCapture(prepared, engine.name, self.store, run.id)
+            capture.start()  # environment, git state, declared inputs: cached lookups
             try:
-                final = await self._drive(prepared, session, run, log)
+                final = await self._drive(prepared, session, run, log, capture)
+                if request.mlflow_uri and not request.prepare_only:
+                    await self._export(request, final, log)
             except OSError as exc:  # the disk filled up, a folder went away: the run stops
                 final = self._failed_to_write(run, exc)
             except BaseException as exc:
@@ -315,6 +320,20 @@ class Runner:
             log.close()
             if not recorded:  # refused before the run existed: leave nothing behind
                 shutil.rmtree(run_dir, ignore_errors=True)
+
+    async def _export(self, request: RunRequest, run: Run, log: RunLog) -> None:
+        """Record the ended run in MLflow too (on a worker thread); a failure is a warning
+        on the run, never its state (``kiln runs sync-mlflow`` tries again)."""
+        from kiln.mlflow_export import experiment_for, export_and_mark
+
+        assert request.mlflow_uri is not None
+        experiment = experiment_for(request.notebook_label, request.run_cwd)
+        warning = await asyncio.to_thread(
+            export_and_mark, self.store, run, request.mlflow_uri, experiment
+        )
+        if warning:
+            log.line(f"warning: {warning}")
+            self._notify(RunWarning(warning))
 
     def _output_mode(self, request: RunRequest) -> int | None:
         """The output notebook's permissions: private in the run folder; a path the user
@@ -402,12 +421,20 @@ class Runner:
                 owner_host=host,
                 owner_started=started,
                 build_id=request.build_id,
+                request=request_record(request),
+                tags=dict(request.tags or {}),
+                origin=dict(request.origin) if request.origin else None,
             )
         )
         return run
 
     async def _drive(
-        self, prepared: Prepared, session: EngineSession, run: Run, log: RunLog
+        self,
+        prepared: Prepared,
+        session: EngineSession,
+        run: Run,
+        log: RunLog,
+        capture: RunCapture,
     ) -> Run:
         request = prepared.request
         store = self.store
@@ -486,6 +513,8 @@ class Runner:
                 if entry is not None:
                     kind = str(entry.get("kind", "json"))
                     records.append(Record(entry["name"], kind, entry.get("value"), event.index))
+                else:
+                    capture.output(event.output)
             elif isinstance(event, CellFinished):
                 durations[event.index] = round(event.duration, 6)
                 cell_finished(nb.cells[event.index], event.duration, event.status == "error")
@@ -540,7 +569,9 @@ class Runner:
             for timer in pending:
                 timer.cancel()
             saver.stop()
-        return self._finish(prepared, run, nb, saver, log, outcome, durations, records)
+        await capture.wait()
+        tracked = capture.fields(run.run_dir)
+        return self._finish(prepared, run, nb, saver, log, outcome, durations, records, tracked)
 
     def _finish(
         self,
@@ -552,6 +583,7 @@ class Runner:
         outcome: ExecutionOutcome,
         durations: list[float | None],
         records: list[Record],
+        tracked: dict[str, Any],
     ) -> Run:
         state = _STATE_BY_OUTCOME[outcome.status]
         error = _error_json(outcome.failure) if outcome.failure else None
@@ -588,6 +620,7 @@ class Runner:
             kernel_pid=run.kernel_pid,
             kernel_started=run.kernel_started,
             kernel_version=run.kernel_version,
+            **tracked,
         )
         # what was just written, without reading it back
         final = dataclasses.replace(
@@ -598,6 +631,7 @@ class Runner:
             error=error,
             cell_durations=durations,
             records_list=records,
+            **tracked,
         )
         self._notify(RunEnded(final))
         return final

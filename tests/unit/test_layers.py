@@ -14,17 +14,18 @@ import kiln
 
 #: lowest first; a unit is a package (``notebook/``) or a top-level module (``runner``)
 LAYERS: list[set[str]] = [
-    {"errors", "units", "textutil", "recording", "processes"},
+    {"errors", "units", "textutil", "recording", "processes", "provenance"},
     {"yamlio", "remote", "options"},
     {"flags", "notebook/", "project/"},
     {"parameters/", "engines/", "store/"},
-    {"lint/", "convert/"},
-    {"events", "cancel", "runlog", "failure", "request"},
+    {"lint/", "convert/", "mlflow_export"},
+    {"events", "cancel", "runlog", "failure", "request", "capture"},
     {"runner"},
     {"sweeps/", "queue/"},
     {"pipeline/"},
     {"liveoutput", "report/"},
     {"testing/", "papermill", "api"},
+    {"tracking/"},
     {"server/"},
     {"cli/", "kiln"},
 ]

@@ -46,6 +46,8 @@ SAMPLES: dict[str, tuple[Any, list[str]]] = {
     "lint": (True, ["--lint"]),
     "report_mode": (True, ["--report-mode"]),
     "prepare_only": (True, ["--prepare-only"]),
+    "tags": ({"team": "sales"}, ["--tag", "team=sales"]),
+    "mlflow_uri": ("sqlite:///mlflow.db", ["--mlflow-uri", "sqlite:///mlflow.db"]),
 }
 
 
@@ -116,6 +118,9 @@ def capture(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], Any]], Ru
 def _expect(request: RunRequest, skip: Any = ()) -> None:
     for name, (value, _flags) in SAMPLES.items():
         if name in skip:
+            continue
+        if name == "tags":  # triggers add their own (a sweep its id): the given ones are kept
+            assert value.items() <= dict(request.tags or {}).items(), name
             continue
         assert getattr(request, name) == value, name
 

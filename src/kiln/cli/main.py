@@ -55,6 +55,7 @@ COMMANDS = (
     "run_cmd",
     "params_cmd",
     "runs_cmd",
+    "rerun_cmd",
     "queue_cmd",
     "worker_cmd",
     "build_cmd",

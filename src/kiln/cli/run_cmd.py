@@ -328,7 +328,13 @@ def handle_queue(args: argparse.Namespace) -> int:
 
     if args.output is not None and remote.is_url(args.output):
         raise UsageError("--queue writes the output on the worker's disk: give a local path")
-    run = submit(build_request(args, output=args.output), retries=args.retries)
+    import getpass
+
+    run = submit(
+        build_request(args, output=args.output),
+        retries=args.retries,
+        submitted_by=getpass.getuser(),
+    )
     if args.json:
         print(json.dumps(run.to_json(), indent=2, default=str))
     else:

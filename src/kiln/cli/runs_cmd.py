@@ -1,4 +1,5 @@
-"""``kiln runs list|show|logs|rm``: the run history.
+"""``kiln runs list|show|logs|cancel|rm`` (and, from :mod:`kiln.cli.tracking_cmd`,
+``compare|plot|prune|export|sync-mlflow``): the run history.
 
 These commands only read (``rm`` aside): on a home with no history they say so and create
 nothing. Times are shown in the local timezone; ``--json`` gives UTC ISO-8601.
@@ -50,6 +51,20 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         help="only runs with this parameter value (YAML-typed: n=3, flag=true; repeatable)",
     )
     ls.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only runs with this tag (repeatable)",
+    )
+    ls.add_argument(
+        "--records",
+        type=_names,
+        default=[],
+        metavar="NAMES",
+        help="add a column per record, e.g. total,orders",
+    )
+    ls.add_argument(
         "-n", "--limit", type=_limit, default=20, help="at most this many (default 20; 0: all)"
     )
     ls.add_argument("--json", action="store_true", help="print the runs as JSON")
@@ -71,6 +86,16 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     rm.add_argument("ids", nargs="+", metavar="ID", help="run ids, unique prefixes, or 'last'")
     rm.add_argument("--json", action="store_true", help="print the removed runs' ids as JSON")
     rm.set_defaults(handler=handle_rm)
+    from kiln.cli.tracking_cmd import add_actions
+
+    add_actions(rs, parents)
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected record names separated by commas")
+    return names
 
 
 def _since(text: str) -> datetime:
@@ -119,6 +144,7 @@ def _parameters(pairs: list[str]) -> dict[str, Any]:
 
 def handle_list(args: argparse.Namespace) -> int:
     from kiln.cli.remote import client_of, runs_list
+    from kiln.cli.tracking_cmd import parse_tags
     from kiln.errors import HomeNotFound
 
     client = client_of(args)
@@ -133,6 +159,7 @@ def handle_list(args: argparse.Namespace) -> int:
                 limit=args.limit,
                 since=args.since,
                 parameters=_parameters(args.param),
+                tags=parse_tags(args.tag),
             )
     except HomeNotFound as exc:
         if args.json:
@@ -140,26 +167,41 @@ def handle_list(args: argparse.Namespace) -> int:
         print(exc.message, file=sys.stderr)
         return 0
     if args.json:
-        print(json.dumps([r.to_json() for r in runs], indent=2, default=str))
+        print(json.dumps([_listed(r, args.records) for r in runs], indent=2, default=str))
         return 0
     if not runs:
         print("No runs match." if _filtered(args) else "No runs recorded yet.", file=sys.stderr)
         return 0
-    _print_table(runs)
+    _print_table(runs, args.records)
     return 0
 
 
+def _listed(run: Run, records: list[str]) -> dict[str, Any]:
+    data = run.to_json()
+    if records:
+        from kiln.tracking.history import record_cell
+
+        data["columns"] = {name: record_cell(run, name) for name in records}
+    return data
+
+
 def _filtered(args: argparse.Namespace) -> bool:
-    return bool(args.notebook or args.state or args.since or args.param)
+    return bool(args.notebook or args.state or args.since or args.param or args.tag)
 
 
-def _print_table(runs: list[Run]) -> None:
+def _print_table(runs: list[Run], records: list[str] | None = None) -> None:
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("ID", "STATE", "NOTEBOOK", "STARTED", "DURATION", "PARAMETERS", "OUTPUT"):
+    for column in ("ID", "STATE", "NOTEBOOK", "STARTED", "DURATION", "PARAMETERS"):
         table.add_column(column, overflow="fold")
+    for name in records or []:
+        table.add_column(name.upper(), overflow="fold", justify="right")
+    table.add_column("OUTPUT", overflow="fold")
+    if records:
+        from kiln.tracking.history import record_cell
     for run in runs:
+        extra = [_cell(record_cell(run, name)) for name in records or []]
         table.add_row(
             run.id,
             _state_text(run),
@@ -167,9 +209,19 @@ def _print_table(runs: list[Run]) -> None:
             local_time(run.started_at or run.created_at),
             f"{run.duration:.2f}s" if run.duration is not None else "-",
             short_params(run.parameters),
+            *extra,
             _short_path(run.output_path),
         )
     console().print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 30 else text[:29] + "…"
 
 
 def console() -> Any:
@@ -210,6 +262,7 @@ def short_params(params: dict[str, Any]) -> str:
 
 def handle_show(args: argparse.Namespace) -> int:
     from kiln.cli.remote import client_of, runs_show
+    from kiln.cli.tracking_cmd import tracking_lines
     from kiln.errors import HomeNotFound, RunNotFound
 
     client = client_of(args)
@@ -219,11 +272,14 @@ def handle_show(args: argparse.Namespace) -> int:
     try:
         with open_store() as store:
             run: Run = store.get_run(args.id)
+            if args.json:
+                data = run.to_json()
+                _tracking_json(store, run, data)
+                print(json.dumps(data, indent=2, default=str))
+                return 0
+            tracked = tracking_lines(store, run)
     except HomeNotFound as exc:
         raise RunNotFound(f"no run {args.id!r}: {exc.message}") from None
-    if args.json:
-        print(json.dumps(run.to_json(), indent=2, default=str))
-        return 0
     fields = [
         ("id", run.id),
         ("state", run.state.value),
@@ -258,8 +314,20 @@ def handle_show(args: argparse.Namespace) -> int:
         if len(shown) > 70:
             shown = shown[:69] + "…"
         lines.append(f"{'record':>15}: {rec.name} = {shown}")
+    lines += [f"{key:>15}: {value}" for key, value in tracked]
     print("\n".join(lines))
     return 0
+
+
+def _tracking_json(store: RunStore, run: Run, data: dict[str, Any]) -> None:
+    """``runs show --json`` adds the environment and the MLflow export."""
+    from kiln.store.environments import get_environments
+    from kiln.store.exports import export_state
+
+    env = get_environments(store, [run.environment_hash]).get(run.environment_hash or "")
+    data["environment"] = env.to_json() if env is not None else None
+    exported = export_state(store, run.id)
+    data["mlflow"] = exported.to_json() if exported is not None else None
 
 
 def handle_logs(args: argparse.Namespace) -> int:

@@ -109,6 +109,9 @@ def run_defaults(project: Project, environ: Mapping[str, str] | None = None) -> 
                 raise project.error(f"run.{f.name}: {exc.problem}", section, f.name) from None
             if f.name == "cwd":
                 values["cwd"] = project.resolve(values["cwd"])
+    tracking = project.config.tracking
+    if tracking is not None and tracking.mlflow is not None:
+        values["mlflow_uri"] = mlflow_uri_from(project, tracking.mlflow.uri)
     for f in OPTIONS:
         text = env.get(f"KILN_{f.name.upper()}")
         if text is None or f.metadata["kind"] == "env" or f.name == "prepare_only":
@@ -118,7 +121,51 @@ def run_defaults(project: Project, environ: Mapping[str, str] | None = None) -> 
             values[f.name] = normalize(f.name, given)
         except OptionError as exc:
             raise OptionError(f"KILN_{f.name.upper()}", exc.problem) from None
+        if f.name == "tags" and section is not None and section.tags:
+            # tags add up: the project's, then the environment's (which win per key)
+            values["tags"] = {**normalize("tags", section.tags), **values["tags"]}
     return values
+
+
+def mlflow_uri_from(project: Project, uri: str) -> str:
+    """An MLflow tracking URI as written in the project file, with a local path (``mlruns``,
+    ``file:mlruns``, ``sqlite:///mlflow.db``) made absolute from the project root."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(project.resolve(uri[len("sqlite:///") :]))
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return "file:" + str(project.resolve(uri[len("file:") :]))
+    if "://" not in uri and not uri.startswith(("file:", "databricks")):
+        return str(project.resolve(uri))
+    return uri
+
+
+def project_inputs(project: Project, notebook: str | os.PathLike[str]) -> list[Path]:
+    """The files ``kiln.yaml``'s ``inputs`` declares for this notebook (globs expanded, from
+    the project root); a declared path that matches nothing is kept, to be reported missing."""
+    declared = project.config.inputs
+    if not declared:
+        return []
+    patterns: list[str] = []
+    if isinstance(declared, list):
+        patterns = list(declared)
+    else:
+        import fnmatch
+
+        try:
+            relative = Path(notebook).resolve().relative_to(project.root).as_posix()
+        except ValueError:
+            relative = Path(notebook).name
+        for key, value in declared.items():
+            if fnmatch.fnmatch(relative, key) or relative == key or Path(notebook).name == key:
+                patterns += [value] if isinstance(value, str) else list(value)
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(p for p in project.root.glob(pattern) if p.is_file())
+            found.update(dict.fromkeys(matches))
+        else:
+            found[project.resolve(pattern)] = None
+    return list(found)
 
 
 def _switch(text: str, name: str) -> bool:

@@ -27,7 +27,8 @@ def _help(text: str, **extra: Any) -> dict[str, Any]:
 # -- run: defaults for the run options -------------------------------------------------------
 
 #: run options that make no sense as a project-wide default
-_NOT_DEFAULTS = frozenset({"prepare_only"})
+#: (``mlflow_uri`` is ``tracking.mlflow.uri``)
+_NOT_DEFAULTS = frozenset({"prepare_only", "mlflow_uri"})
 
 _YAML_TYPE = {
     "text": str | None,
@@ -37,6 +38,7 @@ _YAML_TYPE = {
     "size": Size | None,
     "switch": bool | None,
     "env": dict[str, str] | None,
+    "tags": dict[str, str | int | float | bool] | None,
 }
 
 
@@ -279,6 +281,39 @@ class EndpointSection:
     )
 
 
+# -- tracking ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MlflowSection:
+    """Record every run in MLflow too (needs ``pip install 'kiln-notebooks[mlflow]'``)."""
+
+    uri: str = field(
+        metadata=_help(
+            "tracking URI: http(s)://host:5000 for a server, sqlite:///mlflow.db or a folder "
+            "(./mlruns) for a local store; relative paths are from the project root"
+        )
+    )
+    experiment: str | None = field(
+        default=None,
+        metadata=_help("MLflow experiment name (default: the notebook's name, without .ipynb)"),
+    )
+
+
+@dataclass(frozen=True)
+class TrackingSection:
+    """Runs as experiments: where else they are recorded."""
+
+    mlflow: MlflowSection | None = field(
+        default=None, metadata=_help("export each run (parameters, records, metrics, files)")
+    )
+
+
+#: files runs read, recorded by content hash: a list of paths or globs from the project root
+#: (every notebook), or a mapping of notebook path or glob -> such a list
+InputsSection = list[str] | dict[str, list[str] | str]
+
+
 # -- the file ----------------------------------------------------------------------------------
 
 
@@ -307,4 +342,14 @@ class ProjectConfig:
     endpoints: dict[str, EndpointSection] = field(
         default_factory=dict,
         metadata=_help("notebooks served as API endpoints, by name (POST /api/v1/endpoints/NAME)"),
+    )
+    tracking: TrackingSection | None = field(
+        default=None, metadata=_help("runs as experiments: MLflow export")
+    )
+    inputs: InputsSection = field(
+        default_factory=list,
+        metadata=_help(
+            "files runs read (paths or globs from the project root), recorded by content hash "
+            "with every run; or notebook path/glob -> such a list"
+        ),
     )

@@ -56,7 +56,8 @@ def submit(
                 attempt=1,
                 max_retries=retries,
                 submitted_by=submitted_by,
-                tags=dict(tags or {}),
+                tags={**(request.tags or {}), **(tags or {})},
+                origin=dict(request.origin) if request.origin else None,
             )
         )
     finally:

@@ -46,6 +46,7 @@ _TYPES: dict[str, Any] = {
     "duration": float | str | None,
     "size": int | str | None,
     "switch": bool | None,
+    "tags": dict[str, str] | None,
 }
 
 

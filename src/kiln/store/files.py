@@ -109,6 +109,9 @@ def store_input(home: Path, sha256: str, data: bytes, modes: FileModes) -> Path:
     folder = home / "inputs"
     path = folder / f"{sha256}.ipynb"
     if path.exists():
+        # a prune keeps a copy used in the last minutes (the run's row is committed next)
+        with contextlib.suppress(OSError):
+            os.utime(path)
         return path
     folder.mkdir(mode=modes.folder, exist_ok=True)
     tmp = folder / f".{sha256}.{os.getpid()}.tmp"

@@ -47,9 +47,14 @@ def claim(
     None when the queue is empty."""
     oldest = (
         sa.select(runs.c.id)
-        # a direct run (kiln run, an endpoint call) is also `queued` while its engine starts,
-        # but holds no request: it is not the queue's to take
-        .where(runs.c.state == RunState.QUEUED.value, runs.c.request.is_not(None))
+        # a direct run (kiln run, an endpoint call) is also `queued` while its engine starts;
+        # it has an owner from the start (and may keep its request, for kiln rerun): it is not
+        # the queue's to take. A submitted run has a request and no owner until claimed.
+        .where(
+            runs.c.state == RunState.QUEUED.value,
+            runs.c.request.is_not(None),
+            runs.c.owner_pid.is_(None),
+        )
         .order_by(runs.c.created_at, runs.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)

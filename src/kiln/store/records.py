@@ -160,8 +160,23 @@ class Run:
     cancel_requested: datetime | None = None
     #: the pipeline build this run is a task of (``kiln build``), if any
     build_id: str | None = None
+    #: the hash of the environment it ran in (its packages are stored once per hash)
+    environment_hash: str | None = None
+    #: the notebook's repository: ``{root, commit, branch, dirty, diff_sha256}``
+    git: dict[str, Any] | None = None
+    #: files it declared it reads: ``[{path, sha256, size, source}]``
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    #: ``kiln.metric`` points, in order: ``[{name, value, step}]``
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    #: ``kiln.artifact`` files kept in the run folder: ``[{name, path, size, sha256}]``
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    #: where the run came from beyond its trigger: ``{rerun_of, overrides}`` for a rerun
+    origin: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        for name in ("inputs", "metrics", "artifacts"):
+            if getattr(self, name) is None:  # rows written before these existed
+                setattr(self, name, [])
         if not isinstance(self.state, RunState):
             if self.state not in STATES:
                 raise ValueError(
@@ -181,6 +196,20 @@ class Run:
         """Recorded values by name as stored (JSON: a table is ``{columns, index, data}``, an
         image ``{mime, data (base64)}``)."""
         return {r.name: r.value for r in self.records_list}
+
+    @property
+    def metric_series(self) -> dict[str, list[tuple[int | None, float]]]:
+        """Each metric's points in the order they were logged: ``{"loss": [(0, 0.9), (1,
+        0.5)]}`` (the step is None when none was given)."""
+        series: dict[str, list[tuple[int | None, float]]] = {}
+        for point in self.metrics:
+            series.setdefault(str(point["name"]), []).append((point.get("step"), point["value"]))
+        return series
+
+    @property
+    def artifact_paths(self) -> dict[str, str]:
+        """Where each kept artefact is, by name (in the run folder's ``artifacts/``)."""
+        return {str(a["name"]): str(a["path"]) for a in self.artifacts}
 
     @property
     def succeeded(self) -> bool:

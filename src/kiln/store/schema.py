@@ -21,8 +21,10 @@ __all__ = [
     "audit",
     "build_tasks",
     "builds",
+    "environments",
     "file_hashes",
     "metadata",
+    "mlflow_exports",
     "runs",
     "task_states",
     "tokens",
@@ -80,12 +82,23 @@ runs = sa.Table(
     sa.Column("cancel_requested", sa.DateTime(timezone=True)),
     # the pipeline build this run is a task of (none for a run started on its own)
     sa.Column("build_id", sa.String(128)),
+    # tracking (0006): what the run ran with, what it produced beyond records, where it came from
+    sa.Column("environment_hash", sa.String(64)),
+    sa.Column("git", sa.JSON(none_as_null=True)),
+    sa.Column("inputs", sa.JSON(none_as_null=True)),
+    sa.Column("metrics", sa.JSON(none_as_null=True)),
+    sa.Column("artifacts", sa.JSON(none_as_null=True)),
+    sa.Column("origin", sa.JSON(none_as_null=True)),
     sa.Index("ix_runs_state_created_at", "state", "created_at"),
     sa.Index("ix_runs_created_at", "created_at"),
     # runs of a notebook in some state, newest first, from the index alone (0005)
     sa.Index("ix_runs_notebook_name_state", "notebook_name", "state", "created_at", "id"),
     sa.Index("ix_runs_notebook_path_state", "notebook_path", "state", "created_at", "id"),
     sa.Index("ix_runs_build_id", "build_id"),
+    sa.Index("ix_runs_environment_hash", "environment_hash"),
+    # runs of a notebook in any state, newest first (0006)
+    sa.Index("ix_runs_notebook_name_created_at", "notebook_name", "created_at"),
+    sa.Index("ix_runs_notebook_path_created_at", "notebook_path", "created_at"),
 )
 
 # -- pipelines (migration 0003) ----------------------------------------------------------------
@@ -195,4 +208,38 @@ audit = sa.Table(
     sa.Column("details", sa.JSON(none_as_null=True)),
     sa.Index("ix_audit_at", "at"),
     sa.Index("ix_audit_actor", "actor"),
+)
+
+
+# -- tracking (0006) ------------------------------------------------------------------------
+
+#: one row per distinct environment (tracking, 0006): 10,000 runs in one venv store it once
+environments = sa.Table(
+    "environments",
+    metadata,
+    sa.Column("hash", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("language", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),
+    sa.Column("implementation", sa.String(64), nullable=False),
+    sa.Column("os", sa.Text, nullable=False),
+    sa.Column("machine", sa.String(64), nullable=False),
+    sa.Column("packages", sa.JSON, nullable=False),
+)
+
+#: a run's export to an MLflow tracking server (tracking, 0006); retried by sync-mlflow
+mlflow_exports = sa.Table(
+    "mlflow_exports",
+    metadata,
+    sa.Column(
+        "run_id", sa.String(128), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("uri", sa.Text, nullable=False),
+    sa.Column("experiment", sa.Text),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("mlflow_run_id", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_mlflow_exports_state", "state"),
 )

@@ -295,13 +295,15 @@ class RunStore:
         limit: int | None = 50,
         since: datetime | None = None,
         parameters: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> list[Run]:
         """Runs, newest first.
 
         ``notebook`` matches the stored path as given, as an absolute path, or (for a bare file
         name such as ``report.ipynb``) the file name in any folder. ``state`` is one state or
         several; ``since`` keeps runs created at or after that time; ``parameters`` keeps runs
-        whose parameters hold these values (JSON equality); ``limit=None`` is all.
+        whose parameters hold these values (JSON equality), ``tags`` runs with these tags;
+        ``limit=None`` is all.
         """
         query = runs.select()
         if notebook is not None:
@@ -315,6 +317,8 @@ class RunStore:
             query = query.where(runs.c.created_at >= to_utc(since))
         for name, value in (parameters or {}).items():
             query = query.where(_parameter_equals(name, value, self.backend))
+        for key, text in (tags or {}).items():
+            query = query.where(runs.c.tags[key].as_string() == str(text))
         query = query.order_by(*_NEWEST_FIRST)
         if limit is not None:
             if limit < 0:

@@ -19,6 +19,7 @@ from typing import Any
 
 from kiln.errors import ParameterError, UsageError
 from kiln.runner import RunRequest, prepare
+from kiln.store.paths import new_run_id
 from kiln.store.records import Run
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
 
 #: more sets than this is a mistake in the grid (and would not fit in memory), not a sweep
 MAX_SETS = 100_000
+#: the tag every run of one sweep carries (its value names the sweep)
+SWEEP_TAG = "sweep"
 
 ParameterSet = dict[str, Any]
 
@@ -216,9 +219,11 @@ def plan_sweep(
     items: list[SweepItem] = []
     warnings: dict[str, None] = {}
     outputs: dict[Path, int] = {}
+    # every run of the sweep carries its tag, so the sweep can be listed and compared
+    tags = {**(request.tags or {}), SWEEP_TAG: new_run_id()}
     for index, values in enumerate(sets):
         merged = {**request.parameters, **values}
-        set_request = replace(request, parameters=merged, output=None)
+        set_request = replace(request, parameters=merged, output=None, tags=tags)
         try:
             prepared = prepare(set_request, engine_name=engine_name)
             if index == 0:  # the full nbformat validation, once: the same notebook for every set

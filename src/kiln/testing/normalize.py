@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiln.errors import UsageError
+from kiln.recording import ARTIFACT_MIME
 
 Replacement = str | Callable[[re.Match[str]], str]
 
@@ -216,6 +217,9 @@ class Normalizer:
                 out[mime] = _image(mime, value, strict=self.strict_images)
             elif mime == _WIDGET and isinstance(value, Mapping):
                 out[mime] = _json({**value, "model_id": "<MODEL_ID>"})
+            elif mime == ARTIFACT_MIME and isinstance(value, Mapping):
+                # where a kept file is stored names its run: its name and content compare
+                out[mime] = self.text(_json({k: v for k, v in value.items() if k != "path"}))
             elif isinstance(value, (str, list)):
                 text = _text(value)
                 if not self.strict_images:

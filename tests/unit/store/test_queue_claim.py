@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from kiln.store import RunStore
@@ -15,8 +16,12 @@ def test_a_direct_runs_queued_row_is_never_claimed(
     # `kiln run` and endpoint calls commit their row `queued` while the engine starts; a
     # worker that claimed it would end it `failed` under the running run (regression)
     direct = make_run(state="queued")
-    submitted = make_run(state="queued", request={"notebook": "nb.ipynb", "options": {}})
+    request = {"notebook": "nb.ipynb", "options": {}}
+    # a direct run keeps its request for kiln rerun; its owner marks it as not the queue's
+    rerunnable = make_run(state="queued", request=request, owner_pid=os.getpid())
+    submitted = make_run(state="queued", request=request)
     claimed = runs_queue.claim(store, "w1", lease=30)
     assert claimed is not None and claimed.id == submitted.id
     assert runs_queue.claim(store, "w1", lease=30) is None
     assert store.get_run_exact(direct.id).state == "queued"
+    assert store.get_run_exact(rerunnable.id).state == "queued"

@@ -1,0 +1,182 @@
+"""What the runner records about a run beyond its cells: the environment it ran in, the git
+state of its notebook's repository, the files it declared it reads, and the metric points and
+artefacts it logged.
+
+:class:`RunCapture` starts when the run starts: the environment, git state and declared
+inputs are looked up on a worker thread while the engine boots (each is cached per process,
+see :mod:`kiln.provenance`, so a run in a known environment and repository costs a dictionary
+lookup and a few ``stat`` calls), and the environment is stored once per hash. Metric points,
+artefacts and ``kiln.input`` files arrive as outputs of their own mime types
+(:mod:`kiln.recording`) and are collected as they come. Everything is written with the run's
+terminal state, in the same UPDATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.provenance import Environment, environment_of, git_state, hash_file
+from kiln.recording import ARTIFACTS_FOLDER, tracking_from_output
+
+if TYPE_CHECKING:
+    from kiln.request import Prepared, RunRequest
+    from kiln.store.sql import RunStore
+
+#: how long the end of a run waits for its capture before recording the run without it
+CAPTURE_WAIT = 10.0
+
+
+class RunCapture:
+    """One run's provenance (looked up in the background) and tracked outputs."""
+
+    def __init__(self, prepared: Prepared, engine_name: str, store: RunStore, run_id: str) -> None:
+        self.prepared = prepared
+        self.run_id = run_id
+        self.engine_name = engine_name
+        self.store = store
+        self.metrics: list[dict[str, Any]] = []
+        self.artifacts: dict[str, dict[str, Any]] = {}
+        self.notebook_inputs: dict[str, dict[str, Any]] = {}
+        self.environment: Environment | None = None
+        self.context: dict[str, Any] = {}
+        self._task: asyncio.Future[dict[str, Any]] | None = None
+
+    def start(self) -> None:
+        """Look up the environment, git state and declared inputs on a worker thread."""
+        self._task = asyncio.ensure_future(asyncio.to_thread(self._lookup))
+
+    def _lookup(self) -> dict[str, Any]:
+        from kiln.store.environments import save_environment
+
+        prepared, request = self.prepared, self.prepared.request
+        out: dict[str, Any] = {}
+        env = environment_of(
+            _kernel_executable(prepared, self.engine_name), language=prepared.language
+        )
+        self.environment = env
+        out["environment_hash"] = save_environment(self.store, env)
+        where = _notebook_folder(request)
+        state = git_state(where)
+        out["git"] = state.to_json() if state is not None else None
+        out["inputs"] = [hash_file(p).to_json() for p in _declared_inputs(request)]
+        if request.mlflow_uri and not request.prepare_only:
+            # owed from now on: a run that never gets to its export is found by sync-mlflow
+            from kiln.mlflow_export import experiment_for
+            from kiln.store.exports import PENDING, mark_export
+
+            experiment = experiment_for(request.notebook_label, request.run_cwd)
+            mark_export(
+                self.store,
+                self.run_id,
+                uri=request.mlflow_uri,
+                experiment=experiment,
+                state=PENDING,
+            )
+        return out
+
+    async def wait(self) -> None:
+        """Wait (boundedly) for the background lookup; a failed one records nothing."""
+        if self._task is None:
+            return
+        try:
+            self.context = await asyncio.wait_for(asyncio.shield(self._task), CAPTURE_WAIT)
+        except Exception:  # never fail a run for its provenance
+            self.context = {}
+
+    def output(self, output: Mapping[str, Any]) -> None:
+        """Collect a metric point, an artefact or an input the notebook declared."""
+        found = tracking_from_output(output)
+        if found is None:
+            return
+        kind, entry = found
+        if kind == "metric" and isinstance(entry.get("name"), str):
+            self.metrics.append(
+                {"name": entry["name"], "value": entry.get("value"), "step": entry.get("step")}
+            )
+        elif kind == "artifact" and isinstance(entry.get("name"), str):
+            self.artifacts[entry["name"]] = {
+                "name": os.path.basename(entry["name"]),
+                "path": str(entry.get("path", "")),
+                "size": entry.get("size"),
+                "sha256": entry.get("sha256"),
+            }
+        elif kind == "input" and isinstance(entry.get("path"), str):
+            self.notebook_inputs[entry["path"]] = {
+                "path": entry["path"],
+                "sha256": entry.get("sha256"),
+                "size": entry.get("size"),
+                "source": "notebook",
+            }
+
+    def fields(self, run_dir: str | None) -> dict[str, Any]:
+        """The run's columns to write with its terminal state."""
+        out = dict(self.context)
+        declared = {i["path"]: i for i in out.get("inputs") or []}
+        declared.update(self.notebook_inputs)
+        out["inputs"] = list(declared.values())
+        out["metrics"] = self.metrics
+        out["artifacts"] = [a for a in self.artifacts.values() if _inside(a["path"], run_dir)]
+        return out
+
+
+def _inside(path: str, run_dir: str | None) -> bool:
+    """An artefact the runner keeps must be in this run's own artefact folder."""
+    if not run_dir:
+        return False
+    folder = os.path.realpath(os.path.join(run_dir, ARTIFACTS_FOLDER))
+    with contextlib.suppress(ValueError, OSError):
+        return os.path.commonpath([folder, os.path.realpath(path)]) == folder
+    return False
+
+
+def _kernel_executable(prepared: Prepared, engine_name: str) -> str | None:
+    """The Python a kernel engine's kernel runs (the fork engine runs Kiln's own)."""
+    if engine_name != "kernel" or not prepared.language.startswith("python"):
+        return None
+    try:
+        from kiln.engines.kernel import kernel_spec
+
+        argv = list(kernel_spec(prepared.kernel_name).argv or [])
+    except Exception:  # the kernel was found when the run was prepared; be safe anyway
+        return None
+    return str(argv[0]) if argv else None
+
+
+def _notebook_folder(request: RunRequest) -> Path:
+    """Where the notebook lives (its repository's git state is recorded): its folder, or
+    the run's working directory for a notebook given as bytes whose path is gone."""
+    label = Path(request.notebook_label)
+    if label.is_absolute() and label.parent.is_dir():
+        return label.parent
+    return request.run_cwd
+
+
+def _declared_inputs(request: RunRequest) -> list[Path]:
+    from kiln.project import load_project
+    from kiln.project.file import project_inputs
+
+    folder = _notebook_folder(request)
+    project = load_project(folder)
+    if project.file is None:
+        return []
+    return project_inputs(project, request.notebook_label)
+
+
+def request_record(request: RunRequest) -> dict[str, Any]:
+    """What a direct run stores of its request, so that ``kiln rerun`` can run it again
+    the same way: the options (the working directory made absolute), the output path. The
+    values of ``env`` are not kept (they may hold secrets): only their names."""
+    data = request.to_json()
+    options = dict(data["options"])
+    env = options.pop("env", None)
+    options["cwd"] = str(request.run_cwd.resolve())
+    data["options"] = options
+    data["notebook"] = request.notebook_label
+    if env:
+        data["env_names"] = sorted(env)
+    return data

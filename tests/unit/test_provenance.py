@@ -1,0 +1,163 @@
+"""Provenance: distributions read from metadata folder names, environment hashes, the git
+state of a repository (cached, re-read when it changes) and input hashes (once per content)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiln import provenance
+from kiln.provenance import Environment, git_state, hash_file, package_changes, scan_distributions
+
+
+def _dist(folder: Path, name: str, *, metadata: str | None = None) -> None:
+    path = folder / name
+    path.mkdir(parents=True)
+    if metadata is not None:
+        (path / "METADATA").write_text(metadata)
+
+
+def test_distributions_come_from_folder_names_first_on_the_path_wins(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    _dist(first, "numpy-2.1.0.dist-info")
+    _dist(first, "Foo_Bar-1.0rc1.dist-info")
+    _dist(first, "legacy-0.3-py3.11.egg-info")
+    _dist(second, "numpy-1.26.4.dist-info")
+    _dist(
+        second, "oddname.dist-info", metadata="Metadata-Version: 2.1\nName: oddname\nVersion: 7\n"
+    )
+    found = dict(scan_distributions([str(first), str(second), str(tmp_path / "missing")]))
+    assert found == {"numpy": "2.1.0", "foo-bar": "1.0rc1", "legacy": "0.3", "oddname": "7"}
+
+
+def test_the_real_environment_matches_importlib_metadata() -> None:
+    import importlib.metadata as md
+
+    expected = {
+        provenance._canonical(d.metadata["Name"]): d.version
+        for d in md.distributions()
+        if d.metadata["Name"]
+    }
+    found = provenance.current_environment().package_map
+    assert {k: v for k, v in expected.items() if k in found} == {
+        k: found[k] for k in expected if k in found
+    }
+    assert set(expected) <= set(found)
+
+
+def _env(*packages: tuple[str, str], version: str = "3.11.7") -> Environment:
+    return Environment("python", version, "CPython", "Linux-x", "x86_64", tuple(packages))
+
+
+def test_the_hash_names_what_defines_an_environment() -> None:
+    one = _env(("a", "1"), ("b", "2"))
+    assert one.hash == _env(("a", "1"), ("b", "2")).hash
+    assert one.hash != _env(("a", "1"), ("b", "3")).hash
+    assert one.hash != _env(("a", "1"), ("b", "2"), version="3.12.0").hash
+    assert Environment.from_json(one.to_json()) == one
+    assert package_changes({"a": "1", "b": "2", "c": "1"}, {"a": "1", "b": "3", "d": "1"}) == {
+        "added": ["d"],
+        "removed": ["c"],
+        "changed": [["b", "2", "3"]],
+    }
+
+
+def test_an_install_is_seen_without_rescanning_every_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    _dist(site, "alpha-1.0.dist-info")
+    monkeypatch.setattr(sys, "path", [str(site)])
+    monkeypatch.setattr(provenance, "_known", {})
+    before = provenance.current_environment()
+    assert provenance.current_environment() is before  # cached: the folder did not change
+    shutil.rmtree(site / "alpha-1.0.dist-info")
+    _dist(site, "alpha-2.0.dist-info")  # an upgrade changes the folder
+    after = provenance.current_environment()
+    assert after.package_map == {"alpha": "2.0"}
+    assert after.hash != before.hash
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@e",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@e",
+        },
+    )
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    monkeypatch.setattr(provenance, "_git_cache", {})
+    root = tmp_path / "repo"
+    root.mkdir()
+    _git(root, "init", "-q", "-b", "main")
+    (root / "nb.ipynb").write_text("{}")
+    _git(root, "add", "nb.ipynb")
+    _git(root, "commit", "-q", "-m", "one")
+    (root / "sub").mkdir()
+    return root
+
+
+def test_git_state_commit_dirty_and_diff(repo: Path) -> None:
+    clean = git_state(repo / "sub", now=0.0)
+    assert clean is not None and clean.commit and len(clean.commit) == 40
+    assert (clean.branch, clean.dirty, clean.diff_sha256) == ("main", False, None)
+    (repo / "nb.ipynb").write_text('{"a": 1}')
+    edited = git_state(repo, now=100.0)
+    assert edited is not None and edited.dirty and edited.diff_sha256
+    (repo / "nb.ipynb").write_text('{"a": 2}')
+    other = git_state(repo, now=200.0)
+    assert other is not None and other.diff_sha256 != edited.diff_sha256
+    assert git_state(repo.parent) is None or git_state(repo.parent).root != str(repo)  # type: ignore[union-attr]
+
+
+def test_git_state_is_reused_briefly_but_a_commit_is_seen_at_once(repo: Path) -> None:
+    first = git_state(repo, now=0.0)
+    (repo / "nb.ipynb").write_text('{"b": 1}')
+    # within the time to live, nothing that git tracks as HEAD or index changed: reused
+    assert git_state(repo, now=0.5) is first
+    assert git_state(repo, now=provenance.GIT_TTL + 1) != first
+    _git(repo, "commit", "-qam", "two")
+    after = git_state(repo, now=provenance.GIT_TTL + 1.5)
+    assert after is not None and first is not None
+    assert after.commit != first.commit and not after.dirty
+
+
+def test_input_files_are_hashed_once_per_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "x.csv"
+    data.write_text("a,b\n1,2\n")
+    first = hash_file(data)
+    reads = []
+    real_open = open
+
+    def counting_open(path, *args, **kw):  # type: ignore[no-untyped-def]
+        if str(path) == str(data):
+            reads.append(path)
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    assert hash_file(data) == first
+    assert reads == []
+    data.write_text("a,b\n1,3\n")
+    os.utime(data, ns=(1, 1))
+    changed = hash_file(data)
+    assert changed.sha256 != first.sha256 and reads
+    missing = hash_file(tmp_path / "gone.csv")
+    assert missing.sha256 is None and missing.error
