@@ -4,6 +4,7 @@ accounts and the audit log in the store, run pages, rendering."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,10 +25,14 @@ def glue(*parts: str) -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RunStore:
+def store(tmp_path: Path, database_url: str | None) -> Iterator[RunStore]:
+    """The accounts, audit and page queries run once on SQLite and once on PostgreSQL."""
     opened = RunStore(tmp_path / "home")
-    yield opened  # type: ignore[misc]
-    opened.close()
+    assert opened.backend == ("sqlite" if database_url is None else "postgresql")
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 # -- paths -----------------------------------------------------------------------------------
