@@ -198,6 +198,8 @@ def test_submit_run_and_read_it_back(site: Site) -> None:
         ({"retries": -1}, "retries"),
         ({"colour": "red"}, "colour"),
         ({"env": {"A": "1"}}, "env"),
+        ({"mlflow_uri": "http://collector.example"}, "mlflow_uri"),
+        ({"tags": {"a=b": "c"}}, "tags"),
         ({"notebook": "missing.ipynb"}, "notebook"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -220,6 +222,7 @@ def test_a_bad_submission_is_422_naming_the_field(
         ("since=yesterdayish", "since"),
         ("state=done", "state"),
         ("cursor=%%%", "cursor"),
+        ("tag=team", "tag"),
     ],
 )
 def test_bad_list_parameters_are_422_naming_the_field(site: Site, query: str, field: str) -> None:
@@ -247,6 +250,29 @@ def test_pages_cover_every_run_once(site: Site) -> None:
     assert client.get("/api/v1/runs", params={"since": "2099-01-01"}).json()["items"] == []
     only = client.get("/api/v1/runs", params={"param": "n=103", "limit": 500}).json()["items"]
     assert [item["parameters"]["n"] for item in only] == [103]
+
+
+def test_runs_carry_tags_and_their_submitter_and_list_by_tag(site: Site) -> None:
+    client = site.as_(site.runner)
+    odd = 'we"ird\\key'  # a quote and a backslash: no JSON path may be built from it
+    run = submit(client, tags={"team": "sales", odd: "1", "n": 2})
+    assert run["tags"] == {"team": "sales", odd: "1", "n": "2"} and run["submitted_by"] == "rui"
+    other = submit(client, tags={"team": "ops"})
+    for tags, expected in (
+        (["team=sales"], {run["id"]}),
+        (["team=ops"], {other["id"]}),
+        ([f"{odd}=1"], {run["id"]}),
+        (["team=sales", "n=2"], {run["id"]}),
+        (["team=sales", "n=3"], set()),
+        (["team=nobody"], set()),
+    ):
+        items = client.get("/api/v1/runs", params={"tag": tags, "limit": 500}).json()["items"]
+        assert {item["id"] for item in items} == expected, tags
+        assert all(item["submitted_by"] == "rui" for item in items)
+    refused = client.post(
+        "/api/v1/runs", json={"notebook": "work.ipynb", "mlflow_uri": "http://x.example"}
+    )
+    assert refused.status_code == 422 and "kiln.yaml" in refused.json()["detail"]
 
 
 def test_the_log_follows_a_live_run_as_events(site: Site) -> None:
@@ -675,6 +701,17 @@ def test_the_cli_talks_to_the_server(site: Site) -> None:
     assert run_id in {r["id"] for r in json.loads(listed.stdout)}
     table = site.server.kiln(*remote, "runs", "list", "--notebook", "work.ipynb")
     assert run_id in table.stdout
+    tagged = site.server.kiln(*remote, "run", "work.ipynb", "--queue", "--tag", "cli=yes")
+    tagged_id = tagged.stdout.strip()
+    by_tag = site.server.kiln(*remote, "runs", "list", "--tag", "cli=yes", "--json")
+    assert [r["id"] for r in json.loads(by_tag.stdout)] == [tagged_id], by_tag.stderr
+    wait_state(site.as_(site.runner), tagged_id, {"succeeded"})
+    with_records = site.server.kiln(*remote, "runs", "list", "--tag", "cli=yes", "--records", "n")
+    assert tagged_id in with_records.stdout and "N" in with_records.stdout.splitlines()[0]
+    mlflow = site.server.kiln(
+        *remote, "run", "work.ipynb", "--queue", "--mlflow-uri", "http://x.example"
+    )
+    assert mlflow.returncode == 2 and "--mlflow-uri is not accepted" in mlflow.stderr
     ended = site.server.kiln(*remote, "runs", "cancel", run_id)
     assert ended.returncode == 0 and "already ended" in ended.stderr
     bad = site.server.kiln(*remote, "run", "work.ipynb", "--queue", "-p", "n", "x")

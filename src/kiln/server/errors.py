@@ -27,7 +27,7 @@ from kiln.errors import (
     StoreError,
     UsageError,
 )
-from kiln.options import OptionError
+from kiln.options import NOT_FOR, OptionError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -154,5 +154,8 @@ def validation_body(errors: Any) -> dict[str, Any]:
         if loc == ["body"]:
             where = "body"
         first = first or where
-        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        message = error.get("msg", "invalid")
+        if error.get("type") == "extra_forbidden" and where in NOT_FOR["server"]:
+            message = f"not accepted by the server: {NOT_FOR['server'][where]}"
+        problems.append(f"{where}: {message}")
     return body("; ".join(problems) or "invalid request", first)

@@ -215,6 +215,20 @@ def test_run_pages_follow_the_list_order(store: RunStore) -> None:
     assert counts == {("succeeded", "a.ipynb"): 3, ("succeeded", "b.ipynb"): 4}
 
 
+@pytest.mark.parametrize("key", ["team", 'x"y', "a\\b", "a.b", "$", "a[0]", "é", "a b"])
+def test_runs_filter_by_any_tag_name(store: RunStore, key: str) -> None:
+    for i, tags in enumerate([{key: "v"}, {key: "w"}, {"other": "v"}, {}]):
+        store.create_run(
+            Run(
+                id=f"r{i}", notebook_path="/a.ipynb", notebook_sha256="0", state="queued", tags=tags
+            ),
+        )
+    page, _ = pages.runs_page(store, tags={key: "v"}, limit=10)
+    assert [r.id for r in page] == ["r0"]
+    assert [r.id for r in store.list_runs(tags={key: "v"})] == ["r0"]
+    assert store.list_runs(tags={key: "v", "other": "v"}) == []
+
+
 def test_cursors_round_trip_and_refuse_junk() -> None:
     pytest.importorskip("fastapi")
     from kiln.server.errors import HTTPProblem
