@@ -511,7 +511,8 @@ def tag_equals(key: str, value: str, backend: str) -> sa.ColumnElement[bool]:
     """``tags[key] == value`` for any tag name, quotes and backslashes included (a JSON path
     built from the name would not find those on SQLite); a run without the tag never matches."""
     if backend == "postgresql":
-        return runs.c.tags[key].as_string() == value
+        found: sa.ColumnElement[bool] = runs.c.tags[key].as_string() == value
+        return found
     pairs = sa.func.json_each(runs.c.tags).table_valued("key", "value", "type").alias("tag")
     return sa.exists(
         sa.select(1)
