@@ -223,6 +223,8 @@ def test_a_bad_submission_is_422_naming_the_field(
         ("state=done", "state"),
         ("cursor=%%%", "cursor"),
         ("tag=team", "tag"),
+        ("since=99999999999d", "since"),
+        ("since=0001-01-01", "since"),
     ],
 )
 def test_bad_list_parameters_are_422_naming_the_field(site: Site, query: str, field: str) -> None:

@@ -229,6 +229,14 @@ def test_runs_filter_by_any_tag_name(store: RunStore, key: str) -> None:
     assert store.list_runs(tags={key: "v", "other": "v"}) == []
 
 
+@pytest.mark.parametrize("text", ["99999999999d", "0001-01-01", "", "-5d", "soon"])
+def test_since_out_of_range_is_a_value_error(text: str) -> None:
+    from kiln.units import parse_since
+
+    with pytest.raises(ValueError):
+        parse_since(text)
+
+
 def test_cursors_round_trip_and_refuse_junk() -> None:
     pytest.importorskip("fastapi")
     from kiln.server.errors import HTTPProblem
