@@ -6,6 +6,7 @@ limits, root path, trusted header) start their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -295,6 +296,34 @@ def test_the_log_follows_a_live_run_as_events(site: Site) -> None:
     assert kinds[-1] == "end" and json.loads(events[-1][1])["state"] == "succeeded"
     text = "\n".join(d for k, d in events if k == "log")
     assert "started 5" in text and "run succeeded" in text
+
+
+def test_live_logs_per_user_are_bounded_and_given_back(site: Site) -> None:
+    from kiln.server.runs_api import FOLLOWERS_PER_USER
+
+    token = make_user(site.admin, "fiona", "viewer")
+    runner = site.as_(site.runner)
+    run = submit(runner, parameters={"sleep": 60.0})
+    client = site.server.client(token, limits=httpx.Limits(max_connections=FOLLOWERS_PER_USER + 4))
+    url = f"/api/v1/runs/{run['id']}/log"
+    with contextlib.ExitStack() as streams:
+        opened = [
+            streams.enter_context(client.stream("GET", url, params={"follow": "true"}))
+            for _ in range(FOLLOWERS_PER_USER)
+        ]
+        assert {answer.status_code for answer in opened} == {200}
+        refused = client.get(url, params={"follow": "true"})
+        assert refused.status_code == 429 and "close one" in refused.json()["detail"]
+        assert refused.headers["retry-after"]
+        assert client.get(url).status_code == 200  # the plain log is not bounded
+        opened[0].close()  # the client goes away: its place is given back
+
+        def another() -> bool:
+            with client.stream("GET", url, params={"follow": "true"}) as answer:
+                return answer.status_code == 200
+
+        wait_for(another, what="a closed stream's place to be given back")
+    assert runner.post(f"/api/v1/runs/{run['id']}/cancel").status_code in (200, 202)
 
 
 def test_cancel_a_running_run_and_a_finished_one(site: Site) -> None:

@@ -15,13 +15,19 @@ import binascii
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    StreamingResponse,
+)
 from starlette.concurrency import run_in_threadpool
 
 from kiln.errors import RunNotFound, UsageError
@@ -32,12 +38,18 @@ from kiln.server.errors import HTTPProblem
 from kiln.store.records import STATES, Run
 
 if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
     from kiln.server.app import ServerContext
 
 _RUN_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 #: how often a followed log is read, and a keep-alive comment sent on a quiet stream
 _FOLLOW_EVERY = 0.25
 _KEEPALIVE = 15.0
+#: live log streams open at once, per user and in all: each polls the history, so without a
+#: bound one client could open hundreds and starve every other request
+FOLLOWERS_PER_USER = 8
+FOLLOWERS = 64
 
 _TYPES: dict[str, Any] = {
     "text": str | None,
@@ -248,13 +260,12 @@ def router(ctx: ServerContext) -> APIRouter:
         follow: bool = Query(False, description="stream as Server-Sent Events until it ends"),
         who: Principal = reader,
     ) -> Any:
-        from starlette.responses import StreamingResponse
-
         run = await run_in_threadpool(ctx.store.get_run, check_run_key(run_id))
         if follow or "text/event-stream" in request.headers.get("accept", ""):
             start = _offset(request.headers.get("last-event-id"))
-            return StreamingResponse(
+            return FollowedLog(
                 _follow(ctx, run, start, request),
+                release=ctx.followers.take(who.name),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             )
@@ -354,6 +365,59 @@ def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
         lines.append(f"id: {event_id}")
     lines.extend(f"data: {line}" for line in data.split("\n"))
     return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+class Followers:
+    """Counts the live log streams open per user; :meth:`take` refuses one too many (429)."""
+
+    def __init__(self, per_user: int = FOLLOWERS_PER_USER, total: int = FOLLOWERS) -> None:
+        self.per_user = per_user
+        self.total = total
+        self.open: dict[str, int] = {}
+
+    def take(self, user: str) -> Callable[[], None]:
+        """Count one more stream of ``user``; returns what to call once it has ended."""
+        if self.open.get(user, 0) >= self.per_user:
+            raise HTTPProblem(
+                429,
+                f"{user} already follows {self.per_user} live logs: close one, or read the "
+                "log without following it",
+                headers={"Retry-After": "5"},
+            )
+        if sum(self.open.values()) >= self.total:
+            raise HTTPProblem(
+                429,
+                f"the server already streams {self.total} live logs; try again shortly",
+                headers={"Retry-After": "5"},
+            )
+        self.open[user] = self.open.get(user, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.open[user] -= 1
+            if not self.open[user]:
+                del self.open[user]
+
+        return release
+
+
+class FollowedLog(StreamingResponse):
+    """A stream of events that gives its follower's place back however it ends (finished,
+    client gone, server stopping), even if its generator never started."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None], **kw: Any):
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 async def _follow(
