@@ -213,6 +213,7 @@ def test_a_bad_submission_is_422_naming_the_field(
     assert answer.status_code in (404, 422), answer.text
     assert answer.json()["field"] == field, answer.json()
     assert answer.json()["detail"]
+    assert str(site.project) not in answer.text  # paths as the caller knows them
 
 
 @pytest.mark.parametrize(
@@ -454,6 +455,9 @@ def test_expired_and_revoked_tokens_are_refused(site: Site) -> None:
         what="the token to expire",
     )
     assert "expired" in site.as_(short["token"]).get("/api/v1/me").json()["detail"]
+    for lifetime in ("99999999d", 1e308, "0s", "soon"):
+        refused = site.admin.post("/api/v1/tokens", json={"user": "vera", "expires": lifetime})
+        assert refused.status_code == 422 and refused.json()["field"] == "expires", refused.text
     fresh = site.admin.post("/api/v1/tokens", json={"user": "vera"}).json()
     assert site.as_(fresh["token"]).get("/api/v1/me").status_code == 200
     assert site.admin.delete(f"/api/v1/tokens/{fresh['id']}").status_code == 200

@@ -58,12 +58,21 @@ class NewToken(BaseModel):
 def _lifetime(value: float | str | None) -> float | None:
     if value is None:
         return None
+    from kiln.server.accounts import MAX_TOKEN_LIFETIME
     from kiln.units import parse_duration
 
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise HTTPProblem(422, f"expires: {exc}", field="expires") from None
+    if not 0 < seconds <= MAX_TOKEN_LIFETIME:
+        raise HTTPProblem(
+            422,
+            "expires: a token's lifetime must be positive and at most 10 years "
+            "(leave it out for a token that never expires)",
+            field="expires",
+        )
+    return seconds
 
 
 def login_user(ctx: ServerContext, request: Request, username: str, password: str) -> str:

@@ -107,12 +107,13 @@ def install(app: FastAPI) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    async def kiln_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def kiln_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, KilnError)
         status = status_of(exc)
         if status >= 500:
             log.error("request failed: %s", exc.message)
-        return JSONResponse(body(exc.message, field_of(exc)), status_code=status)
+        detail = relative_to_project(exc.message, request)
+        return JSONResponse(body(detail, field_of(exc)), status_code=status)
 
     async def problem(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPProblem)
@@ -142,6 +143,16 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, unexpected)
+
+
+def relative_to_project(message: str, request: Request) -> str:
+    """``message`` with the project's folder left out of the paths it names: callers name
+    notebooks relative to the project, and need not learn where the server keeps it."""
+    ctx = getattr(request.app.state, "ctx", None)
+    if ctx is None:
+        return message
+    root = str(ctx.settings.root).rstrip("/") + "/"
+    return message.replace(root, "")
 
 
 def validation_body(errors: Any) -> dict[str, Any]:

@@ -154,6 +154,9 @@ def test_accounts_roles_and_tokens(store: RunStore) -> None:
     accounts.revoke_token(store, token.id, actor="t")
     with pytest.raises(errors.AccountError, match="revoked"):
         accounts.authenticate_token(store, secret)
+    for lifetime in (0, -1, float("inf"), float("nan"), 99999999 * 86400.0):
+        with pytest.raises(errors.AccountError, match="lifetime"):
+            accounts.create_token(store, "ann", expires=lifetime, actor="t")
     old, _ = accounts.create_token(store, "ann", expires=1e-6, actor="t")
     with pytest.raises(errors.AccountError, match="expired"):
         accounts.authenticate_token(store, old)
