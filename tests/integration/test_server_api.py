@@ -803,3 +803,41 @@ def test_failed_logins_are_limited(tmp_path: Path) -> None:
     audit = server.kiln("audit", "--json", "--action", "login", "-n", "0")
     outcomes = sorted(e["outcome"] for e in json.loads(audit.stdout))
     assert outcomes.count("failed") == 5 and outcomes.count("denied") == 2
+
+
+def test_nul_characters_are_refused_before_the_database(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """PostgreSQL refuses NUL in text: every way one could reach it is a 400/422, never a 503
+    (and no answer tells where the database is)."""
+    project = tmp_path / "p"
+    write_notebook(project / "nb.ipynb", [("x = ''", ["parameters"]), "print(len(x))"])
+    with running(project, tmp_path / "home", "--workers", "0") as server:
+        admin = admin_client(server)
+        for path in (
+            "/api/v1/runs?notebook=a%00b",
+            "/api/v1/runs?tag=a=b%00",
+            "/api/v1/audit?user=a%00b",
+            "/api/v1/runs/abc%00def",
+            "/api/v1/tokens?user=a%00b",
+        ):
+            answer = admin.get(path)
+            assert answer.status_code == 400 and "NUL" in answer.json()["detail"], path
+        for method, path, body in (
+            ("POST", "/api/v1/tokens", {"label": "a\0b"}),
+            ("POST", "/api/v1/tokens", {"user": "a\0b"}),
+            ("POST", "/api/v1/users", {"name": "a\0b"}),
+            ("PATCH", "/api/v1/users/admin", {"role": "admin\0"}),
+            ("POST", "/api/v1/login", {"username": "ad\0min", "password": "x"}),
+        ):
+            answer = admin.request(method, path, json=body)
+            assert answer.status_code == 422 and "NUL" in answer.json()["detail"], (path, body)
+        form = server.client().post("/login", data={"username": "a\0b", "password": "x"})
+        assert form.status_code == 422
+        # a NUL inside a parameter's value is data: stored as U+FFFD on every backend
+        run = submit(admin, notebook="nb.ipynb", parameters={"x": "a\0b"})
+        shown = admin.get(f"/api/v1/runs/{run['id']}").json()["parameters"]
+        assert shown == {"x": "a\ufffdb"}
+        assert admin.get("/api/v1/audit").status_code == 200
+        log = server.log()
+    assert "503" not in log and "internal error" not in log

@@ -113,6 +113,8 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             log.error("request failed: %s", exc.message)
         detail = relative_to_project(exc.message, request)
+        if status == 503:  # where the history is kept, and how it failed, are the server's
+            detail = "the run history is not available right now; the server's log has why"
         return JSONResponse(body(detail, field_of(exc)), status_code=status)
 
     async def problem(_request: Request, exc: Exception) -> JSONResponse:

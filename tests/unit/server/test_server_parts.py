@@ -130,6 +130,25 @@ def test_errors_map_to_statuses_in_one_place(
     assert (status_of(error), field_of(error)) == (status, field)
 
 
+def test_an_unavailable_history_is_503_without_saying_where_it_is() -> None:
+    pytest.importorskip("fastapi")
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from kiln.server.errors import install
+
+    app = FastAPI()
+    install(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise errors.StoreError("runs database postgresql+psycopg://kiln@db.internal:5432/k: x")
+
+    answer = TestClient(app).get("/boom")
+    assert answer.status_code == 503 and "not available" in answer.json()["detail"]
+    assert "db.internal" not in answer.text
+
+
 # -- accounts and the audit log in the store ----------------------------------------------------
 
 
