@@ -132,8 +132,10 @@ def test_errors_map_to_statuses_in_one_place(
 
 def test_an_unavailable_history_is_503_without_saying_where_it_is() -> None:
     pytest.importorskip("fastapi")
+    import asyncio
+
+    import httpx
     from fastapi import FastAPI
-    from fastapi.testclient import TestClient
 
     from kiln.server.errors import install
 
@@ -144,7 +146,12 @@ def test_an_unavailable_history_is_503_without_saying_where_it_is() -> None:
     def boom() -> None:
         raise errors.StoreError("runs database postgresql+psycopg://kiln@db.internal:5432/k: x")
 
-    answer = TestClient(app).get("/boom")
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://kiln") as client:
+            return await client.get("/boom")
+
+    answer = asyncio.run(get())
     assert answer.status_code == 503 and "not available" in answer.json()["detail"]
     assert "db.internal" not in answer.text
 
