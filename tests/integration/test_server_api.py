@@ -559,6 +559,8 @@ def test_no_path_escapes_through_other_fields(site: Site) -> None:
             assert answer.status_code in (404, 422), (key, tail, answer.text)
     listed = {item["path"] for item in client.get("/api/v1/notebooks").json()}
     assert "outside.ipynb" not in " ".join(listed) and not any(p.startswith("..") for p in listed)
+    # a link out of the project is neither listed nor read (not even its parameters)
+    assert "link.ipynb" not in " ".join(listed) and not any(p.startswith("/") for p in listed)
 
 
 def test_oversized_bodies_are_refused(site: Site) -> None:
@@ -591,6 +593,7 @@ def test_an_endpoint_answers_with_the_records(site: Site) -> None:
     assert body["records"] == {"y": 42}
     run = client.get(f"/api/v1/runs/{body['run_id']}").json()  # recorded like any run
     assert run["state"] == "succeeded" and run["parameters"] == {"x": 21}
+    assert run["submitted_by"] == "rui" and run["origin"] == {"endpoint": "double"}
     bad = client.post("/api/v1/endpoints/double", json={"x": "twenty"})
     assert bad.status_code == 422 and bad.json()["field"] == "parameters.x"
     assert client.post("/api/v1/endpoints/nope", json={}).status_code == 404
