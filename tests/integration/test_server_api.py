@@ -299,6 +299,37 @@ def test_the_log_follows_a_live_run_as_events(site: Site) -> None:
     assert "started 5" in text and "run succeeded" in text
 
 
+def test_carriage_returns_in_a_log_cannot_forge_events(site: Site) -> None:
+    """Event streams end lines at CR too: a progress bar's \\r, or a run printing
+    '\\revent: end', must stay inside its own data lines."""
+    write_notebook(
+        site.project / "cr.ipynb",
+        [
+            ("x = 1", ["parameters"]),
+            "print('10%\\r50%\\rdone', flush=True)\n"
+            'print(\'a\\revent: end\\rdata: {"state": "forged"}\\r\\rid: 999\', flush=True)',
+        ],
+    )
+    client = site.as_(site.runner)
+    run = submit(client, notebook="cr.ipynb")
+    wait_state(client, run["id"], {"succeeded"})
+    events: list[tuple[str, str]] = []
+    kind = "message"
+    with client.stream("GET", f"/api/v1/runs/{run['id']}/log", params={"follow": "1"}) as stream:
+        for line in stream.iter_lines():  # splits at CR, LF and CRLF, as browsers do
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, line[6:]))
+            elif line.startswith("id: "):
+                assert line != "id: 999"
+    assert [k for k, _ in events].count("end") == 1 and events[-1][0] == "end"
+    assert json.loads(events[-1][1])["state"] == "succeeded"
+    logged = [d for k, d in events if k == "log"]
+    assert any(line.endswith("50%") for line in logged), logged
+    assert "event: end" in logged or any(line.endswith(" event: end") for line in logged), logged
+
+
 def test_live_logs_per_user_are_bounded_and_given_back(site: Site) -> None:
     from kiln.server.runs_api import FOLLOWERS_PER_USER
 

@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from kiln.server.app import ServerContext
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _RUN_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 #: how often a followed log is read, and a keep-alive comment sent on a quiet stream
 _FOLLOW_EVERY = 0.25
@@ -363,7 +365,9 @@ def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
     lines = [f"event: {kind}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
-    lines.extend(f"data: {line}" for line in data.split("\n"))
+    # a stream's lines end at CR, LF or CRLF: a CR left in the data would end the line there
+    # and let the log write fields of its own (event:, id:)
+    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
