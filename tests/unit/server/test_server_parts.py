@@ -266,6 +266,20 @@ def test_since_out_of_range_is_a_value_error(text: str) -> None:
         parse_since(text)
 
 
+def test_an_event_keeps_every_line_break_inside_its_data() -> None:
+    pytest.importorskip("fastapi")
+    import re
+
+    from kiln.server.runs_api import _event
+
+    raw = _event("log", "10%\r50%\r\nok\nx\revent: end\rid: 9\r\rdata: forged", 7).decode()
+    assert raw.endswith("\n\n") and "\n\n" not in raw[:-2]
+    lines = re.split(r"\r\n|\r|\n", raw[:-2])  # as an event stream reader splits them
+    assert lines[:2] == ["event: log", "id: 7"]
+    assert all(line.startswith("data: ") for line in lines[2:])
+    assert "data: event: end" in lines and "data: " in lines
+
+
 def test_cursors_round_trip_and_refuse_junk() -> None:
     pytest.importorskip("fastapi")
     from kiln.server.errors import HTTPProblem
