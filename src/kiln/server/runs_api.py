@@ -325,8 +325,21 @@ def router(ctx: ServerContext) -> APIRouter:
     return api
 
 
+#: filters of one kind a list takes (each is a condition of the query)
+MAX_FILTERS = 20
+
+
+def _bounded(pairs: list[str], field: str) -> list[str]:
+    if len(pairs) > MAX_FILTERS:
+        raise HTTPProblem(
+            422, f"{field}: at most {MAX_FILTERS} filters, got {len(pairs)}", field=field
+        )
+    return pairs
+
+
 def _params(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    _bounded(pairs, "param")
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or not name:
@@ -340,6 +353,7 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 def _tags(pairs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
+    _bounded(pairs, "tag")
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key or "\0" in pair:
