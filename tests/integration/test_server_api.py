@@ -574,9 +574,9 @@ def test_no_path_escapes_the_project(site: Site, notebook: str) -> None:
     answer = client.post("/api/v1/runs", json={"notebook": notebook})
     assert answer.status_code in (404, 422), answer.text
     shown = client.get(f"/api/v1/notebooks/{quote(notebook)}")
-    assert shown.status_code in (404, 422), shown.text
+    assert shown.status_code in (400, 404, 422), shown.text  # 400: a NUL in the URL
     listed = client.get("/api/v1/runs", params={"notebook": notebook})
-    assert listed.status_code == 422 or listed.json()["items"] == []
+    assert listed.status_code in (400, 422) or listed.json()["items"] == []
 
 
 def test_no_path_escapes_through_other_fields(site: Site) -> None:
