@@ -8,11 +8,11 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[server]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[server,postgres]"
 
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels "kiln-notebooks[server]" \
+RUN pip install --no-cache-dir --no-index --find-links /wheels "kiln-notebooks[server,postgres]" \
     && rm -rf /wheels \
     && python -m ipykernel install --sys-prefix --name python3 \
     && useradd --create-home --uid 10001 kiln \

@@ -46,6 +46,8 @@ class RunRequest(RunOptions):
     #: where the run comes from beyond its trigger, recorded with it (``kiln rerun``:
     #: ``{"rerun_of": id, "overrides": {...}}``)
     origin: Mapping[str, Any] | None = None
+    #: the account that asked for the run (a server's caller), recorded with it
+    submitted_by: str | None = None
 
     @functools.cached_property
     def notebook_label(self) -> str:

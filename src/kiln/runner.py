@@ -424,6 +424,7 @@ class Runner:
                 request=request_record(request),
                 tags=dict(request.tags or {}),
                 origin=dict(request.origin) if request.origin else None,
+                submitted_by=request.submitted_by,
             )
         )
         return run

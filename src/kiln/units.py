@@ -144,7 +144,10 @@ def parse_since(text: str, *, now: datetime | None = None) -> datetime:
     except ValueError:
         pass
     else:
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=ago)
+        try:
+            return (now or datetime.now(timezone.utc)) - timedelta(seconds=ago)
+        except OverflowError:
+            raise ValueError(f"{text.strip()!r} ago is before the year 1") from None
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:

@@ -26,7 +26,12 @@ class Server:
 
     def __init__(self, project: Path, home: Path, *args: str) -> None:
         self.project, self.home = project, home
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+        # the test's database (the database_url fixture) is the one setting that goes through
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("KILN_") or k == "KILN_DATABASE_URL"
+        }
         env["KILN_HOME"] = str(home)
         self.env = env
         self.proc = subprocess.Popen(

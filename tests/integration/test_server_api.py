@@ -6,6 +6,7 @@ limits, root path, trusted header) start their own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -198,6 +199,8 @@ def test_submit_run_and_read_it_back(site: Site) -> None:
         ({"retries": -1}, "retries"),
         ({"colour": "red"}, "colour"),
         ({"env": {"A": "1"}}, "env"),
+        ({"mlflow_uri": "http://collector.example"}, "mlflow_uri"),
+        ({"tags": {"a=b": "c"}}, "tags"),
         ({"notebook": "missing.ipynb"}, "notebook"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -210,6 +213,7 @@ def test_a_bad_submission_is_422_naming_the_field(
     assert answer.status_code in (404, 422), answer.text
     assert answer.json()["field"] == field, answer.json()
     assert answer.json()["detail"]
+    assert str(site.project) not in answer.text  # paths as the caller knows them
 
 
 @pytest.mark.parametrize(
@@ -220,7 +224,13 @@ def test_a_bad_submission_is_422_naming_the_field(
         ("since=yesterdayish", "since"),
         ("state=done", "state"),
         ("cursor=%%%", "cursor"),
+        ("tag=team", "tag"),
+        ("since=99999999999d", "since"),
+        ("since=0001-01-01", "since"),
+        ("&".join(f"tag=k{i}=v" for i in range(1000)), "tag"),
+        ("&".join(f"param=p{i}=1" for i in range(1000)), "param"),
     ],
+    ids=lambda v: v[:24],
 )
 def test_bad_list_parameters_are_422_naming_the_field(site: Site, query: str, field: str) -> None:
     answer = site.as_(site.viewer).get(f"/api/v1/runs?{query}")
@@ -249,6 +259,29 @@ def test_pages_cover_every_run_once(site: Site) -> None:
     assert [item["parameters"]["n"] for item in only] == [103]
 
 
+def test_runs_carry_tags_and_their_submitter_and_list_by_tag(site: Site) -> None:
+    client = site.as_(site.runner)
+    odd = 'we"ird\\key'  # a quote and a backslash: no JSON path may be built from it
+    run = submit(client, tags={"team": "sales", odd: "1", "n": 2})
+    assert run["tags"] == {"team": "sales", odd: "1", "n": "2"} and run["submitted_by"] == "rui"
+    other = submit(client, tags={"team": "ops"})
+    for tags, expected in (
+        (["team=sales"], {run["id"]}),
+        (["team=ops"], {other["id"]}),
+        ([f"{odd}=1"], {run["id"]}),
+        (["team=sales", "n=2"], {run["id"]}),
+        (["team=sales", "n=3"], set()),
+        (["team=nobody"], set()),
+    ):
+        items = client.get("/api/v1/runs", params={"tag": tags, "limit": 500}).json()["items"]
+        assert {item["id"] for item in items} == expected, tags
+        assert all(item["submitted_by"] == "rui" for item in items)
+    refused = client.post(
+        "/api/v1/runs", json={"notebook": "work.ipynb", "mlflow_uri": "http://x.example"}
+    )
+    assert refused.status_code == 422 and "kiln.yaml" in refused.json()["detail"]
+
+
 def test_the_log_follows_a_live_run_as_events(site: Site) -> None:
     client = site.as_(site.runner)
     run = submit(client, parameters={"n": 5, "sleep": 1.5})
@@ -267,6 +300,65 @@ def test_the_log_follows_a_live_run_as_events(site: Site) -> None:
     assert kinds[-1] == "end" and json.loads(events[-1][1])["state"] == "succeeded"
     text = "\n".join(d for k, d in events if k == "log")
     assert "started 5" in text and "run succeeded" in text
+
+
+def test_carriage_returns_in_a_log_cannot_forge_events(site: Site) -> None:
+    """Event streams end lines at CR too: a progress bar's \\r, or a run printing
+    '\\revent: end', must stay inside its own data lines."""
+    write_notebook(
+        site.project / "cr.ipynb",
+        [
+            ("x = 1", ["parameters"]),
+            "print('10%\\r50%\\rdone', flush=True)\n"
+            'print(\'a\\revent: end\\rdata: {"state": "forged"}\\r\\rid: 999\', flush=True)',
+        ],
+    )
+    client = site.as_(site.runner)
+    run = submit(client, notebook="cr.ipynb")
+    wait_state(client, run["id"], {"succeeded"})
+    events: list[tuple[str, str]] = []
+    kind = "message"
+    with client.stream("GET", f"/api/v1/runs/{run['id']}/log", params={"follow": "1"}) as stream:
+        for line in stream.iter_lines():  # splits at CR, LF and CRLF, as browsers do
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                events.append((kind, line[6:]))
+            elif line.startswith("id: "):
+                assert line != "id: 999"
+    assert [k for k, _ in events].count("end") == 1 and events[-1][0] == "end"
+    assert json.loads(events[-1][1])["state"] == "succeeded"
+    logged = [d for k, d in events if k == "log"]
+    assert any(line.endswith("50%") for line in logged), logged
+    assert "event: end" in logged or any(line.endswith(" event: end") for line in logged), logged
+
+
+def test_live_logs_per_user_are_bounded_and_given_back(site: Site) -> None:
+    from kiln.server.runs_api import FOLLOWERS_PER_USER
+
+    token = make_user(site.admin, "fiona", "viewer")
+    runner = site.as_(site.runner)
+    run = submit(runner, parameters={"sleep": 60.0})
+    client = site.server.client(token, limits=httpx.Limits(max_connections=FOLLOWERS_PER_USER + 4))
+    url = f"/api/v1/runs/{run['id']}/log"
+    with contextlib.ExitStack() as streams:
+        opened = [
+            streams.enter_context(client.stream("GET", url, params={"follow": "true"}))
+            for _ in range(FOLLOWERS_PER_USER)
+        ]
+        assert {answer.status_code for answer in opened} == {200}
+        refused = client.get(url, params={"follow": "true"})
+        assert refused.status_code == 429 and "close one" in refused.json()["detail"]
+        assert refused.headers["retry-after"]
+        assert client.get(url).status_code == 200  # the plain log is not bounded
+        opened[0].close()  # the client goes away: its place is given back
+
+        def another() -> bool:
+            with client.stream("GET", url, params={"follow": "true"}) as answer:
+                return answer.status_code == 200
+
+        wait_for(another, what="a closed stream's place to be given back")
+    assert runner.post(f"/api/v1/runs/{run['id']}/cancel").status_code in (200, 202)
 
 
 def test_cancel_a_running_run_and_a_finished_one(site: Site) -> None:
@@ -373,6 +465,8 @@ def _actions(client: httpx.Client) -> dict[str, httpx.Response]:
 @pytest.mark.parametrize("role", ["viewer", "runner", "admin"])
 def test_each_role_may_do_its_actions_and_no_more(site: Site, role: str) -> None:
     token = {"viewer": site.viewer, "runner": site.runner, "admin": site.admin_token}[role]
+    # "last" must name a run whichever tests ran before on this worker
+    site.admin.post("/api/v1/runs", json={"notebook": "work.ipynb"}).raise_for_status()
     for action, answer in _actions(site.as_(token)).items():
         if action in ALLOWED[role]:
             assert answer.status_code < 400 or answer.status_code == 409, (
@@ -395,6 +489,9 @@ def test_expired_and_revoked_tokens_are_refused(site: Site) -> None:
         what="the token to expire",
     )
     assert "expired" in site.as_(short["token"]).get("/api/v1/me").json()["detail"]
+    for lifetime in ("99999999d", 1e308, "0s", "soon"):
+        refused = site.admin.post("/api/v1/tokens", json={"user": "vera", "expires": lifetime})
+        assert refused.status_code == 422 and refused.json()["field"] == "expires", refused.text
     fresh = site.admin.post("/api/v1/tokens", json={"user": "vera"}).json()
     assert site.as_(fresh["token"]).get("/api/v1/me").status_code == 200
     assert site.admin.delete(f"/api/v1/tokens/{fresh['id']}").status_code == 200
@@ -477,9 +574,9 @@ def test_no_path_escapes_the_project(site: Site, notebook: str) -> None:
     answer = client.post("/api/v1/runs", json={"notebook": notebook})
     assert answer.status_code in (404, 422), answer.text
     shown = client.get(f"/api/v1/notebooks/{quote(notebook)}")
-    assert shown.status_code in (404, 422), shown.text
+    assert shown.status_code in (400, 404, 422), shown.text  # 400: a NUL in the URL
     listed = client.get("/api/v1/runs", params={"notebook": notebook})
-    assert listed.status_code == 422 or listed.json()["items"] == []
+    assert listed.status_code in (400, 422) or listed.json()["items"] == []
 
 
 def test_no_path_escapes_through_other_fields(site: Site) -> None:
@@ -496,6 +593,8 @@ def test_no_path_escapes_through_other_fields(site: Site) -> None:
             assert answer.status_code in (404, 422), (key, tail, answer.text)
     listed = {item["path"] for item in client.get("/api/v1/notebooks").json()}
     assert "outside.ipynb" not in " ".join(listed) and not any(p.startswith("..") for p in listed)
+    # a link out of the project is neither listed nor read (not even its parameters)
+    assert "link.ipynb" not in " ".join(listed) and not any(p.startswith("/") for p in listed)
 
 
 def test_oversized_bodies_are_refused(site: Site) -> None:
@@ -528,6 +627,7 @@ def test_an_endpoint_answers_with_the_records(site: Site) -> None:
     assert body["records"] == {"y": 42}
     run = client.get(f"/api/v1/runs/{body['run_id']}").json()  # recorded like any run
     assert run["state"] == "succeeded" and run["parameters"] == {"x": 21}
+    assert run["submitted_by"] == "rui" and run["origin"] == {"endpoint": "double"}
     bad = client.post("/api/v1/endpoints/double", json={"x": "twenty"})
     assert bad.status_code == 422 and bad.json()["field"] == "parameters.x"
     assert client.post("/api/v1/endpoints/nope", json={}).status_code == 404
@@ -673,6 +773,17 @@ def test_the_cli_talks_to_the_server(site: Site) -> None:
     assert run_id in {r["id"] for r in json.loads(listed.stdout)}
     table = site.server.kiln(*remote, "runs", "list", "--notebook", "work.ipynb")
     assert run_id in table.stdout
+    tagged = site.server.kiln(*remote, "run", "work.ipynb", "--queue", "--tag", "cli=yes")
+    tagged_id = tagged.stdout.strip()
+    by_tag = site.server.kiln(*remote, "runs", "list", "--tag", "cli=yes", "--json")
+    assert [r["id"] for r in json.loads(by_tag.stdout)] == [tagged_id], by_tag.stderr
+    wait_state(site.as_(site.runner), tagged_id, {"succeeded"})
+    with_records = site.server.kiln(*remote, "runs", "list", "--tag", "cli=yes", "--records", "n")
+    assert tagged_id in with_records.stdout and "N" in with_records.stdout.splitlines()[0]
+    mlflow = site.server.kiln(
+        *remote, "run", "work.ipynb", "--queue", "--mlflow-uri", "http://x.example"
+    )
+    assert mlflow.returncode == 2 and "--mlflow-uri is not accepted" in mlflow.stderr
     ended = site.server.kiln(*remote, "runs", "cancel", run_id)
     assert ended.returncode == 0 and "already ended" in ended.stderr
     bad = site.server.kiln(*remote, "run", "work.ipynb", "--queue", "-p", "n", "x")
@@ -729,3 +840,41 @@ def test_failed_logins_are_limited(tmp_path: Path) -> None:
     audit = server.kiln("audit", "--json", "--action", "login", "-n", "0")
     outcomes = sorted(e["outcome"] for e in json.loads(audit.stdout))
     assert outcomes.count("failed") == 5 and outcomes.count("denied") == 2
+
+
+def test_nul_characters_are_refused_before_the_database(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """PostgreSQL refuses NUL in text: every way one could reach it is a 400/422, never a 503
+    (and no answer tells where the database is)."""
+    project = tmp_path / "p"
+    write_notebook(project / "nb.ipynb", [("x = ''", ["parameters"]), "print(len(x))"])
+    with running(project, tmp_path / "home", "--workers", "0") as server:
+        admin = admin_client(server)
+        for path in (
+            "/api/v1/runs?notebook=a%00b",
+            "/api/v1/runs?tag=a=b%00",
+            "/api/v1/audit?user=a%00b",
+            "/api/v1/runs/abc%00def",
+            "/api/v1/tokens?user=a%00b",
+        ):
+            answer = admin.get(path)
+            assert answer.status_code == 400 and "NUL" in answer.json()["detail"], path
+        for method, path, body in (
+            ("POST", "/api/v1/tokens", {"label": "a\0b"}),
+            ("POST", "/api/v1/tokens", {"user": "a\0b"}),
+            ("POST", "/api/v1/users", {"name": "a\0b"}),
+            ("PATCH", "/api/v1/users/admin", {"role": "admin\0"}),
+            ("POST", "/api/v1/login", {"username": "ad\0min", "password": "x"}),
+        ):
+            answer = admin.request(method, path, json=body)
+            assert answer.status_code == 422 and "NUL" in answer.json()["detail"], (path, body)
+        form = server.client().post("/login", data={"username": "a\0b", "password": "x"})
+        assert form.status_code == 422
+        # a NUL inside a parameter's value is data: stored as U+FFFD on every backend
+        run = submit(admin, notebook="nb.ipynb", parameters={"x": "a\0b"})
+        shown = admin.get(f"/api/v1/runs/{run['id']}").json()["parameters"]
+        assert shown == {"x": "a\ufffdb"}
+        assert admin.get("/api/v1/audit").status_code == 200
+        log = server.log()
+    assert "503" not in log and "internal error" not in log

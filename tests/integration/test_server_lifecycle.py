@@ -49,7 +49,7 @@ def _all_runs(client: Any) -> list[dict[str, Any]]:
 
 
 def test_a_server_killed_mid_run_loses_nothing_and_runs_nothing_twice(
-    project: Path, tmp_path: Path
+    project: Path, tmp_path: Path, database_url: str | None
 ) -> None:
     home, marker, hold = tmp_path / "home", tmp_path / "ran.txt", tmp_path / "held"
     server = Server(project, home, "--workers", "1")
@@ -95,6 +95,7 @@ def test_a_server_killed_mid_run_loses_nothing_and_runs_nothing_twice(
     assert len(runs) == 6  # 5 submitted + 1 retry: none lost, none added twice
     ran = sorted(n for n, _ in _marks(marker))
     assert ran == [0, 0, 1, 2, 3, 4]  # the interrupted one again (its retry), the rest once
+    assert (home / "kiln.db").exists() == (database_url is None)  # the backend under test
 
 
 @pytest.mark.parametrize(("grace", "state"), [("60s", "succeeded"), ("0.5s", "cancelled")])
@@ -126,7 +127,9 @@ def test_sigterm_drains_within_the_grace(
         assert "shutdown" in data["reason"]
 
 
-def test_runs_submitted_at_once_each_run_once(project: Path, tmp_path: Path) -> None:
+def test_runs_submitted_at_once_each_run_once(
+    project: Path, tmp_path: Path, database_url: str | None
+) -> None:
     marker = tmp_path / "ran.txt"
     with running(project, tmp_path / "home", "--workers", "2") as server:
         admin = admin_client(server)
@@ -158,6 +161,7 @@ def test_runs_submitted_at_once_each_run_once(project: Path, tmp_path: Path) -> 
         metrics = admin.get("/metrics").text
     assert sorted(n for n, _ in _marks(marker)) == list(range(40))
     assert 'kiln_runs{notebook="work.ipynb",state="succeeded"} 40.0' in metrics
+    assert (tmp_path / "home" / "kiln.db").exists() == (database_url is None)
 
 
 def test_a_dead_worker_is_started_again(project: Path, tmp_path: Path) -> None:

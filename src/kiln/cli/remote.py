@@ -39,6 +39,7 @@ def runs_list(client: Client, args: argparse.Namespace) -> int:
         "notebook": args.notebook,
         "state": args.state or None,
         "param": args.param or None,
+        "tag": args.tag or None,
     }
     if args.since is not None:
         params["since"] = args.since.isoformat()
@@ -54,13 +55,20 @@ def runs_list(client: Client, args: argparse.Namespace) -> int:
         cursor = page.get("next_cursor")
         if not cursor:
             break
+    records = getattr(args, "records", None) or []
     if args.json:
+        if records:
+            from kiln.tracking.history import record_cell
+
+            for item in items:
+                run = run_from_json(item)
+                item["columns"] = {name: record_cell(run, name) for name in records}
         print(json.dumps(items, indent=2, default=str))
         return 0
     if not items:
         print("No runs match.", file=sys.stderr)
         return 0
-    _print_table([run_from_json(item) for item in items])
+    _print_table([run_from_json(item) for item in items], records)
     return 0
 
 
@@ -146,11 +154,14 @@ def submit(client: Client, args: argparse.Namespace) -> int:
         else:
             values[name] = value
     body["parameters"], body["parameters_text"] = values, text
+    from kiln.flags import flag_for
+    from kiln.options import NOT_FOR
+
     for name, value in run_options_from(args).items():
-        if name == "env":
+        if name in NOT_FOR["server"]:
             raise UsageError(
-                "--server: --env is not accepted by the server (set run.env in "
-                "the project's kiln.yaml)"
+                f"--server: {flag_for(name)} is not accepted by the server: "
+                f"{NOT_FOR['server'][name]}"
             )
         body[name] = str(value) if isinstance(value, Path) else value
     data = client.json("POST", "/api/v1/runs", body=json.loads(json.dumps(body, default=str)))

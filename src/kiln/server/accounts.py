@@ -180,6 +180,10 @@ def change_password(
 # -- tokens -----------------------------------------------------------------------------------
 
 
+#: the longest lifetime a token may be given, in seconds (10 years)
+MAX_TOKEN_LIFETIME = 10 * 366 * 86400
+
+
 def create_token(
     store: RunStore,
     user: str,
@@ -191,8 +195,11 @@ def create_token(
     kind: str = "api",
 ) -> tuple[str, Token]:
     """A new token for ``user``: (its secret, shown once; the stored record)."""
-    if expires is not None and expires <= 0:
-        raise AccountError("a token's lifetime must be positive")
+    if expires is not None and not 0 < expires <= MAX_TOKEN_LIFETIME:
+        raise AccountError(
+            "a token's lifetime must be positive and at most 10 years "
+            "(a token without a lifetime never expires)"
+        )
     secret = new_token_secret()
     expires_at = (
         datetime.now(timezone.utc) + timedelta(seconds=expires) if expires is not None else None

@@ -11,12 +11,12 @@ user are answered 429. Every login, success or failure, is in the audit log.
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from kiln.server import accounts as service
@@ -29,45 +29,66 @@ if TYPE_CHECKING:
     from kiln.server.app import ServerContext
 
 
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("NUL characters are not accepted")
+    return text
+
+
+#: text that goes into the accounts and the audit log (PostgreSQL refuses NUL in text)
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class Login(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(max_length=256)
-    password: str = Field(max_length=1024)
+    username: Text = Field(max_length=256)
+    password: Text = Field(max_length=1024)
 
 
 class NewUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    role: str = "viewer"
-    password: str | None = Field(None, description="none: signs in only by token or proxy")
+    name: Text
+    role: Text = "viewer"
+    password: Text | None = Field(None, description="none: signs in only by token or proxy")
 
 
 class UserChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    role: str | None = None
-    password: str | None = None
+    role: Text | None = None
+    password: Text | None = None
 
 
 class NewToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    user: str | None = Field(None, description="whose token (admins only; default: yours)")
+    user: Text | None = Field(None, description="whose token (admins only; default: yours)")
     expires: float | str | None = Field(None, description="lifetime: 30d, 12h, seconds")
-    label: str | None = Field(None, max_length=255)
+    label: Text | None = Field(None, max_length=255)
 
 
 def _lifetime(value: float | str | None) -> float | None:
     if value is None:
         return None
+    from kiln.server.accounts import MAX_TOKEN_LIFETIME
     from kiln.units import parse_duration
 
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise HTTPProblem(422, f"expires: {exc}", field="expires") from None
+    if not 0 < seconds <= MAX_TOKEN_LIFETIME:
+        raise HTTPProblem(
+            422,
+            "expires: a token's lifetime must be positive and at most 10 years "
+            "(leave it out for a token that never expires)",
+            field="expires",
+        )
+    return seconds
 
 
 def login_user(ctx: ServerContext, request: Request, username: str, password: str) -> str:
     """Check a login (throttled, audited); the new session's secret."""
+    if "\0" in username or "\0" in password:  # the login form bypasses the model
+        raise HTTPProblem(422, "NUL characters are not accepted in a user name or password")
     address = client_address(request)
     throttle = ctx.auth.throttle
     wait = throttle.retry_after(address, username)

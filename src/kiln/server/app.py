@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from kiln.server.metrics import Metrics
     from kiln.server.middleware import ASGIApp, Receive, Scope, Send
     from kiln.server.notebooks import NotebookIndex
+    from kiln.server.runs_api import Followers
     from kiln.server.settings import ServerSettings
     from kiln.store.sql import RunStore
 
@@ -58,9 +59,16 @@ class ServerContext:
     endpoints: EndpointService
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     workers: Callable[[], tuple[int, int]] | None = None
+    followers: Followers = field(default_factory=lambda: _followers())
 
     def url(self, path: str) -> str:
         return f"{self.settings.root_path}{path}"
+
+
+def _followers() -> Followers:
+    from kiln.server.runs_api import Followers
+
+    return Followers()
 
 
 def build_app(

@@ -109,12 +109,18 @@ class EndpointService:
                 "concurrency in kiln.yaml); try again shortly",
                 headers={"Retry-After": "1"},
             )
+        import dataclasses
+
         from kiln.request import RunRequest
 
         self.busy[name] += 1
         try:
-            request = RunRequest.build(
-                endpoint.notebook, parameters=parameters, defaults=self.defaults(endpoint)
+            request = dataclasses.replace(
+                RunRequest.build(
+                    endpoint.notebook, parameters=parameters, defaults=self.defaults(endpoint)
+                ),
+                submitted_by=user,
+                origin={"endpoint": name},
             )
             return await self._runner_for_calls().arun(request, check=False)
         finally:

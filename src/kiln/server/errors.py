@@ -27,7 +27,7 @@ from kiln.errors import (
     StoreError,
     UsageError,
 )
-from kiln.options import OptionError
+from kiln.options import NOT_FOR, OptionError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -107,12 +107,15 @@ def install(app: FastAPI) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    async def kiln_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def kiln_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, KilnError)
         status = status_of(exc)
         if status >= 500:
             log.error("request failed: %s", exc.message)
-        return JSONResponse(body(exc.message, field_of(exc)), status_code=status)
+        detail = relative_to_project(exc.message, request)
+        if status == 503:  # where the history is kept, and how it failed, are the server's
+            detail = "the run history is not available right now; the server's log has why"
+        return JSONResponse(body(detail, field_of(exc)), status_code=status)
 
     async def problem(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPProblem)
@@ -144,6 +147,16 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
+def relative_to_project(message: str, request: Request) -> str:
+    """``message`` with the project's folder left out of the paths it names: callers name
+    notebooks relative to the project, and need not learn where the server keeps it."""
+    ctx = getattr(request.app.state, "ctx", None)
+    if ctx is None:
+        return message
+    root = str(ctx.settings.root).rstrip("/") + "/"
+    return message.replace(root, "")
+
+
 def validation_body(errors: Any) -> dict[str, Any]:
     """FastAPI's validation errors as one sentence naming the first bad field."""
     problems = []
@@ -154,5 +167,8 @@ def validation_body(errors: Any) -> dict[str, Any]:
         if loc == ["body"]:
             where = "body"
         first = first or where
-        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        message = error.get("msg", "invalid")
+        if error.get("type") == "extra_forbidden" and where in NOT_FOR["server"]:
+            message = f"not accepted by the server: {NOT_FOR['server'][where]}"
+        problems.append(f"{where}: {message}")
     return body("; ".join(problems) or "invalid request", first)

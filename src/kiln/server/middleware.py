@@ -56,6 +56,10 @@ class ServerMiddleware:
             return
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 0, "sent": False}
+        if _has_nul(scope):
+            await _refuse(send, 400, "NUL characters are not accepted in a URL", state)
+            self._log(scope, state, started)
+            return
         limit = self.max_body
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
@@ -142,15 +146,25 @@ def _secure(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _has_nul(scope: Scope) -> bool:
+    """Whether the path or the query holds a NUL, raw or %-encoded: no name, id or path
+    Kiln knows has one, and PostgreSQL refuses it in text (a 503 instead of a 404)."""
+    raw = bytes(scope.get("raw_path") or b"") + b"?" + bytes(scope.get("query_string") or b"")
+    return b"\0" in raw or b"%00" in raw or "\0" in scope.get("path", "")
+
+
 async def _too_large(send: Send, limit: int, state: dict[str, Any]) -> None:
-    payload = json.dumps(
-        {"detail": f"the request body is larger than the server accepts ({limit} bytes)"}
-    ).encode()
-    state["status"], state["sent"] = 413, True
+    detail = f"the request body is larger than the server accepts ({limit} bytes)"
+    await _refuse(send, 413, detail, state)
+
+
+async def _refuse(send: Send, status: int, detail: str, state: dict[str, Any]) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    state["status"], state["sent"] = status, True
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": _secure(
                 [
                     (b"content-type", b"application/json"),

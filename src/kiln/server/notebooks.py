@@ -29,10 +29,20 @@ class NotebookIndex:
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED)
             for name in sorted(files):
                 if name.endswith(".ipynb") and not name.startswith("."):
-                    found.append(Path(folder) / name)
+                    path = Path(folder) / name
+                    if path.is_symlink() and not self._inside(path):
+                        continue  # a link out of the project: never listed nor read
+                    found.append(path)
                     if len(found) >= MAX_NOTEBOOKS:
                         return found
         return found
+
+    def _inside(self, path: Path) -> bool:
+        try:
+            confine(self.root, path.relative_to(self.root).as_posix())
+        except (UsageError, ValueError):
+            return False
+        return True
 
     def relative(self, path: Path | str) -> str:
         try:

@@ -14,14 +14,21 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    StreamingResponse,
+)
 from starlette.concurrency import run_in_threadpool
 
 from kiln.errors import RunNotFound, UsageError
@@ -32,12 +39,19 @@ from kiln.server.errors import HTTPProblem
 from kiln.store.records import STATES, Run
 
 if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
+
     from kiln.server.app import ServerContext
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _RUN_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 #: how often a followed log is read, and a keep-alive comment sent on a quiet stream
 _FOLLOW_EVERY = 0.25
 _KEEPALIVE = 15.0
+#: live log streams open at once, per user and in all: each polls the history, so without a
+#: bound one client could open hundreds and starve every other request
+FOLLOWERS_PER_USER = 8
+FOLLOWERS = 64
 
 _TYPES: dict[str, Any] = {
     "text": str | None,
@@ -46,7 +60,7 @@ _TYPES: dict[str, Any] = {
     "duration": float | str | None,
     "size": int | str | None,
     "switch": bool | None,
-    "tags": dict[str, str] | None,
+    "tags": dict[str, str | int | float | bool] | None,  # numbers and booleans become text
 }
 
 
@@ -195,6 +209,7 @@ def router(ctx: ServerContext) -> APIRouter:
         state: list[str] = Query(default=[]),  # noqa: B008
         since: str | None = Query(None, description="ISO-8601 time, or a duration ago: 2d"),
         param: list[str] = Query(default=[], description="NAME=VALUE (JSON value)"),  # noqa: B008
+        tag: list[str] = Query(default=[], description="KEY=VALUE: runs with this tag"),  # noqa: B008
         limit: int = Query(50, ge=1, le=500),
         cursor: str | None = None,
         who: Principal = reader,
@@ -227,6 +242,7 @@ def router(ctx: ServerContext) -> APIRouter:
             states=states,
             since=parse_since(since),
             parameters=_params(param),
+            tags=_tags(tag),
             after=decode_cursor(cursor) if cursor else None,
             limit=limit,
         )
@@ -246,13 +262,12 @@ def router(ctx: ServerContext) -> APIRouter:
         follow: bool = Query(False, description="stream as Server-Sent Events until it ends"),
         who: Principal = reader,
     ) -> Any:
-        from starlette.responses import StreamingResponse
-
         run = await run_in_threadpool(ctx.store.get_run, check_run_key(run_id))
         if follow or "text/event-stream" in request.headers.get("accept", ""):
             start = _offset(request.headers.get("last-event-id"))
-            return StreamingResponse(
+            return FollowedLog(
                 _follow(ctx, run, start, request),
+                release=ctx.followers.take(who.name),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
             )
@@ -310,8 +325,21 @@ def router(ctx: ServerContext) -> APIRouter:
     return api
 
 
+#: filters of one kind a list takes (each is a condition of the query)
+MAX_FILTERS = 20
+
+
+def _bounded(pairs: list[str], field: str) -> list[str]:
+    if len(pairs) > MAX_FILTERS:
+        raise HTTPProblem(
+            422, f"{field}: at most {MAX_FILTERS} filters, got {len(pairs)}", field=field
+        )
+    return pairs
+
+
 def _params(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    _bounded(pairs, "param")
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or not name:
@@ -320,6 +348,17 @@ def _params(pairs: list[str]) -> dict[str, Any]:
             out[name] = json.loads(text)
         except ValueError:
             out[name] = text
+    return out
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    _bounded(pairs, "tag")
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key or "\0" in pair:
+            raise HTTPProblem(422, f"tag: expected KEY=VALUE, got {pair!r}", field="tag")
+        out[key] = text
     return out
 
 
@@ -340,8 +379,63 @@ def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
     lines = [f"event: {kind}"]
     if event_id is not None:
         lines.append(f"id: {event_id}")
-    lines.extend(f"data: {line}" for line in data.split("\n"))
+    # a stream's lines end at CR, LF or CRLF: a CR left in the data would end the line there
+    # and let the log write fields of its own (event:, id:)
+    lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
     return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+class Followers:
+    """Counts the live log streams open per user; :meth:`take` refuses one too many (429)."""
+
+    def __init__(self, per_user: int = FOLLOWERS_PER_USER, total: int = FOLLOWERS) -> None:
+        self.per_user = per_user
+        self.total = total
+        self.open: dict[str, int] = {}
+
+    def take(self, user: str) -> Callable[[], None]:
+        """Count one more stream of ``user``; returns what to call once it has ended."""
+        if self.open.get(user, 0) >= self.per_user:
+            raise HTTPProblem(
+                429,
+                f"{user} already follows {self.per_user} live logs: close one, or read the "
+                "log without following it",
+                headers={"Retry-After": "5"},
+            )
+        if sum(self.open.values()) >= self.total:
+            raise HTTPProblem(
+                429,
+                f"the server already streams {self.total} live logs; try again shortly",
+                headers={"Retry-After": "5"},
+            )
+        self.open[user] = self.open.get(user, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.open[user] -= 1
+            if not self.open[user]:
+                del self.open[user]
+
+        return release
+
+
+class FollowedLog(StreamingResponse):
+    """A stream of events that gives its follower's place back however it ends (finished,
+    client gone, server stopping), even if its generator never started."""
+
+    def __init__(self, content: AsyncIterator[bytes], *, release: Callable[[], None], **kw: Any):
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 async def _follow(

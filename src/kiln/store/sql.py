@@ -318,7 +318,7 @@ class RunStore:
         for name, value in (parameters or {}).items():
             query = query.where(_parameter_equals(name, value, self.backend))
         for key, text in (tags or {}).items():
-            query = query.where(runs.c.tags[key].as_string() == str(text))
+            query = query.where(tag_equals(key, str(text), self.backend))
         query = query.order_by(*_NEWEST_FIRST)
         if limit is not None:
             if limit < 0:
@@ -505,6 +505,20 @@ def _parameter_equals(name: str, value: Any, backend: str) -> sa.ColumnElement[b
     if isinstance(value, str):
         return (kind == "text") & (found == value)
     return kind.in_(("array", "object")) & (found == sa.func.json(stored_as))
+
+
+def tag_equals(key: str, value: str, backend: str) -> sa.ColumnElement[bool]:
+    """``tags[key] == value`` for any tag name, quotes and backslashes included (a JSON path
+    built from the name would not find those on SQLite); a run without the tag never matches."""
+    if backend == "postgresql":
+        found: sa.ColumnElement[bool] = runs.c.tags[key].as_string() == value
+        return found
+    pairs = sa.func.json_each(runs.c.tags).table_valued("key", "value", "type").alias("tag")
+    return sa.exists(
+        sa.select(1)
+        .select_from(pairs)
+        .where(pairs.c.key == key, pairs.c.type == "text", pairs.c.value == value)
+    )
 
 
 def _notebook_filter(notebook: str) -> sa.ColumnElement[bool]:

@@ -4,6 +4,7 @@ accounts and the audit log in the store, run pages, rendering."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,10 +25,14 @@ def glue(*parts: str) -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RunStore:
+def store(tmp_path: Path, database_url: str | None) -> Iterator[RunStore]:
+    """The accounts, audit and page queries run once on SQLite and once on PostgreSQL."""
     opened = RunStore(tmp_path / "home")
-    yield opened  # type: ignore[misc]
-    opened.close()
+    assert opened.backend == ("sqlite" if database_url is None else "postgresql")
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 # -- paths -----------------------------------------------------------------------------------
@@ -125,6 +130,32 @@ def test_errors_map_to_statuses_in_one_place(
     assert (status_of(error), field_of(error)) == (status, field)
 
 
+def test_an_unavailable_history_is_503_without_saying_where_it_is() -> None:
+    pytest.importorskip("fastapi")
+    import asyncio
+
+    import httpx
+    from fastapi import FastAPI
+
+    from kiln.server.errors import install
+
+    app = FastAPI()
+    install(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise errors.StoreError("runs database postgresql+psycopg://kiln@db.internal:5432/k: x")
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://kiln") as client:
+            return await client.get("/boom")
+
+    answer = asyncio.run(get())
+    assert answer.status_code == 503 and "not available" in answer.json()["detail"]
+    assert "db.internal" not in answer.text
+
+
 # -- accounts and the audit log in the store ----------------------------------------------------
 
 
@@ -149,6 +180,9 @@ def test_accounts_roles_and_tokens(store: RunStore) -> None:
     accounts.revoke_token(store, token.id, actor="t")
     with pytest.raises(errors.AccountError, match="revoked"):
         accounts.authenticate_token(store, secret)
+    for lifetime in (0, -1, float("inf"), float("nan"), 99999999 * 86400.0):
+        with pytest.raises(errors.AccountError, match="lifetime"):
+            accounts.create_token(store, "ann", expires=lifetime, actor="t")
     old, _ = accounts.create_token(store, "ann", expires=1e-6, actor="t")
     with pytest.raises(errors.AccountError, match="expired"):
         accounts.authenticate_token(store, old)
@@ -208,6 +242,42 @@ def test_run_pages_follow_the_list_order(store: RunStore) -> None:
     assert [r.id for r in only_a] == ["r5", "r3", "r1"]
     counts = dict(((s, n), c) for s, n, c in pages.counts_by_state_and_notebook(store))
     assert counts == {("succeeded", "a.ipynb"): 3, ("succeeded", "b.ipynb"): 4}
+
+
+@pytest.mark.parametrize("key", ["team", 'x"y', "a\\b", "a.b", "$", "a[0]", "é", "a b"])
+def test_runs_filter_by_any_tag_name(store: RunStore, key: str) -> None:
+    for i, tags in enumerate([{key: "v"}, {key: "w"}, {"other": "v"}, {}]):
+        store.create_run(
+            Run(
+                id=f"r{i}", notebook_path="/a.ipynb", notebook_sha256="0", state="queued", tags=tags
+            ),
+        )
+    page, _ = pages.runs_page(store, tags={key: "v"}, limit=10)
+    assert [r.id for r in page] == ["r0"]
+    assert [r.id for r in store.list_runs(tags={key: "v"})] == ["r0"]
+    assert store.list_runs(tags={key: "v", "other": "v"}) == []
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "0001-01-01", "", "-5d", "soon"])
+def test_since_out_of_range_is_a_value_error(text: str) -> None:
+    from kiln.units import parse_since
+
+    with pytest.raises(ValueError):
+        parse_since(text)
+
+
+def test_an_event_keeps_every_line_break_inside_its_data() -> None:
+    pytest.importorskip("fastapi")
+    import re
+
+    from kiln.server.runs_api import _event
+
+    raw = _event("log", "10%\r50%\r\nok\nx\revent: end\rid: 9\r\rdata: forged", 7).decode()
+    assert raw.endswith("\n\n") and "\n\n" not in raw[:-2]
+    lines = re.split(r"\r\n|\r|\n", raw[:-2])  # as an event stream reader splits them
+    assert lines[:2] == ["event: log", "id: 7"]
+    assert all(line.startswith("data: ") for line in lines[2:])
+    assert "data: event: end" in lines and "data: " in lines
 
 
 def test_cursors_round_trip_and_refuse_junk() -> None:
