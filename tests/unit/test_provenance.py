@@ -126,6 +126,24 @@ def test_git_state_commit_dirty_and_diff(repo: Path) -> None:
     assert git_state(repo.parent) is None or git_state(repo.parent).root != str(repo)  # type: ignore[union-attr]
 
 
+def test_kilns_own_home_does_not_make_the_repository_dirty(repo: Path) -> None:
+    home = repo / ".kiln"
+    (home / "runs").mkdir(parents=True)
+    (home / "kiln.db").write_text("x")
+    state = git_state(repo, exclude=home, now=0.0)
+    assert state is not None and not state.dirty
+    # without the exclusion the untracked home is a change; other untracked files still are
+    seen = git_state(repo, now=0.0)
+    assert seen is not None and seen.dirty
+    (repo / "notes.txt").write_text("new")
+    after = git_state(repo, exclude=home, now=100.0)
+    assert after is not None and after.dirty and after.diff_sha256
+    # a home outside the repository leaves nothing out
+    assert git_state(repo, exclude=repo.parent / "elsewhere", now=200.0) == git_state(
+        repo, now=200.0
+    )
+
+
 def test_git_state_is_reused_briefly_but_a_commit_is_seen_at_once(repo: Path) -> None:
     first = git_state(repo, now=0.0)
     (repo / "nb.ipynb").write_text('{"b": 1}')

@@ -125,7 +125,7 @@ def plan_rerun(
         overrides=typed,
         packages=_packages(store, original, prepared),
         inputs=_changed_inputs(original),
-        git=_git_change(original, request),
+        git=_git_change(original, request, store.home),
         notes=notes,
     )
 
@@ -164,10 +164,10 @@ def _changed_inputs(original: Run) -> list[dict[str, Any]]:
     return changed
 
 
-def _git_change(original: Run, request: RunRequest) -> dict[str, Any] | None:
+def _git_change(original: Run, request: RunRequest, home: Path) -> dict[str, Any] | None:
     from kiln.capture import _notebook_folder
 
-    state = git_state(_notebook_folder(request))
+    state = git_state(_notebook_folder(request), exclude=home)
     now = state.to_json() if state is not None else None
     before = original.git
     keys = ("commit", "dirty", "diff_sha256")
