@@ -293,8 +293,13 @@ def _describe(executable: str) -> dict[str, Any]:
 
 
 def _same(a: str, b: str) -> bool:
+    """The same interpreter in the same environment: a venv's ``bin/python`` is a symlink to
+    the base interpreter, so the same file is not enough; the folder must be the same too."""
     try:
-        return os.path.samefile(a, b)
+        folders = os.path.realpath(os.path.dirname(os.path.abspath(a))), os.path.realpath(
+            os.path.dirname(os.path.abspath(b))
+        )
+        return folders[0] == folders[1] and os.path.samefile(a, b)
     except OSError:
         return False
 

@@ -50,6 +50,20 @@ def test_the_real_environment_matches_importlib_metadata() -> None:
     assert set(expected) <= set(found)
 
 
+def test_another_venv_on_the_same_base_python_is_another_environment(tmp_path: Path) -> None:
+    # a venv's bin/python is a symlink to the base interpreter, like this one's may be
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")], check=True)
+    other = tmp_path / "v" / "bin" / "python"
+    site = next((tmp_path / "v" / "lib").glob("python*/site-packages"))
+    (site / "kilnonlyhere-1.2.dist-info").mkdir()
+    env = provenance.environment_of(str(other))
+    assert env.executable == str(other)
+    assert env.package_map.get("kilnonlyhere") == "1.2"
+    assert "kilnonlyhere" not in provenance.current_environment().package_map
+    # this venv's own python, by another name in its folder, is this environment
+    assert provenance.environment_of(sys.executable) is provenance.current_environment()
+
+
 def _env(*packages: tuple[str, str], version: str = "3.11.7") -> Environment:
     return Environment("python", version, "CPython", "Linux-x", "x86_64", tuple(packages))
 
