@@ -296,8 +296,9 @@ def _same(a: str, b: str) -> bool:
     """The same interpreter in the same environment: a venv's ``bin/python`` is a symlink to
     the base interpreter, so the same file is not enough; the folder must be the same too."""
     try:
-        folders = os.path.realpath(os.path.dirname(os.path.abspath(a))), os.path.realpath(
-            os.path.dirname(os.path.abspath(b))
+        folders = (
+            os.path.realpath(os.path.dirname(os.path.abspath(a))),
+            os.path.realpath(os.path.dirname(os.path.abspath(b))),
         )
         return folders[0] == folders[1] and os.path.samefile(a, b)
     except OSError:
@@ -451,8 +452,7 @@ def _read_git(root: str, exclude: str | None = None) -> GitState | None:
         digest = hashlib.sha256()
         if changed and commit is not None:
             digest.update(
-                _git(root, "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", *spec)
-                or b""
+                _git(root, "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", *spec) or b""
             )
         elif changed:
             digest.update(b"\0".join(changed))

@@ -39,6 +39,7 @@ def runs_list(client: Client, args: argparse.Namespace) -> int:
         "notebook": args.notebook,
         "state": args.state or None,
         "param": args.param or None,
+        "tag": args.tag or None,
     }
     if args.since is not None:
         params["since"] = args.since.isoformat()
@@ -60,7 +61,7 @@ def runs_list(client: Client, args: argparse.Namespace) -> int:
     if not items:
         print("No runs match.", file=sys.stderr)
         return 0
-    _print_table([run_from_json(item) for item in items])
+    _print_table([run_from_json(item) for item in items], args.records)
     return 0
 
 

@@ -195,6 +195,7 @@ def router(ctx: ServerContext) -> APIRouter:
         state: list[str] = Query(default=[]),  # noqa: B008
         since: str | None = Query(None, description="ISO-8601 time, or a duration ago: 2d"),
         param: list[str] = Query(default=[], description="NAME=VALUE (JSON value)"),  # noqa: B008
+        tag: list[str] = Query(default=[], description="KEY=VALUE"),  # noqa: B008
         limit: int = Query(50, ge=1, le=500),
         cursor: str | None = None,
         who: Principal = reader,
@@ -227,6 +228,7 @@ def router(ctx: ServerContext) -> APIRouter:
             states=states,
             since=parse_since(since),
             parameters=_params(param),
+            tags=_tags(tag),
             after=decode_cursor(cursor) if cursor else None,
             limit=limit,
         )
@@ -320,6 +322,16 @@ def _params(pairs: list[str]) -> dict[str, Any]:
             out[name] = json.loads(text)
         except ValueError:
             out[name] = text
+    return out
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise HTTPProblem(422, f"tag: expected KEY=VALUE, got {pair!r}", field="tag")
+        out[key] = text
     return out
 
 

@@ -32,14 +32,16 @@ def runs_page(
     states: Sequence[str] = (),
     since: datetime | None = None,
     parameters: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
     after: tuple[datetime, str] | None = None,
     limit: int = 50,
 ) -> tuple[list[Run], tuple[datetime, str] | None]:
     """A page of runs, newest first, and the cursor of the next page (None at the end).
 
     ``notebooks`` are exact stored paths; ``notebook_name`` a bare file name in any folder
-    (either matches). ``after`` is the cursor a previous page returned."""
-    from kiln.store.sql import _parameter_equals
+    (either matches); ``tags`` keeps runs with these tag values. ``after`` is the cursor a
+    previous page returned."""
+    from kiln.store.sql import _parameter_equals, tag_equals
     from kiln.store.values import row_to_run
 
     query = runs.select()
@@ -56,6 +58,8 @@ def runs_page(
         query = query.where(runs.c.created_at >= _utc(since).astimezone(timezone.utc))
     for name, value in (parameters or {}).items():
         query = query.where(_parameter_equals(name, value, store.backend))
+    for key, text in (tags or {}).items():
+        query = query.where(tag_equals(key, text))
     if after is not None:
         when, run_id = _utc(after[0]).astimezone(timezone.utc), after[1]
         query = query.where(

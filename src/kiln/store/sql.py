@@ -318,7 +318,7 @@ class RunStore:
         for name, value in (parameters or {}).items():
             query = query.where(_parameter_equals(name, value, self.backend))
         for key, text in (tags or {}).items():
-            query = query.where(runs.c.tags[key].as_string() == str(text))
+            query = query.where(tag_equals(key, text))
         query = query.order_by(*_NEWEST_FIRST)
         if limit is not None:
             if limit < 0:
@@ -476,6 +476,12 @@ def _update(columns: tuple[str, ...], *, only_active: bool) -> sa.Update:
 
 def _bound(values: Mapping[str, Any]) -> dict[str, Any]:
     return {f"_v_{c}": v for c, v in values.items()}
+
+
+def tag_equals(key: str, value: str) -> sa.ColumnElement[bool]:
+    """``tags[key] == value`` (tag values are text), the same on every backend; a run
+    without the tag never matches."""
+    return runs.c.tags[key].as_string() == str(value)
 
 
 def _parameter_equals(name: str, value: Any, backend: str) -> sa.ColumnElement[bool]:
