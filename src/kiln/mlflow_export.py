@@ -118,10 +118,38 @@ def export_run(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
-        from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
+        import mlflow.tracking  # noqa: F401
     except ImportError:
         raise MlflowExportError(f"MLflow is not installed; {INSTALL_HINT}") from None
+    with _quiet_mlflow():
+        return _export(run, uri, experiment, replace, on_created)
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's INFO lines (creating its database tables, ...) are not the run's business:
+    only its warnings are shown while Kiln exports; the level is restored after."""
+    import logging
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export(
+    run: Run,
+    uri: str,
+    experiment: str,
+    replace: str | None,
+    on_created: Any,
+) -> str:
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
     try:
         client = MlflowClient(tracking_uri=uri)
         experiment_id = _experiment_id(client, experiment)

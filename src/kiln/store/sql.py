@@ -481,7 +481,8 @@ def _bound(values: Mapping[str, Any]) -> dict[str, Any]:
 def tag_equals(key: str, value: str) -> sa.ColumnElement[bool]:
     """``tags[key] == value`` (tag values are text), the same on every backend; a run
     without the tag never matches."""
-    return runs.c.tags[key].as_string() == str(value)
+    matches: sa.ColumnElement[bool] = runs.c.tags[key].as_string() == str(value)
+    return matches
 
 
 def _parameter_equals(name: str, value: Any, backend: str) -> sa.ColumnElement[bool]:
