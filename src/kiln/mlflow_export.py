@@ -117,6 +117,9 @@ def export_run(
     # a server that is down must not hold the run's process for minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # MLflow prints each run's URL on standard output, where `kiln run NB -` writes the
+    # notebook and `--json` its JSON
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         import mlflow.tracking  # noqa: F401
     except ImportError:
