@@ -31,8 +31,10 @@ from kilntest import build_notebook
 
 
 @pytest.fixture
-def runner(tmp_path: Path):
+def runner(tmp_path: Path, database_url: str | None):
+    """A runner on the fake engine, its history on SQLite and on PostgreSQL."""
     with Runner(home=tmp_path / "home", engine=FakeEngine()) as r:
+        assert r.store.backend == ("sqlite" if database_url is None else "postgresql")
         yield r
 
 
