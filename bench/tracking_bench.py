@@ -10,8 +10,8 @@ Scenarios:
   history   100,000 runs (records, metrics, tags, 20 environments) in one store, then
             in-process: `runs compare A B C` (3 runs by id prefix, their environments, the
             comparison), `runs list --records total,label` (newest 20, and newest 20 of one
-            notebook), `runs list --tag team=t3` and a tag 1 run in 10,000 has (p50, p95; target under
-            50 ms)
+            notebook), `runs list --tag team=t3` and a tag only 1 run in 10,000 has
+            (p50, p95; target under 50 ms)
 
 SQLite by default; --postgres also starts a throwaway PostgreSQL (tests/kilnpg.py) and runs
 the history there. Prints the figures and writes bench/results/tracking.json.
@@ -301,9 +301,8 @@ def main() -> None:
         try:
             for name, url in backends:
                 results[f"history_{name}"] = figures = history(url, args.history, args.queries)
-                print(
-                    f"history on {name}: {figures['runs']:,} runs filled in {figures['fill_s']:.1f} s"
-                )
+                filled = f"{figures['runs']:,} runs filled in {figures['fill_s']:.1f} s"
+                print(f"history on {name}: {filled}")
                 for label, value in figures.items():
                     if isinstance(value, dict):
                         print(
