@@ -66,7 +66,7 @@ def experiment_for(notebook_label: str, start: str | os.PathLike[str] | None = N
 
 
 def export_and_mark(store: RunStore, run: Run, uri: str, experiment: str) -> str | None:
-    """Export ``run`` and record how it went; returns a warning to show when it failed."""
+    """Export ``run`` and record how it went; returns why it failed (None when it did not)."""
     previous = export_state(store, run.id)
     mark_export(
         store,
@@ -98,7 +98,7 @@ def export_and_mark(store: RunStore, run: Run, uri: str, experiment: str) -> str
             mlflow_run_id=current.mlflow_run_id if current else None,
             error=exc.message,
         )
-        return f"MLflow: {exc.message}; `kiln runs sync-mlflow` tries again"
+        return exc.message
     mark_export(store, run.id, uri=uri, experiment=experiment, state=DONE, mlflow_run_id=mlflow_id)
     return None
 

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -352,3 +353,28 @@ def test_garbage_of_an_interrupted_prune_goes_next_time(tmp_path: Path, runner: 
     _age_files(unused)
     assert sweep_folders(store) == 1 and not orphan.exists() and fresh.exists()
     assert sweep_inputs(store) == ["f" * 64] and not unused.exists()
+
+
+def test_mlflow_missing_is_a_warning_on_a_run_that_succeeds_and_sync_says_why(
+    tmp_path: Path, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.events import RunWarning
+    from kiln.store.exports import export_state
+    from kiln.tracking.sync import sync_mlflow
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # not installed
+    seen: list[Any] = []
+    runner.observers.append(seen.append)
+    nb = _nb(tmp_path, ["x = 1"])
+    run = runner.run(RunRequest(notebook=nb, mlflow_uri="http://127.0.0.1:1"))
+    assert run.succeeded
+    state = export_state(runner.store, run.id)
+    assert state is not None and state.state == "failed" and state.attempts == 1
+    assert state.error == "MLflow is not installed; pip install 'kiln-notebooks[mlflow]'"
+    [warning] = [e for e in seen if isinstance(e, RunWarning)]
+    assert "kiln runs sync-mlflow` tries again" in warning.text
+    assert "warning: MLflow: MLflow is not installed" in Path(str(run.log_path)).read_text()
+    [result] = sync_mlflow(runner.store)
+    assert (result.run_id, result.ok) == (run.id, False)
+    assert result.message == state.error  # said once, without the advice to run sync again
+    assert export_state(runner.store, run.id).attempts == 2  # type: ignore[union-attr]
