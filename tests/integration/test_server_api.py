@@ -174,6 +174,7 @@ def test_submit_run_and_read_it_back(site: Site) -> None:
     client = site.as_(site.runner)
     run = submit(client, parameters={"n": 7}, parameters_text={"sleep": "0.1"})
     assert run["state"] == "queued" and run["submitted_by"] == "rui"
+    assert run["tags"]["kiln.user"] == "rui"  # the trigger's tag
     done = wait_state(client, run["id"], {"succeeded", "failed"})
     assert done["state"] == "succeeded", done
     assert done["records"] == {"n": 7} and done["parameters"] == {"n": 7, "sleep": 0.1}

@@ -378,3 +378,16 @@ def test_mlflow_missing_is_a_warning_on_a_run_that_succeeds_and_sync_says_why(
     assert (result.run_id, result.ok) == (run.id, False)
     assert result.message == state.error  # said once, without the advice to run sync again
     assert export_state(runner.store, run.id).attempts == 2  # type: ignore[union-attr]
+
+
+def test_a_rerun_keeps_the_runs_own_tags_not_its_triggers(tmp_path: Path, runner: Runner) -> None:
+    from kiln.tracking.rerun import plan_rerun
+
+    nb = _nb(tmp_path, [("n = 1", ["parameters"])])
+    tags = {"team": "x", "kiln.build": "b1", "kiln.user": "ann", "sweep": "s1"}
+    original = runner.run(RunRequest(notebook=nb, parameters={"n": 2}, tags=tags))
+    plan = plan_rerun(runner.store, original.id, parameters={"n": 5})
+    assert plan.request.tags == {"team": "x"}
+    assert plan.request.parameters == {"n": 5} and plan.overrides == {"n": 5}
+    assert plan.request.origin == {"rerun_of": original.id, "overrides": {"n": 5}}
+    assert plan.request.source == Path(str(original.input_path)).read_bytes()

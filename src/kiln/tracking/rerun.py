@@ -98,7 +98,9 @@ def plan_rerun(
     given_tags = dict(options.pop("tags", None) or {})
     merged = make_options(stored)
     merged.update(make_options(options))
-    tags = {k: v for k, v in original.tags.items() if k != SWEEP_TAG}
+    # the original's own tags; not its trigger's (a sweep, a build, the server's user): the
+    # rerun's trigger is whoever reruns it
+    tags = {k: v for k, v in original.tags.items() if k != SWEEP_TAG and not k.startswith("kiln.")}
     merged["tags"] = {**tags, **given_tags}
     cwd = merged.get("cwd")
     if cwd is not None and not Path(cwd).is_dir():
