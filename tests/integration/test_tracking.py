@@ -64,7 +64,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "data").mkdir(parents=True)
     (root / "data" / "x.csv").write_text("a,b\n1,2\n")
     (root / "data" / "extra.csv").write_text("c\n3\n")
-    (root / "kiln.yaml").write_text("inputs:\n  - data/extra.csv\n")
+    (root / "kiln.yaml").write_text("inputs:\n  - data/extra.csv\n  - data/absent.csv\n")
     nbformat.write(build_notebook(EXPERIMENT), root / "nb.ipynb")
     (root / ".gitignore").write_text("model.txt\n")
     _git(root, "init", "-q", "-b", "main")
@@ -119,7 +119,8 @@ def test_a_run_captures_environment_git_inputs_metrics_and_artifacts(
     # the project's .kiln/ and the ignored model.txt do not make the repository dirty
     assert run["git"]["commit"] == commit and run["git"]["dirty"] is False
     inputs = {Path(i["path"]).name: i for i in run["inputs"]}
-    assert set(inputs) == {"x.csv", "extra.csv"}
+    assert set(inputs) == {"x.csv", "extra.csv", "absent.csv"}
+    assert inputs["absent.csv"]["sha256"] is None and inputs["absent.csv"]["error"]
     assert inputs["x.csv"]["source"] == "notebook" and inputs["extra.csv"]["source"] == "project"
     import hashlib
 
@@ -137,6 +138,7 @@ def test_a_run_captures_environment_git_inputs_metrics_and_artifacts(
     assert kept.read_text() == "model of 4" and artifact["size"] == len("model of 4")
     assert run["tags"]["team"] == "sales"
     text = ok(kiln(project, "runs", "show", "last")).stdout
+    assert "absent.csv (not hashed: No such file or directory)" in text
     for line in ("environment:", "git:", "x.csv", "metric: loss: 4 points, last 0.25", "artifact:"):
         assert line in text
     # the library reads the same history
