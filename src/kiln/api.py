@@ -135,9 +135,11 @@ def list_runs(
     notebook: PathLike | None = None,
     state: str | None = None,
     limit: int | None = 50,
+    tags: Mapping[str, str] | None = None,
     home: PathLike | None = None,
 ) -> list[Run]:
-    """Runs from the history, newest first."""
+    """Runs from the history, newest first; ``tags`` keeps the runs with these tag values
+    (``{"team": "sales"}``)."""
     from kiln.store import RunStore
 
     with RunStore(Path(home) if home is not None else None) as store:
@@ -146,6 +148,7 @@ def list_runs(
             notebook=os.fspath(notebook) if notebook is not None else None,
             state=state,
             limit=limit,
+            tags=tags,
         )
         return runs
 

@@ -61,7 +61,7 @@ class RunCapture:
         self.environment = env
         out["environment_hash"] = save_environment(self.store, env)
         where = _notebook_folder(request)
-        state = git_state(where)
+        state = git_state(where, exclude=self.store.home)
         out["git"] = state.to_json() if state is not None else None
         out["inputs"] = [hash_file(p).to_json() for p in _declared_inputs(request)]
         if request.mlflow_uri and not request.prepare_only:

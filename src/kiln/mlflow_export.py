@@ -66,7 +66,7 @@ def experiment_for(notebook_label: str, start: str | os.PathLike[str] | None = N
 
 
 def export_and_mark(store: RunStore, run: Run, uri: str, experiment: str) -> str | None:
-    """Export ``run`` and record how it went; returns a warning to show when it failed."""
+    """Export ``run`` and record how it went; returns why it failed (None when it did not)."""
     previous = export_state(store, run.id)
     mark_export(
         store,
@@ -98,7 +98,7 @@ def export_and_mark(store: RunStore, run: Run, uri: str, experiment: str) -> str
             mlflow_run_id=current.mlflow_run_id if current else None,
             error=exc.message,
         )
-        return f"MLflow: {exc.message}; `kiln runs sync-mlflow` tries again"
+        return exc.message
     mark_export(store, run.id, uri=uri, experiment=experiment, state=DONE, mlflow_run_id=mlflow_id)
     return None
 
@@ -117,11 +117,42 @@ def export_run(
     # a server that is down must not hold the run's process for minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # MLflow prints each run's URL on standard output, where `kiln run NB -` writes the
+    # notebook and `--json` its JSON
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
-        from mlflow.entities import Metric, Param
-        from mlflow.tracking import MlflowClient
+        import mlflow.tracking  # noqa: F401
     except ImportError:
         raise MlflowExportError(f"MLflow is not installed; {INSTALL_HINT}") from None
+    with _quiet_mlflow():
+        return _export(run, uri, experiment, replace, on_created)
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's INFO lines (creating its database tables, ...) are not the run's business:
+    only its warnings are shown while Kiln exports; the level is restored after."""
+    import logging
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export(
+    run: Run,
+    uri: str,
+    experiment: str,
+    replace: str | None,
+    on_created: Any,
+) -> str:
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
     try:
         client = MlflowClient(tracking_uri=uri)
         experiment_id = _experiment_id(client, experiment)

@@ -293,8 +293,14 @@ def _describe(executable: str) -> dict[str, Any]:
 
 
 def _same(a: str, b: str) -> bool:
+    """The same interpreter in the same environment: a venv's ``bin/python`` is a symlink to
+    the base interpreter, so the same file is not enough; the folder must be the same too."""
     try:
-        return os.path.samefile(a, b)
+        folders = (
+            os.path.realpath(os.path.dirname(os.path.abspath(a))),
+            os.path.realpath(os.path.dirname(os.path.abspath(b))),
+        )
+        return folders[0] == folders[1] and os.path.samefile(a, b)
     except OSError:
         return False
 
@@ -323,8 +329,8 @@ class GitState:
         }
 
 
-#: repository root -> (fingerprint, when read, state)
-_git_cache: dict[str, tuple[tuple[Any, ...], float, GitState | None]] = {}
+#: (repository root, excluded folder) -> (fingerprint, when read, state)
+_git_cache: dict[tuple[str, str | None], tuple[tuple[Any, ...], float, GitState | None]] = {}
 #: repository root -> its git folder (worktrees keep it elsewhere)
 _git_dirs: dict[str, str | None] = {}
 
@@ -341,21 +347,39 @@ def find_repository(start: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def git_state(start: str | os.PathLike[str], *, now: float | None = None) -> GitState | None:
+def git_state(
+    start: str | os.PathLike[str],
+    *,
+    exclude: str | os.PathLike[str] | None = None,
+    now: float | None = None,
+) -> GitState | None:
     """The git state of the repository holding ``start`` (None outside a repository, or
-    without git)."""
+    without git). ``exclude`` is a folder left out of the state: Kiln's own home (``.kiln/``
+    beside ``kiln.yaml``), which is not part of the project and would otherwise make every
+    repository without a ``.gitignore`` entry for it look dirty."""
     root = find_repository(start)
     if root is None:
         return None
-    key = str(root)
+    skip = _relative(exclude, root) if exclude is not None else None
+    key = (str(root), skip)
     clock = time.monotonic() if now is None else now
-    fingerprint = _git_fingerprint(key)
+    fingerprint = _git_fingerprint(str(root))
     cached = _git_cache.get(key)
     if cached is not None and cached[0] == fingerprint and clock - cached[1] < GIT_TTL:
         return cached[2]
-    state = _read_git(key)
+    state = _read_git(str(root), skip)
     _git_cache[key] = (fingerprint, clock, state)
     return state
+
+
+def _relative(folder: str | os.PathLike[str], root: Path) -> str | None:
+    """``folder`` relative to ``root`` (POSIX), or None when it is not inside it."""
+    try:
+        inside = Path(folder).absolute().relative_to(root)
+    except ValueError:
+        return None
+    text = inside.as_posix()
+    return None if text in ("", ".") else text
 
 
 def _git_fingerprint(root: str) -> tuple[Any, ...]:
@@ -403,8 +427,9 @@ def _git(root: str, *args: str) -> bytes | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def _read_git(root: str) -> GitState | None:
-    status = _git(root, "status", "--porcelain=v2", "--branch", "-z")
+def _read_git(root: str, exclude: str | None = None) -> GitState | None:
+    spec = ["--", ".", f":(exclude){exclude}"] if exclude else []
+    status = _git(root, "status", "--porcelain=v2", "--branch", "-z", *spec)
     if status is None:
         return None
     commit = branch = None
@@ -427,7 +452,7 @@ def _read_git(root: str) -> GitState | None:
         digest = hashlib.sha256()
         if changed and commit is not None:
             digest.update(
-                _git(root, "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff") or b""
+                _git(root, "diff", "HEAD", "--binary", "--no-color", "--no-ext-diff", *spec) or b""
             )
         elif changed:
             digest.update(b"\0".join(changed))

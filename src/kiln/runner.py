@@ -328,10 +328,11 @@ class Runner:
 
         assert request.mlflow_uri is not None
         experiment = experiment_for(request.notebook_label, request.run_cwd)
-        warning = await asyncio.to_thread(
+        failed = await asyncio.to_thread(
             export_and_mark, self.store, run, request.mlflow_uri, experiment
         )
-        if warning:
+        if failed:
+            warning = f"MLflow: {failed}; `kiln runs sync-mlflow` tries again"
             log.line(f"warning: {warning}")
             self._notify(RunWarning(warning))
 

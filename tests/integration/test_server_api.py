@@ -175,6 +175,7 @@ def test_submit_run_and_read_it_back(site: Site) -> None:
     client = site.as_(site.runner)
     run = submit(client, parameters={"n": 7}, parameters_text={"sleep": "0.1"})
     assert run["state"] == "queued" and run["submitted_by"] == "rui"
+    assert run["tags"]["kiln.user"] == "rui"  # the trigger's tag
     done = wait_state(client, run["id"], {"succeeded", "failed"})
     assert done["state"] == "succeeded", done
     assert done["records"] == {"n": 7} and done["parameters"] == {"n": 7, "sleep": 0.1}
@@ -257,6 +258,11 @@ def test_pages_cover_every_run_once(site: Site) -> None:
     assert client.get("/api/v1/runs", params={"since": "2099-01-01"}).json()["items"] == []
     only = client.get("/api/v1/runs", params={"param": "n=103", "limit": 500}).json()["items"]
     assert [item["parameters"]["n"] for item in only] == [103]
+    tagged = submit(client, parameters={"n": 200}, tags={"team": "sales"})
+    found = client.get("/api/v1/runs", params={"tag": "team=sales", "limit": 500}).json()
+    assert [item["id"] for item in found["items"]] == [tagged["id"]]
+    bad = client.get("/api/v1/runs", params={"tag": "team"})
+    assert bad.status_code == 422 and bad.json()["field"] == "tag"
 
 
 def test_runs_carry_tags_and_their_submitter_and_list_by_tag(site: Site) -> None:

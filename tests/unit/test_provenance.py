@@ -50,6 +50,20 @@ def test_the_real_environment_matches_importlib_metadata() -> None:
     assert set(expected) <= set(found)
 
 
+def test_another_venv_on_the_same_base_python_is_another_environment(tmp_path: Path) -> None:
+    # a venv's bin/python is a symlink to the base interpreter, like this one's may be
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")], check=True)
+    other = tmp_path / "v" / "bin" / "python"
+    site = next((tmp_path / "v" / "lib").glob("python*/site-packages"))
+    (site / "kilnonlyhere-1.2.dist-info").mkdir()
+    env = provenance.environment_of(str(other))
+    assert env.executable == str(other)
+    assert env.package_map.get("kilnonlyhere") == "1.2"
+    assert "kilnonlyhere" not in provenance.current_environment().package_map
+    # this venv's own python, by another name in its folder, is this environment
+    assert provenance.environment_of(sys.executable) is provenance.current_environment()
+
+
 def _env(*packages: tuple[str, str], version: str = "3.11.7") -> Environment:
     return Environment("python", version, "CPython", "Linux-x", "x86_64", tuple(packages))
 
@@ -124,6 +138,24 @@ def test_git_state_commit_dirty_and_diff(repo: Path) -> None:
     other = git_state(repo, now=200.0)
     assert other is not None and other.diff_sha256 != edited.diff_sha256
     assert git_state(repo.parent) is None or git_state(repo.parent).root != str(repo)  # type: ignore[union-attr]
+
+
+def test_kilns_own_home_does_not_make_the_repository_dirty(repo: Path) -> None:
+    home = repo / ".kiln"
+    (home / "runs").mkdir(parents=True)
+    (home / "kiln.db").write_text("x")
+    state = git_state(repo, exclude=home, now=0.0)
+    assert state is not None and not state.dirty
+    # without the exclusion the untracked home is a change; other untracked files still are
+    seen = git_state(repo, now=0.0)
+    assert seen is not None and seen.dirty
+    (repo / "notes.txt").write_text("new")
+    after = git_state(repo, exclude=home, now=100.0)
+    assert after is not None and after.dirty and after.diff_sha256
+    # a home outside the repository leaves nothing out
+    assert git_state(repo, exclude=repo.parent / "elsewhere", now=200.0) == git_state(
+        repo, now=200.0
+    )
 
 
 def test_git_state_is_reused_briefly_but_a_commit_is_seen_at_once(repo: Path) -> None:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -31,8 +32,10 @@ from kilntest import build_notebook
 
 
 @pytest.fixture
-def runner(tmp_path: Path):
+def runner(tmp_path: Path, database_url: str | None):
+    """A runner on the fake engine, its history on SQLite and on PostgreSQL."""
     with Runner(home=tmp_path / "home", engine=FakeEngine()) as r:
+        assert r.store.backend == ("sqlite" if database_url is None else "postgresql")
         yield r
 
 
@@ -350,3 +353,41 @@ def test_garbage_of_an_interrupted_prune_goes_next_time(tmp_path: Path, runner: 
     _age_files(unused)
     assert sweep_folders(store) == 1 and not orphan.exists() and fresh.exists()
     assert sweep_inputs(store) == ["f" * 64] and not unused.exists()
+
+
+def test_mlflow_missing_is_a_warning_on_a_run_that_succeeds_and_sync_says_why(
+    tmp_path: Path, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.events import RunWarning
+    from kiln.store.exports import export_state
+    from kiln.tracking.sync import sync_mlflow
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # not installed
+    seen: list[Any] = []
+    runner.observers.append(seen.append)
+    nb = _nb(tmp_path, ["x = 1"])
+    run = runner.run(RunRequest(notebook=nb, mlflow_uri="http://127.0.0.1:1"))
+    assert run.succeeded
+    state = export_state(runner.store, run.id)
+    assert state is not None and state.state == "failed" and state.attempts == 1
+    assert state.error == "MLflow is not installed; pip install 'kiln-notebooks[mlflow]'"
+    [warning] = [e for e in seen if isinstance(e, RunWarning)]
+    assert "kiln runs sync-mlflow` tries again" in warning.text
+    assert "warning: MLflow: MLflow is not installed" in Path(str(run.log_path)).read_text()
+    [result] = sync_mlflow(runner.store)
+    assert (result.run_id, result.ok) == (run.id, False)
+    assert result.message == state.error  # said once, without the advice to run sync again
+    assert export_state(runner.store, run.id).attempts == 2  # type: ignore[union-attr]
+
+
+def test_a_rerun_keeps_the_runs_own_tags_not_its_triggers(tmp_path: Path, runner: Runner) -> None:
+    from kiln.tracking.rerun import plan_rerun
+
+    nb = _nb(tmp_path, [("n = 1", ["parameters"])])
+    tags = {"team": "x", "kiln.build": "b1", "kiln.user": "ann", "sweep": "s1"}
+    original = runner.run(RunRequest(notebook=nb, parameters={"n": 2}, tags=tags))
+    plan = plan_rerun(runner.store, original.id, parameters={"n": 5})
+    assert plan.request.tags == {"team": "x"}
+    assert plan.request.parameters == {"n": 5} and plan.overrides == {"n": 5}
+    assert plan.request.origin == {"rerun_of": original.id, "overrides": {"n": 5}}
+    assert plan.request.source == Path(str(original.input_path)).read_bytes()

@@ -385,10 +385,11 @@ def tracking_lines(store: RunStore, run: Run) -> list[tuple[str, Any]]:
             )
         )
     for item in run.inputs:
-        digest = str(item.get("sha256") or item.get("error") or "?")[:12]
+        sha = item.get("sha256")
+        digest = str(sha)[:12] if sha else f"(not hashed: {item.get('error') or 'unknown'})"
         lines.append(("input", f"{item.get('path')} {digest}"))
     for name, points in run.metric_series.items():
-        last = points[-1][1] if points else None
+        last = _shown(points[-1][1]) if points else "-"
         lines.append(("metric", f"{name}: {len(points)} points, last {last}"))
     for artefact in run.artifacts:
         lines.append(("artifact", f"{artefact.get('path')} ({artefact.get('size')} bytes)"))

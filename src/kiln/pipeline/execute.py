@@ -380,7 +380,9 @@ class _Build:
             defaults=run_defaults(self.pipeline.project),
             **options,
         )
-        return replace(request, build_id=self.build_id)
+        # filterable like any tag (kiln runs list --tag kiln.build=ID) and sent to MLflow
+        tags = {**(request.tags or {}), "kiln.build": self.build_id, "kiln.task": task.name}
+        return replace(request, build_id=self.build_id, tags=tags)
 
     def _upstream_value(self, task: Task) -> dict[str, Any]:
         value: dict[str, Any] = {}

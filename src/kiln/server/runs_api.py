@@ -186,6 +186,7 @@ def router(ctx: ServerContext) -> APIRouter:
             store=ctx.store,
             retries=given["retries"],
             submitted_by=who.name,
+            tags={"kiln.user": who.name},  # the trigger's tag, after the caller's own
         )
         record(
             ctx.store,

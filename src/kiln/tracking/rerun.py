@@ -98,7 +98,9 @@ def plan_rerun(
     given_tags = dict(options.pop("tags", None) or {})
     merged = make_options(stored)
     merged.update(make_options(options))
-    tags = {k: v for k, v in original.tags.items() if k != SWEEP_TAG}
+    # the original's own tags; not its trigger's (a sweep, a build, the server's user): the
+    # rerun's trigger is whoever reruns it
+    tags = {k: v for k, v in original.tags.items() if k != SWEEP_TAG and not k.startswith("kiln.")}
     merged["tags"] = {**tags, **given_tags}
     cwd = merged.get("cwd")
     if cwd is not None and not Path(cwd).is_dir():
@@ -125,7 +127,7 @@ def plan_rerun(
         overrides=typed,
         packages=_packages(store, original, prepared),
         inputs=_changed_inputs(original),
-        git=_git_change(original, request),
+        git=_git_change(original, request, store.home),
         notes=notes,
     )
 
@@ -164,10 +166,10 @@ def _changed_inputs(original: Run) -> list[dict[str, Any]]:
     return changed
 
 
-def _git_change(original: Run, request: RunRequest) -> dict[str, Any] | None:
+def _git_change(original: Run, request: RunRequest, home: Path) -> dict[str, Any] | None:
     from kiln.capture import _notebook_folder
 
-    state = git_state(_notebook_folder(request))
+    state = git_state(_notebook_folder(request), exclude=home)
     now = state.to_json() if state is not None else None
     before = original.git
     keys = ("commit", "dirty", "diff_sha256")

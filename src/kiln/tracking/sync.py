@@ -45,6 +45,6 @@ def sync_mlflow(
             results.append(SyncResult(run.id, False, f"still {run.state}", skipped=True))
             continue
         experiment = owed.experiment or experiment_for(run.notebook_path)
-        warning = export_and_mark(store, run, uri or owed.uri, experiment)
-        results.append(SyncResult(run.id, warning is None, warning))
+        failed = export_and_mark(store, run, uri or owed.uri, experiment)
+        results.append(SyncResult(run.id, failed is None, failed))
     return results

@@ -62,6 +62,10 @@ def test_tasks_run_in_order_and_the_build_is_recorded(chain: PipelineProject) ->
         assert [t.state for t in build.tasks.values()] == ["succeeded"] * 4
         runs = {t.run_id: store.get_run_exact(t.run_id) for t in build.tasks.values() if t.run_id}
         assert {run.build_id for run in runs.values()} == {build.id}
+        # the build is a trigger: its tags make the runs filterable and go to MLflow
+        assert {(r.tags["kiln.build"], r.tags["kiln.task"]) for r in runs.values()} == {
+            (build.id, name) for name in build.tasks
+        }
         clean_run = runs[build.tasks["clean"].run_id or ""]
         assert clean_run.records["upstream"] == {"extract": {"data": str(root / "out/raw.json")}}
         assert clean_run.records["product"] == {"data": str(root / "out/clean.json")}

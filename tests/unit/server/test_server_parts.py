@@ -280,6 +280,17 @@ def test_an_event_keeps_every_line_break_inside_its_data() -> None:
     assert "data: event: end" in lines and "data: " in lines
 
 
+def test_run_pages_filter_by_tag(tmp_path: Path, database_url: str | None) -> None:
+    with RunStore(tmp_path / "home") as store:
+        for i, tags in enumerate([{"team": "sales"}, {"team": "ops", "x": "1"}, None]):
+            store.create_run(Run(f"t{i}", "/p/a.ipynb", "0", "succeeded", tags=tags))
+        sales, _ = pages.runs_page(store, tags={"team": "sales"})
+        assert [r.id for r in sales] == ["t0"]
+        both, _ = pages.runs_page(store, tags={"team": "ops", "x": "1"})
+        assert [r.id for r in both] == ["t1"]
+        assert pages.runs_page(store, tags={"team": "nobody"}) == ([], None)
+
+
 def test_cursors_round_trip_and_refuse_junk() -> None:
     pytest.importorskip("fastapi")
     from kiln.server.errors import HTTPProblem

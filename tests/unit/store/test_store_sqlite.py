@@ -97,3 +97,24 @@ def test_a_writer_waits_for_the_lock_instead_of_failing(
     assert errors == []
     assert waited[0] >= 0.9
     assert store.get_run(run.id).state == "succeeded"
+
+
+def test_an_id_prefix_lookup_searches_the_index(store: RunStore, make_run: MakeRun) -> None:
+    # `kiln runs show 2026…`, `kiln runs compare A B`: a scan of every run would cost 10 ms
+    # per 100,000 runs and lookup
+    run = make_run()
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        statements.append((statement, params))
+
+    event.listen(store._engine, "before_cursor_execute", seen)
+    try:
+        assert store.get_run(run.id[:-2]).id == run.id
+    finally:
+        event.remove(store._engine, "before_cursor_execute", seen)
+    statement, params = next((s, p) for s, p in statements if "SELECT runs.id " in s)
+    with store._engine.connect() as conn:
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
+    details = " ".join(str(row[-1]) for row in plan)
+    assert "SEARCH" in details and "SCAN" not in details, details
