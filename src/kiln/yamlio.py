@@ -273,6 +273,10 @@ class _Builder:
                     mark_of(key_node),
                 )
             key = self._scalar(key_node)
+            if isinstance(key, bool) and not key_node.style:
+                # YAML 1.1 reads a bare on/off/yes/no as a boolean; as a key (notify's
+                # `on: failure`) the word is meant, and a boolean key is never useful
+                key = key_node.value
             if key in out:
                 first = out.marks[key]
                 raise YamlError(

@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"pipeline/"},
     {"liveoutput", "report/"},
     {"testing/", "papermill", "api"},
-    {"tracking/"},
+    {"tracking/", "scheduler/"},
     {"server/"},
     {"cli/", "kiln"},
 ]

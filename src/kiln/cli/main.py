@@ -58,6 +58,8 @@ COMMANDS = (
     "rerun_cmd",
     "queue_cmd",
     "worker_cmd",
+    "schedules_cmd",
+    "scheduler_cmd",
     "build_cmd",
     "status_cmd",
     "dag_cmd",
