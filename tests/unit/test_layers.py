@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"flags", "notebook/", "project/"},
     {"parameters/", "engines/", "store/"},
     {"lint/", "convert/", "mlflow_export"},
-    {"events", "cancel", "runlog", "failure", "request", "capture"},
+    {"events", "cancel", "runlog", "failure", "request", "capture", "redact"},
     {"runner"},
     {"sweeps/", "queue/"},
     {"pipeline/"},

@@ -60,6 +60,7 @@ COMMANDS = (
     "worker_cmd",
     "schedules_cmd",
     "scheduler_cmd",
+    "report_cmd",
     "build_cmd",
     "status_cmd",
     "dag_cmd",
