@@ -74,7 +74,7 @@ def _notebook() -> object:
                                     "columns": ["region", "sum"],
                                     "index": [0],
                                     "data": [["EU", 42]],
-                                },  # fmt: skip
+                                },
                             },
                             "text/plain": "totals",
                         },
