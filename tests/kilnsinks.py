@@ -23,10 +23,11 @@ class MailSink:
     messages: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
     refuse_first: int = 0
     attempts: int = 0
+    logins: list[tuple[str, str]] = field(default_factory=list)
 
 
 @contextmanager
-def smtp_sink(refuse_first: int = 0) -> Iterator[MailSink]:
+def smtp_sink(refuse_first: int = 0, *, auth: bool = False) -> Iterator[MailSink]:
     """An aiosmtpd server on a free port of 127.0.0.1; ``sink.messages`` holds
     (recipients, message) for each message accepted."""
     from aiosmtpd.controller import Controller
@@ -43,10 +44,24 @@ def smtp_sink(refuse_first: int = 0) -> Iterator[MailSink]:
             sink.messages.append((list(envelope.rcpt_tos), parsed))
             return "250 OK"
 
-    controller = Controller(Handler(), hostname="127.0.0.1", port=0)
+    import socket
+
+    with socket.socket() as probe:  # aiosmtpd checks its port by connecting: it needs one
+        probe.bind(("127.0.0.1", 0))
+        sink.port = probe.getsockname()[1]
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+        from aiosmtpd.smtp import AuthResult
+
+        sink.logins.append((data.login.decode(), data.password.decode()))
+        return AuthResult(success=True)
+
+    options: dict[str, Any] = {}
+    if auth:  # plain-text login on 127.0.0.1 only: the test checks the credentials arrive
+        options = {"authenticator": authenticator, "auth_require_tls": False}
+    controller = Controller(Handler(), hostname="127.0.0.1", port=sink.port, **options)
     controller.start()
     try:
-        sink.port = controller.server.sockets[0].getsockname()[1]
         yield sink
     finally:
         controller.stop()
