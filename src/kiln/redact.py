@@ -13,6 +13,7 @@ a missing source is an error naming it, before anything starts.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 #: what a masked secret becomes
 MASK = "***"
@@ -55,12 +56,15 @@ def secret_values(sources: Mapping[str, str], *, missing_ok: bool = False) -> di
 class Redactor:
     """Masks known secret values (longest first) and, with ``scan``, scanner hits."""
 
-    def __init__(self, values: Iterable[str] = (), *, scan: bool = True) -> None:
-        self.values = sorted(
-            {v for v in values if isinstance(v, str) and len(v) >= MIN_LENGTH},
-            key=len,
-            reverse=True,
-        )
+    def __init__(self, values: Iterable[object] = (), *, scan: bool = True) -> None:
+        import json
+
+        forms: set[str] = set()
+        for value in values:
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            # as written, inside a JSON string, inside a Python string literal
+            forms.update({text, json.dumps(text)[1:-1], repr(text)[1:-1]})
+        self.values = sorted((f for f in forms if len(f) >= MIN_LENGTH), key=len, reverse=True)
         self.scan = scan
 
     def __bool__(self) -> bool:
@@ -94,3 +98,57 @@ class Redactor:
         return "".join(out)
 
     __call__ = mask
+
+    def mask_json(self, value: Any) -> Any:
+        """``value`` (JSON-like) with every text in it masked."""
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, list):
+            return [self.mask_json(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.mask_json(v) for k, v in value.items()}
+        return value
+
+
+#: output data that is text a person reads (images and other binary data are left alone:
+#: base64 looks like a secret to an entropy scanner)
+_TEXT_MIMES = ("text/plain", "text/html", "text/markdown", "text/latex", "application/json")
+
+
+def mask_outputs(nb: Any, redactor: Redactor) -> None:
+    """Mask, in place, every readable text of the notebook's outputs (streams, text data,
+    errors) with ``redactor`` (its values and the scanner's finds)."""
+    for cell in nb.get("cells", []):
+        for output in cell.get("outputs", []) or []:
+            kind = output.get("output_type")
+            if kind == "stream":
+                output["text"] = redactor.mask(_text(output.get("text", "")))
+            elif kind == "error":
+                output["evalue"] = redactor.mask(str(output.get("evalue", "")))
+                output["traceback"] = [redactor.mask(str(t)) for t in output.get("traceback", [])]
+            data = output.get("data")
+            if isinstance(data, dict):
+                for mime in _TEXT_MIMES:
+                    if mime in data:
+                        value = data[mime]
+                        data[mime] = (
+                            redactor.mask_json(value)
+                            if mime == "application/json"
+                            else redactor.mask(_text(value))
+                        )
+
+
+def masked_notebook(nb: Any, redactor: Redactor) -> Any:
+    """A copy of ``nb`` with the redactor's values masked everywhere (sources, metadata,
+    outputs)."""
+    import copy
+
+    shown = copy.deepcopy(nb)
+    for cell in shown.get("cells", []):
+        cell["source"] = redactor.mask_values(_text(cell.get("source", "")))
+    mask_outputs(shown, redactor)
+    return shown
+
+
+def _text(value: Any) -> str:
+    return "".join(value) if isinstance(value, list) else str(value)

@@ -5,6 +5,7 @@ and never change the run's state."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -214,3 +215,69 @@ def test_kiln_report_of_a_run(tmp_path: Path) -> None:
     assert (tmp_path / "out.pdf").read_bytes().startswith(b"%PDF")
     missing = kiln("report", "nope.ipynb")
     assert missing.returncode == 2 and "nope.ipynb: no such notebook" in missing.stderr
+
+
+CANARY = "canary-7f3a9c2e5b1d"  # the secret's value: it must appear in no file, mail or post
+AWS_KEY = "AKIAZ7QXEXAMPLEKEY42"  # a known secret format printed by the notebook
+
+
+def test_canary_secrets_are_masked_everywhere(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with smtp_sink() as smtp, webhook_sink() as hook:
+        _project(tmp_path, smtp, hook, "    secrets: {api_key: env:SALES_API_KEY}\n")
+        nbformat.write(
+            build_notebook(
+                [
+                    ("day = ''\napi_key = ''", ["parameters"]),
+                    "import kiln, hashlib\n"
+                    "kiln.record('key_sha', hashlib.sha256(api_key.encode()).hexdigest())",
+                    "print('using', api_key)\nprint('postgres://app:' + api_key + '@db/s')",
+                    f"print('aws key {AWS_KEY}')",
+                    "raise ValueError('bad key ' + api_key)",
+                ]
+            ),
+            tmp_path / "sales.ipynb",
+        )
+        _backdate(home)
+        with _scheduler(tmp_path, home, SALES_API_KEY=CANARY):
+            slot = wait_for(lambda: _delivered(home), timeout=120, what="a delivered slot")[-1]
+        mails = [m.as_bytes() for _r, m in smtp.messages]
+        posts = [json.dumps(p["json"]) for p in hook.posts]
+    assert slot.state == "failed"
+    with RunStore(home) as store:
+        run = store.get_run_exact(str(slot.run_id))
+    # the run received the real value
+    assert run.record_values["key_sha"] == hashlib.sha256(CANARY.encode()).hexdigest()
+    assert run.parameters["api_key"] == "***"
+    assert mails and posts
+    leaks = [
+        str(path)
+        for folder in (home, tmp_path)
+        for path in folder.rglob("*")
+        if path.is_file() and CANARY.encode() in path.read_bytes()
+    ]
+    assert leaks == []  # the database, output notebook, log, reports, scheduler log
+    for text in [*(m.decode("utf-8", "replace") for m in mails), *posts]:
+        assert CANARY not in text
+    output = (home / "runs" / run.id / "output.ipynb").read_text()
+    assert 'api_key = \\"***\\"' in output or "api_key = '***'" in output
+    shown = json.dumps([c.get("outputs", []) for c in json.loads(output)["cells"]])
+    assert AWS_KEY not in shown and "aws key ***" in shown  # a known format, in an output
+    assert "postgres://app:***@db/s" in shown and "bad key ***" in shown
+    report = (home / "runs" / run.id / "report.html").read_text()  # code hidden: outputs only
+    assert AWS_KEY not in report and "bad key ***" in report
+
+
+def test_a_missing_secret_fails_the_slot_naming_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with smtp_sink() as smtp, webhook_sink() as hook:
+        root = _project(tmp_path, smtp, hook, "    secrets: {api_key: env:SALES_API_KEY}\n")
+        text = (root / "sales.ipynb").read_text().replace("day = ''", "day = ''\\napi_key = ''")
+        (root / "sales.ipynb").write_text(text)
+        _backdate(home)
+        with _scheduler(root, home):
+            slot = wait_for(lambda: _delivered(home), timeout=120, what="a delivered slot")[-1]
+        ((_r, message), *_more) = smtp.messages
+    assert slot.state == "failed" and slot.run_id is None
+    assert "SALES_API_KEY is not set" in (slot.reason or "")
+    assert "SALES_API_KEY is not set" in message.get_body(preferencelist=("plain",)).get_content()

@@ -64,7 +64,7 @@ def queued_run(
         notebook_path=request.notebook_label,
         notebook_sha256=prepared.sha256,
         state=RunState.QUEUED,
-        parameters=prepared.values,
+        parameters=prepared.public_values,  # secrets are read again when the run starts
         created_at=datetime.now(timezone.utc),
         input_path=str(input_path),
         kernel_name=prepared.kernel_name,

@@ -298,6 +298,8 @@ class Scheduler:
             defaults=run_defaults(schedule.project),
             **options,
         )
+        if section.secrets:
+            request = replace(request, secrets=dict(section.secrets))
         run = queued_run(
             request,
             self.store,

@@ -128,3 +128,11 @@ schedules:
     assert section.report.formats == ["html", "pdf"] and section.secrets == {
         "api_key": "env:SALES_API_KEY"
     }
+
+
+def test_word_keys_only_in_the_project_file() -> None:
+    from kiln.yamlio import load_yaml
+
+    text = "notify: {on: failure, 'yes': 1}"
+    assert load_yaml(text, origin="x", word_keys=True) == {"notify": {"on": "failure", "yes": 1}}
+    assert load_yaml(text, origin="x") == {"notify": {True: "failure", "yes": 1}}
