@@ -68,6 +68,14 @@ def zone_of(name: str) -> tzinfo:
         ) from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _parsed(expression: str) -> Any:
+    """A croniter for ``expression``, parsed once; copies of it walk from any start."""
+    from croniter import croniter
+
+    return croniter(expression, datetime(2000, 1, 1))
+
+
 class Cron:
     """A cron expression in a zone: the slots (aware UTC instants) it fires at."""
 
@@ -81,9 +89,11 @@ class Cron:
         return f"Cron({self.expression!r}, {self.zone_name!r})"
 
     def _iter(self, start_local: datetime) -> Any:
-        from croniter import croniter
+        import copy
 
-        return croniter(self.expression, start_local)
+        walker = copy.copy(_parsed(self.expression))  # parsing is most of croniter's cost
+        walker.set_current(start_local, force=True)
+        return walker
 
     def after(self, moment: datetime) -> Iterator[datetime]:
         """The slots strictly after ``moment`` (aware), in order, each once."""

@@ -41,6 +41,11 @@ def _environment() -> Any:
     return env
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(text: str) -> Any:
+    return _environment().from_string(text)
+
+
 def context(schedule: str, slot_local: datetime, fired_local: datetime) -> dict[str, Any]:
     """The names a template sees for one slot (times aware, in the schedule's zone)."""
     day = slot_local.date()
@@ -67,7 +72,7 @@ def fill(value: Any, names: dict[str, Any], *, where: str = "parameters") -> Any
         from jinja2 import TemplateError
 
         try:
-            return _environment().from_string(value).render(names)
+            return _compiled(value).render(names)
         except TemplateError as exc:
             raise ValueError(
                 f"{where}: template {value!r}: {exc} (names: {', '.join(NAMES)}; "
