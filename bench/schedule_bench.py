@@ -124,7 +124,7 @@ def bench_fire(folder: Path, fires: int) -> dict[str, float]:
         cells=[new_code_cell("n = 0", metadata={"tags": ["parameters"]}), new_code_cell("n")],
         metadata={
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        },  # fmt: skip
+        },
     )
     nbformat.write(nb, project / "nb.ipynb")
     (project / "kiln.yaml").write_text(

@@ -56,6 +56,11 @@ def _exporter(static: bool = False, hide_code: bool = False) -> HTMLExporter:
     exporter = HTMLExporter(template_name="lab")
     exporter.exclude_input_prompt = False
     if static:  # outputs are cleaned by render_report, the page by sanitize.strip_active
+        import logging
+
+        # its advice on alt texts is for page authors, not for the readers of a report
+        exporter.log = logging.getLogger("kiln.report.nbconvert")
+        exporter.log.setLevel(logging.ERROR)
         exporter.exclude_input = hide_code
         exporter.exclude_input_prompt = hide_code
         exporter.exclude_output_prompt = True
