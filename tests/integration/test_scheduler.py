@@ -187,3 +187,25 @@ def test_schedules_commands(tmp_path: Path) -> None:
     broken = kiln("scheduler")
     assert broken.returncode == 2
     assert "kiln.yaml:3" in broken.stderr and "not a valid cron expression" in broken.stderr
+
+
+def test_kiln_health_follows_the_scheduler_heartbeat(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    root = _project(tmp_path, 1)
+
+    def health(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([KILN, "health", "--json", *args], cwd=root, env=_env(home),
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    before = health()
+    assert before.returncode == 1 and json.loads(before.stdout)["scheduler_alive"] is False
+    with _schedulers(root, home, 1) as (proc,):
+        wait_for(lambda: health().returncode == 0, timeout=60, what="a heartbeat")
+        os.kill(proc.pid, signal.SIGKILL)  # a dead scheduler leaves its last beat behind
+        proc.wait(timeout=30)
+        stale = wait_for(
+            lambda: (found := health("--max-age", "1s")).returncode == 1 and found,
+            timeout=30,
+            what="the heartbeat to age",
+        )
+    assert json.loads(stale.stdout)["heartbeat_age_s"] > 1

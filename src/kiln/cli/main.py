@@ -61,6 +61,7 @@ COMMANDS = (
     "schedules_cmd",
     "scheduler_cmd",
     "report_cmd",
+    "health_cmd",
     "build_cmd",
     "status_cmd",
     "dag_cmd",
