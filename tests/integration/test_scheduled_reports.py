@@ -281,3 +281,29 @@ def test_a_missing_secret_fails_the_slot_naming_it(tmp_path: Path) -> None:
     assert slot.state == "failed" and slot.run_id is None
     assert "SALES_API_KEY is not set" in (slot.reason or "")
     assert "SALES_API_KEY is not set" in message.get_body(preferencelist=("plain",)).get_content()
+
+
+def test_alerts_for_missed_slots_and_a_silent_scheduler(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with smtp_sink() as smtp, webhook_sink() as hook:
+        root = _project(tmp_path, smtp, hook, "    catchup: skip\n    grace: 5s\n")
+        with (root / "kiln.yaml").open("a") as fh:
+            fh.write(
+                f"alerts:\n  email: {{to: [ops@example.com]}}\n"
+                f"  webhook: {{url: '{hook.url}'}}\n  heartbeat: 2s\n"
+            )
+        silent = subprocess.run([KILN, "health", "--alert"], cwd=root, env=_env(home),
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert silent.returncode == 1
+        assert hook.posts[-1]["json"]["alert"] == "heartbeat"
+        _backdate(home, minutes=10)  # nine slots passed: missed (catch-up: skip)
+        with _scheduler(root, home):
+            wait_for(lambda: any(p["json"].get("alert") == "missed" for p in hook.posts),
+                     timeout=120, what="a missed-slot alert")  # fmt: skip
+        missed = [p["json"] for p in hook.posts if p["json"].get("alert") == "missed"]
+        mails = [m for _r, m in smtp.messages if "alert" in str(m["Subject"])]
+    assert len(missed) == 1 and "missed while no scheduler ran" in missed[0]["text"]
+    assert len(missed[0]["slots"]) >= 8
+    subjects = sorted(str(m["Subject"]) for m in mails)
+    assert subjects[0].startswith("[kiln] alert: heartbeat")
+    assert any(s.startswith("[kiln] alert: missed") for s in subjects)

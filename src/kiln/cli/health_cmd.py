@@ -20,10 +20,16 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "slots. Schedulers beat every 5 seconds.",
     )
     h.add_argument(
-        "--max-age", type=_duration, default=60.0, metavar="DURATION",
-        help="the oldest heartbeat that counts as alive (default 60s)",
+        "--max-age", type=_duration, default=None, metavar="DURATION",
+        help="the oldest heartbeat that counts as alive (default 60s, or with --alert the "
+        "alerts section's heartbeat limit)",
     )  # fmt: skip
     h.add_argument("--json", action="store_true", help="print the check as JSON")
+    h.add_argument(
+        "--alert", action="store_true",
+        help="send kiln.yaml's alerts (e-mail, webhook) when no scheduler beat within the "
+        "alerts section's heartbeat limit (default: --max-age)",
+    )  # fmt: skip
     h.set_defaults(handler=handle_health)
 
 
@@ -39,11 +45,18 @@ def handle_health(args: argparse.Namespace) -> int:
             open_slots = len(slots.slots(store, states=slots.OPEN))
     except HomeNotFound:
         age, open_slots = None, 0
-    alive = age is not None and age.total_seconds() <= args.max_age
+    limit = 60.0 if args.max_age is None else args.max_age
+    if args.alert:
+        from kiln.project import load_project
+
+        project = load_project()
+        if project.config.alerts is not None and args.max_age is None:
+            limit = project.config.alerts.heartbeat
+    alive = age is not None and age.total_seconds() <= limit
     shown = {
         "scheduler_alive": alive,
         "heartbeat_age_s": None if age is None else round(age.total_seconds(), 1),
-        "max_age_s": args.max_age,
+        "max_age_s": limit,
         "open_slots": open_slots,
     }
     if args.json:
@@ -53,5 +66,17 @@ def handle_health(args: argparse.Namespace) -> int:
     else:
         state = "alive" if alive else "NOT alive"
         print(f"scheduler {state}: last heartbeat {age.total_seconds():.1f}s ago "
-              f"(limit {args.max_age:g}s); {open_slots} open slot(s)")  # fmt: skip
+              f"(limit {limit:g}s); {open_slots} open slot(s)")  # fmt: skip
+    if args.alert and not alive:
+        from kiln.scheduler.alerts import send_alert
+
+        text = (
+            "no scheduler has beaten on this history"
+            if age is None
+            else f"the last scheduler heartbeat is {age.total_seconds():.0f}s old "
+            f"(limit {limit:g}s)"
+        )
+        sent = send_alert(project, "heartbeat", {"text": text, **shown})
+        if not sent:
+            print("--alert: kiln.yaml has no alerts section: nothing sent", file=sys.stderr)
     return 0 if alive else 1

@@ -420,6 +420,20 @@ class NotifySection:
 
 
 @dataclass(frozen=True)
+class AlertsSection:
+    """Notifications about the scheduling itself: slots missed while no scheduler ran, and
+    a scheduler gone silent (`kiln health --alert`)."""
+
+    email: EmailNotify | None = field(default=None, metadata=_help("e-mail the alert"))
+    webhook: WebhookNotify | None = field(default=None, metadata=_help("POST the alert"))
+    missed: bool = field(default=True, metadata=_help("alert when slots are missed"))
+    heartbeat: Duration = field(
+        default=300.0,
+        metadata=_help("kiln health --alert alerts when no scheduler beat for this long"),
+    )
+
+
+@dataclass(frozen=True)
 class ScheduleSection:
     """A notebook run on a cron schedule: parameters templated at fire time, retries, a
     report and where it goes."""
@@ -543,6 +557,9 @@ class ProjectConfig:
     )
     smtp: SmtpSection | None = field(
         default=None, metadata=_help("the mail server for reports and alerts")
+    )
+    alerts: AlertsSection | None = field(
+        default=None, metadata=_help("alerts about missed slots and a silent scheduler")
     )
     schedules: dict[str, ScheduleSection] = field(
         default_factory=dict,

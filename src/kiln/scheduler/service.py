@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiln.scheduler.core import Scheduler, utcnow
 from kiln.store import slots as store_slots
@@ -50,6 +50,7 @@ class SchedulerService:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     on_tick: Callable[[str], None] | None = None
     _stop: asyncio.Event | None = None
+    _background: set[asyncio.Future[Any]] = field(default_factory=set)
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -108,6 +109,15 @@ class SchedulerService:
             if result is not None and self.on_tick is not None:
                 for name, slot, run_id in result.fired:
                     self.on_tick(f"{name}: slot {slot.isoformat()} -> run {run_id}")
+            if result is not None and result.missed and self.project.config.alerts is not None:
+                from kiln.scheduler.alerts import missed_alert
+
+                # only the scheduler whose insert recorded a slot missed tells of it: once
+                alerting = asyncio.ensure_future(
+                    asyncio.to_thread(missed_alert, self.project, list(result.missed))
+                )
+                self._background.add(alerting)
+                alerting.add_done_callback(self._background.discard)
             if self.deliver and (delivering is None or delivering.done()):
                 delivering = asyncio.ensure_future(self._deliver_one(store, schedules))
             wake = scheduler.next_wake(now)
@@ -119,6 +129,8 @@ class SchedulerService:
         if delivering is not None and not delivering.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(delivering), 30)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=30)
 
     async def _deliver_one(self, store: RunStore, schedules: dict[str, Schedule]) -> None:
         slot = store_slots.claim_delivery(store, self.name, lease=DELIVERY_LEASE)
