@@ -55,7 +55,7 @@ def notebook(folder: Path) -> Path:
                 "print(f'sales on {day}: {df.amount.sum():,.2f}')"
             ),
             new_code_cell(
-                "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+                "import matplotlib.pyplot as plt\n"
                 "fig, ax = plt.subplots(figsize=(6, 3))\n"
                 "totals['sum'].plot.bar(ax=ax, title=f'Sales by region, {day}')\n"
                 "plt.show()"
