@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck unit integration bench clean venv corpus graphviz postgres
+.PHONY: demo test lint typecheck unit integration bench clean venv corpus graphviz postgres reports
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,21 @@ corpus: $(VENV)/.installed-test
 	      || echo "corpus: download failed; corpus tests will be skipped"; \
 	  fi
 
+# PDF reports print through WeasyPrint on the system's Pango (Debian's libpango); the tests
+# look at the PDFs with poppler's pdftotext and pdftoppm
+reports:
+	@missing=""; command -v pdftoppm >/dev/null 2>&1 || missing="poppler-utils"; \
+	  ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0 || missing="$$missing libpango-1.0-0 libpangoft2-1.0-0"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "reports: installing$$missing"; \
+	      ( apt-get install -y -qq --no-install-recommends $$missing >/dev/null 2>&1 || \
+	        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	            --no-install-recommends $$missing >/dev/null; } ) \
+	        || echo "reports: the install failed; the PDF tests will not pass"; \
+	    else echo "reports: missing$$missing (needs root and apt-get)"; fi; \
+	  fi
+
 # kiln dag draws with Graphviz's dot (Debian's graphviz); the tests draw SVG and PNG
 graphviz:
 	@command -v dot >/dev/null 2>&1 || { \
@@ -73,7 +88,7 @@ postgres:
 	  fi; \
 	fi
 
-test: $(VENV)/.installed-test graphviz postgres corpus lint typecheck
+test: $(VENV)/.installed-test graphviz postgres reports corpus lint typecheck
 	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus} $(BIN)/python -m pytest -n 2 -q
 
 bench: $(VENV)/.installed-test

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from nbformat import NotebookNode
 
     from kiln.parameters.schema import ParameterSchema
+    from kiln.redact import Redactor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,10 @@ class RunRequest(RunOptions):
     origin: Mapping[str, Any] | None = None
     #: the account that asked for the run (a server's caller), recorded with it
     submitted_by: str | None = None
+    #: parameters whose values are secrets, by where they are read when the run starts
+    #: (``{"api_key": "env:SALES_API_KEY"}``): the run gets the values; the history, the
+    #: output notebook, the log and reports show ``***``
+    secrets: Mapping[str, str] | None = None
 
     @functools.cached_property
     def notebook_label(self) -> str:
@@ -75,11 +80,14 @@ class RunRequest(RunOptions):
             value = getattr(self, name)
             if value != RunOptions.__dataclass_fields__[name].default:
                 options[name] = str(value) if isinstance(value, Path) else value
-        return {
+        data: dict[str, Any] = {
             "notebook": str(self.notebook),
             "output": str(self.output) if self.output is not None else None,
             "options": options,
         }
+        if self.secrets:
+            data["secrets"] = dict(self.secrets)  # where the values are read, never them
+        return data
 
     @classmethod
     def from_json(
@@ -87,7 +95,9 @@ class RunRequest(RunOptions):
     ) -> RunRequest:
         """The request :meth:`to_json` stored (options checked again, as every request's)."""
         output = data.get("output")
+        secrets = data.get("secrets")
         return cls(
+            secrets=dict(secrets) if secrets else None,
             notebook=Path(str(data["notebook"])),
             parameters=dict(parameters),
             output=Path(output) if output else None,
@@ -157,6 +167,19 @@ class Prepared:
     imports: tuple[str, ...] = ()
     #: the notebook to execute, once :meth:`complete` has built it
     notebook: NotebookNode | None = None
+    #: the parameters whose values are secrets (``request.secrets``)
+    secret_names: tuple[str, ...] = ()
+    #: masks their values (and secret formats) in what the run writes; None without secrets
+    redactor: Redactor | None = None
+
+    @property
+    def public_values(self) -> dict[str, Any]:
+        """The parameter values as recorded and shown: secrets as ``***``."""
+        if not self.secret_names:
+            return self.values
+        from kiln.redact import MASK
+
+        return {k: MASK if k in self.secret_names else v for k, v in self.values.items()}
 
     def complete(self) -> NotebookNode:
         """The notebook to execute: upgraded, validated, parameters injected, old marks gone."""
@@ -209,9 +232,18 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
     else:  # the same bytes again (a sweep, a schedule): parsed and checked already
         raw, schema, nb, view = parsed.raw, parsed.schema, None, parsed.raw
     warnings: list[str] = []
+    given = request.parameters
+    secret_names: tuple[str, ...] = ()
+    if request.secrets:
+        from kiln.redact import secret_values
+
+        # read now, before anything starts: a missing source fails the run here, named
+        read = secret_values(request.secrets)
+        given = {**given, **read}
+        secret_names = tuple(read)
     values = resolve_parameters(
         schema,
-        request.parameters,
+        given,
         allow_unknown=request.allow_unknown,
         notebook=path,
         notices=warnings,
@@ -264,7 +296,12 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
         warnings=warnings,
         engine_name=engine_name,
         imports=tuple(imports),
+        secret_names=secret_names,
     )
+    if secret_names:
+        from kiln.redact import Redactor
+
+        prepared.redactor = Redactor(values[name] for name in secret_names)
     if nb is not None:
         prepared.complete()
     return prepared

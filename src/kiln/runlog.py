@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -64,6 +65,8 @@ class RunLog:
         self._tails: dict[int, _Tail] = {}
         self._notebook: Path | None = None
         self._cell_ids: list[str | None] = []
+        #: masks the run's secret values in every line (set by the runner)
+        self.mask: Callable[[str], str] | None = None
 
     def set_output(self, path: Path, nb: Any) -> None:
         """The output notebook, named where the log leaves a large output out."""
@@ -80,6 +83,8 @@ class RunLog:
         if self._fh is None:
             return
         stamp = _now()
+        if self.mask is not None:
+            text = self.mask(text)
         try:
             for part in text.splitlines() or [""]:
                 self._fh.write(f"{stamp} {part}\n")

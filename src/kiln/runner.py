@@ -408,7 +408,7 @@ class Runner:
                 notebook_path=request.notebook_label,
                 notebook_sha256=prepared.sha256,
                 state=RunState.QUEUED,
-                parameters=prepared.values,
+                parameters=prepared.public_values,
                 run_dir=str(run_dir),
                 input_path=str(input_path),
                 output_path=str(output_path),
@@ -447,9 +447,12 @@ class Runner:
             for cell in nb.cells:
                 cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
         started_at = datetime.now(timezone.utc)
+        redactor = prepared.redactor
+        if redactor is not None:
+            log.mask = redactor.mask_values
         nb.metadata["kiln"] = {
             "run_id": run.id,
-            "parameters": prepared.values,
+            "parameters": prepared.public_values,
             "input_path": request.notebook_label,
             "output_path": str(output_path),
             "kernel_name": prepared.kernel_name,
@@ -458,19 +461,25 @@ class Runner:
         }
         papermill_start(
             nb,
-            parameters=prepared.values,
+            parameters=prepared.public_values,
             defaults=prepared.schema.defaults(),
             input_path=request.notebook_label,
             output_path=str(output_path),
             started=started_at,
         )
         log.fields(f"run {run.id} notebook", str(request.notebook))
-        log.fields("parameters", prepared.values)
+        log.fields("parameters", prepared.public_values)
         for text in prepared.warnings:
             log.line(f"warning: {text}")
         if request.prepare_only:
             nb.metadata["kiln"]["state"] = RunState.PREPARED.value
-            save_notebook(nb, output_path, mode=self._output_mode(request))
+            if redactor is not None:
+                from kiln.redact import masked_notebook
+
+                save_notebook(masked_notebook(nb, redactor), output_path,
+                              mode=self._output_mode(request))  # fmt: skip
+            else:
+                save_notebook(nb, output_path, mode=self._output_mode(request))
             ended_at = datetime.now(timezone.utc)
             reason = "prepared only (not executed)"
             store.finish_run(
@@ -492,6 +501,7 @@ class Runner:
             output_path,
             on_error=lambda e: log.line(f"warning: could not save yet: {e}"),
             mode=self._output_mode(request),
+            mask=redactor.mask_values if redactor is not None else None,
         )
         saver.changed()
         log.set_output(output_path, nb)
@@ -608,6 +618,15 @@ class Runner:
         if outcome.status != "ok":
             meta["error"] = {"cell_index": outcome.failed_cell, "message": reason}
         papermill_finish(nb, ended_at, failed=not state.ok)
+        if prepared.redactor is not None:
+            # the last save also masks what the secret scanner finds in the outputs
+            from kiln.redact import mask_outputs
+
+            mask_outputs(nb, prepared.redactor)
+            saver.forget()
+            reason = prepared.redactor.mask(reason) if reason else reason
+            if error is not None:
+                error = prepared.redactor.mask_json(error)
         saver.save()
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
         self.store.finish_run(

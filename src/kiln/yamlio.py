@@ -80,8 +80,12 @@ def load_yaml(
     max_bytes: int = MAX_BYTES,
     max_alias_nodes: int = MAX_ALIAS_NODES,
     max_depth: int = MAX_DEPTH,
+    word_keys: bool = False,
 ) -> Any:
-    """Parse one YAML document (empty text gives ``None``); see the module docstring."""
+    """Parse one YAML document (empty text gives ``None``); see the module docstring.
+
+    ``word_keys``: a bare ``on``/``off``/``yes``/``no``/``true``/``false`` *key* stays the word
+    (YAML 1.1 reads it as a boolean); the project file's keys are words, never booleans."""
     import yaml
 
     if isinstance(text, bytes):
@@ -103,7 +107,7 @@ def load_yaml(
         loader.dispose()
     if node is None:
         return None
-    builder = _Builder(loader, origin, max_depth)
+    builder = _Builder(loader, origin, max_depth, word_keys=word_keys)
     budget = builder.unique(node) + max_alias_nodes
     expanded = builder.expanded(node, budget)
     if expanded > budget:
@@ -172,7 +176,8 @@ def _loader_class() -> Any:
 class _Builder:
     """Turns the composed node graph into Python values, checking the bounds."""
 
-    def __init__(self, loader: Any, origin: str, max_depth: int) -> None:
+    def __init__(self, loader: Any, origin: str, max_depth: int, *, word_keys: bool) -> None:
+        self.word_keys = word_keys
         self.loader = loader
         self.origin = origin
         self.max_depth = max_depth
@@ -273,6 +278,8 @@ class _Builder:
                     mark_of(key_node),
                 )
             key = self._scalar(key_node)
+            if self.word_keys and isinstance(key, bool) and not key_node.style:
+                key = key_node.value  # notify's `on: failure` means the word
             if key in out:
                 first = out.marks[key]
                 raise YamlError(

@@ -150,3 +150,7 @@ def test_example_demo_runs_end_to_end(tmp_path):
     assert us.parameters["region"] == "US" and us.records["orders"] == 650
     assert us.records["total_revenue"] > 0
     assert {"summary", "chart", "low_margin_products"} <= set(us.records)
+    # the schedule's report, mailed to the demo's SMTP sink
+    message = (out / "mail" / "message-1.eml").read_text()
+    assert "To: managers@example.com" in message and "daily-sales succeeded" in message
+    assert "The report was mailed to managers@example.com" in res.stdout

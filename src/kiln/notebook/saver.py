@@ -70,6 +70,8 @@ class _Plan:
     abandon: bool = False
     #: the file's permissions (exact), or None for the umask's
     mode: int | None = None
+    #: what every piece of JSON goes through before it is written (the run's secrets)
+    mask: Callable[[str], str] | None = None
 
 
 class NotebookSaver:
@@ -94,9 +96,13 @@ class NotebookSaver:
         factor: float | None = None,
         on_error: Callable[[BaseException], None] | None = None,
         mode: int | None = None,
+        mask: Callable[[str], str] | None = None,
     ) -> None:
         self.nb = nb
         self.path = path
+        #: masks the run's secret values in what is written (the notebook in memory, which
+        #: the kernel runs, keeps them)
+        self.mask = mask
         #: the file's permissions (exact), or None for the umask's
         self.mode = mode
         self.interval = MIN_INTERVAL if interval is None else interval
@@ -226,6 +232,11 @@ class NotebookSaver:
             self._pending = False
             self.changed()
 
+    def forget(self) -> None:
+        """Serialise every cell again at the next save (cells were changed in place outside
+        the engine's events, e.g. masked)."""
+        self._kept.clear()
+
     def _take(self, plan: _Plan, fresh: dict[int, bytes]) -> None:
         for key, data in fresh.items():
             self._kept[key] = (plan.sources[key], data)
@@ -259,7 +270,7 @@ class NotebookSaver:
             else:
                 cells.append(entry[1])
         finished.clear()
-        return _Plan(self.path, started, frame, cells, sources, mode=self.mode)
+        return _Plan(self.path, started, frame, cells, sources, mode=self.mode, mask=self.mask)
 
 
 def _serialise_and_write(plan: _Plan) -> dict[int, bytes]:
@@ -272,11 +283,14 @@ def _serialise_and_write(plan: _Plan) -> dict[int, bytes]:
             parts.append(item)
         else:
             key, cell = item
-            data = fresh[key] = cell_json(cell).encode("utf-8")
+            text = cell_json(cell)
+            data = fresh[key] = (plan.mask(text) if plan.mask else text).encode("utf-8")
             parts.append(data)
     if plan.abandon:
         return fresh
     head, tail = notebook_frame(plan.frame)
+    if plan.mask is not None:
+        head, tail = plan.mask(head), plan.mask(tail)
 
     def chunks() -> Iterator[bytes]:
         if not parts:

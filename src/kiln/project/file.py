@@ -85,7 +85,7 @@ def _read(path: Path) -> Project:
         data = path.read_bytes()
     except OSError as exc:
         raise YamlError(origin, f"cannot read the project file: {exc.strerror}") from None
-    value = load_yaml(data, origin=origin, max_bytes=MAX_PROJECT_FILE)
+    value = load_yaml(data, origin=origin, max_bytes=MAX_PROJECT_FILE, word_keys=True)
     config = Reader(origin).dataclass(value, ProjectConfig, "", (1, 1))
     return Project(root=path.parent.resolve(), file=path, config=config)
 

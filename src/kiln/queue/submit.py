@@ -30,40 +30,52 @@ def submit(
     Refusals raise as :func:`kiln.run` would (``ParameterError``, ``NotebookError``, ...),
     before anything is written. ``retries`` is how many times a run whose worker died is
     queued again (a run that fails in a cell is not retried: it ran and failed)."""
-    if retries < 0:
-        raise ValueError("retries must be 0 or more")
-    prepared = prepare(request)  # every check a run makes before it starts
-    prepared.complete()  # full nbformat validation too: a queued run must be runnable
     own = store is None
     if store is None:
         from kiln.store.sql import RunStore
 
         store = RunStore(home)
     try:
-        input_path = store_input(store.home, prepared.sha256, prepared.source_bytes, file_modes())
-        run = store.create_run(
-            Run(
-                id=new_run_id(),
-                notebook_path=request.notebook_label,
-                notebook_sha256=prepared.sha256,
-                state=RunState.QUEUED,
-                parameters=prepared.values,
-                created_at=datetime.now(timezone.utc),
-                input_path=str(input_path),
-                kernel_name=prepared.kernel_name,
-                language=prepared.language,
-                request=_request_json(request),
-                attempt=1,
-                max_retries=retries,
-                submitted_by=submitted_by,
-                tags={**(request.tags or {}), **(tags or {})},
-                origin=dict(request.origin) if request.origin else None,
-            )
-        )
+        run = queued_run(request, store, retries=retries, submitted_by=submitted_by, tags=tags)
+        return store.create_run(run)
     finally:
         if own:
             store.close()
-    return run
+
+
+def queued_run(
+    request: RunRequest,
+    store: RunStore,
+    *,
+    retries: int = 0,
+    submitted_by: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Run:
+    """The ``queued`` run that submitting ``request`` commits, checked and with its input
+    stored, but not yet inserted: a caller that must insert it together with other rows
+    (the scheduler's slot) does so in its own transaction."""
+    if retries < 0:
+        raise ValueError("retries must be 0 or more")
+    prepared = prepare(request)  # every check a run makes before it starts
+    prepared.complete()  # full nbformat validation too: a queued run must be runnable
+    input_path = store_input(store.home, prepared.sha256, prepared.source_bytes, file_modes())
+    return Run(
+        id=new_run_id(),
+        notebook_path=request.notebook_label,
+        notebook_sha256=prepared.sha256,
+        state=RunState.QUEUED,
+        parameters=prepared.public_values,  # secrets are read again when the run starts
+        created_at=datetime.now(timezone.utc),
+        input_path=str(input_path),
+        kernel_name=prepared.kernel_name,
+        language=prepared.language,
+        request=_request_json(request),
+        attempt=1,
+        max_retries=retries,
+        submitted_by=submitted_by,
+        tags={**(request.tags or {}), **(tags or {})},
+        origin=dict(request.origin) if request.origin else None,
+    )
 
 
 def _request_json(request: RunRequest) -> dict[str, object]:

@@ -135,6 +135,9 @@ def build_app(
     app.include_router(accounts_api.router(ctx), prefix="/api/v1")
     app.include_router(accounts_api.pages(ctx))
     app.include_router(endpoints_router(ctx), prefix="/api/v1")
+    from kiln.server import schedules_api
+
+    app.include_router(schedules_api.router(ctx), prefix="/api/v1")
     public = PUBLIC | ({"/metrics"} if settings.metrics_public else set())
     gated = AuthGate(app, ctx.auth, public=public, root_path=settings.root_path)
     asgi = ServerMiddleware(gated, max_body=settings.max_body)

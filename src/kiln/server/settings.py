@@ -49,6 +49,8 @@ class ServerSettings:
     #: worker lease and poll (seconds): short leases find a dead worker sooner
     lease: float = 30.0
     poll: float = 0.2
+    #: kiln.yaml has schedules: a scheduler process runs beside the workers
+    schedules: bool = False
 
 
 def load_settings(
@@ -95,7 +97,12 @@ def load_settings(
                 "notebook",
             )
         endpoints[name] = Endpoint(name, path, float(spec.timeout), int(spec.concurrency))
+    if project.config.schedules:
+        from kiln.scheduler.model import load_schedules
+
+        load_schedules(project)  # a broken schedule stops the server's start, located
     return ServerSettings(
+        schedules=bool(project.config.schedules),
         root=project.root.resolve(),
         home=(home or find_home(project.root)).resolve(),
         endpoints=endpoints,

@@ -42,6 +42,9 @@ class WorkerProcesses:
         self.procs: list[tuple[subprocess.Popen[bytes], float]] = []
         self.stopping = False
         self._pause = 1.0
+        #: the scheduler process, when kiln.yaml has schedules (restarted like a worker)
+        self.scheduler: subprocess.Popen[bytes] | None = None
+        self.schedules = settings.schedules
 
     def alive(self) -> tuple[int, int]:
         return sum(1 for proc, _ in self.procs if proc.poll() is None), self.wanted
@@ -69,14 +72,33 @@ class WorkerProcesses:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, cwd=self.settings.root)
         self.procs.append((proc, time.monotonic()))
 
+    def _spawn_scheduler(self) -> None:
+        env = dict(os.environ, KILN_HOME=str(self.settings.home))
+        argv = [sys.executable, "-m", "kiln.server.schedulerproc", "--parent", str(os.getpid())]
+        self.scheduler = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, cwd=self.settings.root
+        )
+
     def start(self) -> None:
         for _ in range(self.wanted):
             self._spawn()
+        if self.schedules:
+            self._spawn_scheduler()
+
+    def _all(self) -> list[subprocess.Popen[bytes]]:
+        extra = [self.scheduler] if self.scheduler is not None else []
+        return [proc for proc, _ in self.procs] + extra
 
     async def watch(self) -> None:
         """Start again the workers that died (pausing when they die as soon as they start)."""
         while not self.stopping:
             await asyncio.sleep(0.5)
+            if self.scheduler is not None and self.scheduler.poll() is not None:
+                code = self.scheduler.poll()
+                log.warning("the scheduler exited (code %s); starting another", code)
+                await asyncio.sleep(self._pause)
+                if not self.stopping:
+                    self._spawn_scheduler()
             for proc, started in list(self.procs):
                 code = proc.poll()
                 if code is None or self.stopping:
@@ -101,20 +123,20 @@ class WorkerProcesses:
         """SIGTERM every worker; wait for them (their runs have ``grace`` to finish, then
         are cancelled), then SIGKILL whatever is left."""
         self.stopping = True
-        for proc, _ in self.procs:
+        for proc in self._all():
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace + 30.0
-        while any(proc.poll() is None for proc, _ in self.procs):
+        while any(proc.poll() is None for proc in self._all()):
             if time.monotonic() >= deadline:
-                for proc, _ in self.procs:
+                for proc in self._all():
                     if proc.poll() is None:
                         log.warning("worker %d did not stop in time: killing it", proc.pid)
                         proc.kill()
                 break
             await asyncio.sleep(0.1)
-        for proc, _ in self.procs:
+        for proc in self._all():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
 

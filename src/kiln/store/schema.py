@@ -26,6 +26,9 @@ __all__ = [
     "metadata",
     "mlflow_exports",
     "runs",
+    "schedule_slots",
+    "schedule_states",
+    "scheduler_beats",
     "task_states",
     "tokens",
     "users",
@@ -242,4 +245,54 @@ mlflow_exports = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_mlflow_exports_state", "state"),
+)
+
+
+# -- schedules (0007) ------------------------------------------------------------------------
+
+#: one row per fired (or missed, or skipped) slot of a schedule: the key fires it once
+schedule_slots = sa.Table(
+    "schedule_slots",
+    metadata,
+    sa.Column("schedule", sa.String(255), primary_key=True),
+    # the slot's instant (UTC); a run-now gets the instant it was asked for
+    sa.Column("slot", sa.DateTime(timezone=True), primary_key=True),
+    # waiting (for its turn or a retry), queued (run_id in flight), succeeded, failed,
+    # cancelled, skipped (concurrency), missed (catch-up)
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("manual", sa.Boolean, nullable=False),
+    sa.Column("fired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("run_id", sa.String(128)),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_at", sa.DateTime(timezone=True)),
+    sa.Column("reason", sa.Text),
+    # the report's delivery: pending, sending (leased), done
+    sa.Column("delivery", sa.String(16)),
+    sa.Column("delivery_owner", sa.String(255)),
+    sa.Column("delivery_expires", sa.DateTime(timezone=True)),
+    sa.Column("deliveries", sa.JSON(none_as_null=True)),
+    sa.Index("ix_schedule_slots_state", "state"),
+    sa.Index("ix_schedule_slots_delivery", "delivery"),
+)
+
+#: what changes at run time per schedule (paused), and when a scheduler first saw it
+schedule_states = sa.Table(
+    "schedule_states",
+    metadata,
+    sa.Column("schedule", sa.String(255), primary_key=True),
+    sa.Column("paused", sa.Boolean, nullable=False),
+    sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_by", sa.String(255)),
+)
+
+#: each scheduler process's last heartbeat
+scheduler_beats = sa.Table(
+    "scheduler_beats",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("beat_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -1,0 +1,154 @@
+"""After a scheduled slot ends: its report written beside the run, then mailed and posted
+as the schedule says. Each notification is tried again on failure (with a doubling wait)
+and its outcome recorded on the slot (``kiln schedules history``, the API); a failed
+delivery never changes the run's state."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kiln.scheduler.model import Schedule
+    from kiln.store.records import Run
+    from kiln.store.slots import Slot
+    from kiln.store.sql import RunStore
+
+log = logging.getLogger("kiln.scheduler")
+
+
+def wanted(on: str, succeeded: bool) -> bool:
+    """Whether a notification with ``on`` goes out for this outcome."""
+    return on == "always" or (on == "success") == succeeded
+
+
+def deliver_slot(store: RunStore, schedule: Schedule | None, slot: Slot) -> list[dict[str, Any]]:
+    """Make and send what ``slot``'s schedule asks for; one entry per delivery."""
+    if schedule is None:
+        return [{"kind": "report", "ok": False, "error": "the schedule is no longer in kiln.yaml"}]
+    from kiln.scheduler.redact import masker_for
+
+    section = schedule.section
+    run = store.get_run_exact(slot.run_id) if slot.run_id else None
+    mask = masker_for(schedule, run)
+    results: list[dict[str, Any]] = []
+    files: dict[str, Any] = {}
+    html_page: str | None = None
+    if run is not None:
+        from kiln.report.make import run_report_html, write_file
+        from kiln.store.files import file_modes
+
+        try:
+            html_page = run_report_html(run, hide_code=section.report.hide_code, mask=mask)
+            mode = file_modes().file
+            folder = store.run_folder(run.id)
+            folder.mkdir(parents=True, exist_ok=True)
+            if "html" in section.report.formats:
+                files["html"] = write_file(folder / "report.html", html_page.encode(), mode)
+            if "pdf" in section.report.formats:
+                from kiln.report.pdf import html_to_pdf
+
+                files["pdf"] = write_file(folder / "report.pdf", html_to_pdf(html_page), mode)
+            results.append(
+                {"kind": "report", "ok": True, "files": {k: str(v) for k, v in files.items()}}
+            )
+        except Exception as exc:  # a report that cannot be made still gets notified
+            results.append({"kind": "report", "ok": False, "error": _why(exc)})
+    notify = section.notify
+    if notify is None:
+        return results
+    succeeded = slot.state == "succeeded"
+    summary = summary_of(schedule, slot, run)
+    if notify.email is not None and wanted(notify.email.on, succeeded):
+        from kiln.report.mail import send_report
+
+        subject = None
+        if notify.email.subject:
+            from kiln.scheduler import templates
+
+            names = templates.context(
+                schedule.name, schedule.cron.local(slot.slot), schedule.cron.local(slot.fired_at)
+            )
+            try:
+                subject = str(templates.fill(notify.email.subject, {**summary, **names}))
+            except ValueError as exc:
+                subject = f"[kiln] {schedule.name} {slot.state} (subject template: {exc})"
+
+        def mail() -> dict[str, Any]:
+            assert notify is not None and notify.email is not None
+            return send_report(
+                schedule.smtp,
+                notify.email,
+                summary,
+                subject=subject,
+                html_page=html_page,
+                files=files,
+                mask=mask,
+            )
+
+        results.append(_with_retries("email", mail, notify.retries, notify.retry_delay))
+    if notify.webhook is not None and wanted(notify.webhook.on, succeeded):
+        from kiln.report.webhook import post_json
+
+        def post() -> dict[str, Any]:
+            assert notify is not None and notify.webhook is not None
+            return post_json(notify.webhook.url, summary, timeout=notify.webhook.timeout, mask=mask)
+
+        results.append(_with_retries("webhook", post, notify.retries, notify.retry_delay))
+    return results
+
+
+def summary_of(schedule: Schedule, slot: Slot, run: Run | None) -> dict[str, Any]:
+    """What a notification says about a slot (JSON-ready)."""
+    out: dict[str, Any] = {
+        "schedule": schedule.name,
+        "notebook": schedule.section.notebook,
+        "slot": schedule.cron.local(slot.slot).isoformat(),
+        "state": slot.state,
+        "attempts": slot.attempts,
+        "reason": slot.reason,
+    }
+    if run is not None:
+        out.update(
+            run_id=run.id,
+            run_state=run.state.value,
+            started_at=run.started_at.isoformat() if run.started_at else None,
+            ended_at=run.ended_at.isoformat() if run.ended_at else None,
+            duration=run.duration,
+            parameters=dict(run.parameters),
+            records=run.record_values,
+            error=run.reason,
+        )
+    return out
+
+
+def _with_retries(
+    kind: str, attempt: Callable[[], dict[str, Any]], retries: int, delay: float
+) -> dict[str, Any]:
+    errors: list[str] = []
+    for number in range(retries + 1):
+        try:
+            done = attempt()
+        except Exception as exc:
+            errors.append(_why(exc))
+            log.warning("%s delivery attempt %d failed: %s", kind, number + 1, errors[-1])
+            if number < retries:
+                time.sleep(delay * 2**number)
+            continue
+        return {"kind": kind, "ok": True, "attempts": number + 1, **done, "at": _now()}
+    return {"kind": kind, "ok": False, "attempts": retries + 1, "error": errors[-1], "at": _now()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _why(exc: BaseException) -> str:
+    from kiln.errors import KilnError
+
+    if isinstance(exc, KilnError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"

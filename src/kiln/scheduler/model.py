@@ -1,0 +1,90 @@
+"""The schedules of a project, read from ``kiln.yaml``'s ``schedules`` section and checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kiln.project.cronspec import Cron
+from kiln.scheduler import templates
+
+if TYPE_CHECKING:
+    from kiln.project import Project
+    from kiln.project.sections import ScheduleSection, SmtpSection
+
+#: the tags a fired run carries
+SCHEDULE_TAG, SLOT_TAG = "schedule", "slot"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One schedule: its section, its cron in its zone, its notebook's path."""
+
+    name: str
+    section: ScheduleSection
+    cron: Cron
+    notebook: Path
+    project: Project
+
+    @property
+    def smtp(self) -> SmtpSection | None:
+        return self.project.config.smtp
+
+    def next_fires(self, after: datetime, count: int = 1) -> list[datetime]:
+        """The next ``count`` slots after ``after`` (aware UTC)."""
+        found: list[datetime] = []
+        for slot in self.cron.after(after):
+            found.append(slot)
+            if len(found) >= count:
+                break
+        return found
+
+    def parameters_for(self, slot: datetime, fired: datetime) -> dict[str, Any]:
+        """The parameters of the run of ``slot``, templates filled."""
+        names = templates.context(self.name, self.cron.local(slot), self.cron.local(fired))
+        filled: dict[str, Any] = templates.fill(
+            dict(self.section.parameters), names, where=f"schedules.{self.name}.parameters"
+        )
+        return filled
+
+
+def load_schedules(project: Project) -> dict[str, Schedule]:
+    """Every schedule of ``project``, checked: its notebook exists, its templates fill."""
+    found: dict[str, Schedule] = {}
+    sections = project.config.schedules
+    for name, section in sections.items():
+        notebook = project.resolve(section.notebook)
+        if not notebook.is_file():
+            raise project.error(
+                f"schedules.{name}.notebook: {section.notebook} does not exist "
+                f"(looked for {notebook})",
+                section,
+                "notebook",
+            )
+        schedule = Schedule(
+            name=name,
+            section=section,
+            cron=Cron(section.cron, section.timezone),
+            notebook=notebook,
+            project=project,
+        )
+        if any(_templated(v) for v in section.parameters.values()):
+            now = datetime.now(schedule.cron.zone)
+            try:
+                schedule.parameters_for(now, now)
+            except ValueError as exc:
+                raise project.error(str(exc), section, "parameters") from None
+        found[name] = schedule
+    return found
+
+
+def _templated(value: Any) -> bool:
+    if isinstance(value, str):
+        return templates.has_template(value)
+    if isinstance(value, list):
+        return any(_templated(v) for v in value)
+    if isinstance(value, dict):
+        return any(_templated(v) for v in value.values())
+    return False
