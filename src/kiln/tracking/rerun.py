@@ -77,12 +77,14 @@ def plan_rerun(
     original = store.get_run(key)
     if not original.input_path:
         raise StoreError(f"run {original.id} has no stored input copy: it cannot be rerun")
+    from kiln.store.artifacts import read_bytes
+
     try:
-        source = Path(original.input_path).read_bytes()
+        source = read_bytes(original.input_path)  # a file, or an object of the artefact store
     except OSError as exc:
         raise StoreError(
             f"the input copy of run {original.id} is gone ({original.input_path}: "
-            f"{exc.strerror}); was it pruned?"
+            f"{exc.strerror or exc}); was it pruned?"
         ) from None
     notes: list[str] = []
     stored = dict((original.request or {}).get("options") or {})
