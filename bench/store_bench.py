@@ -103,7 +103,7 @@ def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str,
         for i in range(runs):
             store.create_run(
                 Run(id=f"drain-{i:06d}", notebook_path="d.ipynb", notebook_sha256="x",
-                    state="queued")
+                    state="queued", request={"options": {}})
             )  # fmt: skip
     context = multiprocessing.get_context("spawn")
     out, ready, go = context.Queue(), context.Semaphore(0), context.Event()

@@ -123,6 +123,9 @@ def test_a_runs_files_go_to_the_artefact_store_and_come_back(
     assert f"{prefix}/output.ipynb" in shown
     diffed = _kiln("diff", first["id"], "reports/nb.ipynb", home=elsewhere, cwd=project)
     assert diffed.returncode in (0, 1), diffed.stderr  # compared: the output was downloaded
+    rerun = _kiln("rerun", first["id"], home=elsewhere, cwd=project)  # its input from S3
+    assert rerun.returncode == 0, rerun.stderr
+    assert "missing" not in rerun.stdout + rerun.stderr  # outputs compared from the store
     # prune removes the objects with the rows; the inputs go once no run names them
     pruned = _kiln("runs", "prune", "--keep-last", "0", home=elsewhere, cwd=tmp_path)
     assert pruned.returncode == 0, pruned.stderr

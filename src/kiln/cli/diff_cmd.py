@@ -94,7 +94,7 @@ def _notebook_or_run(name: str) -> str:
         ) from None
     from kiln.store.artifacts import is_remote
 
-    if run.output_path and is_remote(run.output_path):
+    if run.output_path and is_remote(run.output_path):  # in the artefact store
         return _downloaded(run.id, run.output_path)
     if not run.output_path or not os.path.exists(run.output_path):
         raise UsageError(f"run {run.id} has no output notebook on disk ({run.output_path})")

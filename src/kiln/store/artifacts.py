@@ -229,6 +229,21 @@ def _read_local(path: Path, start: int) -> bytes:
         return handle.read()
 
 
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[Path]:
+    """A run's file as a local path: itself, or the object downloaded for the block's time."""
+    if not is_url(path):
+        yield Path(path)
+        return
+    import tempfile
+
+    data = read_bytes(path)
+    with tempfile.TemporaryDirectory(prefix="kiln-") as folder:
+        local = Path(folder) / path.rsplit("/", 1)[-1]
+        local.write_bytes(data)
+        yield local
+
+
 def exists(path: str) -> bool:
     """Whether a run's file is there (local or in the artefact store)."""
     if not is_url(path):

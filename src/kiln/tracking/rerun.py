@@ -223,8 +223,10 @@ def rerun_report(store: RunStore, original: Run, new: Run) -> RerunReport:
     comparison = compare_runs([original, new], envs)
     outputs = None
     note = None
-    paths = [Path(str(r.output_path)) if r.output_path else None for r in (original, new)]
-    missing = [p for p in paths if p is None or not p.is_file()]
+    from kiln.store.artifacts import exists, local_copy
+
+    paths = [str(r.output_path) if r.output_path else None for r in (original, new)]
+    missing = [p for p in paths if p is None or not exists(p)]
     if missing:
         note = f"output notebook {missing[0]} is missing: outputs not compared"
     else:
@@ -233,7 +235,9 @@ def rerun_report(store: RunStore, original: Run, new: Run) -> RerunReport:
             settings.ignore, strict_images=settings.strict_images, source=settings.source
         )
         reached = (new.error or {}).get("cell_index") if not new.state.ok else None
-        outputs = compare_notebooks(
-            str(paths[0]), str(paths[1]), normalizer=normalizer, reached=reached
-        )
+        # outputs in the artefact store are compared from local copies
+        with local_copy(str(paths[0])) as old, local_copy(str(paths[1])) as fresh:
+            outputs = compare_notebooks(
+                str(old), str(fresh), normalizer=normalizer, reached=reached
+            )
     return RerunReport(original, new, comparison, outputs, note)
