@@ -125,7 +125,7 @@ def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str,
         proc.join()
     assert sorted(claimed) == [f"drain-{i:06d}" for i in range(runs)], "lost or doubled runs"
     with RunStore(home, url=url) as store:  # and each ended once, in the history
-        ended = store.list_runs(state="succeeded", limit=None)
+        ended = [r for r in store.list_runs(state="succeeded", limit=None) if r.id[:6] == "drain-"]
     assert len(ended) == runs, f"{len(ended)} of {runs} runs succeeded"
     # the queue's own overhead per run (claim + running write + end), under 4-way contention
     return {"runs": runs, "workers": workers, "runs_per_s": runs / elapsed, **ms(took),

@@ -223,7 +223,11 @@ def test_a_worker_killed_mid_run_is_retried_elsewhere_exactly_once(
     first = _submit(laptop, "-p", "sleep", "120", "-p", "marker", str(marker), "--retries", "1")
     doomed = _worker(alpha, "--lease", "2s")
     try:
-        wait_for(marker.exists, timeout=120, what="the run to start on alpha")
+        wait_for(
+            lambda: marker.exists() and marker.read_text().endswith("\n"),
+            timeout=120,
+            what="the run to start on alpha",
+        )
         held = json.loads(_ok(_kiln("queue", "--json", home=_home(laptop), cwd=laptop)))
         assert [run["lease_owner"].split(":")[0] for run in held] == [os.uname().nodename]
     finally:
