@@ -409,3 +409,17 @@ def test_kiln_yaml_refuses_an_artefact_store_that_is_not_a_url(tmp_path: Path) -
     done = _kiln("run", "reports/nb.ipynb", home=tmp_path / "home", cwd=project)
     assert done.returncode == 2 and "is not a URL" in done.stderr and "kiln.yaml" in done.stderr
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
+
+
+def test_pooled_connections_survive_a_database_restart(
+    tmp_path: Path, own_postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.store import RunStore
+    from kiln.store import engine as store_engine
+
+    monkeypatch.setattr(store_engine, "PING_AFTER", 0.0)  # every idle connection is checked
+    with RunStore(tmp_path / "home", url=own_postgres.create_database()) as store:
+        assert store.list_runs() == []  # a pooled connection now
+        own_postgres.halt()
+        own_postgres.resume()
+        assert store.list_runs() == []  # its dead connection was replaced, not used
