@@ -160,16 +160,23 @@ def request_of(run: Run, checkout: Path | None = None) -> tuple[RunRequest, list
     artefact store when it is there), moved into ``checkout`` (this worker's copy of the
     project) when given; and notes about it for the run's log."""
     from kiln.errors import StoreError
-    from kiln.store.artifacts import read_bytes
+    from kiln.store.artifacts import is_remote, read_bytes
 
     if run.request is None or run.input_path is None:
         raise StoreError(f"run {run.id} was not submitted to the queue: it holds no request")
     try:
         source = read_bytes(run.input_path)
     except OSError as exc:
+        hint = ""
+        if not is_remote(run.input_path):
+            hint = (
+                " (a worker on another machine reads submitted notebooks from the artefact "
+                "store: set KILN_ARTIFACTS, or store.artifacts in kiln.yaml, where runs are "
+                "submitted)"
+            )
         raise StoreError(
             f"the notebook submitted for run {run.id} is gone ({run.input_path}): "
-            f"{exc.strerror or exc}"
+            f"{exc.strerror or exc}{hint}"
         ) from None
     data, notes = relocate(run, dict(run.request), checkout)
     return RunRequest.from_json(data, parameters=run.parameters, source=source), notes

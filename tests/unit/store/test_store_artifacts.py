@@ -234,3 +234,13 @@ def test_a_refused_statement_is_not_tried_again(
     with pytest.raises(StoreError, match="bad value"):
         store.finish_run(make_run(state="running").id, "succeeded")
     assert calls == [1]
+
+
+def test_a_submitted_notebook_this_machine_cannot_see_says_what_to_set(tmp_path: Path) -> None:
+    from kiln.queue.submit import request_of
+
+    run = Run(id="r", notebook_path="/elsewhere/nb.ipynb", notebook_sha256="0" * 64,
+              state="running", request={"notebook": "/elsewhere/nb.ipynb", "options": {}},
+              input_path=str(tmp_path / "inputs" / "gone.ipynb"))  # fmt: skip
+    with pytest.raises(StoreError, match="set KILN_ARTIFACTS"):
+        request_of(run)
