@@ -70,19 +70,28 @@ async def alternate(folder: Path, url: str, runs: int) -> dict[str, Any]:
     remote = Runner(store=store, engines=engines, handle_signals=False)
     remote._artifacts, remote._artifacts_known = artifact_store(url), True
     took: dict[str, list[float]] = {"local": [], "s3": []}
+    cpu: dict[str, list[float]] = {"local": [], "s3": []}
     try:
         for i in range(runs + 5):  # the first runs warm the engine, imports and connections
             for label, runner in (("local", plain), ("s3", remote)):
                 request = RunRequest(notebook=notebook, parameters={"n": i}, engine="fork")
-                started = time.perf_counter()
+                started, used = time.perf_counter(), time.process_time()
                 run = await runner.arun(request)
                 if i >= 5:
                     took[label].append(time.perf_counter() - started)
+                    cpu[label].append(time.process_time() - used)
                 assert run.state.ok, run.reason
             if i == 4:
                 for values in calls.values():
                     values.clear()
         assert str(run.output_path).startswith(url)
+        objects = artifact_store(url)
+        assert objects is not None
+        puts = []
+        for n in range(50):  # the server's own latency: one small PUT
+            started = time.perf_counter()
+            objects.put_bytes(f"{url}/probe/{n}", b"x" * 2048)
+            puts.append(time.perf_counter() - started)
     finally:
         await plain.aclose_engines()
         store.close()
@@ -92,6 +101,9 @@ async def alternate(folder: Path, url: str, runs: int) -> dict[str, Any]:
         "run_local": local,
         "run_s3": s3,
         "added_median_ms": s3["median_ms"] - local["median_ms"],
+        "added_cpu_median_ms": (statistics.median(cpu["s3"]) - statistics.median(cpu["local"]))
+        * 1000,
+        "one_put": ms(puts),
         "calls": {name: ms(values) for name, values in calls.items()},
         "calls_total_median_ms": statistics.median(
             a + b + c for a, b, c in zip(*calls.values(), strict=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,8 @@ class ArtifactStore:
             for local, url in pairs:
                 self.put_bytes(url, local.read_bytes())
             return
-        try:
-            self.fs.put([str(local) for local, _ in pairs], [self._path(url) for _, url in pairs])
+        try:  # one PUT per object, concurrently (no listing or HEAD first, unlike put)
+            self.fs.pipe({self._path(url): local.read_bytes() for local, url in pairs})
         except Exception as exc:
             raise StoreError(f"cannot write to {self.url}: {_why(exc)}") from exc
 
@@ -290,22 +291,19 @@ class RunUpload:
         self.output = output if output is not None else folder / "output.ipynb"
         self._sent: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         #: the last error of a periodic copy (the run goes on; the end tries again)
         self.error: str | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=f"kiln-upload-{self.run_id}")
-        self._thread.daemon = True
-        self._thread.start()
+        """Copy what changed every ``every`` seconds until :meth:`stop` (one thread of the
+        process does it for every run: a run of milliseconds starts no thread of its own)."""
+        _copier.add(self)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                self.sync()
-            except StoreError as exc:
-                self.error = exc.message
+    def periodic(self) -> None:
+        try:
+            self.sync()
+        except StoreError as exc:
+            self.error = exc.message
 
     def sync(self) -> int:
         """Copy the files that changed since the last copy; how many were copied."""
@@ -327,10 +325,9 @@ class RunUpload:
 
     def stop(self) -> None:
         """Stop the periodic copies (waiting for one under way)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        _copier.remove(self)
+        with self._lock:
+            pass
 
     def finish(self, *, remove_local: bool = True) -> str | None:
         """The last copy; then the local folder goes. Returns why the copy failed (the local
@@ -380,6 +377,45 @@ class RunUpload:
                 entry = {**entry, "path": self.store.run_url(self.run_id, relative)}
             out.append(entry)
         return out
+
+
+class _Copier:
+    """The thread that makes the periodic copies of every running run of this process."""
+
+    def __init__(self) -> None:
+        self._due: dict[RunUpload, float] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, upload: RunUpload) -> None:
+        with self._lock:
+            self._due[upload] = time.monotonic() + upload.every
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="kiln-artifacts")
+                self._thread.daemon = True
+                self._thread.start()
+        self._changed.set()
+
+    def remove(self, upload: RunUpload) -> None:
+        with self._lock:
+            self._due.pop(upload, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                ready = [upload for upload, when in self._due.items() if when <= now]
+                for upload in ready:
+                    self._due[upload] = now + upload.every
+                wait = min(self._due.values(), default=now + 60.0) - now
+            for upload in ready:
+                upload.periodic()
+            self._changed.wait(max(0.05, wait))
+            self._changed.clear()
+
+
+_copier = _Copier()
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

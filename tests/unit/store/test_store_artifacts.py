@@ -244,3 +244,30 @@ def test_a_submitted_notebook_this_machine_cannot_see_says_what_to_set(tmp_path:
               input_path=str(tmp_path / "inputs" / "gone.ipynb"))  # fmt: skip
     with pytest.raises(StoreError, match="set KILN_ARTIFACTS"):
         request_of(run)
+
+
+def test_a_running_runs_files_are_copied_every_few_seconds(
+    objects: ArtifactStore, tmp_path: Path
+) -> None:
+    from kilntest import wait_for
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.log").write_text("first line\n")
+    upload = RunUpload(objects, "r1", folder, every=0.05)
+    upload.start()
+    try:
+        url = objects.run_url("r1", "run.log")
+        wait_for(lambda: read_range(url) == b"first line\n" if _there(url) else None)
+        with (folder / "run.log").open("a") as log:
+            log.write("second line\n")
+        wait_for(lambda: read_range(url, 11) == b"second line\n")
+    finally:
+        upload.stop()
+    assert upload.error is None
+
+
+def _there(url: str) -> bool:
+    from kiln.store.artifacts import exists
+
+    return exists(url)
