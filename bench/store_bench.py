@@ -3,10 +3,12 @@
 Scenarios:
   per-run   what every run pays the store: create + running update + finish (median, p95)
   queue     the queue's own overhead per run: claim + running update + finish (median, p95)
-  drain     4 worker processes drain queued runs: runs/s, and every run claimed exactly once
+  drain     4 worker processes drain queued runs: runs/s, the queue's overhead per run under
+            contention (median, p95), and every run claimed and ended exactly once
   history   1,000,000 runs on PostgreSQL: the query behind
             `kiln runs list --notebook X --state failed` (p50, p95) with its plan, and a run
-            id prefix lookup (`kiln runs show 2025...`)
+            id prefix lookup (`kiln runs show 2025...`), and the API's run list (GET
+            /api/v1/runs: its first page, a notebook's failed runs, the 20th page by cursor)
 
 Without --url a throwaway PostgreSQL server is started (tests/kilnpg.py; as root through
 runuser). Prints the figures and writes bench/results/store.json.
@@ -82,16 +84,18 @@ def _drainer(home: str, url: str | None, name: str, out: Any, ready: Any, go: An
     store = RunStore(home, url=url)
     ready.release()
     go.wait()
-    mine = []
+    mine, took = [], []
     while True:
+        started = time.perf_counter()
         claimed = runs_queue.claim(store, name, lease=30, pid=1, host=name)
         if claimed is None:
             break
         store.update_run(claimed.id, started_at=datetime.now(timezone.utc))
         store.finish_run(claimed.id, "succeeded")
+        took.append(time.perf_counter() - started)
         mine.append(claimed.id)
     store.close()
-    out.put(mine)
+    out.put((mine, took))
 
 
 def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str, float]:
@@ -99,7 +103,7 @@ def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str,
         for i in range(runs):
             store.create_run(
                 Run(id=f"drain-{i:06d}", notebook_path="d.ipynb", notebook_sha256="x",
-                    state="queued")
+                    state="queued", request={"options": {}})
             )  # fmt: skip
     context = multiprocessing.get_context("spawn")
     out, ready, go = context.Queue(), context.Semaphore(0), context.Event()
@@ -113,12 +117,19 @@ def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str,
         ready.acquire(timeout=120)
     started = time.perf_counter()
     go.set()
-    claimed = [run_id for _ in procs for run_id in out.get(timeout=600)]
+    parts = [out.get(timeout=1800) for _ in procs]
     elapsed = time.perf_counter() - started
+    claimed = [run_id for mine, _ in parts for run_id in mine]
+    took = [t for _, times in parts for t in times]
     for proc in procs:
         proc.join()
     assert sorted(claimed) == [f"drain-{i:06d}" for i in range(runs)], "lost or doubled runs"
-    return {"runs": runs, "workers": workers, "runs_per_s": runs / elapsed}
+    with RunStore(home, url=url) as store:  # and each ended once, in the history
+        ended = [r for r in store.list_runs(state="succeeded", limit=None) if r.id[:6] == "drain-"]
+    assert len(ended) == runs, f"{len(ended)} of {runs} runs succeeded"
+    # the queue's own overhead per run (claim + running write + end), under 4-way contention
+    return {"runs": runs, "workers": workers, "runs_per_s": runs / elapsed, **ms(took),
+            "per_worker": [len(mine) for mine, _ in parts]}  # fmt: skip
 
 
 FILL = """
@@ -147,6 +158,8 @@ FROM (SELECT g, timestamptz '2025-01-01 00:00:00+00' + g * interval '30 seconds'
 def history(url: str, total: int, queries: int) -> dict[str, Any]:
     import sqlalchemy as sa
 
+    from kiln.store.pages import runs_page
+
     with tempfile.TemporaryDirectory() as tmp, RunStore(tmp, url=url) as store:
         engine = store._engine
         started = time.perf_counter()
@@ -167,7 +180,16 @@ def history(url: str, total: int, queries: int) -> dict[str, Any]:
             ),
             "big": lambda k: store.list_runs(notebook="big.ipynb", state="failed"),
             "old": lambda k: store.list_runs(notebook="old.ipynb", state="failed"),
+            # the API's run list (GET /api/v1/runs): its query, server time
+            "api_all": lambda k: runs_page(store)[0],
+            "api_name_failed": lambda k: runs_page(
+                store, notebook_name=f"nb{k:03d}.ipynb", states=["failed"]
+            )[0],
+            "api_big_page_20": lambda k: runs_page(store, notebook_name="big.ipynb", after=deep)[0],
         }
+        deep = None
+        for _ in range(20):  # the cursor of the 20th page of big.ipynb's runs
+            deep = runs_page(store, notebook_name="big.ipynb", after=deep)[1]
         figures: dict[str, Any] = {"runs": total, "fill_s": filled}
         for label, query in cases.items():
             for k in range(5):  # warm the cache as a live server's would be
@@ -178,7 +200,8 @@ def history(url: str, total: int, queries: int) -> dict[str, Any]:
                 t = time.perf_counter()
                 found = query(k)
                 took.append(time.perf_counter() - t)
-                assert found and {r.state for r in found} == {"failed"}
+                assert found
+                assert label.startswith("api_") or {r.state for r in found} == {"failed"}
             figures[f"list_{label}"] = ms(took)
         took = []
         with engine.connect() as conn:

@@ -12,6 +12,7 @@ from typing import Any
 import nbformat
 import pytest
 
+from kilnmoto import MotoServer, S3Unavailable
 from kilnpg import PostgresServer, PostgresUnavailable
 from kilntest import KILN, CellSpec, build_notebook
 
@@ -27,9 +28,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _no_outside_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A KILN_DATABASE_URL in the developer's shell never reaches the tests' stores."""
+def _no_outside_database(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KILN_DATABASE_URL in the developer's shell never reaches the tests' stores.
+
+    ``KILN_TEST_BACKEND=postgresql`` runs every test (not only the parametrised ones) on an
+    empty PostgreSQL database of its own: a sweep for queries that only SQLite accepts."""
     monkeypatch.delenv("KILN_DATABASE_URL", raising=False)
+    monkeypatch.delenv("KILN_ARTIFACTS", raising=False)
+    if os.environ.get("KILN_TEST_BACKEND") == "postgresql" and "database_url" not in (
+        request.fixturenames
+    ):
+        monkeypatch.setenv("KILN_DATABASE_URL", request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +78,32 @@ def database_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         return None
     url: str = request.getfixturevalue("postgres_url")
     monkeypatch.setenv("KILN_DATABASE_URL", url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """One moto S3 server per test session (per xdist worker), stopped at the end."""
+    try:
+        server = MotoServer.start()
+    except S3Unavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the S3 tests must run in CI, but: {exc}", pytrace=False)
+        pytest.skip(f"no S3-compatible server for the tests: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def artifacts_url(s3_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An artefact store in a new bucket of the session's S3 server, set as KILN_ARTIFACTS
+    (with the environment that points s3fs at the server) for the test and its subprocesses."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{s3_server.bucket()}/kiln"
+    monkeypatch.setenv("KILN_ARTIFACTS", url)
     return url
 
 

@@ -73,6 +73,7 @@ class PostgresServer:
         self._as_user = as_user
         self._databases = 0
         self._icu: bool | None = None
+        self._start_argv: list[str] = []
 
     @classmethod
     def start(cls, *, timeout: float = 30.0) -> PostgresServer:
@@ -127,7 +128,9 @@ class PostgresServer:
             pid_file = data / "postmaster.pid"
             if done.returncode == 0 and pid_file.exists():
                 pid = int(pid_file.read_text().split()[0])
-                return cls(bindir, root, port, pid, as_user)
+                server = cls(bindir, root, port, pid, as_user)
+                server._start_argv = start
+                return server
             last = _tail(root / "server.log") or done.stderr.strip() or done.stdout
         raise PostgresUnavailable(f"the PostgreSQL server did not start: {last}")
 
@@ -168,6 +171,25 @@ class PostgresServer:
     def drop_database(self, url: str) -> None:
         name = url.rsplit("/", 1)[1]
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def halt(self, timeout: float = 30.0) -> None:
+        """Stop the server, keeping its data (a database that goes away): SIGINT, the fast
+        shutdown that ends every connection; :meth:`resume` starts it again."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while _alive(self.pid):
+            if time.monotonic() > deadline:
+                raise PostgresUnavailable("the PostgreSQL server did not stop")
+            time.sleep(0.02)
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start the halted server again, on the same port."""
+        done = _run(self._start_argv, self._as_user, timeout + 5)
+        pid_file = self.root / "data" / "postmaster.pid"
+        if done.returncode != 0 or not pid_file.exists():
+            raise PostgresUnavailable(f"the server did not start again: {done.stderr.strip()}")
+        self.pid = int(pid_file.read_text().split()[0])
 
     def stop(self, timeout: float = 20.0) -> None:
         """Fast shutdown by the server's pid (SIGINT), then SIGKILL; the folder goes too."""

@@ -185,8 +185,11 @@ def _export(
             client.log_batch(mlflow_id, metrics=chunk)
         for chunk in _chunks(params, _BATCH_PARAMS):
             client.log_batch(mlflow_id, params=chunk)
-        if run.output_path and Path(run.output_path).is_file():
-            client.log_artifact(mlflow_id, run.output_path)
+        from kiln.store.artifacts import exists, local_copy
+
+        if run.output_path and exists(run.output_path):
+            with local_copy(run.output_path) as output:  # in the artefact store, if one is set
+                client.log_artifact(mlflow_id, str(output))
         for artefact in run.artifacts:
             path = Path(str(artefact.get("path", "")))
             if path.is_dir():

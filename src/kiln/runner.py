@@ -79,6 +79,7 @@ from kiln.store.records import Record, Run, RunState
 if TYPE_CHECKING:
     from nbformat import NotebookNode
 
+    from kiln.store.artifacts import ArtifactStore, RunUpload
     from kiln.store.sql import RunStore
 
 __all__ = [
@@ -131,6 +132,8 @@ class Runner:
         #: SIGINT/SIGTERM cancel the runs (a worker that drains on SIGTERM turns this off)
         self.handle_signals = handle_signals
         self._executing: dict[str, Cancellable] = {}
+        self._artifacts: ArtifactStore | None = None
+        self._artifacts_known = False  # the artefact store is looked up on the first run
 
     @property
     def store(self) -> RunStore:
@@ -183,13 +186,19 @@ class Runner:
         return engine
 
     async def arun(
-        self, request: RunRequest, *, check: bool = True, claimed: Run | None = None
+        self,
+        request: RunRequest,
+        *,
+        check: bool = True,
+        claimed: Run | None = None,
+        notes: Sequence[str] = (),
     ) -> Run:
         """Run inside a running event loop; concurrent calls share warm engines.
 
         ``claimed`` is a queued run a worker has claimed (its row exists, ``running``, leased
         to the worker): the run takes that row instead of adding one, and a request refused
-        at this point ends the row ``failed`` with the reason instead of leaving it held."""
+        at this point ends the row ``failed`` with the reason instead of leaving it held.
+        ``notes`` are warnings about the run from its caller (logged and reported)."""
         fixed = self._engine
         try:
             prepared = prepare(request, engine_name=fixed.name if fixed is not None else None)
@@ -198,6 +207,7 @@ class Runner:
                 raise
             return self.refuse(claimed, exc, check=check)
         engine = fixed if fixed is not None else self._engine_named(prepared.engine_name)
+        prepared.warnings[:0] = notes
         for text in prepared.warnings:
             self._notify(RunWarning(text))
         try:
@@ -286,6 +296,7 @@ class Runner:
             kernel_fallback=request.engine == "auto" and request.memory_limit is None,
         )
         session = engine.session(options)
+        upload = self._upload(run_id, run_dir, request)
         graceful = False
         recorded = False
         try:
@@ -294,16 +305,16 @@ class Runner:
                 # and the run is recorded
                 await session.start()
             prepared.complete()
-            run = self._record(prepared, engine, run_id, run_dir, claimed=claimed)
+            run = self._record(prepared, engine, run_id, run_dir, claimed=claimed, upload=upload)
             recorded = True
             capture = RunCapture(prepared, engine.name, self.store, run.id)
             capture.start()  # environment, git state, declared inputs: cached lookups
             try:
-                final = await self._drive(prepared, session, run, log, capture)
+                final = await self._drive(prepared, session, run, log, capture, upload)
                 if request.mlflow_uri and not request.prepare_only:
                     await self._export(request, final, log)
             except OSError as exc:  # the disk filled up, a folder went away: the run stops
-                final = self._failed_to_write(run, exc)
+                final = self._failed_to_write(run, exc, upload, log)
             except BaseException as exc:
                 # whatever went wrong, the row gets exactly one terminal state
                 state = (
@@ -311,11 +322,15 @@ class Runner:
                     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
                     else RunState.CRASHED
                 )
-                self.store.finish_run(run.id, state, reason=f"{type(exc).__name__}: {exc}"[:2000])
+                where = upload.settle(log.line) if upload is not None else {}
+                reason = f"{type(exc).__name__}: {exc}"[:2000]
+                self.store.finish_run(run.id, state, reason=reason, **where)
                 raise
             graceful = final.state.ok
             return final
         finally:
+            if upload is not None:
+                upload.stop()
             await session.close(graceful=graceful)
             log.close()
             if not recorded:  # refused before the run existed: leave nothing behind
@@ -341,12 +356,27 @@ class Runner:
         chose gets the usual ones (the umask decides)."""
         return None if request.output is not None else self._modes().file
 
+    def _upload(self, run_id: str, run_dir: Path, request: RunRequest) -> RunUpload | None:
+        """The copier of this run's files to the artefact store, if one is configured."""
+        if not self._artifacts_known:
+            from kiln.store.artifacts import artifact_store
+
+            self._artifacts, self._artifacts_known = artifact_store(), True
+        if self._artifacts is None:
+            return None
+        from kiln.store.artifacts import RunUpload
+
+        output = Path(request.output).resolve() if request.output else None
+        return RunUpload(self._artifacts, run_id, run_dir, output=output)
+
     def _modes(self) -> FileModes:
         if self._file_modes is None:
             self._file_modes = file_modes()
         return self._file_modes
 
-    def _failed_to_write(self, run: Run, exc: OSError) -> Run:
+    def _failed_to_write(
+        self, run: Run, exc: OSError, upload: RunUpload | None, log: RunLog
+    ) -> Run:
         """The run could not write its files: it ends ``failed``, saying why, and the history
         (which may live on another disk, or still have room for one row) records it."""
         where = f" while writing {exc.filename}" if exc.filename else ""
@@ -354,14 +384,17 @@ class Runner:
         if exc.errno == errno.ENOSPC:
             reason = f"no space left on the device{where}"
         ended_at = datetime.now(timezone.utc)
+        kept = upload.settle(log.line) if upload is not None else {}
         try:
-            self.store.finish_run(run.id, RunState.FAILED, reason=reason, ended_at=ended_at)
+            self.store.finish_run(run.id, RunState.FAILED, reason=reason, ended_at=ended_at, **kept)
         except StoreError:
             # the history shares the full disk: make room from this run's own log (its tail
             # stays) and try once more
-            shrink_log(Path(str(run.log_path)))
-            self.store.finish_run(run.id, RunState.FAILED, reason=reason, ended_at=ended_at)
-        final = dataclasses.replace(run, state=RunState.FAILED, reason=reason, ended_at=ended_at)
+            shrink_log(log.path)
+            self.store.finish_run(run.id, RunState.FAILED, reason=reason, ended_at=ended_at, **kept)
+        final = dataclasses.replace(
+            run, state=RunState.FAILED, reason=reason, ended_at=ended_at, **kept
+        )
         self._notify(RunEnded(final))
         return final
 
@@ -373,6 +406,7 @@ class Runner:
         run_dir: Path,
         *,
         claimed: Run | None = None,
+        upload: RunUpload | None = None,
     ) -> Run:
         """Commit the run row (queued) and its input copy: durable before anything runs. A
         claimed run's row exists: it gets the details."""
@@ -384,16 +418,23 @@ class Runner:
             store.recover_orphans()
             self._recovered = True
         pid, host, started = current_owner()
-        input_path = store_input(store.home, prepared.sha256, prepared.source_bytes, self._modes())
-        output_path = (
-            Path(request.output) if request.output else run_dir / "output.ipynb"
-        ).resolve()
+        paths: dict[str, Any] = {
+            "run_dir": str(run_dir),
+            "output_path": str(
+                (Path(request.output) if request.output else run_dir / "output.ipynb").resolve()
+            ),
+            "log_path": str(run_dir / "run.log"),
+        }
+        if upload is None:
+            paths["input_path"] = str(
+                store_input(store.home, prepared.sha256, prepared.source_bytes, self._modes())
+            )
+        else:  # the files' objects, readable from every machine
+            paths["input_path"] = upload.store.ensure_input(prepared.sha256, prepared.source_bytes)
+            paths.update(upload.row_paths(output_chosen=request.output is not None))
         if claimed is not None:
             details: dict[str, Any] = {
-                "run_dir": str(run_dir),
-                "input_path": str(input_path),
-                "output_path": str(output_path),
-                "log_path": str(run_dir / "run.log"),
+                **paths,
                 "engine": engine.name,
                 "kernel_name": prepared.kernel_name,
                 "language": prepared.language,
@@ -409,10 +450,7 @@ class Runner:
                 notebook_sha256=prepared.sha256,
                 state=RunState.QUEUED,
                 parameters=prepared.public_values,
-                run_dir=str(run_dir),
-                input_path=str(input_path),
-                output_path=str(output_path),
-                log_path=str(run_dir / "run.log"),
+                **paths,
                 engine=engine.name,
                 kernel_name=prepared.kernel_name,
                 language=prepared.language,
@@ -437,11 +475,13 @@ class Runner:
         run: Run,
         log: RunLog,
         capture: RunCapture,
+        upload: RunUpload | None,
     ) -> Run:
         request = prepared.request
         store = self.store
         nb = prepared.complete()
-        output_path = Path(str(run.output_path))
+        # written here (locally); with an artefact store, copied to run.output_path
+        output_path = upload.output if upload is not None else Path(str(run.output_path))
         _reset_outputs(nb, skip_tag="skip-execution")
         if request.report_mode:
             for cell in nb.cells:
@@ -454,7 +494,7 @@ class Runner:
             "run_id": run.id,
             "parameters": prepared.public_values,
             "input_path": request.notebook_label,
-            "output_path": str(output_path),
+            "output_path": str(run.output_path),
             "kernel_name": prepared.kernel_name,
             "started_at": started_at.isoformat(),
             "state": RunState.RUNNING.value,
@@ -464,7 +504,7 @@ class Runner:
             parameters=prepared.public_values,
             defaults=prepared.schema.defaults(),
             input_path=request.notebook_label,
-            output_path=str(output_path),
+            output_path=str(run.output_path),
             started=started_at,
         )
         log.fields(f"run {run.id} notebook", str(request.notebook))
@@ -482,16 +522,23 @@ class Runner:
                 save_notebook(nb, output_path, mode=self._output_mode(request))
             ended_at = datetime.now(timezone.utc)
             reason = "prepared only (not executed)"
-            store.finish_run(
-                run.id, RunState.PREPARED, reason=reason, started_at=started_at, ended_at=ended_at
-            )
             log.line("prepared only: parameters injected, not executed")
+            where = upload.settle(log.line) if upload is not None else {}
+            store.finish_run(
+                run.id,
+                RunState.PREPARED,
+                reason=reason,
+                started_at=started_at,
+                ended_at=ended_at,
+                **where,
+            )
             final = dataclasses.replace(
                 run,
                 state=RunState.PREPARED,
                 started_at=started_at,
                 ended_at=ended_at,
                 reason=reason,
+                **where,
             )
             self._notify(RunEnded(final))
             return final
@@ -505,6 +552,8 @@ class Runner:
         )
         saver.changed()
         log.set_output(output_path, nb)
+        if upload is not None:
+            upload.start()
         # the row turns `running` when the engine is ready (one write with the kernel's
         # details); until then it says `queued`, which is what it is while a kernel boots
         run.state, run.started_at = RunState.RUNNING, started_at
@@ -582,8 +631,11 @@ class Runner:
                 timer.cancel()
             saver.stop()
         await capture.wait()
-        tracked = capture.fields(run.run_dir)
-        return self._finish(prepared, run, nb, saver, log, outcome, durations, records, tracked)
+        tracked = capture.fields(str(upload.folder) if upload is not None else run.run_dir)
+        final = self._finish(
+            prepared, run, nb, saver, log, outcome, durations, records, tracked, upload
+        )
+        return final
 
     def _finish(
         self,
@@ -596,6 +648,7 @@ class Runner:
         durations: list[float | None],
         records: list[Record],
         tracked: dict[str, Any],
+        upload: RunUpload | None = None,
     ) -> Run:
         state = _STATE_BY_OUTCOME[outcome.status]
         error = _error_json(outcome.failure) if outcome.failure else None
@@ -629,6 +682,10 @@ class Runner:
                 error = prepared.redactor.mask_json(error)
         saver.save()
         log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
+        # the files are in the artefact store before the run says it ended
+        where = upload.settle(log.line) if upload is not None else {}
+        if upload is not None and not where:
+            tracked["artifacts"] = upload.artifact_urls(tracked.get("artifacts") or [])
         self.store.finish_run(
             run.id,
             state,
@@ -642,6 +699,7 @@ class Runner:
             kernel_started=run.kernel_started,
             kernel_version=run.kernel_version,
             **tracked,
+            **where,
         )
         # what was just written, without reading it back
         final = dataclasses.replace(
@@ -653,6 +711,7 @@ class Runner:
             cell_durations=durations,
             records_list=records,
             **tracked,
+            **where,
         )
         self._notify(RunEnded(final))
         return final

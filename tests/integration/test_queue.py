@@ -134,7 +134,9 @@ def test_a_killed_worker_is_found_and_its_run_retried_once(project: Path) -> Non
     worker = subprocess.Popen([KILN, "worker"], env=_env(home), cwd=project,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_for(lambda: marker.exists(), what="the run to start")
+        # the line is written in pieces: wait for the whole of it
+        wait_for(lambda: marker.exists() and marker.read_text().endswith("\n"),
+                 what="the run to start")  # fmt: skip
         child = int(marker.read_text().split()[1])
     finally:
         worker.kill()  # SIGKILL: no chance to record anything

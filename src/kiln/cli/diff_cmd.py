@@ -92,9 +92,33 @@ def _notebook_or_run(name: str) -> str:
         raise UsageError(
             f"{name} is neither a notebook file nor a recorded run: {exc.message}"
         ) from None
+    from kiln.store.artifacts import is_remote
+
+    if run.output_path and is_remote(run.output_path):  # in the artefact store
+        return _downloaded(run.id, run.output_path)
     if not run.output_path or not os.path.exists(run.output_path):
         raise UsageError(f"run {run.id} has no output notebook on disk ({run.output_path})")
     return run.output_path
+
+
+def _downloaded(run_id: str, url: str) -> str:
+    """A local copy of an output notebook kept in the artefact store (removed at exit)."""
+    import atexit
+    import tempfile
+
+    from kiln.store.artifacts import read_bytes
+
+    try:
+        data = read_bytes(url)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read the output notebook of run {run_id} ({url}): {exc}"
+        ) from None
+    fd, name = tempfile.mkstemp(prefix=f"kiln-{run_id}-", suffix=".ipynb")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    atexit.register(os.unlink, name)
+    return name
 
 
 def _use_color(choice: str) -> bool:

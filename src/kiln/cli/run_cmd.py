@@ -351,15 +351,16 @@ def _describe(request: RunRequest, args: argparse.Namespace) -> None:
 def _deliver(run: Run, output: str | None) -> None:
     """Write the output notebook where the user asked when that is not a local path."""
     from kiln import remote
+    from kiln.store.artifacts import read_bytes
 
     if output is None or run.output_path is None:
         return
     if output == "-":
-        data = Path(run.output_path).read_bytes()
+        data = read_bytes(run.output_path)
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     elif remote.is_url(output):
-        remote.write_bytes(output, Path(run.output_path).read_bytes())
+        remote.write_bytes(output, read_bytes(run.output_path))
 
 
 class _StreamFiles:

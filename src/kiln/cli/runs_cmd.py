@@ -343,27 +343,33 @@ def handle_logs(args: argparse.Namespace) -> int:
             run: Run = store.get_run(args.id)
             if not run.log_path:
                 raise StoreError(f"run {run.id} has no log file")
-            path = Path(run.log_path)
+            # a run of this home still going on here: its local log is the live one
+            live = store.run_folder(run.id) / "run.log"
             if args.follow:
-                return _follow(store, run, path)
+                return _follow(store, run, live)
     except HomeNotFound as exc:
         raise RunNotFound(f"no run {args.id!r}: {exc.message}") from None
+    from kiln.store.artifacts import read_range
+
     try:
-        sys.stdout.write(path.read_text(encoding="utf-8", errors="replace"))
+        sys.stdout.write(read_range(run.log_path, live=live).decode("utf-8", errors="replace"))
     except OSError as exc:
-        raise StoreError(f"cannot read the log of run {run.id} ({path}): {exc.strerror}") from None
+        why = exc.strerror or str(exc)
+        raise StoreError(f"cannot read the log of run {run.id} ({run.log_path}): {why}") from None
     return 0
 
 
-def _follow(store: RunStore, run: Run, path: Path, interval: float = 0.2) -> int:
-    """Print the log as it grows until the run has ended and everything is printed."""
+def _follow(store: RunStore, run: Run, live: Path, interval: float = 0.2) -> int:
+    """Print the log as it grows until the run has ended and everything is printed (a log in
+    the artefact store grows with each copy, every few seconds)."""
+    from kiln.store.artifacts import read_range
+
     position = 0
     while True:
-        finished = store.get_run_exact(run.id).finished  # read first: then drain what remains
+        now = store.get_run_exact(run.id)  # read first: then drain what remains
+        finished = now.finished
         try:
-            with open(path, "rb") as handle:
-                handle.seek(position)
-                data = handle.read()
+            data = read_range(now.log_path or str(live), position, live=live)
         except FileNotFoundError:
             data = b""
         if data:

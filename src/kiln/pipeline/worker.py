@@ -14,7 +14,6 @@ engine's warm parent serves every task that worker runs.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 import tempfile
@@ -92,6 +91,8 @@ def run_task(request: RunRequest) -> TaskOutcome:
 
 
 def _read(path: str | None) -> bytes | None:
-    if not path or not os.path.isfile(path):
+    from kiln.store.artifacts import exists, read_bytes
+
+    if not path or not exists(path):
         return None
-    return Path(path).read_bytes()
+    return read_bytes(path)

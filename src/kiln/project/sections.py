@@ -147,8 +147,23 @@ class StoreSection:
         ),
     )
 
+    artifacts: str | None = field(
+        default=None,
+        metadata=_help(
+            "where runs' files go, as an fsspec URL (s3://bucket/prefix, gs://bucket/prefix, "
+            "file:///shared/folder): each run's input, output notebook, log and artefacts are "
+            "copied there while it runs and at its end, readable from every machine (default: "
+            "the run folders in the home); KILN_ARTIFACTS overrides it"
+        ),
+    )
+
     def __post_init__(self) -> None:
         parse_file_mode(self.file_mode)  # a bad mode is refused where it is written
+        if self.artifacts is not None and "://" not in self.artifacts:
+            raise ValueError(
+                f"{self.artifacts!r} is not a URL: expected e.g. s3://bucket/prefix or "
+                "file:///shared/folder"
+            )
         if self.url is not None and "://" not in self.url:
             raise ValueError(
                 f"{self.url!r} is not a database URL: expected e.g. "

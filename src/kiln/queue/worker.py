@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.store import queue as runs_queue
+
+_log = logging.getLogger("kiln.worker")
 
 if TYPE_CHECKING:
     from kiln.runner import Runner
@@ -38,6 +41,7 @@ class Worker:
         poll: float = 0.5,
         grace: float = 30.0,
         name: str | None = None,
+        checkout: Path | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("a worker runs at least one run at a time")
@@ -47,6 +51,14 @@ class Worker:
         self.poll = poll
         self.grace = grace
         self.name = name or runs_queue.worker_id()
+        if checkout is None:
+            from kiln.project import find_project_file
+
+            found = find_project_file()
+            checkout = found.parent if found is not None else None
+        #: this machine's copy of the project: a submitted run finds its helper files (and
+        #: working directory) at the same place within it
+        self.checkout = checkout
         self.active: dict[str, asyncio.Task[Run]] = {}
         self.finished: list[Run] = []
         self._stopping: asyncio.Event | None = None
@@ -85,15 +97,20 @@ class Worker:
         return self.finished
 
     async def _claim_loop(self, store: RunStore, runner: Runner, *, until_empty: bool) -> None:
+        from kiln.errors import StoreError
         from kiln.store import current_owner
 
         assert self._stopping is not None and self._wake is not None
         pid, host, started = current_owner()
         while not self._stopping.is_set():
             while len(self.active) < self.concurrency and not self._stopping.is_set():
-                claimed = runs_queue.claim(
-                    store, self.name, lease=self.lease, pid=pid, host=host, started=started
-                )
+                try:
+                    claimed = runs_queue.claim(
+                        store, self.name, lease=self.lease, pid=pid, host=host, started=started
+                    )
+                except StoreError as exc:  # the database is away: try again after a poll
+                    _log.warning("worker %s: %s", self.name, exc.message)
+                    claimed = None
                 if claimed is None:
                     break
                 self._start(runner, claimed)
@@ -119,27 +136,34 @@ class Worker:
         from kiln.queue.submit import request_of
 
         try:
-            request = request_of(claimed)
+            request, notes = request_of(claimed, self.checkout)
         except KilnError as exc:
             return runner.refuse(claimed, exc, check=False)
-        run = await runner.arun(request, check=False, claimed=claimed)
+        run = await runner.arun(request, check=False, claimed=claimed, notes=notes)
         self.finished.append(run)
         return run
 
     async def _heartbeat(self, store: RunStore, runner: Runner) -> None:
         """Renew leases, pass on cancel requests, expire dead workers' leases."""
+        from kiln.errors import StoreError
+
         every = max(0.2, min(self.lease / 3, 1.0))
         since_expiry = 0.0
         while True:
             await asyncio.sleep(every)
-            if self.active:
-                runs_queue.renew(store, self.name, lease=self.lease)
-                for run_id in runs_queue.cancel_requests(store, self.name):
-                    runner.cancel(run_id, "by request (kiln runs cancel, the API)")
-            since_expiry += every
-            if since_expiry >= self.lease / 2:
-                since_expiry = 0.0
-                runs_queue.expire(store)
+            try:
+                if self.active:
+                    runs_queue.renew(store, self.name, lease=self.lease)
+                    for run_id in runs_queue.cancel_requests(store, self.name):
+                        runner.cancel(run_id, "by request (kiln runs cancel, the API)")
+                since_expiry += every
+                if since_expiry >= self.lease / 2:
+                    since_expiry = 0.0
+                    runs_queue.expire(store)
+            except StoreError as exc:
+                # the database is away (a restart, the network): keep beating; the leases
+                # are renewed when it answers again, or others expire them meanwhile
+                _log.warning("worker %s: %s", self.name, exc.message)
 
     async def _drain(self, runner: Runner) -> None:
         """Let running runs finish within ``grace``, then cancel what is left."""

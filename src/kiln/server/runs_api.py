@@ -27,6 +27,7 @@ from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
+    Response,
     StreamingResponse,
 )
 from starlette.concurrency import run_in_threadpool
@@ -275,14 +276,24 @@ def router(ctx: ServerContext) -> APIRouter:
         text = ""  # a queued run has no log yet
         if run.log_path:
             with contextlib.suppress(FileNotFoundError):
-                text = await run_in_threadpool(Path(run.log_path).read_text, "utf-8", "replace")
+                data = await run_in_threadpool(_read_log, ctx, run, 0)
+                text = data.decode("utf-8", "replace")
         return PlainTextResponse(text)
 
     @api.get("/runs/{run_id}/notebook", tags=["runs"], summary="the output notebook (.ipynb)")
-    def run_notebook(run_id: str, who: Principal = reader) -> FileResponse:
+    def run_notebook(run_id: str, who: Principal = reader) -> Response:
+        from kiln.store.artifacts import is_remote, read_bytes
+
         run = ctx.store.get_run(check_run_key(run_id))
         path = _output(run)
-        return FileResponse(path, media_type="application/x-ipynb+json", filename=f"{run.id}.ipynb")
+        name = f"{run.id}.ipynb"
+        if not is_remote(path):
+            return FileResponse(path, media_type="application/x-ipynb+json", filename=name)
+        return Response(
+            _output_bytes(run, read_bytes),
+            media_type="application/x-ipynb+json",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     @api.get(
         "/runs/{run_id}/html",
@@ -293,11 +304,18 @@ def router(ctx: ServerContext) -> APIRouter:
         from kiln.notebook import load_notebook
         from kiln.report.render import render_html
         from kiln.server.middleware import SANDBOX_CSP
+        from kiln.store.artifacts import is_remote, read_bytes
 
         run = ctx.store.get_run(check_run_key(run_id))
-        page = render_html(
-            load_notebook(_output(run)), title=f"{Path(run.notebook_path).name} — run {run.id}"
-        )
+        path = _output(run)
+        if is_remote(path):
+            import nbformat
+
+            text = _output_bytes(run, read_bytes).decode("utf-8")
+            notebook = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
+        else:
+            notebook = load_notebook(path)
+        page = render_html(notebook, title=f"{Path(run.notebook_path).name} — run {run.id}")
         return HTMLResponse(
             page,
             headers={"Content-Security-Policy": SANDBOX_CSP, "X-Frame-Options": "SAMEORIGIN"},
@@ -371,9 +389,32 @@ def _offset(text: str | None) -> int:
 
 
 def _output(run: Run) -> str:
-    if not run.output_path or not Path(run.output_path).is_file():
+    from kiln.store.artifacts import is_remote
+
+    if not run.output_path or (
+        not is_remote(run.output_path) and not Path(run.output_path).is_file()
+    ):
         raise HTTPProblem(404, f"run {run.id} has no output notebook (yet)")
     return run.output_path
+
+
+def _output_bytes(run: Run, read: Callable[[str], bytes]) -> bytes:
+    """The output notebook in the artefact store (404 until its first copy is there)."""
+    try:
+        return read(str(run.output_path))
+    except FileNotFoundError:
+        raise HTTPProblem(404, f"run {run.id} has no output notebook (yet)") from None
+    except OSError as exc:
+        raise HTTPProblem(502, f"run {run.id}: {exc}") from None
+
+
+def _read_log(ctx: ServerContext, run: Run, position: int) -> bytes:
+    """The log from ``position``: the live file of a run going on in the server's own home,
+    else the run's log file or object."""
+    from kiln.store.artifacts import read_range
+
+    live = ctx.store.run_folder(run.id) / "run.log"
+    return read_range(str(run.log_path), position, live=live)[: 1024 * 1024]
 
 
 def _event(kind: str, data: str, event_id: int | None = None) -> bytes:
@@ -450,12 +491,8 @@ async def _follow(
         now = await run_in_threadpool(ctx.store.get_run_exact, run.id)
         data = b""
         if now.log_path:  # a queued run gets its log when a worker takes it
-            try:
-                with open(now.log_path, "rb") as handle:
-                    handle.seek(position)
-                    data = handle.read(1024 * 1024)
-            except FileNotFoundError:
-                pass
+            with contextlib.suppress(FileNotFoundError):
+                data = await run_in_threadpool(_read_log, ctx, now, position)
         if data:
             position += len(data)
             *lines, pending = (pending + data).split(b"\n")

@@ -4,12 +4,14 @@ psycopg 3; anything else is refused with what to do.
 SQLite: WAL (readers never wait for the writer), a 30 s busy timeout, and every write in a
 ``BEGIN IMMEDIATE`` transaction, so a writer takes the lock when its transaction starts, waits
 its turn if another holds it, and never fails half-way with "database is locked".
-PostgreSQL: a small pool whose connections are checked before use (a server restart or an
-idle timeout is survived); ``postgresql://`` means psycopg 3, the driver of Kiln's extra.
+PostgreSQL: a small pool whose connections are checked before use when they sat idle for a
+while (a server restart or an idle timeout is survived; a busy worker does not pay a round
+trip per transaction for it); ``postgresql://`` means psycopg 3, the driver of Kiln's extra.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +54,16 @@ def make_engine(url: str) -> sa.Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")  # the driver of Kiln's extra
     try:
         if backend == "postgresql":
-            return sa.create_engine(
+            engine = sa.create_engine(
                 parsed,
                 json_serializer=dumps,
-                pool_pre_ping=True,
                 pool_size=2,
                 max_overflow=4,
                 connect_args={"application_name": "kiln", "connect_timeout": 10},
             )
+            sa.event.listen(engine, "checkin", _returned)
+            sa.event.listen(engine, "checkout", _ping_if_idle)
+            return engine
         return _sqlite_engine(parsed)
     except ImportError as exc:
         hint = _DRIVER_HINT
@@ -70,6 +74,31 @@ def make_engine(url: str) -> sa.Engine:
         ) from exc
     except sa.exc.ArgumentError as exc:
         raise StoreError(f"cannot use the runs database URL {shown!r}: {exc}") from exc
+
+
+#: a pooled PostgreSQL connection idle longer than this (seconds) is pinged before use
+PING_AFTER = 2.0
+
+
+def _returned(_dbapi_connection: Any, record: Any) -> None:
+    record.info["kiln_idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    # SQLAlchemy's pessimistic disconnect recipe, for idle connections only: raising
+    # DisconnectionError makes the pool drop this connection and open a new one
+    since = record.info.get("kiln_idle_since")
+    if since is None or time.monotonic() - since < PING_AFTER:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()
+    except Exception as exc:
+        raise sa.exc.DisconnectionError(f"the pooled connection was lost: {exc}") from exc
 
 
 def _sqlite_engine(parsed: sa.URL) -> sa.Engine:

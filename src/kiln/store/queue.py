@@ -13,6 +13,7 @@ of ``queued``, and only the row's lease holder writes its end.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -45,7 +46,40 @@ def claim(
 ) -> Run | None:
     """Take the oldest queued run for ``owner`` (``running``, leased for ``lease`` seconds);
     None when the queue is empty."""
-    oldest = (
+    values = {
+        "state": RunState.RUNNING.value,
+        "lease_owner": owner,
+        "lease_expires": _now() + timedelta(seconds=lease),
+        "owner_pid": pid,
+        "owner_host": host,
+        "owner_started": started,
+    }
+    if store.backend == "postgresql":
+        # one round trip: lock the oldest row nobody holds, take it, return it
+        with store._write() as conn:
+            bound = {f"_v_{name}": value for name, value in values.items()}
+            row = conn.execute(_claim_statement(), bound).first()
+        return None if row is None else row_to_run(row)
+    queued = runs.c.state == RunState.QUEUED.value
+    oldest = _oldest()
+    # SQLite: the transaction holds the write lock (BEGIN IMMEDIATE), so nobody else can
+    # take the row between these statements (and RETURNING needs SQLite 3.35)
+    with store._write() as conn:
+        found = conn.execute(oldest).scalar()
+        if found is None:
+            return None
+        if not conn.execute(
+            runs.update().where(runs.c.id == found, queued).values(values)
+        ).rowcount:
+            return None
+        row = conn.execute(runs.select().where(runs.c.id == found)).one()
+    return row_to_run(row)
+
+
+@functools.lru_cache(maxsize=1)
+def _oldest() -> sa.Select[tuple[str]]:
+    """The oldest run the queue may take, locked (skipping rows others hold)."""
+    return (
         sa.select(runs.c.id)
         # a direct run (kiln run, an endpoint call) is also `queued` while its engine starts;
         # it has an owner from the start (and may keep its request, for kiln rerun): it is not
@@ -59,32 +93,21 @@ def claim(
         .limit(1)
         .with_for_update(skip_locked=True)
     )
-    values = {
-        "state": RunState.RUNNING.value,
-        "lease_owner": owner,
-        "lease_expires": _now() + timedelta(seconds=lease),
-        "owner_pid": pid,
-        "owner_host": host,
-        "owner_started": started,
-    }
+
+
+_CLAIMED = ("state", "lease_owner", "lease_expires", "owner_pid", "owner_host", "owner_started")
+
+
+@functools.lru_cache(maxsize=1)
+def _claim_statement() -> sa.UpdateBase:
+    """PostgreSQL's claim, built once (SQLAlchemy then reuses its compiled form)."""
     queued = runs.c.state == RunState.QUEUED.value
-    with store._write() as conn:
-        if store.backend == "postgresql":
-            # one round trip: lock the oldest row nobody holds, take it, return it
-            taken = runs.update().where(runs.c.id == oldest.scalar_subquery(), queued)
-            row = conn.execute(taken.values(values).returning(*runs.c)).first()
-            return None if row is None else row_to_run(row)
-        # SQLite: the transaction holds the write lock (BEGIN IMMEDIATE), so nobody else can
-        # take the row between these statements (and RETURNING needs SQLite 3.35)
-        found = conn.execute(oldest).scalar()
-        if found is None:
-            return None
-        if not conn.execute(
-            runs.update().where(runs.c.id == found, queued).values(values)
-        ).rowcount:
-            return None
-        row = conn.execute(runs.select().where(runs.c.id == found)).one()
-    return row_to_run(row)
+    return (
+        runs.update()
+        .where(runs.c.id == _oldest().scalar_subquery(), queued)
+        .values({name: sa.bindparam(f"_v_{name}") for name in _CLAIMED})
+        .returning(*runs.c)
+    )
 
 
 def renew(store: RunStore, owner: str, *, lease: float) -> int:

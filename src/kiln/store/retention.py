@@ -178,6 +178,10 @@ def _existing(store: RunStore, ids: list[str]) -> set[str]:
 def _remove_folder(store: RunStore, run_dir: str | None) -> int:
     if not run_dir:
         return 0
+    from kiln.store.artifacts import is_remote, remove_run_objects
+
+    if is_remote(run_dir):  # the run's objects in the artefact store
+        return 1 if remove_run_objects(run_dir) else 0
     folder = Path(run_dir)
     if folder.parent != store.runs_dir or not folder.is_dir():  # never outside this home
         return 0
@@ -212,10 +216,6 @@ def sweep_inputs(store: RunStore, *, grace: float = GRACE) -> list[str]:
     """Remove stored input copies that no run refers to, older than ``grace``; returns their
     hashes."""
     folder = store.home / "inputs"
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []
     with store._read() as conn:
         used = {
             os.path.basename(str(p))
@@ -223,7 +223,11 @@ def sweep_inputs(store: RunStore, *, grace: float = GRACE) -> list[str]:
             if p
         }
     limit = time.time() - grace
-    removed = []
+    removed = _sweep_stored_inputs(used, limit)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
     for entry in entries:
         if not entry.name.endswith(".ipynb") or entry.name in used:
             continue
@@ -234,4 +238,21 @@ def sweep_inputs(store: RunStore, *, grace: float = GRACE) -> list[str]:
         except OSError:
             continue
         removed.append(entry.name[: -len(".ipynb")])
+    return removed
+
+
+def _sweep_stored_inputs(used: set[str], limit: float) -> list[str]:
+    """Inputs in the artefact store that no run names, written before ``limit``."""
+    from kiln.store.artifacts import artifact_store
+
+    found = artifact_store()
+    if found is None:
+        return []
+    removed = []
+    for url, modified in found.inputs():
+        name = url.rsplit("/", 1)[-1]
+        if name in used or modified is None or modified > limit:
+            continue
+        found.remove(url)
+        removed.append(name[: -len(".ipynb")])
     return removed

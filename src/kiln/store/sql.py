@@ -21,13 +21,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -53,6 +55,20 @@ from kiln.store.values import (
 )
 
 _ACTIVE_STATES = tuple(state.value for state in RunState if state in ACTIVE_STATES)
+_T = TypeVar("_T")
+_log = logging.getLogger("kiln.store")
+
+#: how long a run's write waits for an unreachable PostgreSQL server (seconds)
+PATIENCE = 120.0
+
+
+def _unreachable(exc: BaseException | None) -> bool:
+    """The database could not be reached or the connection broke (not a refused statement)."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
 _NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.id.desc())
 
 
@@ -110,6 +126,8 @@ class RunStore:
             self.url = f"sqlite:///{self.home / 'kiln.db'}"
         self._engine = make_engine(self.url)
         self._pid = os.getpid()
+        #: how long a run's write waits for an unreachable PostgreSQL server (seconds)
+        self.patience = PATIENCE
         try:
             ensure_schema(self._engine, lock_path(self._engine, self.home), create=create)
         except sa.exc.SQLAlchemyError as exc:
@@ -196,11 +214,18 @@ class RunStore:
             self.get_run_exact(run_id)
             return
         statement = _update(tuple(values), only_active="state" in values)
-        with self._write() as conn:
-            if conn.execute(statement, {**_bound(values), "_run_id": run_id}).rowcount:
-                return
-            current = conn.execute(sa.select(runs.c.state).where(runs.c.id == run_id)).first()
+
+        def write() -> Any:  # the run's state, or None when it was written
+            with self._write() as conn:
+                if conn.execute(statement, {**_bound(values), "_run_id": run_id}).rowcount:
+                    return None
+                row = conn.execute(sa.select(runs.c.state).where(runs.c.id == run_id)).first()
+                return row if row is not None else False
+
+        current = self._patiently(write)
         if current is None:
+            return
+        if current is False:
             raise RunNotFound(f"no run {run_id!r} in {self._where}")
         raise StoreError(f"run {run_id} already finished ({current.state}); it cannot be {state}")
 
@@ -230,7 +255,30 @@ class RunStore:
             fields["reason"] = reason
         if error is not None:
             fields["error"] = dict(error)
-        return self._end(run_id, column_values(fields))
+        values = column_values(fields)
+        return self._patiently(lambda: self._end(run_id, values))
+
+    def _patiently(self, write: Callable[[], _T]) -> _T:
+        """Do a run's write; while a PostgreSQL server cannot be reached (a restart, the
+        network), try again for up to :attr:`patience` seconds: a run that ends meanwhile
+        still records its end when the database returns. Its writes are idempotent (a run's
+        end is written once: a repeat finds it ended)."""
+        deadline = None
+        pause = 0.2
+        while True:
+            try:
+                return write()
+            except StoreError as exc:
+                if self.backend != "postgresql" or not _unreachable(exc.__cause__):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.patience
+                    _log.warning("%s; trying again for %gs", exc.message, self.patience)
+                if now >= deadline:
+                    raise
+                time.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 5.0)
 
     def _end(self, run_id: str, values: dict[str, Any], *only_if: sa.ColumnElement[bool]) -> bool:
         """Write a terminal state unless the run already has one (or ``only_if`` fails)."""
@@ -340,6 +388,11 @@ class RunStore:
         if not deleted:
             raise StoreError(f"run {run_id} is {run.state}: only a finished run can be removed")
         if run.run_dir:
+            from kiln.store.artifacts import is_remote, remove_run_objects
+
+            if is_remote(run.run_dir):  # its objects in the artefact store
+                remove_run_objects(run.run_dir)
+                return run
             folder = Path(run.run_dir)
             if folder.parent == self.runs_dir:  # never outside this home's run folders
                 import shutil

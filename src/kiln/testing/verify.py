@@ -185,9 +185,12 @@ def verify_notebook(
     finally:
         if session is None:
             own.close()
-    comparison = compare_notebooks(
-        path, str(run.output_path), normalizer=normalizer, reached=_reached(run)
-    )
+    from kiln.store.artifacts import local_copy
+
+    with local_copy(str(run.output_path)) as output:  # in the artefact store, if one is set
+        comparison = compare_notebooks(
+            path, str(output), normalizer=normalizer, reached=_reached(run)
+        )
     for text in comparison.warnings:
         warn(text)
     return VerifyResult(os.fspath(notebook), run, comparison, warnings)

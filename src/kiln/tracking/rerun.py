@@ -77,12 +77,14 @@ def plan_rerun(
     original = store.get_run(key)
     if not original.input_path:
         raise StoreError(f"run {original.id} has no stored input copy: it cannot be rerun")
+    from kiln.store.artifacts import read_bytes
+
     try:
-        source = Path(original.input_path).read_bytes()
+        source = read_bytes(original.input_path)  # a file, or an object of the artefact store
     except OSError as exc:
         raise StoreError(
             f"the input copy of run {original.id} is gone ({original.input_path}: "
-            f"{exc.strerror}); was it pruned?"
+            f"{exc.strerror or exc}); was it pruned?"
         ) from None
     notes: list[str] = []
     stored = dict((original.request or {}).get("options") or {})
@@ -223,8 +225,10 @@ def rerun_report(store: RunStore, original: Run, new: Run) -> RerunReport:
     comparison = compare_runs([original, new], envs)
     outputs = None
     note = None
-    paths = [Path(str(r.output_path)) if r.output_path else None for r in (original, new)]
-    missing = [p for p in paths if p is None or not p.is_file()]
+    from kiln.store.artifacts import exists, local_copy
+
+    paths = [str(r.output_path) if r.output_path else None for r in (original, new)]
+    missing = [p for p in paths if p is None or not exists(p)]
     if missing:
         note = f"output notebook {missing[0]} is missing: outputs not compared"
     else:
@@ -233,7 +237,9 @@ def rerun_report(store: RunStore, original: Run, new: Run) -> RerunReport:
             settings.ignore, strict_images=settings.strict_images, source=settings.source
         )
         reached = (new.error or {}).get("cell_index") if not new.state.ok else None
-        outputs = compare_notebooks(
-            str(paths[0]), str(paths[1]), normalizer=normalizer, reached=reached
-        )
+        # outputs in the artefact store are compared from local copies
+        with local_copy(str(paths[0])) as old, local_copy(str(paths[1])) as fresh:
+            outputs = compare_notebooks(
+                str(old), str(fresh), normalizer=normalizer, reached=reached
+            )
     return RerunReport(original, new, comparison, outputs, note)
