@@ -131,9 +131,9 @@ def build_tiny_package(where: Path, version: str) -> Path:
 
 
 def package_venv() -> Path:
-    """A venv with ipykernel (so it can be a Jupyter kernel) and nothing else; the tests
-    install ``kilntinypkg`` into it in the version they need. Built with the system site
-    packages of this interpreter's venv visible, so ipykernel needs no index."""
+    """A venv that can be a Jupyter kernel; the tests install ``kilntinypkg`` into it in the
+    version they need. This venv's site-packages are added after its own (a ``.pth`` file),
+    so ipykernel and its dependencies need no index, and what is installed in it wins."""
     key = json.dumps({"python": sys.version, "kind": "ipykernel-only", "v": 1})
     ready = PKG_VENV / "ready"
     with _locked(PKG_VENV):
@@ -173,10 +173,6 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) 
             return
         time.sleep(0.1)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 if __name__ == "__main__":
