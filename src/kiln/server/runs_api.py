@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from kiln.server.app import ServerContext
 
-_LAST_OFFSET = 2**62
+_LAST_OFFSET = 2**40  # 1 TiB: past any log, and every file system seeks there
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _RUN_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 #: how often a followed log is read, and a keep-alive comment sent on a quiet stream
