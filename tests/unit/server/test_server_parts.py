@@ -280,23 +280,6 @@ def test_an_event_keeps_every_line_break_inside_its_data() -> None:
     assert "data: event: end" in lines and "data: " in lines
 
 
-@pytest.mark.parametrize(
-    ("given", "offset"),
-    [(None, 0), ("", 0), ("120", 120), ("-5", 0), ("x", 0), ("9" * 30, 2**40), ("9" * 5000, 0)],
-)
-def test_a_last_event_id_is_an_offset_seek_can_take(
-    tmp_path: Path, given: str | None, offset: int
-) -> None:
-    pytest.importorskip("fastapi")
-    from kiln.server.runs_api import _offset
-
-    assert _offset(given) == offset
-    (tmp_path / "log").write_bytes(b"line\n")
-    with open(tmp_path / "log", "rb") as handle:
-        handle.seek(_offset(given))  # never OverflowError
-        assert handle.read() == (b"line\n" if offset == 0 else b"")
-
-
 def test_cursors_round_trip_and_refuse_junk() -> None:
     pytest.importorskip("fastapi")
     from kiln.server.errors import HTTPProblem
@@ -337,3 +320,20 @@ def test_records_are_rendered_as_tables_images_and_json() -> None:
     assert "&lt;x&gt;" in html and "<x>" not in html
     assert png in html and "data:image/png;base64" in html
     assert "&quot;sum&quot;: 3" in html or '"sum": 3' in html
+
+
+@pytest.mark.parametrize(
+    ("given", "offset"),
+    [(None, 0), ("", 0), ("120", 120), ("-5", 0), ("x", 0), ("9" * 30, 2**40), ("9" * 5000, 0)],
+)
+def test_a_last_event_id_is_an_offset_seek_can_take(
+    tmp_path: Path, given: str | None, offset: int
+) -> None:
+    pytest.importorskip("fastapi")
+    from kiln.server.runs_api import _offset
+
+    assert _offset(given) == offset
+    (tmp_path / "log").write_bytes(b"line\n")
+    with open(tmp_path / "log", "rb") as handle:
+        handle.seek(_offset(given))  # never OverflowError
+        assert handle.read() == (b"line\n" if offset == 0 else b"")
