@@ -720,6 +720,13 @@ def test_metrics_are_there_and_count(site: Site) -> None:
     for name in ("kiln_queue_depth", "kiln_workers_busy", "kiln_workers", "kiln_runs_running"):
         assert f"\n{name} " in after, name
     assert _metric(after, "kiln_workers") == 2
+    answered = _metric(after, "kiln_http_requests_total", method="GET", status="2xx")
+    assert answered >= 1
+    assert client.request("PROPFIND", "/api/v1/runs").status_code == 405
+    last = client.get("/metrics").text
+    assert _metric(last, "kiln_http_requests_total", method="GET", status="2xx") > answered
+    assert _metric(last, "kiln_http_requests_total", method="other", status="4xx") >= 1
+    assert "PROPFIND" not in last  # labels stay few whatever clients send
 
 
 def test_every_action_is_audited_with_secrets_masked(site: Site) -> None:

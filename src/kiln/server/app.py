@@ -140,7 +140,7 @@ def build_app(
     app.include_router(schedules_api.router(ctx), prefix="/api/v1")
     public = PUBLIC | ({"/metrics"} if settings.metrics_public else set())
     gated = AuthGate(app, ctx.auth, public=public, root_path=settings.root_path)
-    asgi = ServerMiddleware(gated, max_body=settings.max_body)
+    asgi = ServerMiddleware(gated, max_body=settings.max_body, answered=metrics.answered)
     return app, asgi
 
 

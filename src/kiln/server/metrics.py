@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 #: run durations: a trivial notebook on the fork engine (10 ms) to a long report (hours)
 RUN_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
 #: endpoint latency: the fork floor is ~10 ms
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 ENDPOINT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -57,6 +58,12 @@ class Metrics:
         self._since = datetime.now(timezone.utc)
         self._seen_at_mark: set[str] = set()
         self._lock = threading.Lock()
+
+    def answered(self, method: str, status: int) -> None:
+        """Count one HTTP answer. Labels stay few whatever clients send: methods outside
+        the standard ones count as ``other``, statuses by class (``2xx``)."""
+        shown = method if method in _METHODS else "other"
+        self.requests.labels(shown, f"{status // 100}xx" if status else "none").inc()
 
     def follow_ended_runs(self) -> None:
         """Observe the durations of runs that ended since the last scrape."""

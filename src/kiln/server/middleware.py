@@ -45,10 +45,19 @@ _ALWAYS = (
 class ServerMiddleware:
     """Body limit, security headers, access log: one layer around the whole app."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, log_json: bool = False) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        log_json: bool = False,
+        answered: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.log_json = log_json
+        #: told the method and status of every answer (the request counter of /metrics)
+        self.answered = answered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,6 +115,8 @@ class ServerMiddleware:
             self._log(scope, state, started)
 
     def _log(self, scope: Scope, state: dict[str, Any], started: float) -> None:
+        if self.answered is not None:
+            self.answered(str(scope.get("method", "")), int(state["status"]))
         if not access_log.isEnabledFor(logging.INFO):
             return
         took = (time.perf_counter() - started) * 1000

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from kiln.server.app import ServerContext
 
+_LAST_OFFSET = 2**40  # 1 TiB: past any log, and every file system seeks there
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _RUN_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 #: how often a followed log is read, and a keep-alive comment sent on a quiet stream
@@ -382,8 +383,10 @@ def _tags(pairs: list[str]) -> dict[str, str]:
 
 
 def _offset(text: str | None) -> int:
+    """A ``Last-Event-ID``: a byte offset into the log (junk: from the start; past any file
+    size: nothing more to send, rather than an offset ``seek`` cannot take)."""
     try:
-        return max(0, int(text)) if text else 0
+        return min(max(0, int(text)), _LAST_OFFSET) if text and len(text) <= 40 else 0
     except ValueError:
         return 0
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def store_input(home: Path, sha256: str, data: bytes, modes: FileModes) -> Path:
             os.utime(path)
         return path
     folder.mkdir(mode=modes.folder, exist_ok=True)
-    tmp = folder / f".{sha256}.{os.getpid()}.tmp"
+    # unique per call, not per process: a server submits from several threads at once, and
+    # two submissions of the same notebook must not write (and rename away) one file
+    tmp = folder / f".{sha256}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, modes.file)
     try:
         with os.fdopen(fd, "wb") as handle:

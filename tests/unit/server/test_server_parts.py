@@ -331,3 +331,39 @@ def test_records_are_rendered_as_tables_images_and_json() -> None:
     assert "&lt;x&gt;" in html and "<x>" not in html
     assert png in html and "data:image/png;base64" in html
     assert "&quot;sum&quot;: 3" in html or '"sum": 3' in html
+
+
+@pytest.mark.parametrize(
+    ("given", "offset"),
+    [(None, 0), ("", 0), ("120", 120), ("-5", 0), ("x", 0), ("9" * 30, 2**40), ("9" * 5000, 0)],
+)
+def test_a_last_event_id_is_an_offset_seek_can_take(
+    tmp_path: Path, given: str | None, offset: int
+) -> None:
+    pytest.importorskip("fastapi")
+    from kiln.server.runs_api import _offset
+
+    assert _offset(given) == offset
+    (tmp_path / "log").write_bytes(b"line\n")
+    with open(tmp_path / "log", "rb") as handle:
+        handle.seek(_offset(given))  # never OverflowError
+        assert handle.read() == (b"line\n" if offset == 0 else b"")
+
+
+def test_the_server_socket_answers_without_nagle_delays() -> None:
+    """Connections accepted from the socket handed to uvicorn have TCP_NODELAY: without it,
+    every keep-alive request waited ~40 ms for the client's delayed ACK."""
+    import socket
+
+    pytest.importorskip("uvicorn")
+    from kiln.server.supervisor import listen
+
+    server = listen("127.0.0.1", 0)
+    try:
+        server.listen(1)
+        with socket.create_connection(server.getsockname()[:2]):
+            accepted, _ = server.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        server.close()

@@ -3,9 +3,14 @@ locked"; on PostgreSQL: no deadlock or lost update), on both backends."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from kiln.store import RunStore
 
@@ -74,3 +79,36 @@ def test_concurrent_writers_never_fail(tmp_path: Path, database_url: str | None)
                 assert run.started_at is not None
                 assert run.ended_at is not None
         assert len(store.list_runs(notebook="nb3.ipynb", limit=None)) == RUNS_EACH
+
+
+def test_threads_storing_the_same_input_at_once_all_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server submits from several threads of one process: two submissions of the same
+    notebook write their copies side by side and both renames succeed."""
+    from kiln.store import files
+
+    both_written = threading.Barrier(2, timeout=10)
+    real_replace = os.replace
+
+    def replace_together(src: Any, dst: Any) -> None:
+        both_written.wait()  # both threads have written their copy before either renames
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace_together)
+    errors: list[BaseException] = []
+    stored: list[Path] = []
+
+    def store() -> None:
+        try:
+            stored.append(files.store_input(tmp_path, "ab" * 32, b"{}", files.file_modes()))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=store) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(stored) == 2 and stored[0].read_bytes() == b"{}"
+    assert [p.name for p in (tmp_path / "inputs").iterdir()] == [stored[0].name]
