@@ -269,7 +269,9 @@ def test_runs_carry_tags_and_their_submitter_and_list_by_tag(site: Site) -> None
     client = site.as_(site.runner)
     odd = 'we"ird\\key'  # a quote and a backslash: no JSON path may be built from it
     run = submit(client, tags={"team": "sales", odd: "1", "n": 2})
-    assert run["tags"] == {"team": "sales", odd: "1", "n": "2"} and run["submitted_by"] == "rui"
+    # the caller's tags, and the trigger's: the server tags a run with who submitted it
+    assert run["tags"] == {"team": "sales", odd: "1", "n": "2", "kiln.user": "rui"}
+    assert run["submitted_by"] == "rui"
     other = submit(client, tags={"team": "ops"})
     for tags, expected in (
         (["team=sales"], {run["id"]}),
