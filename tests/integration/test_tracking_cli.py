@@ -214,8 +214,20 @@ def tiny_kernel(tmp_path: Path) -> tuple[Path, dict[str, str], Path]:
     spec = jupyter / "kernels" / "tinypkg"
     spec.mkdir(parents=True)
     argv = [str(venv / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    # the notebook imports kiln (kiln.record, all a kernel needs of it): the Kiln under test,
+    # which this venv does not hold, is put on the kernel's path
+    import kiln as kiln_package
+
+    kiln_src = str(Path(kiln_package.__file__).resolve().parents[1])
     (spec / "kernel.json").write_text(
-        json.dumps({"argv": argv, "display_name": "tinypkg", "language": "python"})
+        json.dumps(
+            {
+                "argv": argv,
+                "display_name": "tinypkg",
+                "language": "python",
+                "env": {"PYTHONPATH": kiln_src},
+            }
+        )
     )
     wheels = tmp_path / "wheels"
     build_tiny_package(wheels, "1.0")
