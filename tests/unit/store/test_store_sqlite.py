@@ -87,9 +87,8 @@ def test_a_writer_waits_for_the_lock_instead_of_failing(
     time.sleep(1.0)
     # While the lock is held, the writer is still waiting and readers are not blocked (WAL).
     assert writer.is_alive()
-    read_started = time.perf_counter()
+    # a blocked read would wait for a COMMIT that only comes after it, then fail (busy)
     assert store.get_run(run.id).state == "running"
-    assert time.perf_counter() - read_started < 0.5
     holder.execute("COMMIT")
     holder.close()
     writer.join(timeout=30)
