@@ -208,4 +208,4 @@ def test_kiln_health_follows_the_scheduler_heartbeat(tmp_path: Path) -> None:
             timeout=30,
             what="the heartbeat to age",
         )
-    assert json.loads(stale.stdout)["heartbeat_age_s"] > 1
+    assert json.loads(stale.stdout)["heartbeat_age_s"] >= 1  # shown to 0.1 s: 1.04 is 1.0
