@@ -7,7 +7,6 @@ updates or deletes an entry. Callers mask secret values in ``details`` before th
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -71,21 +70,13 @@ def append(
         "details": details,
     }
     with store._write() as conn:
-        conn.execute(audit.insert(), {key: _portable(value) for key, value in values.items()})
+        # text columns cannot hold NUL on PostgreSQL (the same everywhere); ``details`` is JSON,
+        # written by the store's serialiser, which already replaces NUL and NaN
+        conn.execute(audit.insert(), {k: _no_nul(v) for k, v in values.items()})
 
 
-def _portable(value: Any) -> Any:
-    """What both databases hold alike: no NUL in text (PostgreSQL's cannot hold it), no NaN
-    or infinity in JSON. Requests are hostile input; their audit entry must still be written."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
-    if isinstance(value, dict):
-        return {_portable(str(k)): _portable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_portable(v) for v in value]
-    return value
+def _no_nul(value: Any) -> Any:
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
 
 
 def entries(
