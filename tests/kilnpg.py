@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kilntest import pid_alive
+
 SUPERUSER = "kiln"
 PREFIX = "kiln-pg-"
 
@@ -178,7 +180,7 @@ class PostgresServer:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
-        while _alive(self.pid):
+        while pid_alive(self.pid):
             if time.monotonic() > deadline:
                 raise PostgresUnavailable("the PostgreSQL server did not stop")
             time.sleep(0.02)
@@ -199,7 +201,7 @@ class PostgresServer:
                     os.kill(self.pid, sig)
                 deadline = time.monotonic() + timeout / 3
                 while time.monotonic() < deadline:
-                    if not _alive(self.pid):
+                    if not pid_alive(self.pid):
                         return
                     time.sleep(0.02)
         finally:
@@ -234,7 +236,7 @@ def _reap_stale() -> None:
     for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*"):
         try:
             pid, started = (root / "owner").read_text().split()
-            if _alive(int(pid)) and _started(int(pid)) == started:
+            if pid_alive(int(pid)) and _started(int(pid)) == started:
                 continue
             server_pid = int((root / "data" / "postmaster.pid").read_text().split()[0])
         except (OSError, ValueError):
@@ -262,20 +264,6 @@ def _has_locale(name: str) -> bool:
     except OSError:
         return False
     return name.lower() in listed.stdout.lower().split()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _tail(path: Path, lines: int = 5) -> str:
