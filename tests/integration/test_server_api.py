@@ -187,6 +187,14 @@ def test_submit_run_and_read_it_back(site: Site) -> None:
     assert "attachment" in nb.headers["content-disposition"]
     assert json.loads(nb.content)["metadata"]["kiln"]["run_id"] == run["id"]
     assert client.get("/api/v1/runs/last").status_code == 200
+    # where the run lives on the server's machine is for admins only
+    shown = site.as_(site.viewer).get(f"/api/v1/runs/{run['id']}").json()
+    listed = site.as_(site.viewer).get("/api/v1/runs").json()["items"]
+    for fields in (done, shown, *listed):
+        assert not {"run_dir", "output_path", "log_path", "owner_pid", "kernel_pid"} & set(fields)
+        assert str(site.project) not in json.dumps(fields)
+    full = site.admin.get(f"/api/v1/runs/{run['id']}").json()
+    assert full["run_dir"] and full["owner_pid"] and full["notebook"] == "work.ipynb"
 
 
 @pytest.mark.parametrize(

@@ -135,4 +135,6 @@ def run_from_json(data: Mapping[str, Any]) -> Run:
         Record(name, str(kinds.get(name, "json")), value)
         for name, value in (data.get("records") or {}).items()
     ]
+    # a non-admin is shown the notebook's path within the project, not the server's path
+    values.setdefault("notebook_path", str(data.get("notebook") or ""))
     return Run(**values)

@@ -103,10 +103,31 @@ def submission_model() -> Any:
 RunSubmission = submission_model()
 
 
-def run_json(ctx: ServerContext, run: Run) -> dict[str, Any]:
+#: where a run lives on the server's machine: shown to admins only (a reader needs the
+#: notebook's path within the project, and the routes that serve the files)
+MACHINE_FIELDS = (
+    "notebook_path",
+    "run_dir",
+    "input_path",
+    "output_path",
+    "log_path",
+    "owner_pid",
+    "owner_host",
+    "owner_started",
+    "kernel_pid",
+    "kernel_started",
+    "lease_owner",
+)
+
+
+def run_json(ctx: ServerContext, run: Run, who: Principal | None = None) -> dict[str, Any]:
     """A run as the API shows it: the record, the notebook relative to the project, the
-    options it was submitted with (environment values left out)."""
+    options it was submitted with (environment values left out); the server's paths and
+    processes only for an admin."""
     out = run.to_json()
+    if who is None or not who.may("admin"):
+        for name in MACHINE_FIELDS:
+            out.pop(name, None)
     request = out.pop("request", None) or {}
     options = dict(request.get("options") or {})
     if "env" in options:
@@ -204,7 +225,9 @@ def router(ctx: ServerContext) -> APIRouter:
             },
         )
         location = ctx.url(f"/api/v1/runs/{run.id}")
-        return JSONResponse(run_json(ctx, run), status_code=202, headers={"Location": location})
+        return JSONResponse(
+            run_json(ctx, run, who), status_code=202, headers={"Location": location}
+        )
 
     @api.get("/runs", tags=["runs"], summary="runs, newest first (cursor pagination)")
     def list_runs(
@@ -250,13 +273,13 @@ def router(ctx: ServerContext) -> APIRouter:
             limit=limit,
         )
         return {
-            "items": [run_json(ctx, run) for run in page],
+            "items": [run_json(ctx, run, who) for run in page],
             "next_cursor": encode_cursor(after) if after else None,
         }
 
     @api.get("/runs/{run_id}", tags=["runs"], summary="one run (id, unique prefix or 'last')")
     def get_run(run_id: str, who: Principal = reader) -> dict[str, Any]:
-        return run_json(ctx, ctx.store.get_run(check_run_key(run_id)))
+        return run_json(ctx, ctx.store.get_run(check_run_key(run_id)), who)
 
     @api.get("/runs/{run_id}/log", tags=["runs"], summary="the run's log (text, or SSE)")
     async def run_log(
@@ -338,7 +361,7 @@ def router(ctx: ServerContext) -> APIRouter:
             address=client_address(request),
             details={"state_before": run.state.value},
         )
-        out = run_json(ctx, now)
+        out = run_json(ctx, now, who)
         out["detail"] = "cancelled" if now.finished else "cancel requested: its worker stops it"
         return JSONResponse(out, status_code=200 if now.finished else 202)
 
