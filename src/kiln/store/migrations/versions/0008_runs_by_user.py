@@ -19,9 +19,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_runs_submitted_by_created_at", "runs", ["submitted_by", "created_at", "id"]
-    )
+    op.create_index("ix_runs_submitted_by_created_at", "runs", ["submitted_by", "created_at", "id"])
 
 
 def downgrade() -> None:
