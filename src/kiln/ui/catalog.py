@@ -149,18 +149,27 @@ def _text(source: Any) -> str:
 
 
 def _description(cells: list[dict[str, Any]]) -> str:
-    """The first Markdown cell's first paragraph, headings' marks left out."""
+    """The first Markdown cell's first paragraph that is not a heading (else its heading),
+    headings' marks left out."""
     for cell in cells:
         if cell["kind"] != "markdown":
             continue
+        paragraphs: list[tuple[bool, str]] = []
         lines: list[str] = []
-        for line in cell["source"].splitlines():
-            if not line.strip():
+        heading = False
+        for line in [*cell["source"].splitlines(), ""]:
+            if not line.strip() or _HEADING.match(line):
                 if lines:
-                    break
+                    paragraphs.append((heading, " ".join(lines)))
+                    lines = []
+                heading = bool(_HEADING.match(line))
+                if heading:
+                    paragraphs.append((True, _HEADING.sub("", line).strip()))
+                    heading = False
                 continue
-            lines.append(_HEADING.sub("", line).strip())
-        text = " ".join(lines)
+            lines.append(line.strip())
+        plain = [text for is_heading, text in paragraphs if not is_heading and text]
+        text = plain[0] if plain else next((t for _h, t in paragraphs if t), "")
         if len(text) > DESCRIPTION:
             text = text[: DESCRIPTION - 1].rstrip() + "…"
         return text

@@ -67,6 +67,8 @@
       source.close();
       clearInterval(timer);
       if (current) { current.textContent = "—"; }
+      var cancel = $("#cancel-button");
+      if (cancel) { cancel.closest("form").remove(); }
       refresh(function () { root.dataset.finished = "1"; document.body.dataset.runEnded = "1"; });
     });
     source.onerror = function () {
