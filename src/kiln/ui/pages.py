@@ -6,7 +6,9 @@ A form that starts a run goes through :func:`kiln.server.runs_api.start_run`, th
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import secrets
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -333,19 +335,22 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
             notebook_paths=[e.path for e in catalog.entries()[0]][:200],
         )
 
-    def run_values(run: Run) -> dict[str, Any]:
-        cells = []
-        durations = run.cell_durations or []
-        sources: list[dict[str, Any]] = []
+    def run_values(request: Request, run: Run) -> dict[str, Any]:
+        """What the run page and its live part show."""
+        from kiln.ui.web import csrf_value
+
+        notebook = ctx.notebooks.relative(run.notebook_path)
         try:
-            entry_file = ctx.notebooks.resolve(ctx.notebooks.relative(run.notebook_path))
-            sources = catalog.read(entry_file).cells
+            catalog.get(notebook)
+            nb_link = True
         except KilnError:
-            pass
-        for index, seconds in enumerate(durations):
+            nb_link = False
+        sources = _output_sources(run.output_path) if run.finished else []
+        cells = []
+        for index, seconds in enumerate(run.cell_durations or []):
             if seconds is None:
                 continue
-            source = sources[index]["source"] if index < len(sources) else ""
+            source = sources[index] if index < len(sources) else ""
             first = source.strip().splitlines()[0] if source.strip() else ""
             cells.append({"index": index, "seconds": seconds, "first_line": first[:80]})
         return {
@@ -354,6 +359,11 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
             "records": [_record(r) for r in run.records_list],
             "error_text": _error_text(run.error),
             "current_cell": "",
+            "notebook": notebook,
+            "nb_link": nb_link,
+            "may_run": who_of(request).may("runner"),
+            "again_query": urlencode({k: forms.as_text(v) for k, v in run.parameters.items()}),
+            "csrf": csrf_value(request)[0],
         }
 
     @web.get("/runs/{run_id}")
@@ -361,26 +371,16 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
         from kiln.server.runs_api import check_run_key
 
         run = ctx.store.get_run(check_run_key(run_id))
-        notebook = ctx.notebooks.relative(run.notebook_path)
-        try:
-            catalog.get(notebook)
-            nb_link = True
-        except KilnError:
-            nb_link = False
-        who = who_of(request)
-        again = urlencode({k: forms.as_text(v) for k, v in run.parameters.items()})
+        values = run_values(request, run)
+        values.pop("csrf")
         return page(
             ctx,
             request,
             "run.html",
             title=f"Run {run.id}",
             section="runs",
-            notebook=notebook,
-            nb_link=nb_link,
-            may_run=who.may("runner"),
-            again_query=again,
             log_text=_log_head(ctx, run),
-            **run_values(run),
+            **values,
         )
 
     @web.get("/runs/{run_id}/live")
@@ -388,7 +388,7 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
         from kiln.server.runs_api import check_run_key
 
         run = ctx.store.get_run(check_run_key(run_id))
-        return fragment("run_live.html", ctx, **run_values(run))
+        return fragment("run_live.html", ctx, **run_values(request, run))
 
     @web.post("/runs/{run_id}/cancel")
     async def cancel(request: Request, run_id: str) -> Response:
@@ -400,6 +400,30 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
         return RedirectResponse(ctx.url(f"/runs/{run_id}"), status_code=303)
 
     return web
+
+
+@functools.lru_cache(maxsize=64)
+def _sources(path: str, _stamp: tuple[int, int]) -> tuple[str, ...]:
+    with open(path, encoding="utf-8") as handle:
+        cells = json.load(handle).get("cells", [])
+    return tuple(
+        "".join(c.get("source", ""))
+        if isinstance(c.get("source"), list)
+        else str(c.get("source", ""))
+        for c in cells
+    )
+
+
+def _output_sources(path: str | None) -> tuple[str, ...]:
+    """The sources of an ended run's output notebook's cells (the ones its cell timings
+    count, the injected parameters included); nothing when it is not a local file."""
+    if not path:
+        return ()
+    try:
+        stat = os.stat(path)
+        return _sources(path, (stat.st_mtime_ns, stat.st_size))
+    except (OSError, ValueError, AttributeError):
+        return ()
 
 
 def _log_head(ctx: ServerContext, run: Run) -> str:

@@ -69,7 +69,15 @@
       if (current) { current.textContent = "—"; }
       var cancel = $("#cancel-button");
       if (cancel) { cancel.closest("form").remove(); }
-      refresh(function () { root.dataset.finished = "1"; document.body.dataset.runEnded = "1"; });
+      refresh(function () {
+        root.dataset.finished = "1";
+        var output = $("#run-output");
+        var frame = output && $("iframe", output);
+        if (frame && !frame.getAttribute("src")) {
+          frame.src = frame.dataset.src;
+          output.hidden = false;
+        }
+      });
     });
     source.onerror = function () {
       // the server closes the stream when the run ends; a closed stream is not retried
