@@ -351,6 +351,9 @@ def test_start_a_run_from_the_form_and_watch_it_finish(page: Any, site: Site) ->
     page.frame_locator("iframe.output").get_by_text("report for US 2024-01-31").wait_for()
     assert "run " in page.locator("#log").inner_text()
     shoot(page, "run")
+    # a full-page shot leaves the sandboxed (out-of-process) frame blank: the frame alone
+    page.locator("iframe.output").scroll_into_view_if_needed()
+    page.locator("iframe.output").screenshot(path=str(ARTIFACTS / "run-output-1280.png"))
     page.locator("#again-button").click()
     assert page.locator("#p-n").input_value() == "6"  # run again with these parameters
 

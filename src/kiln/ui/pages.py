@@ -282,15 +282,15 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
         kw: dict[str, Any] = {}
         name = filters["notebook"]
         if name:
-            if "/" in name or name.endswith(".ipynb"):
+            # a path names one notebook; a bare name (with or without .ipynb) that file in
+            # any folder: one indexed column either way (an OR of both scans the table)
+            if "/" in name:
                 try:
                     kw["notebooks"] = [str(confine(ctx.settings.root, name))]
                 except KilnError as exc:
                     problem = f"notebook: {exc.message}"
-                if "/" not in name:
-                    kw["notebook_name"] = name
             else:
-                kw["notebook_name"] = name + ".ipynb"
+                kw["notebook_name"] = name if name.endswith(".ipynb") else name + ".ipynb"
         if filters["state"]:
             if filters["state"] in STATES:
                 kw["states"] = [filters["state"]]
