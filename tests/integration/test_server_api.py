@@ -34,7 +34,6 @@ from kilntest import wait_for
 pytestmark = pytest.mark.kernel
 
 
-
 def glue(*parts: str) -> str:
     """A fake secret from pieces (no scanner reads it whole in this file)."""
     return "".join(parts)

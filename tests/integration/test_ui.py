@@ -380,6 +380,8 @@ def test_cancel_a_long_run(page: Any, site: Site) -> None:
     page.locator("#run-button").click()
     page.wait_for_url(re.compile(r"/runs/[\w.-]+$"))
     page.locator("#run-state .state-running").wait_for()
+    page.locator("#live-cells tbody tr").first.wait_for()  # cells' times as they end
+    assert page.locator("#current-cell").inner_text().startswith("cell ")  # the one running
     page.on("dialog", lambda dialog: dialog.accept())
     page.locator("#cancel-button").click()
     page.locator("#run-state .state-cancelled").wait_for()

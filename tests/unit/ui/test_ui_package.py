@@ -116,7 +116,7 @@ def test_a_form_is_read_by_the_cli_rules_field_by_field() -> None:
             "level": "",
             "who": "me",
             "scale": "",
-        },  # fmt: skip
+        },
     )
     assert errors == {}
     assert values == {

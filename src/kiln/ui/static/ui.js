@@ -31,7 +31,11 @@
 
   function followRun(root) {
     var log = $("#log", root);
-    var current = $("#current-cell");
+    var currentCell = null;  // the live part is re-rendered: the cell is kept here
+    function showCell() {
+      var shown = $("#current-cell");
+      if (shown && currentCell !== null) { shown.textContent = currentCell; }
+    }
     var detail = $("#run-detail");
     var finished = root.dataset.finished === "1";
     var refreshing = false;
@@ -43,10 +47,27 @@
         .then(function (answer) { return answer.ok ? answer.text() : null; })
         .then(function (html) {
           refreshing = false;
-          if (html !== null && detail) { detail.innerHTML = html; }  // rendered, escaped server-side
+          if (html !== null && detail) {
+            detail.innerHTML = html;  // rendered, escaped server-side
+            if (root.dataset.finished !== "1") { showCell(); }
+          }
           if (done) { done(); }
         })
         .catch(function () { refreshing = false; });
+    }
+
+    function cellDone(index, outcome, seconds) {
+      var section = $("#live-cells");
+      if (!section) { return; }
+      var row = document.createElement("tr");
+      [index, seconds.toFixed(2) + " s", outcome].forEach(function (text, i) {
+        var cell = document.createElement("td");
+        cell.textContent = text;
+        if (i === 1) { cell.className = "num"; }
+        row.appendChild(cell);
+      });
+      $("tbody", section).appendChild(row);
+      section.hidden = false;
     }
 
     if (finished || !window.EventSource) { return; }
@@ -60,17 +81,22 @@
       var lines = event.data.split("\n");
       for (var i = 0; i < lines.length; i++) {
         var started = /\bcell (\d+) started$/.exec(lines[i]);
-        if (started && current) { current.textContent = "cell " + started[1]; }
+        if (started) { currentCell = "cell " + started[1]; showCell(); }
+        var ended = /\bcell (\d+) (\w+) in ([\d.]+)s$/.exec(lines[i]);
+        if (ended) { cellDone(ended[1], ended[2], parseFloat(ended[3])); }
       }
     });
     source.addEventListener("end", function () {
       source.close();
       clearInterval(timer);
-      if (current) { current.textContent = "—"; }
+      currentCell = "—";
+      showCell();
       var cancel = $("#cancel-button");
       if (cancel) { cancel.closest("form").remove(); }
       refresh(function () {
         root.dataset.finished = "1";
+        var live = $("#live-cells");
+        if (live) { live.remove(); }  // the final timings are in the run's record
         var output = $("#run-output");
         var frame = output && $("iframe", output);
         if (frame && !frame.getAttribute("src")) {
