@@ -402,16 +402,21 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
     return web
 
 
+#: cells a failed run's output notebook gains (the banner and the marker), not timed
+_ADDED = frozenset({"kiln-error-banner", "kiln-error-marker"})
+
+
 @functools.lru_cache(maxsize=64)
 def _sources(path: str, _stamp: tuple[int, int]) -> tuple[str, ...]:
     with open(path, encoding="utf-8") as handle:
         cells = json.load(handle).get("cells", [])
-    return tuple(
-        "".join(c.get("source", ""))
-        if isinstance(c.get("source"), list)
-        else str(c.get("source", ""))
-        for c in cells
-    )
+    found = []
+    for cell in cells:
+        if _ADDED & set(cell.get("metadata", {}).get("tags") or ()):
+            continue
+        source = cell.get("source", "")
+        found.append("".join(source) if isinstance(source, list) else str(source))
+    return tuple(found)
 
 
 def _output_sources(path: str | None) -> tuple[str, ...]:
