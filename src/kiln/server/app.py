@@ -60,6 +60,8 @@ class ServerContext:
     endpoints: EndpointService
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     workers: Callable[[], tuple[int, int]] | None = None
+    #: tells the worker processes a run was just submitted (None: they find it at their poll)
+    wake: Callable[[], None] | None = None
     followers: Followers = field(default_factory=lambda: _followers())
 
     def url(self, path: str) -> str:
@@ -77,6 +79,7 @@ def build_app(
     *,
     store: RunStore | None = None,
     workers: Callable[[], tuple[int, int]] | None = None,
+    wake: Callable[[], None] | None = None,
 ) -> tuple[FastAPI, ASGIApp]:
     """The FastAPI app and the ASGI app to serve (the FastAPI app inside Kiln's layers)."""
     from kiln.server import accounts_api, errors, runs_api
@@ -97,6 +100,7 @@ def build_app(
         metrics=metrics,
         endpoints=EndpointService(settings, store, metrics),
         workers=workers,
+        wake=wake,
     )
 
     @contextlib.asynccontextmanager

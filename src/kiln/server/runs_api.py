@@ -184,6 +184,8 @@ def start_run(
         submitted_by=who.name,
         tags={"kiln.user": who.name},  # the trigger's tag, after the caller's own
     )
+    if ctx.wake is not None:
+        ctx.wake()
     details: dict[str, Any] = {
         "notebook": ctx.notebooks.relative(path),
         "parameters": run.parameters,
