@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint typecheck unit integration bench clean venv corpus graphviz postgres reports
+.PHONY: demo test lint typecheck unit integration bench clean venv corpus graphviz postgres reports chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,15 @@ graphviz:
 	  else sudo apt-get install -y graphviz >/dev/null; fi; } || \
 	  echo "graphviz: could not install dot; kiln dag falls back to Mermaid text"
 
+# The web UI's browser tests drive Debian's chromium through Playwright (playwright install
+# cannot download browsers here); installed when missing. Under CI the tests fail without it.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium for the web UI's browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && apt-get install -y chromium >/dev/null; }; \
+	  else sudo apt-get install -y chromium >/dev/null; fi; } || \
+	  echo "chromium: could not install it; the browser tests will skip (and fail under CI)"
 
 # PostgreSQL's programs for the store and queue tests, which start a throwaway server of their
 # own (initdb + pg_ctl in a temporary folder; nothing runs as a service). Installed from the
@@ -88,7 +97,7 @@ postgres:
 	  fi; \
 	fi
 
-test: $(VENV)/.installed-test graphviz postgres reports corpus lint typecheck
+test: $(VENV)/.installed-test graphviz postgres reports chromium corpus lint typecheck
 	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus} $(BIN)/python -m pytest -n 2 -q
 
 bench: $(VENV)/.installed-test

@@ -20,6 +20,16 @@ from kilntest import KILN, build_notebook, wait_for, wait_gone
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 
+#: markup that sets the page's title when it runs: shown by notebooks (outputs, Markdown,
+#: parameter values and help, records) the API and the web UI must never run in their origin
+XSS = {
+    "script": "<script>document.title='pwned-script'</script>",
+    "img": "<img src=x onerror=\"document.title='pwned-img'\">",
+    "svg": "<svg onload=\"document.title='pwned-svg'\"></svg>",
+    "link": "<a href=\"javascript:document.title='pwned-link'\">click</a>",
+}
+MARKERS = ("pwned-script", "pwned-img", "pwned-svg", "pwned-link")
+
 
 class Server:
     """One ``kiln serve`` process; ``url`` once it listens."""

@@ -130,6 +130,24 @@ def test_params_command(make_nb, kiln_cli):
     assert missing.returncode == 2 and "nope.ipynb" in missing.stderr
 
 
+def test_params_command_shows_choices_and_dates(make_nb, kiln_cli):
+    nb = make_nb(
+        [
+            (
+                "from datetime import date\nfrom typing import Literal\n"
+                "region: Literal['EU', 'US'] = 'EU'\nday: date = date(2024, 1, 31)",
+                ["parameters"],
+            )
+        ]
+    )
+    text = kiln_cli("params", str(nb))
+    assert "str ('EU' | 'US')" in text.stdout and "date" in text.stdout
+    schema = json.loads(kiln_cli("params", str(nb), "--json").stdout)
+    by_name = {p["name"]: p for p in schema["parameters"]}
+    assert by_name["region"]["choices"] == ["EU", "US"]
+    assert by_name["day"]["type"] == "date" and by_name["day"]["default"] == "2024-01-31"
+
+
 def test_example_demo_runs_end_to_end(tmp_path):
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ)

@@ -18,19 +18,20 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from server_util import Server, admin_client, make_user, running, wait_state, write_notebook
+from server_util import (
+    MARKERS,
+    XSS,
+    Server,
+    admin_client,
+    make_user,
+    running,
+    wait_state,
+    write_notebook,
+)
 
 from kilntest import wait_for
 
 pytestmark = pytest.mark.kernel
-
-XSS = {
-    "script": "<script>document.title='pwned-script'</script>",
-    "img": "<img src=x onerror=\"document.title='pwned-img'\">",
-    "svg": "<svg onload=\"document.title='pwned-svg'\"></svg>",
-    "link": "<a href=\"javascript:document.title='pwned-link'\">click</a>",
-}
-MARKERS = ("pwned-script", "pwned-img", "pwned-svg", "pwned-link")
 
 
 def glue(*parts: str) -> str:
@@ -430,17 +431,22 @@ def test_every_api_route_without_credentials_is_401(site: Site) -> None:
 def test_pages_redirect_to_the_login_page(site: Site) -> None:
     answer = site.as_(None).get("/docs", follow_redirects=False)
     assert answer.status_code == 303 and answer.headers["location"] == "/login?next=/docs"
-    page = site.as_(None).get("/login")
-    assert page.status_code == 200 and "<form" in page.text
     logged = site.as_(None)
+    page = logged.get("/login")
+    assert page.status_code == 200 and "<form" in page.text
     form = logged.post(
         "/login",
-        data={"username": "admin", "password": site.server.password, "next": "//evil.example/x"},
+        data={
+            "username": "admin",
+            "password": site.server.password,
+            "next": "//evil.example/x",
+            "csrf": logged.cookies["kiln_csrf"],
+        },
         follow_redirects=False,
     )
-    assert form.status_code == 303 and form.headers["location"] == "/docs"
+    assert form.status_code == 303 and form.headers["location"] == "/"
     cookie = form.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert "kiln_session=" in cookie and "httponly" in cookie and "samesite=lax" in cookie
     assert logged.get("/docs").status_code == 200
 
 
@@ -893,7 +899,12 @@ def test_nul_characters_are_refused_before_the_database(
         ):
             answer = admin.request(method, path, json=body)
             assert answer.status_code == 422 and "NUL" in answer.json()["detail"], (path, body)
-        form = server.client().post("/login", data={"username": "a\0b", "password": "x"})
+        browser = server.client()
+        browser.get("/login")
+        form = browser.post(
+            "/login",
+            data={"username": "a\0b", "password": "x", "csrf": browser.cookies["kiln_csrf"]},
+        )
         assert form.status_code == 422
         # a NUL inside a parameter's value is data: stored as U+FFFD on every backend
         run = submit(admin, notebook="nb.ipynb", parameters={"x": "a\0b"})

@@ -215,3 +215,54 @@ def test_a_taken_port_is_a_clear_error(project: Path, tmp_path: Path) -> None:
         done.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
     assert "admin password" not in done.stdout  # nothing was set up
+
+
+def test_a_worker_claims_a_run_when_woken_not_at_its_poll(tmp_path: Path) -> None:
+    """The server wakes its workers when a run is submitted (an app's answer waits for the
+    claim): a worker polling every 10 minutes still claims a new run at once."""
+    import subprocess
+    import sys
+
+    from kiln.queue import submit
+    from kiln.request import RunRequest
+    from kiln.server.workerproc import WAKE
+    from kiln.store.sql import RunStore
+
+    nb = write_notebook(tmp_path / "w.ipynb", [("x = 1", ["parameters"]), "print(x)"])
+    home = tmp_path / "home"
+    store = RunStore(home)
+    first = submit(RunRequest.build(nb), store=store)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env["KILN_HOME"] = str(home)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kiln.server.workerproc",
+            "--parent",
+            str(os.getpid()),
+            "--poll",
+            "600",
+        ],
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+
+        def ended(run_id: str) -> bool:
+            return store.get_run(run_id).finished
+
+        wait_for(lambda: ended(first.id), timeout=120, what="the first run (claimed at start)")
+        second = submit(RunRequest.build(nb), store=store)
+
+        def woken() -> bool:
+            os.kill(worker.pid, WAKE)  # again until the worker is back in its wait
+            return store.get_run(second.id).state.value != "queued"
+
+        wait_for(woken, timeout=60, interval=0.2, what="the second run to be claimed")
+        wait_for(lambda: ended(second.id), timeout=120, what="the second run")
+        assert store.get_run(second.id).state.value == "succeeded"
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+        store.close()

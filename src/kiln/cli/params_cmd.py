@@ -45,6 +45,8 @@ def show_parameters(notebook: str, *, as_json: bool = False) -> int:
         table.add_column(column, overflow="fold")
     for p in schema.parameters:
         kind = p.type + (" | None" if p.optional and p.type != "any" else "")
+        if p.choices is not None:
+            kind += " (" + " | ".join(repr(c) for c in p.choices) + ")"
         default = "(required)" if p.required else (p.default_source or repr(p.default))
         table.add_row(p.name, kind, default, p.help)
     console().print(table)

@@ -52,6 +52,7 @@ _ANNOTATION_TYPES: dict[str, str] = {
     "MutableMapping": "dict",
     "Any": "any",
     "object": "any",
+    "date": "date",
 }
 
 
@@ -179,6 +180,7 @@ def _statement_parameters(
             return []
         annotation = ast.get_source_segment(text, stmt.annotation)
         ptype, optional = _annotation_type(stmt.annotation)
+        choices = _choices(stmt.annotation)
         if stmt.value is None:
             return [
                 Parameter(
@@ -191,10 +193,12 @@ def _statement_parameters(
                     help=help_text,
                     annotation=annotation,
                     line=line,
+                    choices=choices,
                 )
             ]
         base = Parameter(stmt.target.id, ptype, None, None, optional, False, help_text, None, line)
-        return [_with_value(replace(base, annotation=annotation), stmt.value, text)]
+        base = replace(base, annotation=annotation, choices=choices)
+        return [_with_value(base, stmt.value, text)]
     if isinstance(stmt, ast.Assign):
         found = []
         for target in stmt.targets:
@@ -226,6 +230,10 @@ def _pairs(target: ast.expr, value: ast.expr) -> list[tuple[str, ast.expr]]:
 
 def _with_value(base: Parameter, node: ast.expr, text: str) -> Parameter:
     source = ast.get_source_segment(text, node)
+    if base.type == "date":
+        found = _date_call(node)
+        if found is not None:  # start: date = date(2024, 1, 31): its ISO text
+            return replace(base, default=found, default_source=source)
     try:
         value = _plain(ast.literal_eval(node))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -279,6 +287,46 @@ def _annotation_type(node: ast.expr) -> tuple[str, bool]:
             return _literal_type(args)
         return _ANNOTATION_TYPES.get(head or "", "any"), False
     return _ANNOTATION_TYPES.get(_tail_name(node) or "", "any"), False
+
+
+def _choices(node: ast.expr) -> tuple[Any, ...] | None:
+    """The values of a ``Literal[...]`` annotation (also inside ``Optional``/``| None``), or
+    None when the annotation is not one."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            return _choices(ast.parse(node.value.strip(), mode="eval").body)
+        except SyntaxError:
+            return None
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        sides = [_choices(node.left), _choices(node.right)]
+        found = [side for side in sides if side is not None]
+        return found[0] if len(found) == 1 else None
+    if isinstance(node, ast.Subscript):
+        head = _tail_name(node.value)
+        args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if head in ("Optional", "Annotated") and args:
+            return _choices(args[0])
+        if head == "Union":
+            found = [c for c in (_choices(a) for a in args) if c is not None]
+            return found[0] if len(found) == 1 else None
+        if head == "Literal":
+            values = [a.value for a in args if isinstance(a, ast.Constant) and a.value is not None]
+            if len(values) == len([a for a in args if not _is_none(a)]):
+                return tuple(values)
+    return None
+
+
+def _date_call(node: ast.expr) -> str | None:
+    """``date(2024, 1, 31)`` (or ``datetime.date(...)``) as ISO text; None for anything else."""
+    import datetime
+
+    if not (isinstance(node, ast.Call) and _tail_name(node.func) == "date") or node.keywords:
+        return None
+    try:
+        parts = [ast.literal_eval(arg) for arg in node.args]
+        return datetime.date(*parts).isoformat()
+    except (ValueError, TypeError, SyntaxError):
+        return None
 
 
 def _union(members: list[ast.expr]) -> tuple[str, bool]:

@@ -27,8 +27,17 @@ __all__ = [
     "validate_name",
 ]
 
-ParameterType = Literal["int", "float", "bool", "str", "list", "dict", "any"]
-PARAMETER_TYPES: Final[tuple[str, ...]] = ("int", "float", "bool", "str", "list", "dict", "any")
+ParameterType = Literal["int", "float", "bool", "str", "date", "list", "dict", "any"]
+PARAMETER_TYPES: Final[tuple[str, ...]] = (
+    "int",
+    "float",
+    "bool",
+    "str",
+    "date",
+    "list",
+    "dict",
+    "any",
+)
 
 
 class _MissingType(enum.Enum):
@@ -112,6 +121,10 @@ class Parameter:
     ``default`` is the Python value of the default literal; :data:`MISSING` for a required
     parameter (``region: str``); ``None`` when the default is ``None`` or is an expression that is
     not a literal (then ``default_source`` holds the expression as written).
+
+    ``choices`` holds the values a ``Literal[...]`` annotation allows (None: any value of the
+    type). A ``date`` parameter (annotated ``date`` or ``datetime.date``) takes an ISO date,
+    ``YYYY-MM-DD``, and the notebook receives it as that text (as papermill passes dates).
     """
 
     name: str
@@ -123,6 +136,7 @@ class Parameter:
     help: str
     annotation: str | None
     line: int
+    choices: tuple[Any, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form; ``default`` is None when it cannot be JSON (see ``default_source``)."""
@@ -138,6 +152,7 @@ class Parameter:
             "required": self.required,
             "help": self.help,
             "annotation": self.annotation,
+            "choices": list(self.choices) if self.choices is not None else None,
         }
 
 

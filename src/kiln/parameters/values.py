@@ -68,12 +68,16 @@ def coerce_cli_value(param: Parameter | None, text: str, *, notebook: str | None
     ``dict`` read the text as YAML flow style (``[1, 2]``, ``{a: 1}``).
     """
     if param is None or param.type == "any":
+        if param is not None and param.choices is not None:
+            return _choice_of(param, text)
         return _infer_text(text)
     ptype = param.type
     if ptype == "str":
         return text
     if param.optional and text.strip() in _NULL_WORDS:
         return None
+    if ptype == "date":
+        return text.strip()  # checked as a date by _check_value
     if ptype == "int":
         try:
             return int(text)
@@ -103,6 +107,16 @@ def coerce_cli_value(param: Parameter | None, text: str, *, notebook: str | None
         expected=ptype,
         notebook=notebook,
     )
+
+
+def _choice_of(param: Parameter, value: Any) -> Any:
+    """A value typed as text matched to one of a ``Literal[...]`` of mixed types."""
+    if param.choices is None or not isinstance(value, str):
+        return value
+    for choice in param.choices:
+        if value == choice or (not isinstance(choice, str) and value == str(choice)):
+            return choice
+    return value
 
 
 def _infer_text(text: str) -> Any:
@@ -218,13 +232,39 @@ def _check_value(
     notices: list[str] | None = None,
 ) -> Any:
     value = check_plain_data(value, name=name, notebook=notebook)
-    if param is None or param.type == "any":
+    if param is None:
         return value
-    ptype = param.type
     if value is None:
-        if param.optional:
+        if param.optional or (param.type == "any" and param.choices is None):
             return None
         raise _type_error(param, value, notebook, " (the parameter is not optional)")
+    if param.choices is not None:
+        return _check_choice(param, value, notebook)
+    return _check_type(param, value, notebook, notices)
+
+
+def _check_choice(param: Parameter, value: Any, notebook: str | None) -> Any:
+    for choice in param.choices or ():
+        # 1 == True in Python: a Literal[1] must not take True
+        if value == choice and type(value) is type(choice):
+            return value
+    shown = ", ".join(repr(c) for c in param.choices or ())
+    raise ParameterTypeError(
+        f"parameter {param.name!r}{_of(notebook)} expects one of {shown}, got {_short(value)}",
+        name=param.name,
+        expected=f"one of {shown}",
+        notebook=notebook,
+    )
+
+
+def _check_type(
+    param: Parameter, value: Any, notebook: str | None, notices: list[str] | None
+) -> Any:
+    ptype = param.type
+    if ptype == "any":
+        return value
+    if ptype == "date":
+        return _check_date(param, value, notebook)
     kind = type(value)
     if ptype == "float" and kind in (int, float):
         try:
@@ -239,6 +279,28 @@ def _check_value(
             notices.append(_widen_notice(param, value, notebook))
         return value
     raise _type_error(param, value, notebook, "")
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
+def _check_date(param: Parameter, value: Any, notebook: str | None) -> str:
+    """A ``date`` parameter's value: ISO text ``YYYY-MM-DD`` naming a real day."""
+    import datetime
+
+    if type(value) is str and _ISO_DATE.fullmatch(value):
+        try:
+            datetime.date.fromisoformat(value)
+            return value
+        except ValueError:
+            pass
+    raise ParameterTypeError(
+        f"parameter {param.name!r}{_of(notebook)} expects a date as YYYY-MM-DD, "
+        f"got {_short(value)}",
+        name=param.name,
+        expected="date",
+        notebook=notebook,
+    )
 
 
 def _type_error(

@@ -296,6 +296,28 @@ class EndpointSection:
     )
 
 
+@dataclass(frozen=True)
+class NotebookSection:
+    """How the web UI shows one notebook; with ``app: true`` it is also served as an app at
+    /apps/PATH (the form and the outputs without code)."""
+
+    title: str | None = field(default=None, metadata=_help("the name shown (default: the file)"))
+    description: str | None = field(
+        default=None, metadata=_help("shown under the title (default: its first Markdown cell)")
+    )
+    app: bool = field(default=False, metadata=_help("serve it as an app at /apps/PATH"))
+    cache: Duration | None = field(
+        default=None,
+        metadata=_help(
+            "an app's result for the same parameters is reused while the last successful "
+            "run is younger than this (10m)"
+        ),
+    )
+    parameters: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("the form's default values, over the cell's own")
+    )
+
+
 # -- tracking ------------------------------------------------------------------------------------
 
 
@@ -579,6 +601,13 @@ class ProjectConfig:
     schedules: dict[str, ScheduleSection] = field(
         default_factory=dict,
         metadata=_help("notebooks run on cron schedules, by name (kiln scheduler fires them)"),
+    )
+    notebooks: dict[str, NotebookSection] = field(
+        default_factory=dict,
+        metadata=_help(
+            "the web UI's notebooks, by path from the project root (title, description, app, "
+            "cache, form defaults); without it every notebook is listed"
+        ),
     )
 
     def __post_init__(self) -> None:

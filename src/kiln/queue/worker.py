@@ -65,6 +65,11 @@ class Worker:
         self._wake: asyncio.Event | None = None
         self._runner: Runner | None = None
 
+    def wake(self) -> None:
+        """Look for queued runs now rather than at the next poll (a run was just submitted)."""
+        if self._wake is not None:
+            self._wake.set()
+
     def stop(self) -> None:
         """Claim nothing more; running runs finish (within ``grace``)."""
         if self._stopping is not None:

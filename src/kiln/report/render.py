@@ -61,10 +61,12 @@ def _exporter(static: bool = False, hide_code: bool = False) -> HTMLExporter:
         # its advice on alt texts is for page authors, not for the readers of a report
         exporter.log = logging.getLogger("kiln.report.nbconvert")
         exporter.log.setLevel(logging.ERROR)
-        exporter.exclude_input = hide_code
-        exporter.exclude_input_prompt = hide_code
         exporter.exclude_output_prompt = True
         exporter.exclude_anchor_links = True
+    if hide_code:
+        exporter.exclude_input = True
+        exporter.exclude_input_prompt = True
+        exporter.exclude_output_prompt = True
     return exporter
 
 
@@ -196,15 +198,16 @@ def report_header(run: Run | None, name: str, *, mask: Callable[[str], str] | No
     )
 
 
-def render_html(nb: NotebookNode, *, title: str | None = None) -> str:
-    """The notebook as one HTML document (records shown, nothing else changed)."""
+def render_html(nb: NotebookNode, *, title: str | None = None, hide_code: bool = False) -> str:
+    """The notebook as one HTML document (records shown, nothing else changed; with
+    ``hide_code`` the outputs alone, as an app shows them)."""
     shown = copy.deepcopy(nb)
     for cell in shown.cells:
         if cell.get("cell_type") == "code":
             cell.outputs = [_with_record_shown(output) for output in cell.get("outputs", [])]
     if title:
         shown.metadata["title"] = title
-    body, _resources = _exporter().from_notebook_node(shown)
+    body, _resources = _exporter(False, hide_code).from_notebook_node(shown)
     return str(body)
 
 

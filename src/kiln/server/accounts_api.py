@@ -1,8 +1,9 @@
 """Logins, users, tokens and the audit log over HTTP (``/api/v1/login``, ``/users``,
-``/tokens``, ``/audit``), and the minimal login page the web UI replaces.
+``/tokens``, ``/audit``); the login page is the web UI's (:mod:`kiln.ui.pages`).
 
 A login (JSON, or the page's form) checks the password with argon2, off the event loop, and
-answers with a session cookie (``HttpOnly``, ``SameSite=Strict``; ``Secure`` over HTTPS): a
+answers with a session cookie (``HttpOnly``, ``SameSite=Lax`` so a link from elsewhere opens a
+page logged in; ``Secure`` over HTTPS; every page's form carries a CSRF token): a
 session is a token of kind ``session``, stored hashed like API tokens. More than
 :data:`~kiln.server.auth.MAX_FAILURES` failed logins in a minute from one address or for one
 user are answered 429. Every login, success or failure, is in the audit log.
@@ -10,12 +11,10 @@ user are answered 429. Every login, success or failure, is in the audit log.
 
 from __future__ import annotations
 
-import html
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -127,14 +126,14 @@ def login_user(ctx: ServerContext, request: Request, username: str, password: st
     return secret
 
 
-def _set_session(ctx: ServerContext, request: Request, response: Response, secret: str) -> None:
+def set_session(ctx: ServerContext, request: Request, response: Response, secret: str) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         secret,
         max_age=int(ctx.settings.session_lifetime),
         path=ctx.settings.root_path or "/",
         httponly=True,
-        samesite="strict",
+        samesite="lax",
         secure=request.url.scheme == "https",
     )
 
@@ -149,7 +148,7 @@ def router(ctx: ServerContext) -> APIRouter:
         secret = await run_in_threadpool(login_user, ctx, request, body.username, body.password)
         user = await run_in_threadpool(accounts.get_user, ctx.store, body.username)
         response = JSONResponse({"user": user.name, "role": user.role})
-        _set_session(ctx, request, response, secret)
+        set_session(ctx, request, response, secret)
         return response
 
     @api.post("/logout", summary="end this browser session")
@@ -268,55 +267,3 @@ def router(ctx: ServerContext) -> APIRouter:
 def _own_or_admin(who: Principal, user: str | None) -> None:
     if user != who.name and not who.may("admin"):
         raise HTTPProblem(403, f"{who.name} is a {who.role}: only admins manage others' tokens")
-
-
-# -- the login page (the web UI replaces it) -------------------------------------------------------
-
-_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Kiln: log in</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:22rem;margin:4rem auto}}
-label,input,button{{display:block;width:100%;margin:.4rem 0}}.error{{color:#b00}}</style></head>
-<body><h1>Kiln</h1>{error}<form method="post" action="{action}">
-<input type="hidden" name="next" value="{next}">
-<label>User <input name="username" autocomplete="username" required></label>
-<label>Password <input name="password" type="password" autocomplete="current-password"
-required></label><button type="submit">Log in</button></form></body></html>"""
-
-
-def _safe_next(ctx: ServerContext, target: str | None) -> str:
-    """Where to go after a login: a path of this server only (never another site)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return ctx.url("/docs")
-    return ctx.url(target)
-
-
-def pages(ctx: ServerContext) -> APIRouter:
-    from kiln.server.middleware import PAGE_CSP
-
-    web = APIRouter(include_in_schema=False)
-
-    def page(error: str = "", target: str = "/docs", status: int = 200) -> HTMLResponse:
-        shown = f'<p class="error">{html.escape(error)}</p>' if error else ""
-        body = _PAGE.format(
-            error=shown, action=html.escape(ctx.url("/login")), next=html.escape(target)
-        )
-        return HTMLResponse(body, status_code=status, headers={"Content-Security-Policy": PAGE_CSP})
-
-    @web.get("/login")
-    def login_page(next: str = "/docs") -> HTMLResponse:
-        return page(target=next)
-
-    @web.post("/login")
-    async def login_form(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
-        username = (form.get("username") or [""])[0]
-        password = (form.get("password") or [""])[0]
-        target = (form.get("next") or ["/docs"])[0]
-        try:
-            secret = await run_in_threadpool(login_user, ctx, request, username, password)
-        except HTTPProblem as exc:
-            return page(exc.detail, target, status=exc.status)
-        response = RedirectResponse(_safe_next(ctx, target), status_code=303)
-        _set_session(ctx, request, response, secret)
-        return response
-
-    return web

@@ -7,9 +7,10 @@
 
 Layers around a request, outside in: :class:`~kiln.server.middleware.ServerMiddleware` (body
 limit, security headers, access log), :class:`AuthGate` (every route but ``/health``, the login
-page and, with ``metrics_public``, ``/metrics`` needs a user: API routes answer 401, pages
-redirect to the login page), then FastAPI (roles, validation, the routes). The API process
-never runs queued notebooks: worker processes do (:mod:`kiln.server.supervisor`); it runs
+page, the UI's static files and, with ``metrics_public``, ``/metrics`` needs a user: API routes
+answer 401, pages and forms posted to them redirect to the login page), then FastAPI (roles,
+validation, the routes; the web UI's pages are mounted by :func:`kiln.ui.install`). The API
+process never runs queued notebooks: worker processes do (:mod:`kiln.server.supervisor`); it runs
 endpoint calls, on its own warm fork pool.
 """
 
@@ -59,6 +60,8 @@ class ServerContext:
     endpoints: EndpointService
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     workers: Callable[[], tuple[int, int]] | None = None
+    #: tells the worker processes a run was just submitted (None: they find it at their poll)
+    wake: Callable[[], None] | None = None
     followers: Followers = field(default_factory=lambda: _followers())
 
     def url(self, path: str) -> str:
@@ -76,6 +79,7 @@ def build_app(
     *,
     store: RunStore | None = None,
     workers: Callable[[], tuple[int, int]] | None = None,
+    wake: Callable[[], None] | None = None,
 ) -> tuple[FastAPI, ASGIApp]:
     """The FastAPI app and the ASGI app to serve (the FastAPI app inside Kiln's layers)."""
     from kiln.server import accounts_api, errors, runs_api
@@ -96,6 +100,7 @@ def build_app(
         metrics=metrics,
         endpoints=EndpointService(settings, store, metrics),
         workers=workers,
+        wake=wake,
     )
 
     @contextlib.asynccontextmanager
@@ -133,13 +138,23 @@ def build_app(
     _base_routes(app, ctx)
     app.include_router(runs_api.router(ctx), prefix="/api/v1")
     app.include_router(accounts_api.router(ctx), prefix="/api/v1")
-    app.include_router(accounts_api.pages(ctx))
     app.include_router(endpoints_router(ctx), prefix="/api/v1")
     from kiln.server import schedules_api
 
     app.include_router(schedules_api.router(ctx), prefix="/api/v1")
+    # the web UI sits above the server (docs/architecture.md): its pages, over the same
+    # accounts and run path, are mounted here, the one place that imports it
+    import kiln.ui
+
+    kiln.ui.install(app, ctx)
     public = PUBLIC | ({"/metrics"} if settings.metrics_public else set())
-    gated = AuthGate(app, ctx.auth, public=public, root_path=settings.root_path)
+    gated = AuthGate(
+        app,
+        ctx.auth,
+        public=public,
+        public_prefixes=kiln.ui.PUBLIC_PREFIXES,
+        root_path=settings.root_path,
+    )
     asgi = ServerMiddleware(gated, max_body=settings.max_body, answered=metrics.answered)
     return app, asgi
 
@@ -241,11 +256,13 @@ class AuthGate:
         auth: Authenticator,
         *,
         public: frozenset[str] | set[str],
+        public_prefixes: tuple[str, ...] = (),
         root_path: str,
     ) -> None:
         self.app = app
         self.auth = auth
         self.public = frozenset(public)
+        self.public_prefixes = public_prefixes
         self.root_path = root_path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -260,7 +277,7 @@ class AuthGate:
             scope["raw_path"] = path.encode()
         if root and (path == root or path.startswith(root + "/")):
             path = path[len(root) :] or "/"
-        if path in self.public:
+        if path in self.public or path.startswith(self.public_prefixes or ("\0",)):
             await self.app(scope, receive, send)
             return
         from anyio import to_thread
@@ -276,7 +293,7 @@ class AuthGate:
 
     async def _refuse(self, scope: Scope, send: Send, path: str, exc: NeedsLogin) -> None:
         api = path.startswith("/api/") or path in ("/openapi.json", "/metrics")
-        if api or scope.get("method") not in ("GET", "HEAD"):
+        if api:
             payload = json.dumps({"detail": exc.detail}).encode()
             headers = [
                 (b"content-type", b"application/json"),

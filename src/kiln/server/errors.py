@@ -9,6 +9,7 @@ knows: 401, 403, 429...); the handlers installed by :func:`install` turn them in
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kiln.errors import (
@@ -31,7 +32,7 @@ from kiln.options import NOT_FOR, OptionError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import Response
 
 log = logging.getLogger("kiln.server")
 
@@ -104,10 +105,9 @@ def body(detail: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     """Register the handlers: Kiln errors, HTTP problems, request validation, the rest."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    async def kiln_error(request: Request, exc: Exception) -> JSONResponse:
+    async def kiln_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, KilnError)
         status = status_of(exc)
         if status >= 500:
@@ -115,36 +115,62 @@ def install(app: FastAPI) -> None:
         detail = relative_to_project(exc.message, request)
         if status == 503:  # where the history is kept, and how it failed, are the server's
             detail = "the run history is not available right now; the server's log has why"
-        return JSONResponse(body(detail, field_of(exc)), status_code=status)
+        found = body(detail, field_of(exc))
+        return _answer(request, found, status)
 
-    async def problem(_request: Request, exc: Exception) -> JSONResponse:
+    async def problem(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPProblem)
-        return JSONResponse(
-            body(exc.detail, exc.field, **exc.extra), status_code=exc.status, headers=exc.headers
-        )
+        found = body(exc.detail, exc.field, **exc.extra)
+        return _answer(request, found, exc.status, exc.headers)
 
-    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return JSONResponse(
-            body(str(exc.detail)), status_code=exc.status_code, headers=exc.headers or None
-        )
+        return _answer(request, body(str(exc.detail)), exc.status_code, exc.headers)
 
-    async def invalid(_request: Request, exc: Exception) -> JSONResponse:
+    async def invalid(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse(validation_body(exc.errors()), status_code=422)
+        return _answer(request, validation_body(exc.errors()), 422)
 
-    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("internal error: %s: %s", type(exc).__name__, exc)
-        return JSONResponse(
-            body(f"internal error ({type(exc).__name__}); the server's log has the details"),
-            status_code=500,
-        )
+        detail = f"internal error ({type(exc).__name__}); the server's log has the details"
+        return _answer(request, body(detail), 500)
 
     app.add_exception_handler(KilnError, kiln_error)
     app.add_exception_handler(HTTPProblem, problem)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(Exception, unexpected)
+
+
+def _answer(
+    request: Request,
+    found: dict[str, Any],
+    status: int,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """JSON for the API; on a page's path, the page the web UI renders (when it is served)."""
+    from fastapi.responses import JSONResponse
+
+    render = getattr(request.app.state, "error_page", None)
+    if render is not None and is_page_path(request):
+        answer: Response = render(request, status, str(found["detail"]))
+        for key, value in (headers or {}).items():
+            if key.lower() != "www-authenticate":
+                answer.headers[key] = value
+        return answer
+    return JSONResponse(found, status_code=status, headers=dict(headers) if headers else None)
+
+
+def is_page_path(request: Request) -> bool:
+    """Whether a request is for one of the web UI's pages rather than the API."""
+    path = request.scope.get("path", "")
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if path.startswith(("/api/", "/ui/static/")):
+        return False
+    return path not in ("/openapi.json", "/metrics", "/health", "/docs")
 
 
 def relative_to_project(message: str, request: Request) -> str:

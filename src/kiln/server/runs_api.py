@@ -169,6 +169,82 @@ def check_run_key(key: str) -> str:
     return key
 
 
+def start_run(
+    ctx: ServerContext,
+    who: Principal,
+    address: str,
+    notebook: str,
+    *,
+    parameters: dict[str, Any] | None = None,
+    parameters_text: dict[str, str] | None = None,
+    options: dict[str, Any] | None = None,
+    retries: int = 0,
+    via: str = "api",
+) -> Run:
+    """Submit a run to the queue for ``who`` (validated as any run is, committed ``queued``,
+    audited): what ``POST /api/v1/runs`` and the web UI's forms both call. Roles are the
+    caller's to check."""
+    from kiln.parameters import CliValue
+    from kiln.queue import submit
+    from kiln.request import RunRequest
+    from kiln.server.settings import confine
+
+    path = ctx.notebooks.resolve(notebook)
+    options = dict(options or {})
+    if "cwd" in options:
+        try:
+            options["cwd"] = str(confine(ctx.settings.root, str(options["cwd"])))
+        except UsageError as exc:
+            raise OptionError("cwd", exc.message) from None
+    values: dict[str, Any] = {k: CliValue(v) for k, v in (parameters_text or {}).items()}
+    values.update(parameters or {})
+    run = submit(
+        RunRequest.build(path, parameters=values, **options),
+        store=ctx.store,
+        retries=retries,
+        submitted_by=who.name,
+        tags={"kiln.user": who.name},  # the trigger's tag, after the caller's own
+    )
+    if ctx.wake is not None:
+        ctx.wake()
+    details: dict[str, Any] = {
+        "notebook": ctx.notebooks.relative(path),
+        "parameters": run.parameters,
+        "options": options,
+        "retries": retries,
+    }
+    if via != "api":
+        details["via"] = via
+    record(
+        ctx.store,
+        actor=who.name,
+        action="run.submit",
+        target=run.id,
+        address=address,
+        details=details,
+    )
+    return run
+
+
+def cancel(ctx: ServerContext, who: Principal, address: str, run_id: str, via: str = "API") -> Run:
+    """Cancel a queued or running run (409 when it already ended), audited; the run now."""
+    from kiln.store.queue import request_cancel
+
+    run = ctx.store.get_run(check_run_key(run_id))
+    if run.finished:
+        raise HTTPProblem(409, f"run {run.id} already ended: {run.state}")
+    now = request_cancel(ctx.store, run.id, reason=f"cancelled by {who.name} ({via})")
+    record(
+        ctx.store,
+        actor=who.name,
+        action="run.cancel",
+        target=run.id,
+        address=address,
+        details={"state_before": run.state.value},
+    )
+    return now
+
+
 def router(ctx: ServerContext) -> APIRouter:
     api = APIRouter()
     reader = Depends(principal)
@@ -185,44 +261,21 @@ def router(ctx: ServerContext) -> APIRouter:
 
     @api.post("/runs", tags=["runs"], status_code=202, summary="submit a run to the queue")
     def submit_run(body: RunSubmission, request: Request, who: Principal = runner) -> JSONResponse:  # type: ignore[valid-type]
-        from kiln.parameters import CliValue
-        from kiln.queue import submit
-        from kiln.request import RunRequest
-        from kiln.server.settings import confine
-
         given: dict[str, Any] = body.model_dump()  # type: ignore[attr-defined]
-        path = ctx.notebooks.resolve(given["notebook"])
         options = {
             o.name: given[o.name]
             for o in OPTIONS
             if o.name not in NOT_FOR["server"] and given.get(o.name) is not None
         }
-        if "cwd" in options:
-            try:
-                options["cwd"] = str(confine(ctx.settings.root, str(options["cwd"])))
-            except UsageError as exc:
-                raise OptionError("cwd", exc.message) from None
-        parameters: dict[str, Any] = {k: CliValue(v) for k, v in given["parameters_text"].items()}
-        parameters.update(given["parameters"])
-        run = submit(
-            RunRequest.build(path, parameters=parameters, **options),
-            store=ctx.store,
+        run = start_run(
+            ctx,
+            who,
+            client_address(request),
+            given["notebook"],
+            parameters=given["parameters"],
+            parameters_text=given["parameters_text"],
+            options=options,
             retries=given["retries"],
-            submitted_by=who.name,
-            tags={"kiln.user": who.name},  # the trigger's tag, after the caller's own
-        )
-        record(
-            ctx.store,
-            actor=who.name,
-            action="run.submit",
-            target=run.id,
-            address=client_address(request),
-            details={
-                "notebook": ctx.notebooks.relative(path),
-                "parameters": run.parameters,
-                "options": options,
-                "retries": given["retries"],
-            },
         )
         location = ctx.url(f"/api/v1/runs/{run.id}")
         return JSONResponse(
@@ -325,47 +378,41 @@ def router(ctx: ServerContext) -> APIRouter:
         summary="the rendered output, served in a sandbox (no origin, no cookies)",
     )
     def run_html(run_id: str, who: Principal = reader) -> HTMLResponse:
-        from kiln.notebook import load_notebook
-        from kiln.report.render import render_html
-        from kiln.server.middleware import SANDBOX_CSP
-        from kiln.store.artifacts import is_remote, read_bytes
-
         run = ctx.store.get_run(check_run_key(run_id))
-        path = _output(run)
-        if is_remote(path):
-            import nbformat
-
-            text = _output_bytes(run, read_bytes).decode("utf-8")
-            notebook = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
-        else:
-            notebook = load_notebook(path)
-        page = render_html(notebook, title=f"{Path(run.notebook_path).name} — run {run.id}")
-        return HTMLResponse(
-            page,
-            headers={"Content-Security-Policy": SANDBOX_CSP, "X-Frame-Options": "SAMEORIGIN"},
-        )
+        return sandboxed_html(run)
 
     @api.post("/runs/{run_id}/cancel", tags=["runs"], summary="cancel a queued or running run")
     def cancel_run(run_id: str, request: Request, who: Principal = runner) -> JSONResponse:
-        from kiln.store.queue import request_cancel
-
-        run = ctx.store.get_run(check_run_key(run_id))
-        if run.finished:
-            raise HTTPProblem(409, f"run {run.id} already ended: {run.state}")
-        now = request_cancel(ctx.store, run.id, reason=f"cancelled by {who.name} (API)")
-        record(
-            ctx.store,
-            actor=who.name,
-            action="run.cancel",
-            target=run.id,
-            address=client_address(request),
-            details={"state_before": run.state.value},
-        )
+        now = cancel(ctx, who, client_address(request), run_id)
         out = run_json(ctx, now, who)
         out["detail"] = "cancelled" if now.finished else "cancel requested: its worker stops it"
         return JSONResponse(out, status_code=200 if now.finished else 202)
 
     return api
+
+
+def sandboxed_html(run: Run, *, hide_code: bool = False) -> HTMLResponse:
+    """A run's rendered output notebook, served in a sandbox (scripts run with an opaque
+    origin: no cookies, no access to the API or the UI); only Kiln's pages may frame it."""
+    from kiln.notebook import load_notebook
+    from kiln.report.render import render_html
+    from kiln.server.middleware import SANDBOX_CSP
+    from kiln.store.artifacts import is_remote, read_bytes
+
+    path = _output(run)
+    if is_remote(path):
+        import nbformat
+
+        text = _output_bytes(run, read_bytes).decode("utf-8")
+        notebook = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
+    else:
+        notebook = load_notebook(path)
+    title = f"{Path(run.notebook_path).name} — run {run.id}"
+    page = render_html(notebook, title=title, hide_code=hide_code)
+    return HTMLResponse(
+        page,
+        headers={"Content-Security-Policy": SANDBOX_CSP, "X-Frame-Options": "SAMEORIGIN"},
+    )
 
 
 #: filters of one kind a list takes (each is a condition of the query)

@@ -52,6 +52,14 @@ class WorkerProcesses:
     def pids(self) -> list[int]:
         return [proc.pid for proc, _ in self.procs if proc.poll() is None]
 
+    def wake(self) -> None:
+        """Tell the workers a run is waiting (they claim it now rather than at their poll)."""
+        from kiln.server.workerproc import WAKE
+
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, WAKE)
+
     def _spawn(self) -> None:
         # started from the event loop's (main) thread: PR_SET_PDEATHSIG fires when the thread
         # that forked the worker ends, so it must be one that lives as long as the server
@@ -186,7 +194,7 @@ async def _serve(settings: ServerSettings, store: Any, sock: socket.socket) -> i
     from kiln.server.app import build_app
 
     workers = WorkerProcesses(settings)
-    _app, asgi = build_app(settings, store=store, workers=workers.alive)
+    _app, asgi = build_app(settings, store=store, workers=workers.alive, wake=workers.wake)
     config = uvicorn.Config(
         asgi,
         host=settings.host,

@@ -15,6 +15,10 @@ import os
 import signal
 import sys
 
+#: the signal that wakes a worker (ignored by default, unlike SIGUSR1, which would kill a
+#: worker still starting)
+WAKE = signal.SIGURG
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kiln-serve-worker")
@@ -32,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     from kiln.queue import Worker
 
     worker = Worker(lease=args.lease, poll=args.poll, grace=args.grace, name=args.name)
-    asyncio.run(worker.run())
+
+    async def serve() -> None:
+        # the server signals WAKE when a run is submitted: it is claimed now, not at the next
+        # poll (an app's answer waits for it). Its default action is to ignore it, so a
+        # signal that comes before this handler is set changes nothing.
+        asyncio.get_running_loop().add_signal_handler(WAKE, worker.wake)
+        await worker.run()
+
+    asyncio.run(serve())
     return 0
 
 

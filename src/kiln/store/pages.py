@@ -31,6 +31,8 @@ def runs_page(
     notebook_name: str | None = None,
     states: Sequence[str] = (),
     since: datetime | None = None,
+    until: datetime | None = None,
+    submitted_by: str | None = None,
     parameters: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     after: tuple[datetime, str] | None = None,
@@ -39,8 +41,9 @@ def runs_page(
     """A page of runs, newest first, and the cursor of the next page (None at the end).
 
     ``notebooks`` are exact stored paths; ``notebook_name`` a bare file name in any folder
-    (either matches). ``tags`` keeps runs with these tag values. ``after`` is the cursor a
-    previous page returned."""
+    (either matches). ``tags`` keeps runs with these tag values; ``until`` runs created before
+    it; ``submitted_by`` runs that user submitted. ``after`` is the cursor a previous page
+    returned."""
     from kiln.store.sql import _parameter_equals, tag_equals
     from kiln.store.values import row_to_run
 
@@ -56,6 +59,10 @@ def runs_page(
         query = query.where(runs.c.state.in_([RunState(s).value for s in states]))
     if since is not None:
         query = query.where(runs.c.created_at >= _utc(since).astimezone(timezone.utc))
+    if until is not None:
+        query = query.where(runs.c.created_at < _utc(until).astimezone(timezone.utc))
+    if submitted_by is not None:
+        query = query.where(runs.c.submitted_by == submitted_by)
     for name, value in (parameters or {}).items():
         query = query.where(_parameter_equals(name, value, store.backend))
     for key, text in (tags or {}).items():
@@ -111,3 +118,32 @@ def ended_since(
             duration = (_utc(ended) - _utc(started)).total_seconds() if started else None
             out.append((str(run_id), str(state), str(name), duration, _utc(ended)))
     return out
+
+
+def last_success(
+    store: RunStore, notebook: str, parameters: Mapping[str, Any], since: datetime
+) -> Run | None:
+    """The newest run of ``notebook`` (its stored path) that succeeded with exactly these
+    parameters and was created at or after ``since`` (an app's cached result), or None.
+
+    The notebook, state and time narrow it through ``ix_runs_notebook_path_state``; the
+    parameters are compared in Python on those few rows."""
+    from kiln.store.values import row_to_run
+
+    query = (
+        runs.select()
+        .where(
+            runs.c.notebook_path == notebook,
+            runs.c.state == RunState.SUCCEEDED.value,
+            runs.c.created_at >= _utc(since).astimezone(timezone.utc),
+        )
+        .order_by(runs.c.created_at.desc(), runs.c.id.desc())
+        .limit(200)
+    )
+    wanted = dict(parameters)
+    with store._read() as conn:
+        for row in conn.execute(query):
+            run = row_to_run(row)
+            if run.parameters == wanted:
+                return run
+    return None

@@ -102,6 +102,8 @@ runs = sa.Table(
     # runs of a notebook in any state, newest first (0006)
     sa.Index("ix_runs_notebook_name_created_at", "notebook_name", "created_at"),
     sa.Index("ix_runs_notebook_path_created_at", "notebook_path", "created_at"),
+    # runs someone submitted, newest first (0008)
+    sa.Index("ix_runs_submitted_by_created_at", "submitted_by", "created_at", "id"),
 )
 
 # -- pipelines (migration 0003) ----------------------------------------------------------------

@@ -381,6 +381,7 @@ def test_to_json_is_json_and_complete(notebook: NotebookFactory) -> None:
         "required": True,
         "help": "day",
         "annotation": "str",
+        "choices": None,
     }
     assert by_name["n"]["default"] == 3
     assert by_name["x"]["default"] is None and by_name["x"]["default_source"] == "float('nan')"
