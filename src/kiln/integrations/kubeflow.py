@@ -265,6 +265,8 @@ def compile_pipeline(
     if target.suffix not in (".yaml", ".yml", ".json"):
         raise UsageError(f"{target}: a KFP pipeline spec is a .yaml (or .json) file")
     folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{target}: the folder {folder} does not exist")
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=folder)
     os.close(fd)
     try:
