@@ -1,6 +1,6 @@
 """The Python API, mirroring the CLI: ``kiln.run``, ``kiln.sweep``, ``kiln.read_run``,
-``kiln.list_runs``, ``kiln.build``, ``kiln.run_task``, ``kiln.status``. Run options are declared once, in
-:mod:`kiln.options`."""
+``kiln.list_runs``, ``kiln.build``, ``kiln.run_task``, ``kiln.status``. Run options are
+declared once, in :mod:`kiln.options`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """``kiln build [PIPELINE]``: run a pipeline of kiln.yaml, only what is not up to date.
 
 Tasks run in dependency order, ``-j N`` at a time, each a normal recorded run linked to one
-recorded build. ``--to kfp FILE --image IMAGE`` runs nothing: it compiles the pipeline to a
-Kubeflow Pipelines spec (:mod:`kiln.integrations.kubeflow`). The summary says what ran, what was up to date, what failed and why (a table,
+recorded build. The summary says what ran, what was up to date, what failed and why (a table,
 or ``--json``); the exit code is 1 when a task failed, 130 when the build was cancelled.
+``--to kfp FILE --image IMAGE`` runs nothing: it compiles the pipeline to a Kubeflow
+Pipelines spec (:mod:`kiln.integrations.kubeflow`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kiln.errors import KilnError, RunFailed
 from kiln.integrations.common import failure_text, json_records, retryable, task_ids, text_tags
@@ -113,7 +113,7 @@ class KilnOperator(_KilnBase):
 
     # ``output`` is BaseOperator's own (this task's XComArg): the path is kept as output_path
     template_fields = ("notebook", "parameters", "output_path")
-    template_fields_renderers = {"parameters": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"parameters": "json"}
 
     def __init__(
         self,
@@ -170,7 +170,7 @@ class KilnTaskOperator(_KilnBase):
     :func:`kiln_pipeline_dag`, one per Kiln task."""
 
     template_fields = ("parameters",)
-    template_fields_renderers = {"parameters": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"parameters": "json"}
 
     def __init__(
         self,

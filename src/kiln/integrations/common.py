@@ -49,13 +49,13 @@ def json_records(run: Run) -> dict[str, Any]:
 
 
 def plain_failure(exc: KilnError) -> KilnError:
-    """The error to raise in an orchestrator that may pickle it (Prefect keeps a task's
-    exception as its result): a :class:`RunFailed` with the run, or the refusal as a
-    :class:`~kiln.errors.UsageError`-like :class:`KilnError`, with :func:`failure_text`."""
+    """The error to raise where the orchestrator may pickle it (Prefect keeps a task's
+    exception as its result, and some of Kiln's errors take more than a message): a
+    :class:`RunFailed` holding the run, or a plain :class:`KilnError` for a refusal; either
+    with :func:`failure_text` as its message."""
     if isinstance(exc, RunFailed):
         return RunFailed(failure_text(exc), run=exc.run)
-    plain = KilnError(failure_text(exc))
-    return plain
+    return KilnError(failure_text(exc))
 
 
 def task_ids(names: Iterable[str]) -> dict[str, str]:

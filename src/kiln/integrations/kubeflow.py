@@ -175,7 +175,7 @@ def _component(pipeline: Pipeline, made: _Plan, image: str, dsl: Any, cid: str) 
     notebook = os.path.relpath(task.notebook, pipeline.root)
 
     def body(*values: Any) -> Any:
-        got = dict(zip(order, values))
+        got = dict(zip(order, values, strict=True))
         args: list[Any] = [notebook, "--cwd", "."]
         for key, (ann, _) in made.parameters.items():
             if ann is str and not isinstance(task.parameters[key], str):

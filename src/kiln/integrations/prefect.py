@@ -158,7 +158,6 @@ def pipeline_flow(
     loaded = load_pipeline(pipeline, project=found)
     root = str(found.root)
 
-    @flow(name=name or f"kiln-{loaded.name}", validate_parameters=False)
     def kiln_pipeline(
         parameters: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, dict[str, Any]]:
@@ -187,4 +186,4 @@ def pipeline_flow(
         wait(list(futures.values()))
         return {task_name: future.result() for task_name, future in futures.items()}
 
-    return kiln_pipeline
+    return flow(kiln_pipeline, name=name or f"kiln-{loaded.name}", validate_parameters=False)
