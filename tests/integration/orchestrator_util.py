@@ -20,12 +20,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
-from tracking_util import CACHE, VenvUnavailable, _build, kiln_dependencies
+from tracking_util import CACHE, VenvUnavailable, _build, _locked, kiln_dependencies
 
 import kiln
 
@@ -96,6 +97,28 @@ def last_json(done: subprocess.CompletedProcess[str]) -> Any:
         f"--- stderr\n{done.stderr[-6000:]}"
     )
     return json.loads(lines[-1])
+
+
+def once_per_session(
+    factory: pytest.TempPathFactory, name: str, make: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
+    """``make(folder)`` run once per test session, whatever the xdist workers: the first
+    worker to get here runs it (its JSON result saved in the session's shared temporary
+    folder), the others wait for it and read the result. An orchestrator's scenarios take
+    tens of seconds; running them once per worker would double that for nothing."""
+    shared = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder the workers' own temporary folders share
+    folder = shared / f"orchestrator-{name}"
+    with _locked(folder):
+        saved = folder / "result.json"
+        if saved.is_file():
+            found: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
+            return found
+        folder.mkdir(parents=True, exist_ok=True)
+        result = make(folder)
+        saved.write_text(json.dumps(result, default=str), encoding="utf-8")
+        return result
 
 
 # -- the project every orchestrator runs --------------------------------------------------------

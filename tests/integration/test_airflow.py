@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orchestrator_util import history, last_json, make_project, orchestrator_python, run_in
+from orchestrator_util import (
+    history,
+    last_json,
+    make_project,
+    once_per_session,
+    orchestrator_python,
+    run_in,
+)
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.xdist_group("airflow")]
 
 DRIVER = Path(__file__).with_name("airflow_driver.py")
 
@@ -58,11 +65,8 @@ etl = kiln_pipeline_dag("etl", project=ROOT, dag_id="kiln_etl")
 """
 
 
-@pytest.fixture(scope="module")
-def airflow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The four DAGs run once; what Airflow and the Kiln history say of them."""
+def _run_dags(base: Path) -> dict[str, Any]:
     python = orchestrator_python("airflow")
-    base = tmp_path_factory.mktemp("airflow")
     root = make_project(base / "proj")
     dags = base / "dags"
     dags.mkdir()
@@ -72,14 +76,19 @@ def airflow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "AIRFLOW_HOME": str(base / "airflow-home"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     }
     migrated = run_in(python, ["-m", "airflow", "db", "migrate"], cwd=base, env=env)
     assert migrated.returncode == 0, migrated.stderr[-3000:] + migrated.stdout[-3000:]
     names = ["single", "fail", "bad", "etl"]
     done = run_in(python, [str(DRIVER), str(dag_file), *names], cwd=base, env=env)
-    results = last_json(done)
-    return {"root": root, "results": results, "log": done.stdout + done.stderr}
+    return {"root": str(root), "results": last_json(done), "log": done.stdout + done.stderr}
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The four DAGs run once per session; what Airflow and the Kiln history say of them."""
+    found = once_per_session(tmp_path_factory, "airflow", _run_dags)
+    return {**found, "root": Path(found["root"])}
 
 
 def test_a_notebook_task_succeeds_with_records_in_xcom(airflow: dict[str, Any]) -> None:

@@ -14,27 +14,39 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orchestrator_util import history, last_json, make_project, orchestrator_python, run_in
+from orchestrator_util import (
+    history,
+    last_json,
+    make_project,
+    once_per_session,
+    orchestrator_python,
+    run_in,
+)
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.xdist_group("prefect")]
 
 DRIVER = Path(__file__).with_name("prefect_driver.py")
 
 
-@pytest.fixture(scope="module")
-def prefect(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def _run_flows(base: Path) -> dict[str, Any]:
     python = orchestrator_python("prefect")
-    base = tmp_path_factory.mktemp("prefect")
     root = make_project(base / "proj")
     env = {
         "PREFECT_HOME": str(base / "prefect-home"),
-        # a loaded machine starts the ephemeral API slowly; nothing is sent outside
+        # a loaded machine starts the temporary API slowly; nothing is sent outside
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
     done = run_in(python, [str(DRIVER), str(root)], cwd=base, env=env)
-    return {"root": root, "results": last_json(done), "log": done.stdout + done.stderr}
+    return {"root": str(root), "results": last_json(done), "log": done.stdout + done.stderr}
+
+
+@pytest.fixture(scope="module")
+def prefect(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The four flows run once per session; what Prefect and the Kiln history say of them."""
+    found = once_per_session(tmp_path_factory, "prefect", _run_flows)
+    return {**found, "root": Path(found["root"])}
 
 
 def test_a_notebook_task_returns_its_records(prefect: dict[str, Any]) -> None:
