@@ -25,7 +25,12 @@ from orchestrator_util import (
     run_in,
 )
 
-pytestmark = [pytest.mark.kernel, pytest.mark.xdist_group("airflow")]
+# the first run builds the venv (minutes): past the suite's 300 s per test
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.xdist_group("airflow"),
+    pytest.mark.timeout(1800),
+]
 
 DRIVER = Path(__file__).with_name("airflow_driver.py")
 

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from orchestrator_util import SRC, history, make_project, orchestrator_python, run_in
 
-pytestmark = pytest.mark.kernel
+# the first run builds the venv (minutes): past the suite's 300 s per test
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(1800)]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "pipeline"
 _ENV = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}

@@ -23,7 +23,12 @@ from orchestrator_util import (
     run_in,
 )
 
-pytestmark = [pytest.mark.kernel, pytest.mark.xdist_group("prefect")]
+# the first run builds the venv (minutes): past the suite's 300 s per test
+pytestmark = [
+    pytest.mark.kernel,
+    pytest.mark.xdist_group("prefect"),
+    pytest.mark.timeout(1800),
+]
 
 DRIVER = Path(__file__).with_name("prefect_driver.py")
 
