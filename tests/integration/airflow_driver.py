@@ -1,6 +1,7 @@
 """Runs in the Airflow venv (tests/integration/test_airflow.py): loads the DAG file given, runs
 each named DAG with ``dag.test()`` at one logical date, and prints, as JSON on its last line,
-each DAG run's state, its task instances and their XComs.
+each DAG run's state, its task instances and their XComs (and the file's ``REFUSED``: a
+refusal it caught while it was parsed).
 
 Usage: ``python airflow_driver.py DAG_FILE NAME...`` with ``AIRFLOW_HOME`` and
 ``AIRFLOW__CORE__DAGS_FOLDER`` set (the database migrated already).
@@ -48,6 +49,7 @@ def main() -> None:
             "tasks": tasks,
             "xcom": _xcoms(dag.dag_id, run.run_id),
         }
+    results["refused"] = {"dag_id": None, "error": getattr(module, "REFUSED", None)}
     print(json.dumps(results, default=str))
 
 

@@ -1,4 +1,4 @@
-"""Runs in the Prefect venv (tests/integration/test_prefect.py): four flows run locally
+"""Runs in the Prefect venv (tests/integration/test_prefect.py): five flow runs, locally
 (Prefect's ephemeral API on SQLite under ``PREFECT_HOME``), and prints, as JSON on its last
 line, each flow run's id, final state, message and result.
 
@@ -43,6 +43,7 @@ def main() -> None:
         "fail": lambda: failing(return_state=True),
         "bad": lambda: bad(return_state=True),
         "etl": lambda: etl(parameters={"extract": {"day": "2024-05-01"}}, return_state=True),
+        "typo": lambda: etl(parameters={"lod": {"x": 1}}, return_state=True),
     }
     results: dict[str, Any] = {}
     for name, call in calls.items():

@@ -67,6 +67,11 @@ with DAG("kiln_bad", schedule=None) as bad:
     )
 
 etl = kiln_pipeline_dag("etl", project=ROOT, dag_id="kiln_etl")
+
+try:  # values for a task the pipeline does not have: refused when the file is parsed
+    kiln_pipeline_dag("etl", project=ROOT, dag_id="kiln_typo", parameters={{"lod": {{"x": 1}}}})
+except Exception as exc:
+    REFUSED = f"{{type(exc).__name__}}: {{exc}}"
 """
 
 
@@ -146,6 +151,13 @@ def test_a_pipeline_dag_runs_in_order_with_products_passed(airflow: dict[str, An
     ats = [run.records["at"] for run in runs]
     assert ats == sorted(ats)
     assert all(run.tags["kiln.pipeline"] == "etl" for run in runs)
+
+
+def test_values_for_an_unknown_task_are_refused(airflow: dict[str, Any]) -> None:
+    assert airflow["results"]["refused"]["error"] == (
+        "UsageError: parameters for unknown task(s) 'lod' of pipeline etl "
+        "(tasks: extract, transform, load)"
+    )
 
 
 def test_every_run_carries_the_airflow_ids(airflow: dict[str, Any]) -> None:

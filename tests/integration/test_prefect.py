@@ -100,10 +100,19 @@ def test_a_pipeline_flow_runs_in_order_with_products_passed(prefect: dict[str, A
     assert ats == sorted(ats)
 
 
+def test_values_for_an_unknown_task_fail_the_flow_first(prefect: dict[str, Any]) -> None:
+    found = prefect["results"]["typo"]
+    assert found["state"] == "FAILED"
+    assert found["error"] == (
+        "UsageError: parameters for unknown task(s) 'lod' of pipeline etl "
+        "(tasks: extract, transform, load)"
+    )
+    assert found["task_runs"] == {}
+
+
 def test_every_run_carries_the_prefect_ids(prefect: dict[str, Any]) -> None:
-    flow_runs = {r["flow_run_id"] for r in prefect["results"].values()}
+    results = prefect["results"]
     runs = history(prefect["root"])
     assert len(runs) == 6  # single, two attempts of fail, the three tasks
-    assert {run.tags["prefect.flow_run_id"] for run in runs} == flow_runs - {
-        prefect["results"]["bad"]["flow_run_id"]
-    }
+    ran = {results[name]["flow_run_id"] for name in ("single", "fail", "etl")}
+    assert {run.tags["prefect.flow_run_id"] for run in runs} == ran

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from kiln.errors import KilnError, RunFailed
+from kiln.errors import KilnError, RunFailed, UsageError
 from kiln.integrations.common import failure_text, json_records, retryable, task_ids, text_tags
 
 try:  # Airflow 3's public authoring interface; Airflow 2.x kept it elsewhere
@@ -237,7 +237,7 @@ def kiln_pipeline_dag(
     loaded = load_pipeline(pipeline, project=found)
     unknown = sorted(set(parameters or {}) - set(loaded.tasks))
     if unknown:
-        raise KilnError(
+        raise UsageError(
             f"parameters for unknown task(s) {', '.join(map(repr, unknown))} of pipeline "
             f"{loaded.name} (tasks: {', '.join(loaded.tasks)})"
         )

@@ -31,7 +31,7 @@ from typing import Any
 from prefect import Task, flow, task
 from prefect.futures import wait
 
-from kiln.errors import KilnError
+from kiln.errors import KilnError, UsageError
 from kiln.integrations.common import json_records, plain_failure, retryable, text_tags
 
 __all__ = ["pipeline_flow", "prefect_tags", "run_notebook", "run_pipeline_task"]
@@ -163,7 +163,7 @@ def pipeline_flow(
     ) -> dict[str, dict[str, Any]]:
         unknown = sorted(set(parameters or {}) - set(loaded.tasks))
         if unknown:
-            raise KilnError(
+            raise UsageError(
                 f"parameters for unknown task(s) {', '.join(map(repr, unknown))} of pipeline "
                 f"{loaded.name} (tasks: {', '.join(loaded.tasks)})"
             )
