@@ -94,17 +94,22 @@ def test_dependencies_and_artefacts_follow_the_pipeline(sales: dict[str, Any]) -
     assert all(not t["cachingOptions"].get("enableCache") for t in tasks.values())
 
 
-def test_parameters_are_the_tasks_inputs(sales: dict[str, Any]) -> None:
+def test_parameters_are_the_pipelines_inputs(sales: dict[str, Any]) -> None:
+    # each task's kiln.yaml values are pipeline inputs (TASK__NAME) a KFP run can change
+    declared = sales["root"]["inputDefinitions"]["parameters"]
+    assert {k: (v["parameterType"], v["defaultValue"]) for k, v in declared.items()} == {
+        "generate__n_orders": ("NUMBER_INTEGER", 400),
+        "generate__seed": ("NUMBER_INTEGER", 7),
+        "clean_region_eu__region": ("STRING", "EU"),
+        "clean_region_us__region": ("STRING", "US"),
+    }
     tasks = sales["root"]["dag"]["tasks"]
-
-    def constants(task: str) -> dict[str, Any]:
-        given = tasks[task]["inputs"]["parameters"]
-        return {k: v["runtimeValue"]["constant"] for k, v in given.items() if "kfp" not in k}
-
-    assert constants("generate") == {"n_orders": 400, "seed": 7}
-    assert constants("clean-region-us") == {"region": "US"}
+    given = tasks["clean-region-us"]["inputs"]["parameters"]
+    assert given["region"] == {"componentInputParameter": "clean_region_us__region"}
     component = sales["components"]["comp-generate"]["inputDefinitions"]["parameters"]
     assert component["n_orders"]["parameterType"] == "NUMBER_INTEGER"
+    args = sales["deploymentSpec"]["executors"]["exec-generate"]["container"]["args"]
+    assert args[3:6] == ["-p", "n_orders", "{{$.inputs.parameters['n_orders']}}"]
 
 
 def test_the_sdk_loads_the_spec_back(kfp_python: Path, tmp_path: Path, sales: Any) -> None:
@@ -124,10 +129,15 @@ _PLACEHOLDER = re.compile(
 )
 
 
-def _launch(spec: dict[str, Any], root: Path, artefacts: Path) -> list[str]:
+def _launch(spec: dict[str, Any], root: Path, artefacts: Path, values: dict[str, Any]) -> list[str]:
     """Run each task's ``kiln run`` command line as KFP's launcher would: placeholders filled
-    (parameters from the task's inputs, artefacts as local files), upstream tasks first."""
+    (parameters from the task's inputs, the pipeline's inputs from ``values`` or their
+    defaults, artefacts as local files), upstream tasks first."""
     tasks = spec["root"]["dag"]["tasks"]
+    for name, declared in spec["root"]["inputDefinitions"]["parameters"].items():
+        default = declared["defaultValue"]
+        is_int = declared["parameterType"] == "NUMBER_INTEGER"
+        values.setdefault(name, int(default) if is_int else default)
     done: list[str] = []
     while len(done) < len(tasks):
         for key, task in tasks.items():
@@ -140,7 +150,10 @@ def _launch(spec: dict[str, Any], root: Path, artefacts: Path) -> list[str]:
             def fill(match: re.Match[str], key: str = key, inputs: Any = inputs) -> str:
                 side, kind, name, _ = match.groups()
                 if kind == "parameters":
-                    value = inputs["parameters"][name]["runtimeValue"]["constant"]
+                    given = inputs["parameters"][name]
+                    if "componentInputParameter" in given:
+                        return str(values[given["componentInputParameter"]])
+                    value = given["runtimeValue"]["constant"]
                     return {"{{$.pipeline_job_uuid}}": "job-1"}.get(value, str(value)).replace(
                         "{{$.pipeline_task_name}}", key
                     )
@@ -169,11 +182,12 @@ def test_the_command_lines_run_with_products_as_artefacts(kfp_python: Path, tmp_
     done = compile_in(kfp_python, root, "build", "etl", "--to", "kfp", "etl.yaml", "--image", "i")
     assert done.returncode == 0, done.stderr
     spec = yaml.safe_load((root / "etl.yaml").read_text())
-    order = _launch(spec, root, tmp_path / "artefacts")
+    # a KFP run that sets one of the pipeline's inputs
+    order = _launch(spec, root, tmp_path / "artefacts", {"extract__day": "2024-05-01"})
     assert order == ["extract", "transform", "load"]
     # each product went to its artefact, not to kiln.yaml's path, and was read from there
     assert not (root / "out").exists()
-    chain = "extract@{{ ds }};transform@none;load@none;"
+    chain = "extract@2024-05-01;transform@none;load@none;"
     assert (tmp_path / "artefacts" / "load" / "product__out").read_text() == chain
     runs = history(root)
     assert [r.tags["kiln.task"] for r in runs] == ["extract", "transform", "load"]

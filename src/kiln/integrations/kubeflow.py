@@ -5,8 +5,9 @@
 Each Kiln task becomes one container component that runs ``kiln run`` in ``IMAGE`` (which holds
 Kiln, the notebooks' packages and the project at its working directory):
 
-- the task's parameters are the component's inputs, their kiln.yaml values the defaults
-  (text as text, numbers and booleans typed, anything else as JSON text);
+- the task's parameters are the component's inputs, and the pipeline's (``TASK__NAME``, such
+  as ``clean_region_eu__region``), their kiln.yaml values the defaults, so a run started from
+  KFP can change them (text as text, numbers and booleans typed, anything else as JSON text);
 - each product that is a local path becomes an output artefact: the notebook gets the
   artefact's path in its ``product`` parameter, and downstream tasks get the upstream
   artefacts' paths in their ``upstream`` parameter, so files travel between pods as KFP
@@ -221,24 +222,42 @@ def compile_pipeline(
     compiler, dsl = _kfp()
     if not image or not image.strip():
         raise UsageError("image: the container image that holds Kiln and the project")
+    target = Path(output)
+    if target.suffix not in (".yaml", ".yml", ".json"):
+        raise UsageError(f"{target}: a KFP pipeline spec is a .yaml (or .json) file")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{target}: the folder {folder} does not exist")
     plans = plan(pipeline, pipeline.select(targets))
     from kiln.integrations.common import task_ids
 
-    ids = task_ids(plans)
+    ids = {name: _ident(cid).lower() for name, cid in task_ids(plans).items()}
     components = {
-        name: _component(pipeline, made, image, dsl, _ident(ids[name]).lower())
-        for name, made in plans.items()
+        name: _component(pipeline, made, image, dsl, ids[name]) for name, made in plans.items()
     }
+    # every task's parameters are the pipeline's inputs too (TASK__NAME, kiln.yaml's value
+    # as the default), so a run started from KFP's UI or client can change them
+    inputs = {
+        (name, key): (f"{ids[name]}__{key}", ann, default)
+        for name, made in plans.items()
+        for key, (ann, default) in made.parameters.items()
+    }
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    signature = inspect.Signature(
+        [inspect.Parameter(arg, kind, annotation=a, default=d) for arg, a, d in inputs.values()]
+    )
+    order = [arg for arg, _, _ in inputs.values()]
 
-    def graph() -> None:
+    def graph(*values: Any) -> None:
+        given = dict(zip(order, values, strict=True))
         made_tasks: dict[str, Any] = {}
         for name, made in plans.items():
             kwargs: dict[str, Any] = {
                 "kiln_kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 "kiln_kfp_task_name": dsl.PIPELINE_TASK_NAME_PLACEHOLDER,
             }
-            # kiln.yaml's values, explicit in each task (also the components' defaults)
-            kwargs.update({key: default for key, (_, default) in made.parameters.items()})
+            for key in made.parameters:
+                kwargs[key] = given[inputs[(name, key)][0]]
             for (upstream, product), arg in made.inputs.items():
                 kwargs[arg] = made_tasks[upstream].outputs[plans[upstream].outputs[product]]
             step = components[name](**kwargs)
@@ -255,18 +274,12 @@ def compile_pipeline(
             made_tasks[name] = step
 
     graph.__name__ = _ident(pipeline.name).lower()
-    # no inputs, no outputs (the annotations are text here, which KFP would misread)
-    graph.__signature__ = inspect.Signature([])  # type: ignore[attr-defined]
+    # set here: the annotations in this file are text, which KFP would misread
+    graph.__signature__ = signature  # type: ignore[attr-defined]
     spec = dsl.pipeline(
         name=_ident(pipeline.name).lower().replace("_", "-"),
         description=f"Kiln pipeline {pipeline.name}",
     )(graph)
-    target = Path(output)
-    if target.suffix not in (".yaml", ".yml", ".json"):
-        raise UsageError(f"{target}: a KFP pipeline spec is a .yaml (or .json) file")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(f"{target}: the folder {folder} does not exist")
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=folder)
     os.close(fd)
     try:
