@@ -129,9 +129,11 @@ def plan(pipeline: Pipeline, names: Iterable[str] | None = None) -> dict[str, _P
 
 
 def _upstream_json(pipeline: Pipeline, made: _Plan, paths: Mapping[str, str]) -> str | None:
-    """The ``upstream`` value as JSON, artefact paths in place of local products."""
-    task = made.task
-    if not task.upstream:
+    """The ``upstream`` value as JSON, as ``kiln build`` makes it, with the artefacts' paths
+    in place of local products."""
+    from kiln.pipeline.taskrun import upstream_value
+
+    if not made.task.upstream:
         return None
 
     def products(of: str) -> dict[str, str]:
@@ -141,13 +143,7 @@ def _upstream_json(pipeline: Pipeline, made: _Plan, paths: Mapping[str, str]) ->
                 out[product] = paths[arg]
         return out
 
-    value: dict[str, Any] = {}
-    for key, names in task.upstream.items():
-        if names == (key,):
-            value[key] = products(key)
-        else:
-            value[key] = {n: products(n) for n in names}
-    return json.dumps({"upstream": value})
+    return json.dumps({"upstream": upstream_value(pipeline, made.task, products)})
 
 
 def _component(pipeline: Pipeline, made: _Plan, image: str, dsl: Any, cid: str) -> Any:

@@ -9,7 +9,7 @@ that a succeeded run wrote what it promised.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,15 +25,21 @@ def declared_parameters(data: bytes, path: str) -> frozenset[str]:
     return frozenset(infer_schema(load_json(data, path=path), notebook=path).names())
 
 
-def upstream_value(pipeline: Pipeline, task: Task) -> dict[str, Any]:
+def upstream_value(
+    pipeline: Pipeline,
+    task: Task,
+    products: Callable[[str], dict[str, str]] | None = None,
+) -> dict[str, Any]:
     """The ``upstream`` parameter: each upstream name -> its products (a grid task's name ->
-    each member's products)."""
+    each member's products); ``products(task_name)`` says where a task's products are when
+    not at kiln.yaml's locations (Kubeflow's artefacts)."""
+    where = products or (lambda name: dict(pipeline.tasks[name].products))
     value: dict[str, Any] = {}
     for key, names in task.upstream.items():
         if names == (key,):
-            value[key] = dict(pipeline.tasks[key].products)
+            value[key] = where(key)
         else:
-            value[key] = {name: dict(pipeline.tasks[name].products) for name in names}
+            value[key] = {name: where(name) for name in names}
     return value
 
 
