@@ -97,8 +97,11 @@ postgres:
 	  fi; \
 	fi
 
+# --dist loadgroup: the tests of one orchestrator (Airflow, Prefect; xdist_group) share one
+# worker, which runs their scenarios once; the other tests are shared out as usual. Their
+# venvs are built by the tests on first use and cached in ~/.cache/kiln.
 test: $(VENV)/.installed-test graphviz postgres reports chromium corpus lint typecheck
-	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus} $(BIN)/python -m pytest -n 2 -q
+	KILN_CORPUS=$${KILN_CORPUS:-$$HOME/.cache/kiln/corpus} $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/run_bench.py

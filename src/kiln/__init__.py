@@ -24,12 +24,13 @@ __all__ = [
     "read_run",
     "record",
     "run",
+    "run_task",
     "status",
     "sweep",
 ]
 
 if TYPE_CHECKING:
-    from kiln.api import build, list_runs, read_run, run, status, sweep
+    from kiln.api import build, list_runs, read_run, run, run_task, status, sweep
     from kiln.errors import KilnError
     from kiln.store.records import Run
 
@@ -39,6 +40,7 @@ _LAZY = {
     "list_runs": "kiln.api",
     "sweep": "kiln.api",
     "build": "kiln.api",
+    "run_task": "kiln.api",
     "status": "kiln.api",
     "Run": "kiln.store.records",
     "KilnError": "kiln.errors",

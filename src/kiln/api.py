@@ -1,6 +1,6 @@
 """The Python API, mirroring the CLI: ``kiln.run``, ``kiln.sweep``, ``kiln.read_run``,
-``kiln.list_runs``, ``kiln.build``, ``kiln.status``. Run options are declared once, in
-:mod:`kiln.options`."""
+``kiln.list_runs``, ``kiln.build``, ``kiln.run_task``, ``kiln.status``. Run options are
+declared once, in :mod:`kiln.options`."""
 
 from __future__ import annotations
 
@@ -245,6 +245,67 @@ def build(
     result = run_build(chosen, home=folder, options=options, observer=observer)
     if check:
         result.check()
+    return result
+
+
+def run_task(
+    task: str,
+    *,
+    pipeline: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    project: PathLike | None = None,
+    home: PathLike | None = None,
+    log_output: bool = False,
+    check: bool = True,
+) -> Run:
+    """Run one task of a pipeline of ``kiln.yaml`` exactly as ``kiln build`` runs it (its
+    parameters, ``upstream`` and ``product`` values, working directory, timeout, engine and
+    kernel), without its upstream tasks and without a build: what an orchestrator that owns
+    the order of the tasks (Airflow, Prefect) calls for each task.
+
+    ``task`` is a task's name (a grid member's full name, ``clean[region=EU]``);
+    ``parameters`` override the values of kiln.yaml; ``tags`` are added to the run's tags
+    (with ``kiln.pipeline`` and ``kiln.task``). ``project`` and ``home`` are as for
+    :func:`build`. A run that succeeded without writing one of its products raises
+    :class:`~kiln.errors.RunFailed`, as the build fails that task; the other failures are as
+    for :func:`run` (``check=False`` returns the run instead).
+
+    >>> run = kiln.run_task("clean[region=EU]", pipeline="daily", tags={"ci": "1"})
+    """
+    from kiln.errors import RunFailed, UsageError
+    from kiln.pipeline import load_pipeline
+    from kiln.pipeline.fingerprint import shown
+    from kiln.pipeline.taskrun import missing_products, task_request
+    from kiln.project import find_home
+    from kiln.runner import Runner
+
+    found = _project(project)
+    chosen = load_pipeline(pipeline, project=found)
+    if task not in chosen.tasks:
+        names = chosen.resolve(task)  # an unknown name: the error suggests the nearest
+        raise UsageError(
+            f"{task!r} is a grid task of pipeline {chosen.name}: run one member at a time "
+            f"({', '.join(names)})"
+        )
+    chosen_task = chosen.tasks[task]
+    request = task_request(
+        chosen,
+        chosen_task,
+        chosen_task.notebook.read_bytes(),
+        parameters=parameters,
+        tags={**(tags or {}), "kiln.pipeline": chosen.name},
+    )
+    folder = Path(home) if home is not None else find_home(found.root)
+    observers = [LiveOutput().observe] if log_output else []
+    with Runner(home=folder, observers=observers) as runner:
+        result = runner.run(request, check=check)
+    missing = missing_products(chosen_task) if result.state.ok else []
+    if missing and check:
+        where = ", ".join(
+            f"{name} ({shown(chosen_task.products[name], chosen.root)})" for name in missing
+        )
+        raise RunFailed(f"task {task}: the run succeeded but did not write {where}", run=result)
     return result
 
 

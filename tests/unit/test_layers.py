@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"pipeline/"},
     {"liveoutput", "report/"},
     {"testing/", "papermill", "api"},
-    {"tracking/", "scheduler/"},
+    {"tracking/", "scheduler/", "integrations/"},
     {"server/"},
     {"ui/"},
     {"cli/", "kiln"},

@@ -3,6 +3,8 @@
 Tasks run in dependency order, ``-j N`` at a time, each a normal recorded run linked to one
 recorded build. The summary says what ran, what was up to date, what failed and why (a table,
 or ``--json``); the exit code is 1 when a task failed, 130 when the build was cancelled.
+``--to kfp FILE --image IMAGE`` runs nothing: it compiles the pipeline to a Kubeflow
+Pipelines spec (:mod:`kiln.integrations.kubeflow`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the build (or plan) as JSON")
     p.add_argument(
+        "--to",
+        nargs=2,
+        metavar=("TARGET", "FILE"),
+        help="run nothing: compile the pipeline for an orchestrator and write it to FILE; "
+        "TARGET kfp is a Kubeflow Pipelines v2 spec (needs kiln-notebooks[kubeflow] and "
+        "--image)",
+    )
+    p.add_argument(
+        "--image",
+        metavar="IMAGE",
+        help="with --to kfp: the container image that runs each task (holds Kiln, the "
+        "notebooks' packages and the project at its working directory)",
+    )
+    p.add_argument(
         "--progress-bar",
         dest="progress",
         action=argparse.BooleanOptionalAction,
@@ -95,6 +111,10 @@ def handle(args: argparse.Namespace) -> int:
         executor=args.executor,
         scheduler=args.scheduler,
     )
+    if args.to is not None:
+        return _compile(args)
+    if args.image is not None:
+        raise UsageError("--image is for --to kfp: add --to kfp FILE")
     pipeline = load_pipeline(args.pipeline)
     if args.dry_run:
         from kiln.cli.status_cmd import print_status, read_builds
@@ -122,6 +142,43 @@ def handle(args: argparse.Namespace) -> int:
     if build.cancelled:
         return 130
     return 0 if build.ok else 1
+
+
+#: what ``--to`` compiles to
+TARGETS = ("kfp",)
+
+
+def _compile(args: argparse.Namespace) -> int:
+    """``--to kfp FILE --image IMAGE``: the pipeline as a Kubeflow Pipelines spec."""
+    from kiln.errors import UsageError
+    from kiln.pipeline import load_pipeline
+
+    target, output = args.to
+    if target not in TARGETS:
+        raise UsageError(f"--to: unknown target {target!r} (targets: {', '.join(TARGETS)})")
+    clashing = [
+        flag
+        for flag, given in (
+            ("--dry-run", args.dry_run),
+            ("--force", args.force),
+            ("--resume", args.resume),
+            ("--executor", args.executor != "local"),
+            ("--json", args.json),
+        )
+        if given
+    ]
+    if clashing:
+        raise UsageError(f"--to compiles and runs nothing: drop {', '.join(clashing)}")
+    if not args.image:
+        raise UsageError("--to kfp needs --image IMAGE: the container image that runs the tasks")
+    pipeline = load_pipeline(args.pipeline)
+    from kiln.integrations.kubeflow import compile_pipeline
+
+    written = compile_pipeline(pipeline, output, image=args.image, targets=args.target)
+    if not args.quiet:
+        count = len(pipeline.select(args.target))
+        print(f"Wrote {written}: pipeline {pipeline.name}, {count} task(s), image {args.image}")
+    return 0
 
 
 def print_build(build: Build) -> None:

@@ -348,50 +348,18 @@ class _Build:
         result.state, result.reason = "succeeded", why
 
     def _request(self, task: Task, data: bytes) -> RunRequest:
-        """The task's run: its parameters, ``upstream`` and ``product`` when its parameters
-        cell declares them, the project root as working directory."""
-        from kiln.notebook.io import load_json
-        from kiln.parameters import infer_schema
-        from kiln.project import run_defaults
-        from kiln.request import RunRequest
+        """The task's run, as :func:`~kiln.pipeline.taskrun.task_request` makes it for every
+        caller, linked to this build."""
+        from kiln.pipeline.taskrun import declared_parameters, task_request
 
-        path = str(task.notebook)
         key = _sha(data)
         declared = self.declared.get(key)
         if declared is None:
-            raw = load_json(data, path=path)
-            declared = self.declared[key] = frozenset(infer_schema(raw, notebook=path).names())
-        parameters: dict[str, Any] = dict(task.parameters)
-        if "upstream" in declared:
-            parameters["upstream"] = self._upstream_value(task)
-        if "product" in declared:
-            parameters["product"] = dict(task.products)
-        options: dict[str, Any] = {"cwd": self.pipeline.root}
-        if task.timeout is not None:
-            options["timeout"] = task.timeout
-        if task.engine is not None:
-            options["engine"] = task.engine
-        if task.kernel is not None:
-            options["kernel"] = task.kernel
-        request = RunRequest.build(
-            task.notebook,
-            parameters=parameters,
-            source=data,
-            defaults=run_defaults(self.pipeline.project),
-            **options,
+            declared = self.declared[key] = declared_parameters(data, str(task.notebook))
+        request = task_request(
+            self.pipeline, task, data, declared=declared, tags={"kiln.build": self.build_id}
         )
-        # filterable like any tag (kiln runs list --tag kiln.build=ID) and sent to MLflow
-        tags = {**(request.tags or {}), "kiln.build": self.build_id, "kiln.task": task.name}
-        return replace(request, build_id=self.build_id, tags=tags)
-
-    def _upstream_value(self, task: Task) -> dict[str, Any]:
-        value: dict[str, Any] = {}
-        for key, names in task.upstream.items():
-            if names == (key,):
-                value[key] = dict(self.pipeline.tasks[key].products)
-            else:
-                value[key] = {name: dict(self.pipeline.tasks[name].products) for name in names}
-        return value
+        return replace(request, build_id=self.build_id)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
