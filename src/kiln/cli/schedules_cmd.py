@@ -97,7 +97,12 @@ def handle_change(args: argparse.Namespace) -> int:
         if args.change == "run-now":
             run_id = views.run_now(schedules, store, args.name, by=by)
             print(run_id)
-            if not args.quiet:
+            if not args.quiet and schedules[args.name].pipeline is not None:
+                print(
+                    f"queued build {run_id} of {args.name}; kiln scheduler (or kiln serve) runs it",
+                    file=sys.stderr,
+                )
+            elif not args.quiet:
                 print(
                     f"queued run {run_id} of {args.name}; a worker (kiln worker, kiln serve, "
                     "kiln scheduler) runs it",
@@ -128,7 +133,7 @@ def handle_history(args: argparse.Namespace) -> int:
                 f"{d.get('kind')}:{'ok' if d.get('ok') else 'failed'}" for d in slot.deliveries
             )
         print(
-            f"{slot.slot.isoformat()}  {slot.state:<9} {slot.run_id or '-'}  "
+            f"{slot.slot.isoformat()}  {slot.state:<9} {slot.run_id or slot.build_id or '-'}  "
             f"attempts {slot.attempts}{delivered}  {slot.reason or ''}".rstrip()
         )
     return 0
