@@ -114,7 +114,8 @@ class SchedulerService:
                 result = None
             if result is not None and self.on_tick is not None:
                 for name, slot, run_id in result.fired:
-                    self.on_tick(f"{name}: slot {slot.isoformat()} -> run {run_id}")
+                    what = "build" if schedules[name].pipeline is not None else "run"
+                    self.on_tick(f"{name}: slot {slot.isoformat()} -> {what} {run_id}")
             if result is not None and result.missed and self.project.config.alerts is not None:
                 from kiln.scheduler.alerts import missed_alert
 
