@@ -52,6 +52,7 @@ _ANNOTATION_TYPES: dict[str, str] = {
     "MutableMapping": "dict",
     "Any": "any",
     "object": "any",
+    "Secret": "str",
 }
 
 
@@ -179,6 +180,7 @@ def _statement_parameters(
             return []
         annotation = ast.get_source_segment(text, stmt.annotation)
         ptype, optional = _annotation_type(stmt.annotation)
+        secret = _names_secret(stmt.annotation)
         if stmt.value is None:
             return [
                 Parameter(
@@ -191,10 +193,12 @@ def _statement_parameters(
                     help=help_text,
                     annotation=annotation,
                     line=line,
+                    secret=secret,
                 )
             ]
         base = Parameter(stmt.target.id, ptype, None, None, optional, False, help_text, None, line)
-        return [_with_value(replace(base, annotation=annotation), stmt.value, text)]
+        base = replace(base, annotation=annotation, secret=secret)
+        return [_with_value(base, stmt.value, text)]
     if isinstance(stmt, ast.Assign):
         found = []
         for target in stmt.targets:
@@ -281,6 +285,20 @@ def _annotation_type(node: ast.expr) -> tuple[str, bool]:
     return _ANNOTATION_TYPES.get(_tail_name(node) or "", "any"), False
 
 
+def _names_secret(node: ast.expr) -> bool:
+    """Whether an annotation is ``Secret`` (``kiln.Secret``, ``Secret | None``,
+    ``Optional[Secret]``, ``"Secret"``)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            node = ast.parse(node.value.strip(), mode="eval").body
+        except SyntaxError:
+            return False
+    return any(
+        isinstance(part, (ast.Name, ast.Attribute)) and _tail_name(part) == "Secret"
+        for part in ast.walk(node)
+    )
+
+
 def _union(members: list[ast.expr]) -> tuple[str, bool]:
     types: set[str] = set()
     optional = False
@@ -334,6 +352,7 @@ def _merge(found: Iterable[Parameter]) -> tuple[Parameter, ...]:
                 previous,
                 type=param.type,
                 annotation=param.annotation,
+                secret=param.secret,
                 optional=param.optional or previous.optional,
                 help=param.help or previous.help,
             )
@@ -342,6 +361,7 @@ def _merge(found: Iterable[Parameter]) -> tuple[Parameter, ...]:
                 param,
                 type=previous.type,
                 annotation=previous.annotation,
+                secret=previous.secret,
                 optional=previous.optional or param.optional,
                 help=param.help or previous.help,
             )

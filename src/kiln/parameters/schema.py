@@ -123,6 +123,8 @@ class Parameter:
     help: str
     annotation: str | None
     line: int
+    #: annotated ``Secret`` (``from kiln import Secret``): its value is masked everywhere
+    secret: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form; ``default`` is None when it cannot be JSON (see ``default_source``)."""
@@ -138,6 +140,7 @@ class Parameter:
             "required": self.required,
             "help": self.help,
             "annotation": self.annotation,
+            "secret": self.secret,
         }
 
 
