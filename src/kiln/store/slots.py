@@ -484,6 +484,14 @@ def last_beat(store: RunStore) -> datetime | None:
     return None if found is None else to_utc(found)
 
 
+def beat_of(store: RunStore, name: str) -> datetime | None:
+    """The last heartbeat of the scheduler ``name`` (None: it never beat)."""
+    query = sa.select(scheduler_beats.c.beat_at).where(scheduler_beats.c.name == name)
+    with store._read() as conn:
+        found = conn.execute(query).scalar()
+    return None if found is None else to_utc(found)
+
+
 def forget_beat(store: RunStore, name: str) -> None:
     with store._write() as conn:
         conn.execute(scheduler_beats.delete().where(scheduler_beats.c.name == name))
