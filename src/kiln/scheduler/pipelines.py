@@ -77,10 +77,12 @@ def _fail(home: Path | None, build_id: str, exc: BaseException) -> None:
         why = exc.message
     else:
         why = f"{type(exc).__name__}: {exc}"
-    log.error("build %s ended before it ran: %s", build_id, why)
     with BuildStore.open(home) as builds:
         state = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
-        builds.finish_build(build_id, state, reason=why)
+        if builds.finish_build(build_id, state, reason=why):
+            log.error("build %s %s before its tasks ran: %s", build_id, state, why)
+        else:  # the build's own loop recorded its end (a cancelled build ends its runs first)
+            log.info("build %s stopped: %s", build_id, why)
 
 
 def build_failed_alert(
