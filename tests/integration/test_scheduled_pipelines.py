@@ -186,6 +186,8 @@ def test_a_failed_scheduled_build_notifies_and_alerts(tmp_path: Path) -> None:
         states = {t["task"]: t["state"] for t in said["tasks"]}
         assert states == {"clean": "failed", "report": "blocked"}
     assert "task clean failed" in alert["text"]
+    # no report section: the summary only, no task reports
+    assert [d["kind"] for d in slot.deliveries or []] == ["webhook"]
     with BuildStore.open(home) as builds:
         (recorded,) = builds.deliveries(slot.build_id)
     assert recorded["kind"] == "webhook" and recorded["ok"] is True

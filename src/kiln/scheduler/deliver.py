@@ -108,8 +108,9 @@ def deliver_slot(store: RunStore, schedule: Schedule | None, slot: Slot) -> list
 def _build_reports(
     store: RunStore, schedule: Schedule, slot: Slot, mask: Callable[[str], str]
 ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """A pipeline slot's summary (its build's tasks) and a report of each task that ran,
-    written beside the task's run: (summary, files by "TASK.FORMAT", outcomes)."""
+    """A pipeline slot's summary (its build's tasks) and, when the schedule has a ``report``
+    section, a report of each task that ran, written beside the task's run: (summary, files
+    by "TASK.FORMAT", outcomes)."""
     import re
 
     from kiln.errors import RunNotFound
@@ -130,6 +131,8 @@ def _build_reports(
     summary.update(build_summary(row, durations))
     files: dict[str, Any] = {}
     outcomes: list[dict[str, Any]] = []
+    if schedule.project.where(schedule.section, "report") is None:
+        return summary, files, outcomes  # a build's task reports only when `report:` asks
     from kiln.report.make import run_report_html, write_file
     from kiln.store.files import file_modes
 
