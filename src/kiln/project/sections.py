@@ -517,6 +517,10 @@ class ScheduleSection:
     paused: bool = field(
         default=False, metadata=_help("start paused (kiln schedules resume starts it)")
     )
+    force: bool = field(
+        default=False,
+        metadata=_help("a pipeline: run every task at each slot, even those up to date"),
+    )
     report: ReportSection = field(
         default_factory=ReportSection, metadata=_help("the report made after each run")
     )
@@ -531,6 +535,8 @@ class ScheduleSection:
                 "pipeline to build); "
                 + ("both are given" if self.notebook is not None else "neither is given")
             )
+        if self.force and self.pipeline is None:
+            raise ValueError("force: is for pipeline schedules (a notebook always runs)")
         if self.pipeline is not None:
             for key, given in (
                 ("parameters", bool(self.parameters)),

@@ -376,7 +376,7 @@ class Scheduler:
             id=new_run_id(),
             project=schedule.pipeline.key,
             pipeline=schedule.pipeline.name,
-            options=build_options(schedule.name, slot).to_json(),
+            options=build_options(schedule, slot).to_json(),
         )
 
     def _discard(self, run: Run) -> None:
@@ -403,13 +403,16 @@ _TERMINAL = frozenset(
 )
 
 
-def build_options(schedule: str, slot: datetime) -> Any:
-    """The options of a scheduled build: the whole pipeline, what is not up to date, each
-    task's run tagged with the schedule and the slot."""
+def build_options(schedule: Schedule, slot: datetime) -> Any:
+    """The options of a scheduled build: the whole pipeline, what is not up to date (every
+    task with ``force``), each task's run tagged with the schedule and the slot."""
     from kiln.pipeline.check import BuildOptions
     from kiln.scheduler.model import SCHEDULE_TAG, SLOT_TAG
 
-    return BuildOptions(tags={SCHEDULE_TAG: schedule, SLOT_TAG: slot.isoformat()})
+    return BuildOptions(
+        force=schedule.section.force,
+        tags={SCHEDULE_TAG: schedule.name, SLOT_TAG: slot.isoformat()},
+    )
 
 
 def _refusal(exc: BaseException) -> str:

@@ -51,7 +51,7 @@ def execute_build(
         build = run_build(
             schedule.pipeline,
             home=home,
-            options=build_options(schedule.name, slot.slot),
+            options=build_options(schedule, slot.slot),
             claimed=build_id,
             on_start=on_start,
         )

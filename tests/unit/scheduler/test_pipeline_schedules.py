@@ -72,6 +72,7 @@ NIGHTLY = """\
         ("    pipeline: etl\n    secrets: {k: env:K}\n", "takes no secrets"),
         ("    pipeline: nope\n", "schedules.s.pipeline: no pipeline 'nope' in the pipelines "
          "section (pipelines: etl)"),
+        ("    notebook: a.ipynb\n    force: true\n", "force: is for pipeline schedules"),
     ],
 )  # fmt: skip
 def test_a_schedule_takes_a_notebook_or_a_pipeline(
@@ -109,6 +110,7 @@ def test_a_slot_fires_one_queued_build(tmp_path: Path, store: RunStore) -> None:
         row = builds.get_build(build_id)
         assert row.state == "queued" and row.pipeline == "etl" and row.owner_pid is None
         assert row.options["tags"] == {"schedule": "nightly", "slot": slot_time.isoformat()}
+        assert row.options["force"] is False  # incremental: what is up to date stays
         assert store_slots.queued_builds(store, ["nightly"]) == [build_id]
         # one process claims it
         assert builds.claim_build(build_id) is True
@@ -176,3 +178,11 @@ def test_run_now_of_a_pipeline_schedule_queues_a_build(tmp_path: Path, store: Ru
     with BuildStore(store) as builds:
         assert builds.get_build(build_id).state == "queued"
     assert store.list_runs(limit=None) == []
+
+
+def test_force_runs_every_task(tmp_path: Path, store: RunStore) -> None:
+    scheduler = _scheduler(tmp_path, store, NIGHTLY + "    force: true\n")
+    build_id = scheduler.run_now("nightly")
+    assert build_id is not None
+    with BuildStore(store) as builds:
+        assert builds.get_build(build_id).options["force"] is True
