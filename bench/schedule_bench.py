@@ -7,6 +7,8 @@ Scenarios:
   fire      20 fires of an every-minute schedule with a controllable clock (after each fire
             the clock jumps so the next slot is 2 s ahead): slot time -> run claimed and
             started, through the real queue and a worker in the scheduler's process
+  pipeline  10 fires of an every-minute pipeline schedule (two tasks) with the same clock:
+            slot time -> build fired, first task's run started, build ended
   realclock one fire on the real clock (waits for the next minute)
   report    the example report (a DataFrame record, a matplotlib figure, text) to HTML and
             to PDF, first (cold) and warm
@@ -250,9 +252,96 @@ def bench_report(folder: Path) -> dict[str, float]:
     return figures
 
 
+def bench_pipeline(folder: Path, fires: int) -> dict[str, float]:
+    """A pipeline schedule (two tasks, one after the other) over ``fires`` slots of a
+    controllable clock: slot -> build fired, -> its first task's run started, -> build ended
+    (the scheduler claims the queued build and runs it in its own process)."""
+    from kiln.project import load_project
+    from kiln.scheduler.service import SchedulerService
+    from kiln.store import RunStore
+    from kiln.store import slots as store_slots
+    from kiln.store.builds import BuildStore
+
+    project = folder / "pipeline"
+    project.mkdir()
+    nb = new_notebook(
+        cells=[new_code_cell("n = 0", metadata={"tags": ["parameters"]}), new_code_cell("n")],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+    )
+    nbformat.write(nb, project / "nb.ipynb")
+    (project / "kiln.yaml").write_text(
+        "pipelines:\n  etl:\n    tasks:\n      a: {notebook: nb.ipynb}\n"
+        "      b: {notebook: nb.ipynb, parameters: {n: 1}, upstream: [a]}\n"
+        "schedules:\n  nightly:\n    pipeline: etl\n    cron: '* * * * *'\n    force: true\n"
+    )
+    home = folder / "pipeline-home"
+    os.environ["KILN_HOME"] = str(home)
+    start = datetime.now(timezone.utc)
+    first = (start + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    offset = [first - start - timedelta(seconds=2)]
+    with RunStore(home) as store:
+        store_slots.ensure_states(store, {"nightly": False}, now=start + offset[0])
+    service = SchedulerService(
+        load_project(project), home=home, workers=1,
+        clock=lambda: datetime.now(timezone.utc) + offset[0],
+    )  # fmt: skip
+    seen_at: list[tuple[float, float, float]] = []
+
+    def watch() -> None:
+        try:
+            follow()
+        finally:
+            service.stop()
+
+    def follow() -> None:
+        with RunStore(home) as store, BuildStore(store) as builds:
+            done: set[str] = set()
+            while len(seen_at) < fires:
+                ended = [s for s in store_slots.slots(store) if s.build_id and s.state != "queued"]
+                for slot in ended:
+                    if str(slot.build_id) in done:
+                        continue
+                    done.add(str(slot.build_id))
+                    build = builds.get_build(str(slot.build_id))
+                    runs = [r for r in store.list_runs(limit=None)
+                            if r.tags.get("kiln.build") == build.id and r.started_at]  # fmt: skip
+                    real_slot = slot.slot - offset[0]
+                    fired = (slot.fired_at - offset[0] - real_slot).total_seconds()
+                    started = min(r.started_at for r in runs if r.started_at) - real_slot
+                    assert build.ended_at is not None
+                    took = (build.ended_at - real_slot).total_seconds()
+                    seen_at.append((fired, started.total_seconds(), took))
+                    now = datetime.now(timezone.utc) + offset[0]
+                    upcoming = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+                    offset[0] += upcoming - now - timedelta(seconds=2)
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+
+    async def run() -> None:
+        task = asyncio.ensure_future(service.run())
+        while not task.done():
+            await asyncio.sleep(0.1)
+        await task
+
+    asyncio.run(run())
+    watcher.join()
+    return {
+        "fires": len(seen_at),
+        "fired_after_slot_s_median": statistics.median(f for f, _s, _e in seen_at),
+        "first_task_started_after_slot_s_median": statistics.median(s for _f, s, _e in seen_at),
+        "first_task_started_after_slot_s_max": max(s for _f, s, _e in seen_at),
+        "build_ended_after_slot_s_median": statistics.median(e for _f, _s, e in seen_at),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fires", type=int, default=20)
+    parser.add_argument("--pipeline-fires", type=int, default=10)
     parser.add_argument("--no-realclock", action="store_true")
     args = parser.parse_args()
     results: dict[str, object] = {}
@@ -264,6 +353,8 @@ def main() -> None:
         print("report", json.dumps(results["report"]), flush=True)
         results["fire"] = bench_fire(folder, args.fires)
         print("fire", json.dumps(results["fire"]), flush=True)
+        results["pipeline"] = bench_pipeline(folder, args.pipeline_fires)
+        print("pipeline", json.dumps(results["pipeline"]), flush=True)
         if not args.no_realclock:
             results["realclock"] = bench_realclock(folder)
             print("realclock", json.dumps(results["realclock"]), flush=True)

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KilnError",
     "Run",
+    "Secret",
     "__version__",
     "artifact",
     "build",
@@ -28,6 +29,19 @@ __all__ = [
     "status",
     "sweep",
 ]
+
+
+class Secret(str):
+    """Marks a parameter secret in a notebook's ``parameters`` cell::
+
+        from kiln import Secret
+        api_key: Secret = ""
+
+    Kiln masks its value (``***``) in the output notebook, logs, reports, notifications and
+    the run's record; the notebook receives the real value (a plain ``str``)."""
+
+    __slots__ = ()
+
 
 if TYPE_CHECKING:
     from kiln.api import build, list_runs, read_run, run, run_task, status, sweep

@@ -57,7 +57,7 @@ def run(
     from kiln.runner import Runner
 
     request = RunRequest.build(notebook, parameters=parameters, output=output, **options)
-    observers = [LiveOutput().observe] if log_output else []
+    observers = [LiveOutput(given=dict(request.parameters)).observe] if log_output else []
     with Runner(home=Path(home) if home is not None else None, observers=observers) as runner:
         return runner.run(request, check=check)
 

@@ -10,7 +10,7 @@ writer that goes through its progress bar.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kiln.engines.base import CellOutput, CellStarted
@@ -30,16 +30,46 @@ def write_std(text: str, stream: str) -> None:
     target.flush()
 
 
-class LiveOutput:
-    """An observer that echoes a run's cells as they execute."""
+def secret_masker(
+    given: Mapping[str, Any] | None, recorded: Mapping[str, Any]
+) -> Callable[[str], str] | None:
+    """Masks the values the caller gave (``given``) of the parameters the run recorded as
+    secret (``***``: declared ``Secret`` in the notebook, or read from a secret source)."""
+    if not given:
+        return None
+    from kiln.redact import MASK, Redactor
 
-    def __init__(self, write: Writer = write_std) -> None:
+    values = [_plain(given[name]) for name, shown in recorded.items()
+              if shown == MASK and name in given]  # fmt: skip
+    if not values:
+        return None
+    return Redactor(values, scan=False).mask_values
+
+
+def _plain(value: Any) -> Any:
+    """A value as given: ``-p`` text (``CliValue``), a wrapped ``Extra``, or the value."""
+    for attribute in ("text", "value"):
+        if hasattr(value, attribute) and type(value).__module__.startswith("kiln."):
+            return getattr(value, attribute)
+    return value
+
+
+class LiveOutput:
+    """An observer that echoes a run's cells as they execute; ``given``: the parameter values
+    the caller passed, so that those the run treats as secret are masked in the echo."""
+
+    def __init__(
+        self, write: Writer = write_std, *, given: Mapping[str, Any] | None = None
+    ) -> None:
         self.write = write
+        self.given = given
+        self._masks: dict[int, Callable[[str], str] | None] = {}
         self._totals: dict[int, int] = {}
         self._done: dict[int, int] = {}
 
     def observe(self, event: RunEvent, *, key: int = 0, prefix: str = "") -> None:
         if isinstance(event, RunStarted):
+            self._masks[key] = secret_masker(self.given, event.run.parameters)
             self._totals[key] = event.code_cells
             self._done[key] = 0
         elif isinstance(event, CellStarted):
@@ -54,7 +84,9 @@ class LiveOutput:
         elif isinstance(event, CellOutput):
             shown = output_text(event.output)
             if shown is not None:
-                self._emit(*shown, prefix)
+                mask = self._masks.get(key)
+                text = mask(shown[0]) if mask is not None else shown[0]
+                self._emit(text, shown[1], prefix)
 
     def observe_sweep(self, event: SweepEvent) -> None:
         """The same for a sweep: each line prefixed with ``[set index]``."""
@@ -91,16 +123,23 @@ class StreamFiles:
     """Copies the cells' stdout and stderr to open text files as they come (``--stdout-file``
     / ``--stderr-file``, papermill's ``stdout_file``/``stderr_file``)."""
 
-    def __init__(self, stdout: Any = None, stderr: Any = None) -> None:
+    def __init__(
+        self, stdout: Any = None, stderr: Any = None, *, given: Mapping[str, Any] | None = None
+    ) -> None:
         self.files = {name: f for name, f in (("stdout", stdout), ("stderr", stderr)) if f}
+        self.given = given
+        self.mask: Callable[[str], str] | None = None
 
     @property
     def active(self) -> bool:
         return bool(self.files)
 
     def observe(self, event: RunEvent) -> None:
+        if isinstance(event, RunStarted):
+            self.mask = secret_masker(self.given, event.run.parameters)
         if isinstance(event, CellOutput) and event.output.get("output_type") == "stream":
             handle = self.files.get(str(event.output.get("name")))
             if handle is not None:
-                handle.write(str(event.output.get("text", "")))
+                text = str(event.output.get("text", ""))
+                handle.write(self.mask(text) if self.mask is not None else text)
                 handle.flush()

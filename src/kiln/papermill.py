@@ -101,8 +101,8 @@ def execute_notebook(
     )
     observers: list[Observer] = []
     if log_output:
-        observers.append(LiveOutput().observe)
-    streams = StreamFiles(stdout_file, stderr_file)
+        observers.append(LiveOutput(given=dict(request.parameters)).observe)
+    streams = StreamFiles(stdout_file, stderr_file, given=dict(request.parameters))
     if streams.active:
         observers.append(streams.observe)
     with Runner(observers=observers) as runner:

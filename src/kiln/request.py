@@ -284,6 +284,11 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
         warnings.append(
             f"{path} has no cell tagged 'parameters': the parameters were injected at the top"
         )
+    # parameters annotated Secret in the notebook (`api_key: Secret`) are masked like those
+    # read from a secret source
+    declared = [p.name for p in schema if p.secret and p.name in values]
+    if declared:
+        secret_names = tuple(dict.fromkeys([*secret_names, *declared]))
     prepared = Prepared(
         request=request,
         source_bytes=data,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from kiln.units import parse_count
 
 if TYPE_CHECKING:
-    from kiln.pipeline import Build
+    from kiln.pipeline import Build, Pipeline
 
 
 def _jobs(text: str) -> int:
@@ -134,11 +134,18 @@ def handle(args: argparse.Namespace) -> int:
         build = run_build(pipeline, options=options, observer=console.observe)
     finally:
         console.close()
+    alerted = _alert(pipeline, build)
     if args.json:
-        print(json.dumps(build.to_json(), indent=2, default=str))
+        shown = build.to_json()
+        if alerted:
+            shown["alerts"] = alerted
+        print(json.dumps(shown, indent=2, default=str))
     elif not (args.quiet and build.ok):
         print_build(build)
     _print_failures(build)
+    for result in alerted:
+        if not result.get("ok"):  # the build's state stands; the alert's failure is shown
+            print(f"alert by {result['kind']} failed: {result.get('error')}", file=sys.stderr)
     if build.cancelled:
         return 130
     return 0 if build.ok else 1
@@ -179,6 +186,16 @@ def _compile(args: argparse.Namespace) -> int:
         count = len(pipeline.select(args.target))
         print(f"Wrote {written}: pipeline {pipeline.name}, {count} task(s), image {args.image}")
     return 0
+
+
+def _alert(pipeline: Pipeline, build: Build) -> list[dict[str, Any]]:
+    """The alert of a failed build when kiln.yaml's alerts section asks for it (recorded on
+    the build; a delivery failure never changes the build or the exit code)."""
+    if pipeline.project.config.alerts is None or build.state not in ("failed", "crashed"):
+        return []
+    from kiln.scheduler.pipelines import build_failed_alert
+
+    return build_failed_alert(pipeline.project, build)
 
 
 def print_build(build: Build) -> None:

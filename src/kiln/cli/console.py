@@ -72,11 +72,12 @@ class Console:
         log_output: bool,
         quiet: bool = False,
         output_to_stderr: bool = False,
+        given: dict[str, Any] | None = None,
     ) -> None:
         self.show_progress = progress and not quiet
         self.quiet = quiet
         self.printer = _Printer(all_to_stderr=output_to_stderr)
-        self.live = LiveOutput(self.printer.write) if log_output else None
+        self.live = LiveOutput(self.printer.write, given=given) if log_output else None
         self._task: Any = None
         self._name = ""
         self.warnings: list[str] = []

@@ -47,7 +47,11 @@ def show_parameters(notebook: str, *, as_json: bool = False) -> int:
         kind = p.type + (" | None" if p.optional and p.type != "any" else "")
         if p.choices is not None:
             kind += " (" + " | ".join(repr(c) for c in p.choices) + ")"
+        if p.secret:
+            kind += " (secret)"
         default = "(required)" if p.required else (p.default_source or repr(p.default))
+        if p.secret and not p.required and p.default not in (None, ""):
+            default = "***"  # a default written in the notebook is still a secret
         table.add_row(p.name, kind, default, p.help)
     console().print(table)
     return 0

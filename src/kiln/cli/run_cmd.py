@@ -291,11 +291,16 @@ def handle(args: argparse.Namespace) -> int:
     request = build_request(args, output=args.output)
     quiet = bool(args.quiet) or args.log_level in ("ERROR", "CRITICAL")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
+    given = dict(request.parameters)  # values the run may declare Secret: masked when echoed
     console = Console(
-        progress=progress, log_output=args.log_output, quiet=quiet, output_to_stderr=to_stdout
+        progress=progress,
+        log_output=args.log_output,
+        quiet=quiet,
+        output_to_stderr=to_stdout,
+        given=given,
     )
     observers = [console.observe]
-    files = _StreamFiles(args.stdout_file, args.stderr_file)
+    files = _StreamFiles(args.stdout_file, args.stderr_file, given)
     if files.active:
         observers.append(files.observe)
     if args.log_level in ("DEBUG", "INFO"):
@@ -366,7 +371,9 @@ def _deliver(run: Run, output: str | None) -> None:
 class _StreamFiles:
     """``--stdout-file`` / ``--stderr-file``: opens the files, then copies like papermill."""
 
-    def __init__(self, stdout: str | None, stderr: str | None) -> None:
+    def __init__(
+        self, stdout: str | None, stderr: str | None, given: dict[str, Any] | None = None
+    ) -> None:
         from kiln.liveoutput import StreamFiles
 
         opened: dict[str, Any] = {}
@@ -378,7 +385,7 @@ class _StreamFiles:
                     for handle in opened.values():
                         handle.close()
                     raise UsageError(f"--{name}-file {path}: {exc.strerror}") from None
-        self.copier = StreamFiles(opened.get("stdout"), opened.get("stderr"))
+        self.copier = StreamFiles(opened.get("stdout"), opened.get("stderr"), given=given)
         self.active = self.copier.active
         self.observe = self.copier.observe
 

@@ -19,7 +19,8 @@ def add_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
         "slot once (also with several schedulers on one database), into the queue; retries; "
         "reports, e-mail and webhooks after each run. Runs queued runs itself with "
         "--workers (default 1); --workers 0 leaves them to `kiln worker` or `kiln serve`. "
-        "SIGTERM or Ctrl-C stops it.",
+        "The builds of pipeline schedules run in this process (at most max(1, --workers) "
+        "at once). SIGTERM or Ctrl-C stops it (a build under way ends cancelled).",
     )
     s.add_argument(
         "-w", "--workers", type=_count, default=1,

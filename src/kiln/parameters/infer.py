@@ -53,6 +53,7 @@ _ANNOTATION_TYPES: dict[str, str] = {
     "Any": "any",
     "object": "any",
     "date": "date",
+    "Secret": "str",
 }
 
 
@@ -181,6 +182,7 @@ def _statement_parameters(
         annotation = ast.get_source_segment(text, stmt.annotation)
         ptype, optional = _annotation_type(stmt.annotation)
         choices = _choices(stmt.annotation)
+        secret = _names_secret(stmt.annotation)
         if stmt.value is None:
             return [
                 Parameter(
@@ -194,10 +196,11 @@ def _statement_parameters(
                     annotation=annotation,
                     line=line,
                     choices=choices,
+                    secret=secret,
                 )
             ]
         base = Parameter(stmt.target.id, ptype, None, None, optional, False, help_text, None, line)
-        base = replace(base, annotation=annotation, choices=choices)
+        base = replace(base, annotation=annotation, choices=choices, secret=secret)
         return [_with_value(base, stmt.value, text)]
     if isinstance(stmt, ast.Assign):
         found = []
@@ -329,6 +332,20 @@ def _date_call(node: ast.expr) -> str | None:
         return None
 
 
+def _names_secret(node: ast.expr) -> bool:
+    """Whether an annotation is ``Secret`` (``kiln.Secret``, ``Secret | None``,
+    ``Optional[Secret]``, ``"Secret"``)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            node = ast.parse(node.value.strip(), mode="eval").body
+        except SyntaxError:
+            return False
+    return any(
+        isinstance(part, (ast.Name, ast.Attribute)) and _tail_name(part) == "Secret"
+        for part in ast.walk(node)
+    )
+
+
 def _union(members: list[ast.expr]) -> tuple[str, bool]:
     types: set[str] = set()
     optional = False
@@ -382,6 +399,7 @@ def _merge(found: Iterable[Parameter]) -> tuple[Parameter, ...]:
                 previous,
                 type=param.type,
                 annotation=param.annotation,
+                secret=param.secret,
                 optional=param.optional or previous.optional,
                 help=param.help or previous.help,
             )
@@ -390,6 +408,7 @@ def _merge(found: Iterable[Parameter]) -> tuple[Parameter, ...]:
                 param,
                 type=previous.type,
                 annotation=previous.annotation,
+                secret=previous.secret,
                 optional=previous.optional or param.optional,
                 help=param.help or previous.help,
             )

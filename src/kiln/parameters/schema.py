@@ -137,6 +137,8 @@ class Parameter:
     annotation: str | None
     line: int
     choices: tuple[Any, ...] | None = None
+    #: annotated ``Secret`` (``from kiln import Secret``): its value is masked everywhere
+    secret: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form; ``default`` is None when it cannot be JSON (see ``default_source``)."""
@@ -153,6 +155,7 @@ class Parameter:
             "help": self.help,
             "annotation": self.annotation,
             "choices": list(self.choices) if self.choices is not None else None,
+            "secret": self.secret,
         }
 
 

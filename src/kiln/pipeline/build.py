@@ -9,6 +9,7 @@ that needs nothing costs a fraction of a second. Otherwise the build runs in an 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,56 +31,80 @@ def run_build(
     options: BuildOptions | None = None,
     executor: Executor | None = None,
     observer: BuildObserver | None = None,
+    claimed: str | None = None,
+    on_start: Callable[[Callable[[], None]], None] | None = None,
 ) -> Build:
     """Build ``pipeline``, recording in ``store`` (or the history in ``home``, default: the
-    project's); an ``executor`` given here is closed with the build."""
+    project's); an ``executor`` given here is closed with the build.
+
+    ``claimed``: a queued build this process claimed (a scheduled build), recorded into
+    instead of a new one. ``on_start`` receives a function that cancels the build from any
+    thread (the scheduler's stop, when the build runs in one of its threads)."""
     from kiln.store.builds import BuildStore
 
     options = options if options is not None else BuildOptions()
     builds = BuildStore(store) if store is not None else BuildStore.open(home)
     try:
         builds.recover_orphan_builds()
-        if not options.force and executor is None:
+        if not options.force and executor is None and claimed is None:
             done = _nothing_to_run(pipeline, builds, options, observer)
             if done is not None:
                 return done
+        run = _Loop(builds, options, executor, observer, claimed, on_start)
         if store is not None:
-            return _in_loop(pipeline, store, builds, options, executor, observer)
+            return run(pipeline, store)
         from kiln.store.sql import RunStore
 
         with RunStore(builds.home) as opened:
-            return _in_loop(pipeline, opened, builds, options, executor, observer)
+            return run(pipeline, opened)
     finally:
         builds.close()
 
 
-def _in_loop(
-    pipeline: Pipeline,
-    store: RunStore,
-    builds: BuildStore,
-    options: BuildOptions,
-    executor: Executor | None,
-    observer: BuildObserver | None,
-) -> Build:
-    import asyncio
+class _Loop:
+    """The build in an event loop of its own."""
 
-    from kiln.pipeline.execute import abuild
+    def __init__(
+        self,
+        builds: BuildStore,
+        options: BuildOptions,
+        executor: Executor | None,
+        observer: BuildObserver | None,
+        claimed: str | None,
+        on_start: Callable[[Callable[[], None]], None] | None,
+    ) -> None:
+        self.builds, self.options, self.executor = builds, options, executor
+        self.observer, self.claimed, self.on_start = observer, claimed, on_start
 
-    async def once() -> Build:
-        try:
-            return await abuild(
-                pipeline,
-                store=store,
-                builds=builds,
-                options=options,
-                executor=executor,
-                observer=observer,
-            )
-        finally:
-            if executor is not None:
-                await executor.close()
+    def __call__(self, pipeline: Pipeline, store: RunStore) -> Build:
+        import asyncio
 
-    return asyncio.run(once())
+        from kiln.pipeline.execute import abuild
+
+        async def once() -> Build:
+            if self.on_start is not None:
+                loop, me = asyncio.get_running_loop(), asyncio.current_task()
+                assert me is not None
+
+                def cancel() -> None:
+                    loop.call_soon_threadsafe(me.cancel)
+
+                self.on_start(cancel)
+            try:
+                return await abuild(
+                    pipeline,
+                    store=store,
+                    builds=self.builds,
+                    options=self.options,
+                    executor=self.executor,
+                    observer=self.observer,
+                    claimed=self.claimed,
+                )
+            finally:
+                if self.executor is not None:
+                    await self.executor.close()
+
+        return asyncio.run(once())
 
 
 def _nothing_to_run(

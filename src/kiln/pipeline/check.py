@@ -9,7 +9,7 @@ since that task will run first and may change what this one reads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kiln.errors import UsageError
@@ -37,6 +37,8 @@ class BuildOptions:
     executor: str = "local"
     #: the Dask scheduler's address (``tcp://HOST:PORT``); none: a local Dask cluster
     scheduler: str | None = None
+    #: tags every task's run carries (a scheduled build's schedule and slot)
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.jobs < 1:
@@ -56,6 +58,7 @@ class BuildOptions:
             "jobs": self.jobs,
             "executor": self.executor,
             "scheduler": self.scheduler,
+            **({"tags": dict(self.tags)} if self.tags else {}),
         }
 
 

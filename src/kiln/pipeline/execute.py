@@ -74,7 +74,9 @@ class _Build:
         executor: Executor,
         options: BuildOptions,
         observer: BuildObserver | None,
+        claimed: str | None = None,
     ) -> None:
+        self.claimed = claimed
         self.pipeline = pipeline
         self.store = store
         self.builds = builds
@@ -114,15 +116,19 @@ class _Build:
         names, self.done_before = selection(pipeline, options, self.last)
         # a cluster that cannot be reached fails the command before a build is recorded
         await self.executor.start()
-        self.build_id = new_run_id()
-        record = self.builds.create_build(
-            self.build_id,
-            project=pipeline.key,
-            pipeline=pipeline.name,
-            options=options.to_json(),
-            tasks=names,
-        )
-        self.rows = record.tasks
+        if self.claimed is not None:  # a scheduled build, queued and claimed by the caller
+            self.build_id = self.claimed
+            self.rows = self.builds.add_tasks(self.build_id, names)
+        else:
+            self.build_id = new_run_id()
+            record = self.builds.create_build(
+                self.build_id,
+                project=pipeline.key,
+                pipeline=pipeline.name,
+                options=options.to_json(),
+                tasks=names,
+            )
+            self.rows = record.tasks
         self.results = {name: TaskResult(name) for name in names}
         self._emit(BuildStarted(self.build_id, pipeline.name, tuple(names)))
         loop = asyncio.get_running_loop()
@@ -357,7 +363,12 @@ class _Build:
         if declared is None:
             declared = self.declared[key] = declared_parameters(data, str(task.notebook))
         request = task_request(
-            self.pipeline, task, data, declared=declared, tags={"kiln.build": self.build_id}
+            self.pipeline,
+            task,
+            data,
+            declared=declared,
+            # filterable like any tag (kiln runs list --tag kiln.build=ID) and sent to MLflow
+            tags={**self.options.tags, "kiln.build": self.build_id},
         )
         return replace(request, build_id=self.build_id)
 
@@ -430,18 +441,21 @@ async def abuild(
     options: BuildOptions | None = None,
     executor: Executor | None = None,
     observer: BuildObserver | None = None,
+    claimed: str | None = None,
 ) -> Build:
     """Build ``pipeline`` in the running event loop (see the module docstring), recording the
     runs in ``store`` and the build in ``builds`` (default: ``store``'s database).
 
-    ``executor`` defaults to the one ``options`` names; one given here is not closed."""
+    ``executor`` defaults to the one ``options`` names; one given here is not closed.
+    ``claimed``: the id of a queued build this process claimed
+    (:meth:`~kiln.store.builds.BuildStore.claim_build`), recorded into instead of a new one."""
     options = options if options is not None else BuildOptions()
     builds = builds if builds is not None else BuildStore(store)
     owned = executor is None
     if executor is None:
         executor = make_executor(store, options, pipeline)
     try:
-        return await _Build(pipeline, store, builds, executor, options, observer).run()
+        return await _Build(pipeline, store, builds, executor, options, observer, claimed).run()
     finally:
         if owned:
             await executor.close()

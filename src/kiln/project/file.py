@@ -80,11 +80,16 @@ def load_project(start: str | os.PathLike[str] | None = None) -> Project:
 
 
 def _read(path: Path) -> Project:
-    origin = _shown(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise YamlError(origin, f"cannot read the project file: {exc.strerror}") from None
+        raise YamlError(_shown(path), f"cannot read the project file: {exc.strerror}") from None
+    return parse_project(path, data)
+
+
+def parse_project(path: Path, data: bytes) -> Project:
+    """The project whose file at ``path`` would hold ``data`` (validated, nothing read)."""
+    origin = _shown(path)
     value = load_yaml(data, origin=origin, max_bytes=MAX_PROJECT_FILE, word_keys=True)
     config = Reader(origin).dataclass(value, ProjectConfig, "", (1, 1))
     return Project(root=path.parent.resolve(), file=path, config=config)

@@ -458,12 +458,17 @@ class NotifySection:
 
 @dataclass(frozen=True)
 class AlertsSection:
-    """Notifications about the scheduling itself: slots missed while no scheduler ran, and
-    a scheduler gone silent (`kiln health --alert`)."""
+    """Notifications about the scheduling itself and about pipelines: slots missed while no
+    scheduler ran, a scheduler gone silent (`kiln health --alert`, `kiln scheduler`, `kiln
+    serve`), a pipeline build that failed."""
 
     email: EmailNotify | None = field(default=None, metadata=_help("e-mail the alert"))
     webhook: WebhookNotify | None = field(default=None, metadata=_help("POST the alert"))
     missed: bool = field(default=True, metadata=_help("alert when slots are missed"))
+    builds: bool = field(
+        default=True,
+        metadata=_help("alert when a pipeline build fails (kiln build and scheduled builds)"),
+    )
     heartbeat: Duration = field(
         default=300.0,
         metadata=_help("kiln health --alert alerts when no scheduler beat for this long"),
@@ -472,15 +477,22 @@ class AlertsSection:
 
 @dataclass(frozen=True)
 class ScheduleSection:
-    """A notebook run on a cron schedule: parameters templated at fire time, retries, a
-    report and where it goes."""
+    """A notebook or a pipeline run on a cron schedule: parameters templated at fire time,
+    retries, a report and where it goes."""
 
-    notebook: str = field(metadata=_help("the notebook to run, relative to the project root"))
     cron: str = field(
         metadata=_help(
             "five-field cron expression (minute hour day month weekday) or a shortcut: "
             "@hourly, @daily, @weekly, @monthly, @yearly"
         )
+    )
+    notebook: str | None = field(
+        default=None,
+        metadata=_help("the notebook to run, relative to the project root (or pipeline)"),
+    )
+    pipeline: str | None = field(
+        default=None,
+        metadata=_help("a pipeline of the pipelines section to build (or notebook)"),
     )
     timezone: str = field(
         default="UTC", metadata=_help("IANA time zone the cron times are in, e.g. Europe/Berlin")
@@ -527,6 +539,10 @@ class ScheduleSection:
     paused: bool = field(
         default=False, metadata=_help("start paused (kiln schedules resume starts it)")
     )
+    force: bool = field(
+        default=False,
+        metadata=_help("a pipeline: run every task at each slot, even those up to date"),
+    )
     report: ReportSection = field(
         default_factory=ReportSection, metadata=_help("the report made after each run")
     )
@@ -535,6 +551,26 @@ class ScheduleSection:
     )
 
     def __post_init__(self) -> None:
+        if (self.notebook is None) == (self.pipeline is None):
+            raise ValueError(
+                "expected exactly one of notebook: (a notebook to run) and pipeline: (a "
+                "pipeline to build); "
+                + ("both are given" if self.notebook is not None else "neither is given")
+            )
+        if self.force and self.pipeline is None:
+            raise ValueError("force: is for pipeline schedules (a notebook always runs)")
+        if self.pipeline is not None:
+            for key, given in (
+                ("parameters", bool(self.parameters)),
+                ("secrets", bool(self.secrets)),
+                ("engine", self.engine is not None),
+                ("timeout", self.timeout is not None),
+            ):
+                if given:
+                    raise ValueError(
+                        f"{key}: a pipeline schedule takes no {key} (each task of "
+                        f"pipelines.{self.pipeline} sets its own)"
+                    )
         if self.retries < 0:
             raise ValueError(f"retries: expected 0 or more; got {self.retries}")
         from kiln.project.cronspec import check_cron, check_timezone
@@ -596,11 +632,14 @@ class ProjectConfig:
         default=None, metadata=_help("the mail server for reports and alerts")
     )
     alerts: AlertsSection | None = field(
-        default=None, metadata=_help("alerts about missed slots and a silent scheduler")
+        default=None,
+        metadata=_help("alerts about missed slots, a silent scheduler and failed builds"),
     )
     schedules: dict[str, ScheduleSection] = field(
         default_factory=dict,
-        metadata=_help("notebooks run on cron schedules, by name (kiln scheduler fires them)"),
+        metadata=_help(
+            "notebooks and pipelines run on cron schedules, by name (kiln scheduler fires them)"
+        ),
     )
     notebooks: dict[str, NotebookSection] = field(
         default_factory=dict,

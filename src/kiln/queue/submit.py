@@ -58,6 +58,17 @@ def queued_run(
     if retries < 0:
         raise ValueError("retries must be 0 or more")
     prepared = prepare(request)  # every check a run makes before it starts
+    given = [n for n in prepared.secret_names if n not in (request.secrets or {})]
+    if given:
+        from kiln.errors import UsageError
+
+        # the queue stores what a worker runs; a secret's value is never stored, only where
+        # to read it
+        raise UsageError(
+            f"{request.notebook_label}: parameter {given[0]!r} is declared Secret; a queued "
+            "run does not carry a secret's value: give it a source instead (secrets: "
+            f"{{{given[0]}: env:VARIABLE}} in a schedule, or run the notebook directly)"
+        )
     prepared.complete()  # full nbformat validation too: a queued run must be runnable
     from kiln.store.artifacts import artifact_store
 

@@ -31,8 +31,8 @@ def default_subject(summary: Mapping[str, Any]) -> str:
 def summary_text(summary: Mapping[str, Any]) -> str:
     """The summary as lines of text (the plain part, and the body without a report)."""
     lines = []
-    for key in ("schedule", "notebook", "slot", "state", "run_id", "attempts", "duration",
-                "reason"):  # fmt: skip
+    for key in ("schedule", "notebook", "pipeline", "slot", "state", "run_id", "build_id",
+                "attempts", "duration", "reason"):  # fmt: skip
         value = summary.get(key)
         if value is not None:
             lines.append(f"{key}: {value}")
@@ -40,6 +40,10 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         lines.append(f"parameter {name}: {json.dumps(value, default=str)}")
     for name, value in (summary.get("records") or {}).items():
         lines.append(f"record {name}: {json.dumps(value, default=str)[:500]}")
+    for task in summary.get("tasks") or ():  # a pipeline build's tasks
+        took = f" in {task['duration']:.1f}s" if task.get("duration") is not None else ""
+        error = f": {task['error']}" if task.get("error") else ""
+        lines.append(f"task {task['task']}: {task['state']}{took}{error}")
     return "\n".join(lines) + "\n"
 
 
@@ -69,13 +73,16 @@ def build_message(
         body = f"<html><body><pre>{html.escape(text)}</pre></body></html>"
     message.add_alternative(body, subtype="html")
     if notify.attach and files:
-        for kind, path in files.items():
+        for key, path in files.items():
+            # "html", or "TASK.html" for each task of a pipeline build
+            task, _, kind = key.rpartition(".")
             maintype, subtype = _MIME.get(kind, ("application", "octet-stream"))
+            stem = f"{summary.get('schedule', 'report')}-{task + '-' if task else ''}report"
             message.add_attachment(
                 Path(path).read_bytes(),
                 maintype=maintype,
                 subtype=subtype,
-                filename=f"{summary.get('schedule', 'report')}-report.{kind}",
+                filename=f"{stem}.{kind}",
             )
     return message
 

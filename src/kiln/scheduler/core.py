@@ -7,6 +7,13 @@ it once), records missed and skipped slots, follows the runs of open slots (a fa
 queued again after a backoff while the schedule's retries last) and marks ended slots for
 delivery. Runs are executed by the queue's workers, like every queued run.
 
+A pipeline schedule's slot fires a ``queued`` build instead of a run (slot row and build row
+in one transaction). The scheduler service claims it (a conditional UPDATE: one process wins)
+and runs it with :func:`kiln.pipeline.build.run_build`, each task a recorded run of the one
+runner; the slot follows the build's end as a run's (a build whose scheduler died is marked
+``crashed`` by :meth:`~kiln.store.builds.BuildStore.recover_orphan_builds` at the next step,
+and the slot fails or is retried).
+
 Catch-up policy. A slot is on time while less than the schedule's ``grace`` has passed since
 it. Slots that passed while no scheduler ran (or while the schedule was paused) are missed:
 with ``catchup: skip`` they are recorded ``missed`` and not run; with ``catchup: latest`` the
@@ -33,6 +40,7 @@ from kiln.store.records import RunState
 
 if TYPE_CHECKING:
     from kiln.scheduler.model import Schedule
+    from kiln.store.builds import BuildStore
     from kiln.store.records import Run
     from kiln.store.sql import RunStore
 
@@ -45,6 +53,8 @@ MAX_MISSED = 100
 LOOKBACK = timedelta(days=31)
 
 _FAILED_RUN = frozenset({RunState.FAILED.value, RunState.TIMED_OUT.value, RunState.CRASHED.value})
+#: the ends of a build (its states share the names of the run states they mean)
+_BUILD_ENDS = frozenset({"succeeded", "failed", "cancelled", "crashed"})
 
 
 def utcnow() -> datetime:
@@ -55,7 +65,7 @@ def utcnow() -> datetime:
 class TickResult:
     """What one step did (for logs, tests and the benchmark)."""
 
-    fired: list[tuple[str, datetime, str]] = field(default_factory=list)  # name, slot, run id
+    fired: list[tuple[str, datetime, str]] = field(default_factory=list)  # name, slot, run/build
     missed: list[tuple[str, datetime]] = field(default_factory=list)
     skipped: list[tuple[str, datetime]] = field(default_factory=list)
     retried: list[tuple[str, datetime, str]] = field(default_factory=list)
@@ -76,6 +86,21 @@ class Scheduler:
         self.schedules = schedules
         self.store = store
         self.clock = clock
+        self._builds: BuildStore | None = None
+
+    @property
+    def builds(self) -> BuildStore:
+        """The builds of the history (pipeline schedules)."""
+        if self._builds is None:
+            from kiln.store.builds import BuildStore
+
+            self._builds = BuildStore(self.store)
+        return self._builds
+
+    def close(self) -> None:
+        if self._builds is not None:
+            self._builds.close()
+            self._builds = None
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -86,6 +111,9 @@ class Scheduler:
         states = store_slots.ensure_states(
             self.store, {name: s.section.paused for name, s in self.schedules.items()}, now=now
         )
+        if any(s.pipeline is not None for s in self.schedules.values()):
+            # a build whose scheduler died is crashed now, so its slot ends (or retries) below
+            self.builds.recover_orphan_builds()
         self._follow(now, result)  # first: a slot whose run just ended is no longer busy
         latest = store_slots.latest_slots(self.store)
         open_slots = store_slots.slots(self.store, states=store_slots.OPEN)
@@ -146,6 +174,22 @@ class Scheduler:
                 self.store, name, slot, state=store_slots.WAITING, reason=reason, now=now
             )
             return None
+        if schedule.pipeline is not None:
+            build = self.queued_build(schedule, slot)
+            if store_slots.fire(
+                self.store,
+                name,
+                slot,
+                state=store_slots.QUEUED,
+                build=build,
+                manual=manual,
+                reason=reason,
+                now=now,
+            ):
+                out.fired.append((name, slot, build.id))
+                log.info("schedule %s: slot %s fired build %s", name, slot.isoformat(), build.id)
+                return build.id
+            return None
         try:
             run = self.queued_run(schedule, slot, now, attempt=1)
         except Exception as exc:  # a refused request ends the slot; the scheduler goes on
@@ -185,8 +229,9 @@ class Scheduler:
         return None
 
     def run_now(self, name: str, *, by: str | None = None) -> str | None:
-        """Fire ``name`` at once (a manual slot keyed by this instant); its run id, or None
-        when the request was refused (the reason is on the slot)."""
+        """Fire ``name`` at once (a manual slot keyed by this instant); its run id (a
+        pipeline schedule: its build id), or None when the request was refused (the reason
+        is on the slot)."""
         now = self.clock()
         out = TickResult()
         run_id = self._fire(self.schedules[name], now, now, busy=False, out=out, manual=True)
@@ -205,14 +250,20 @@ class Scheduler:
         run_states = store_slots.run_states(
             self.store, [s.run_id for s in open_slots if s.run_id is not None]
         )
+        build_states = store_slots.build_states(
+            self.store, [s.build_id for s in open_slots if s.build_id is not None]
+        )
         # a schedule's slots take turns, oldest first: a waiting slot starts only when no
         # earlier slot of its schedule is still open
         blocked: set[str] = set()
         for slot in sorted(open_slots, key=lambda s: s.slot):
             schedule = self.schedules.get(slot.schedule)
-            if slot.state == store_slots.QUEUED and slot.run_id is not None:
-                state = run_states.get(slot.run_id)
-                if state is None or state not in _TERMINAL:
+            if slot.state == store_slots.QUEUED and (slot.run_id or slot.build_id):
+                if slot.build_id is not None:
+                    state, ends = build_states.get(slot.build_id), _BUILD_ENDS
+                else:
+                    state, ends = run_states.get(slot.run_id or ""), _TERMINAL
+                if state is None or state not in ends:
                     blocked.add(slot.schedule)
                 elif self._ended(schedule, slot, state, now, out):
                     blocked.add(slot.schedule)  # waiting for its retry
@@ -228,6 +279,11 @@ class Scheduler:
                 blocked.add(slot.schedule)
                 continue
             blocked.add(slot.schedule)
+            if schedule.pipeline is not None:
+                build = self.queued_build(schedule, slot.slot)
+                if store_slots.start_waiting(self.store, slot, build=build):
+                    out.retried.append((slot.schedule, slot.slot, build.id))
+                continue
             try:
                 run = self.queued_run(schedule, slot.slot, now, attempt=slot.attempts + 1)
             except Exception as exc:
@@ -257,15 +313,15 @@ class Scheduler:
         if state in _FAILED_RUN and slot.attempts <= retries:
             assert schedule is not None
             wait = schedule.section.retry_delay * 2 ** (slot.attempts - 1)
+            what = f"run {slot.run_id}" if slot.build_id is None else f"build {slot.build_id}"
             if store_slots.settle(
                 self.store,
                 slot,
                 store_slots.WAITING,
                 next_at=now + timedelta(seconds=wait),
-                reason=f"run {slot.run_id} {state}; retry {slot.attempts} of {retries} "
-                f"in {wait:g}s",
+                reason=f"{what} {state}; retry {slot.attempts} of {retries} in {wait:g}s",
             ):
-                log.info("schedule %s: run %s %s, retrying", slot.schedule, slot.run_id, state)
+                log.info("schedule %s: %s %s, retrying", slot.schedule, what, state)
             return True
         final = {
             RunState.SUCCEEDED.value: store_slots.SUCCEEDED,
@@ -287,6 +343,7 @@ class Scheduler:
         from kiln.scheduler.model import SCHEDULE_TAG, SLOT_TAG
 
         section = schedule.section
+        assert schedule.notebook is not None  # a pipeline schedule fires a build
         options: dict[str, Any] = {"cwd": str(schedule.project.root)}
         if section.timeout is not None:
             options["timeout"] = section.timeout
@@ -310,6 +367,18 @@ class Scheduler:
         folder.mkdir(parents=True, exist_ok=True)
         return replace(run, run_dir=str(folder), attempt=attempt)
 
+    def queued_build(self, schedule: Schedule, slot: datetime) -> store_slots.QueuedBuild:
+        """The queued build of a pipeline schedule's ``slot`` (nothing inserted yet)."""
+        from kiln.store import new_run_id
+
+        assert schedule.pipeline is not None
+        return store_slots.QueuedBuild(
+            id=new_run_id(),
+            project=schedule.pipeline.key,
+            pipeline=schedule.pipeline.name,
+            options=build_options(schedule, slot).to_json(),
+        )
+
     def _discard(self, run: Run) -> None:
         if run.run_dir:
             shutil.rmtree(run.run_dir, ignore_errors=True)
@@ -332,6 +401,18 @@ _TERMINAL = frozenset(
     for state in RunState
     if state.terminal and state is not RunState.PREPARED  # a queued run is never prepare-only
 )
+
+
+def build_options(schedule: Schedule, slot: datetime) -> Any:
+    """The options of a scheduled build: the whole pipeline, what is not up to date (every
+    task with ``force``), each task's run tagged with the schedule and the slot."""
+    from kiln.pipeline.check import BuildOptions
+    from kiln.scheduler.model import SCHEDULE_TAG, SLOT_TAG
+
+    return BuildOptions(
+        force=schedule.section.force,
+        tags={SCHEDULE_TAG: schedule.name, SLOT_TAG: slot.isoformat()},
+    )
 
 
 def _refusal(exc: BaseException) -> str:

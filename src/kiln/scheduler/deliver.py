@@ -37,7 +37,10 @@ def deliver_slot(store: RunStore, schedule: Schedule | None, slot: Slot) -> list
     results: list[dict[str, Any]] = []
     files: dict[str, Any] = {}
     html_page: str | None = None
-    if run is not None:
+    if slot.build_id is not None:
+        summary, files, made = _build_reports(store, schedule, slot, mask)
+        results.extend(made)
+    elif run is not None:
         from kiln.report.make import run_report_html, write_file
         from kiln.store.files import file_modes
 
@@ -61,7 +64,8 @@ def deliver_slot(store: RunStore, schedule: Schedule | None, slot: Slot) -> list
     if notify is None:
         return results
     succeeded = slot.state == "succeeded"
-    summary = summary_of(schedule, slot, run)
+    if slot.build_id is None:
+        summary = summary_of(schedule, slot, run)
     if notify.email is not None and wanted(notify.email.on, succeeded):
         from kiln.report.mail import send_report
 
@@ -101,11 +105,65 @@ def deliver_slot(store: RunStore, schedule: Schedule | None, slot: Slot) -> list
     return results
 
 
+def _build_reports(
+    store: RunStore, schedule: Schedule, slot: Slot, mask: Callable[[str], str]
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """A pipeline slot's summary (its build's tasks) and, when the schedule has a ``report``
+    section, a report of each task that ran, written beside the task's run: (summary, files
+    by "TASK.FORMAT", outcomes)."""
+    import re
+
+    from kiln.errors import RunNotFound
+    from kiln.scheduler.pipelines import build_summary
+    from kiln.store.builds import BuildStore
+
+    assert slot.build_id is not None
+    summary = summary_of(schedule, slot, None)
+    builds = BuildStore(store)
+    try:
+        row = builds.get_build(slot.build_id)
+    except RunNotFound:
+        return summary, {}, [{"kind": "report", "ok": False, "error": "the build is gone"}]
+    finally:
+        builds.close()
+    run_ids = [t.run_id for t in row.tasks.values() if t.run_id]
+    durations = BuildStore(store).run_durations(run_ids) if run_ids else {}
+    summary.update(build_summary(row, durations))
+    files: dict[str, Any] = {}
+    outcomes: list[dict[str, Any]] = []
+    if schedule.project.where(schedule.section, "report") is None:
+        return summary, files, outcomes  # a build's task reports only when `report:` asks
+    from kiln.report.make import run_report_html, write_file
+    from kiln.store.files import file_modes
+
+    mode = file_modes().file
+    report = schedule.section.report
+    for task in row.tasks.values():
+        if task.run_id is None or task.state in ("up_to_date", "blocked"):
+            continue
+        key = re.sub(r"[^A-Za-z0-9_.=-]+", "_", task.task)
+        try:
+            run = store.get_run_exact(task.run_id)
+            page = run_report_html(run, hide_code=report.hide_code, mask=mask)
+            folder = store.run_folder(run.id)
+            folder.mkdir(parents=True, exist_ok=True)
+            if "html" in report.formats:
+                files[f"{key}.html"] = write_file(folder / "report.html", page.encode(), mode)
+            if "pdf" in report.formats:
+                from kiln.report.pdf import html_to_pdf
+
+                files[f"{key}.pdf"] = write_file(folder / "report.pdf", html_to_pdf(page), mode)
+        except Exception as exc:  # one task's report failing still leaves the others
+            outcomes.append({"kind": "report", "task": task.task, "ok": False, "error": _why(exc)})
+    outcomes.append({"kind": "report", "ok": True, "files": {k: str(v) for k, v in files.items()}})
+    return summary, files, outcomes
+
+
 def summary_of(schedule: Schedule, slot: Slot, run: Run | None) -> dict[str, Any]:
     """What a notification says about a slot (JSON-ready)."""
     out: dict[str, Any] = {
         "schedule": schedule.name,
-        "notebook": schedule.section.notebook,
+        "notebook": schedule.section.notebook or f"pipeline {schedule.section.pipeline}",
         "slot": schedule.cron.local(slot.slot).isoformat(),
         "state": slot.state,
         "attempts": slot.attempts,

@@ -11,6 +11,7 @@ from kiln.project.cronspec import Cron
 from kiln.scheduler import templates
 
 if TYPE_CHECKING:
+    from kiln.pipeline.model import Pipeline
     from kiln.project import Project
     from kiln.project.sections import ScheduleSection, SmtpSection
 
@@ -20,13 +21,20 @@ SCHEDULE_TAG, SLOT_TAG = "schedule", "slot"
 
 @dataclass(frozen=True)
 class Schedule:
-    """One schedule: its section, its cron in its zone, its notebook's path."""
+    """One schedule: its section, its cron in its zone, its notebook's path or its
+    pipeline (checked at load)."""
 
     name: str
     section: ScheduleSection
     cron: Cron
-    notebook: Path
+    notebook: Path | None
     project: Project
+    pipeline: Pipeline | None = None
+
+    @property
+    def target(self) -> str:
+        """What the schedule runs, as kiln.yaml names it (notebook path or pipeline name)."""
+        return self.section.notebook or f"pipeline {self.section.pipeline}"
 
     @property
     def smtp(self) -> SmtpSection | None:
@@ -51,24 +59,32 @@ class Schedule:
 
 
 def load_schedules(project: Project) -> dict[str, Schedule]:
-    """Every schedule of ``project``, checked: its notebook exists, its templates fill."""
+    """Every schedule of ``project``, checked: its notebook exists (or its pipeline loads),
+    its templates fill."""
     found: dict[str, Schedule] = {}
     sections = project.config.schedules
     for name, section in sections.items():
-        notebook = project.resolve(section.notebook)
-        if not notebook.is_file():
-            raise project.error(
-                f"schedules.{name}.notebook: {section.notebook} does not exist "
-                f"(looked for {notebook})",
-                section,
-                "notebook",
-            )
+        notebook: Path | None = None
+        pipeline = None
+        if section.pipeline is not None:
+            pipeline = _pipeline(project, name, section)
+        else:
+            assert section.notebook is not None  # the section checks: one of the two
+            notebook = project.resolve(section.notebook)
+            if not notebook.is_file():
+                raise project.error(
+                    f"schedules.{name}.notebook: {section.notebook} does not exist "
+                    f"(looked for {notebook})",
+                    section,
+                    "notebook",
+                )
         schedule = Schedule(
             name=name,
             section=section,
             cron=Cron(section.cron, section.timezone),
             notebook=notebook,
             project=project,
+            pipeline=pipeline,
         )
         if any(_templated(v) for v in section.parameters.values()):
             now = datetime.now(schedule.cron.zone)
@@ -78,6 +94,25 @@ def load_schedules(project: Project) -> dict[str, Schedule]:
                 raise project.error(str(exc), section, "parameters") from None
         found[name] = schedule
     return found
+
+
+def _pipeline(project: Project, name: str, section: ScheduleSection) -> Pipeline:
+    from kiln.errors import UsageError
+    from kiln.pipeline.model import load_pipeline
+
+    wanted = section.pipeline
+    known = list(project.config.pipelines)
+    if wanted not in project.config.pipelines:
+        raise project.error(
+            f"schedules.{name}.pipeline: no pipeline {wanted!r} in the pipelines section "
+            f"(pipelines: {', '.join(known) if known else 'none'})",
+            section,
+            "pipeline",
+        )
+    try:
+        return load_pipeline(wanted, project=project)
+    except UsageError as exc:
+        raise UsageError(f"schedules.{name}.pipeline: {exc.message}") from None
 
 
 def _templated(value: Any) -> bool:

@@ -5,6 +5,8 @@ One event loop: a step (:meth:`Scheduler.tick`) at each slot time and at least e
 thread, one at a time, so a slow mail server never delays a fire). With ``workers`` > 0 a
 :class:`kiln.queue.Worker` runs the queued runs in the same process, so ``kiln scheduler``
 alone runs a project's schedules; with 0, other workers (``kiln worker``, ``kiln serve``) do.
+The builds that pipeline schedules fire are claimed and run by the service itself, in threads
+(at most ``max(1, workers)`` at once; see :mod:`kiln.scheduler.pipelines` for why).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class SchedulerService:
     on_tick: Callable[[str], None] | None = None
     _stop: asyncio.Event | None = None
     _background: set[asyncio.Future[Any]] = field(default_factory=set)
+    #: running builds -> how to cancel each (from another thread)
+    _building: dict[str, Callable[[], None] | None] = field(default_factory=dict)
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -77,6 +81,8 @@ class SchedulerService:
         try:
             await self._loop(scheduler, store, schedules, started)
         finally:
+            await self._stop_builds()
+            scheduler.close()
             restore()
             if worker is not None and worker_task is not None:
                 worker.stop()
@@ -108,7 +114,8 @@ class SchedulerService:
                 result = None
             if result is not None and self.on_tick is not None:
                 for name, slot, run_id in result.fired:
-                    self.on_tick(f"{name}: slot {slot.isoformat()} -> run {run_id}")
+                    what = "build" if schedules[name].pipeline is not None else "run"
+                    self.on_tick(f"{name}: slot {slot.isoformat()} -> {what} {run_id}")
             if result is not None and result.missed and self.project.config.alerts is not None:
                 from kiln.scheduler.alerts import missed_alert
 
@@ -118,6 +125,8 @@ class SchedulerService:
                 )
                 self._background.add(alerting)
                 alerting.add_done_callback(self._background.discard)
+            if result is not None:
+                self._start_builds(scheduler, store, schedules)
             if self.deliver and (delivering is None or delivering.done()):
                 delivering = asyncio.ensure_future(self._deliver_one(store, schedules))
             wake = scheduler.next_wake(now)
@@ -126,11 +135,75 @@ class SchedulerService:
                 wait = max(0.0, min(wait, (wake - self.clock()).total_seconds()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), wait)
+        await self._stop_builds()
         if delivering is not None and not delivering.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(delivering), 30)
         if self._background:
             await asyncio.wait(list(self._background), timeout=30)
+
+    def _start_builds(
+        self, scheduler: Scheduler, store: RunStore, schedules: dict[str, Schedule]
+    ) -> None:
+        """Claim queued builds of this project's pipeline schedules and run each in a thread."""
+        limit = max(1, self.workers)
+        if len(self._building) >= limit:
+            return
+        names = [name for name, s in schedules.items() if s.pipeline is not None]
+        if not names:
+            return
+        try:
+            queued = store_slots.queued_builds(store, names)
+        except Exception as exc:
+            log.error("reading the queued builds failed: %s", exc)
+            return
+        for build_id in queued:
+            if len(self._building) >= limit:
+                break
+            if not scheduler.builds.claim_build(build_id):
+                continue  # another scheduler took it
+            slot = store_slots.slot_of_build(store, build_id)
+            schedule = schedules.get(slot.schedule) if slot is not None else None
+            if slot is None or schedule is None:
+                scheduler.builds.finish_build(build_id, "cancelled", reason="no schedule")
+                continue
+            self._building[build_id] = None
+            running = asyncio.ensure_future(
+                asyncio.to_thread(self._execute, schedule, slot, build_id, store.home)
+            )
+            self._background.add(running)
+            running.add_done_callback(self._background.discard)
+            running.add_done_callback(self._ended_build(build_id))
+            if self.on_tick is not None:
+                self.on_tick(f"{schedule.name}: build {build_id} started")
+
+    def _ended_build(self, build_id: str) -> Callable[[asyncio.Future[str]], None]:
+        def ended(_: asyncio.Future[str]) -> None:
+            self._building.pop(build_id, None)
+
+        return ended
+
+    def _execute(self, schedule: Schedule, slot: store_slots.Slot, build_id: str,
+                 home: Path | None) -> str:  # fmt: skip
+        from kiln.scheduler.pipelines import execute_build
+
+        def on_start(cancel: Callable[[], None]) -> None:
+            self._building[build_id] = cancel
+            if self._stop is not None and self._stop.is_set():
+                cancel()
+
+        return execute_build(schedule, slot, build_id, home, on_start)
+
+    async def _stop_builds(self) -> None:
+        """Cancel the running builds (each ends ``cancelled``, its runs ended properly)."""
+        if not self._building:
+            return
+        for cancel in list(self._building.values()):
+            if cancel is not None:
+                cancel()
+        running = [f for f in self._background if not f.done()]
+        if running:
+            await asyncio.wait(running, timeout=60)
 
     async def _deliver_one(self, store: RunStore, schedules: dict[str, Schedule]) -> None:
         slot = store_slots.claim_delivery(store, self.name, lease=DELIVERY_LEASE)

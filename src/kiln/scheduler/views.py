@@ -56,6 +56,7 @@ def describe(
             {
                 "name": name,
                 "notebook": schedule.section.notebook,
+                "pipeline": schedule.section.pipeline,
                 "cron": schedule.section.cron,
                 "timezone": schedule.section.timezone,
                 "paused": paused,

@@ -55,10 +55,13 @@ def router(ctx: ServerContext) -> APIRouter:
     def run_now(name: str, request: Request, who: Principal = runner) -> dict[str, Any]:
         from kiln.scheduler.views import run_now
 
-        run_id = run_now(one(name), ctx.store, name, by=who.name)
+        schedules = one(name)
+        fired = run_now(schedules, ctx.store, name, by=who.name)
+        # a pipeline schedule queues a build (the scheduler process runs it)
+        key = "build_id" if schedules[name].pipeline is not None else "run_id"
         record(ctx.store, actor=who.name, action="schedule.run-now", target=name,
-               address=client_address(request), details={"run_id": run_id})  # fmt: skip
-        return {"schedule": name, "run_id": run_id}
+               address=client_address(request), details={key: fired})  # fmt: skip
+        return {"schedule": name, key: fired}
 
     for action, paused in (("pause", True), ("resume", False)):
 

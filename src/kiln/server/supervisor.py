@@ -44,7 +44,10 @@ class WorkerProcesses:
         self._pause = 1.0
         #: the scheduler process, when kiln.yaml has schedules (restarted like a worker)
         self.scheduler: subprocess.Popen[bytes] | None = None
+        self.scheduler_started = 0.0
         self.schedules = settings.schedules
+        #: judges the scheduler by its heartbeat (set by the server when it has a store)
+        self.heartbeat: Any = None
 
     def alive(self) -> tuple[int, int]:
         return sum(1 for proc, _ in self.procs if proc.poll() is None), self.wanted
@@ -86,6 +89,7 @@ class WorkerProcesses:
         self.scheduler = subprocess.Popen(
             argv, env=env, stdin=subprocess.DEVNULL, cwd=self.settings.root
         )
+        self.scheduler_started = time.time()
 
     def start(self) -> None:
         for _ in range(self.wanted):
@@ -99,8 +103,19 @@ class WorkerProcesses:
 
     async def watch(self) -> None:
         """Start again the workers that died (pausing when they die as soon as they start)."""
+        checked = time.monotonic()
         while not self.stopping:
             await asyncio.sleep(0.5)
+            if (
+                self.heartbeat is not None
+                and self.scheduler is not None
+                and self.scheduler.poll() is None
+                and time.monotonic() - checked >= 1.0
+            ):
+                checked = time.monotonic()
+                if await self.heartbeat.check(self.scheduler.pid, self.scheduler_started):
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        await asyncio.to_thread(self.scheduler.wait, 10)
             if self.scheduler is not None and self.scheduler.poll() is not None:
                 code = self.scheduler.poll()
                 log.warning("the scheduler exited (code %s); starting another", code)
@@ -194,6 +209,10 @@ async def _serve(settings: ServerSettings, store: Any, sock: socket.socket) -> i
     from kiln.server.app import build_app
 
     workers = WorkerProcesses(settings)
+    if settings.schedules:
+        from kiln.server.heartbeat import HeartbeatWatch, project_of
+
+        workers.heartbeat = HeartbeatWatch(project_of(settings.root), store)
     _app, asgi = build_app(settings, store=store, workers=workers.alive, wake=workers.wake)
     config = uvicorn.Config(
         asgi,

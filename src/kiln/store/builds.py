@@ -39,8 +39,9 @@ from kiln.store.process import current_owner, same_process
 if TYPE_CHECKING:
     from kiln.store.sql import RunStore
 
-#: the states of a build
-BUILD_STATES = ("running", "succeeded", "failed", "cancelled", "crashed")
+#: the states of a build; ``queued``: fired by a pipeline schedule, not yet claimed by a
+#: scheduler (:meth:`BuildStore.claim_build`)
+BUILD_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "crashed")
 #: the states of a task in a build; ``up_to_date`` and ``succeeded`` count as done
 TASK_STATES = (
     "pending",
@@ -216,6 +217,54 @@ class BuildStore:
             )
         self._db.write(statements)
         return build
+
+    def claim_build(self, build_id: str) -> bool:
+        """Take a ``queued`` build to run it in this process (it becomes ``running``, this
+        process its owner, so :meth:`recover_orphan_builds` finds it if the process dies);
+        ``False`` when another process took it first, or it is not queued."""
+        pid, host, started = current_owner()
+        done = self._db.write(
+            [
+                (
+                    "UPDATE builds SET state = 'running', owner_pid = :pid, owner_host = :host, "
+                    "owner_started = :started WHERE id = :id AND state = 'queued'",
+                    [{"pid": pid, "host": host, "started": started, "id": build_id}],
+                )
+            ]
+        )
+        return bool(done)
+
+    def add_tasks(self, build_id: str, tasks: Sequence[str]) -> dict[str, BuildTaskRow]:
+        """Record the selected tasks (``pending``) of a claimed build."""
+        rows = [BuildTaskRow(name, "pending", position=i) for i, name in enumerate(tasks)]
+        if rows:
+            self._db.write(
+                [
+                    (
+                        "INSERT INTO build_tasks (build_id, task, position, state, reason, "
+                        "run_id, attempts, started_at, ended_at) VALUES (:build_id, :task, "
+                        ":position, :state, :reason, :run_id, :attempts, :started_at, :ended_at)",
+                        [{"build_id": build_id, **_task_values(row)} for row in rows],
+                    )
+                ]
+            )
+        return {row.task: row for row in rows}
+
+    def set_deliveries(self, build_id: str, deliveries: Sequence[Mapping[str, Any]]) -> None:
+        """Record what was sent about a build (its failure alert), shown with the build."""
+        self._db.write(
+            [
+                (
+                    "UPDATE builds SET deliveries = :deliveries WHERE id = :id",
+                    [{"deliveries": [dict(d) for d in deliveries], "id": build_id}],
+                )
+            ]
+        )
+
+    def deliveries(self, build_id: str) -> list[dict[str, Any]]:
+        rows = self._db.read("SELECT deliveries FROM builds WHERE id = :id", {"id": build_id})
+        found = from_json(rows[0][0]) if rows else None
+        return list(found) if found else []
 
     def update_tasks(self, build_id: str, rows: Iterable[BuildTaskRow]) -> None:
         """Write the current state of some tasks of a build (one statement for all)."""

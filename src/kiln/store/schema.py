@@ -123,6 +123,8 @@ builds = sa.Table(
     sa.Column("owner_pid", sa.Integer),
     sa.Column("owner_host", sa.String(255)),
     sa.Column("owner_started", sa.Double),
+    # the alerts sent when the build failed, each {kind, ok, error...} (0009)
+    sa.Column("deliveries", sa.JSON(none_as_null=True)),
     sa.Index("ix_builds_pipeline", "project", "pipeline", "created_at"),
     sa.Index("ix_builds_state", "state"),
 )
@@ -273,6 +275,8 @@ schedule_slots = sa.Table(
     sa.Column("delivery_owner", sa.String(255)),
     sa.Column("delivery_expires", sa.DateTime(timezone=True)),
     sa.Column("deliveries", sa.JSON(none_as_null=True)),
+    # a pipeline schedule's slot: the build it fired (0009); run_id stays empty
+    sa.Column("build_id", sa.String(128)),
     sa.Index("ix_schedule_slots_state", "state"),
     sa.Index("ix_schedule_slots_delivery", "delivery"),
 )

@@ -1,6 +1,7 @@
 """Schedules in the history: each slot fired once, its runs followed, its report delivered.
 
-A fire is one transaction that inserts the slot's row and its queued run together. The slot
+A fire is one transaction that inserts the slot's row and its queued run together (a
+pipeline schedule's slot: its ``queued`` build, which a scheduler claims and runs). The slot
 row's primary key (schedule, slot) is what makes the fire happen once: the insert is
 ``INSERT ... ON CONFLICT DO NOTHING`` (SQLite and PostgreSQL alike), and the run is only
 inserted when the slot row was. Two schedulers on one database can both try; one inserts.
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from kiln.store.schema import runs, schedule_slots, schedule_states, scheduler_beats
+from kiln.store.schema import builds, runs, schedule_slots, schedule_states, scheduler_beats
 from kiln.store.values import column_values, to_utc
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ class Slot:
     delivery_owner: str | None = None
     delivery_expires: datetime | None = None
     deliveries: list[dict[str, Any]] | None = None
+    #: a pipeline schedule's slot: its (latest) build
+    build_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -96,6 +99,32 @@ def _run_values(run: Run) -> dict[str, Any]:
     return column_values({f.name: getattr(run, f.name) for f in dataclasses.fields(run)})
 
 
+@dataclasses.dataclass(frozen=True)
+class QueuedBuild:
+    """A build a pipeline schedule's slot fires: inserted ``queued`` with the slot."""
+
+    id: str
+    project: str
+    pipeline: str
+    options: dict[str, Any]
+
+    def values(self, now: datetime) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "project": self.project,
+            "pipeline": self.pipeline,
+            "state": "queued",
+            "created_at": now,
+            "ended_at": None,
+            "options": self.options,
+            "reason": None,
+            "owner_pid": None,
+            "owner_host": None,
+            "owner_started": None,
+            "deliveries": None,
+        }
+
+
 # -- firing -------------------------------------------------------------------------------------
 
 
@@ -106,20 +135,23 @@ def fire(
     *,
     state: str,
     run: Run | None = None,
+    build: QueuedBuild | None = None,
     manual: bool = False,
     reason: str | None = None,
     now: datetime | None = None,
 ) -> bool:
-    """Record ``slot`` of ``schedule`` (with its queued ``run`` when it runs now), once:
-    False when the slot was recorded already (by this or another scheduler)."""
+    """Record ``slot`` of ``schedule`` (with its queued ``run`` or ``build`` when it runs
+    now), once: False when the slot was recorded already (by this or another scheduler)."""
+    when = now or _now()
     values = {
         "schedule": schedule,
         "slot": to_utc(slot),
         "state": state,
         "manual": manual,
-        "fired_at": now or _now(),
+        "fired_at": when,
         "run_id": run.id if run is not None else None,
-        "attempts": 1 if run is not None else 0,
+        "build_id": build.id if build is not None else None,
+        "attempts": 1 if run is not None or build is not None else 0,
         "next_at": None,
         "reason": reason,
         "delivery": None,
@@ -138,6 +170,8 @@ def fire(
             return False
         if run is not None:
             conn.execute(runs.insert(), _run_values(run))
+        if build is not None:
+            conn.execute(builds.insert(), build.values(when))
         _held_for_tests(schedule, slot)
     return True
 
@@ -158,8 +192,11 @@ def _held_for_tests(schedule: str, slot: datetime) -> None:
     time.sleep(120)
 
 
-def start_waiting(store: RunStore, slot: Slot, run: Run) -> bool:
-    """Give a waiting slot its (next) run, queued; False when another scheduler did."""
+def start_waiting(
+    store: RunStore, slot: Slot, run: Run | None = None, *, build: QueuedBuild | None = None
+) -> bool:
+    """Give a waiting slot its (next) run or build, queued; False when another scheduler
+    did."""
     where = sa.and_(
         schedule_slots.c.schedule == slot.schedule,
         schedule_slots.c.slot == slot.slot,
@@ -170,11 +207,20 @@ def start_waiting(store: RunStore, slot: Slot, run: Run) -> bool:
         moved = conn.execute(
             schedule_slots.update()
             .where(where)
-            .values(state=QUEUED, run_id=run.id, attempts=slot.attempts + 1, next_at=None)
+            .values(
+                state=QUEUED,
+                run_id=run.id if run is not None else None,
+                build_id=build.id if build is not None else None,
+                attempts=slot.attempts + 1,
+                next_at=None,
+            )
         ).rowcount
         if not moved:
             return False
-        conn.execute(runs.insert(), _run_values(run))
+        if run is not None:
+            conn.execute(runs.insert(), _run_values(run))
+        if build is not None:
+            conn.execute(builds.insert(), build.values(_now()))
     return True
 
 
@@ -244,6 +290,42 @@ def run_states(store: RunStore, run_ids: Iterable[str]) -> dict[str, str]:
     query = sa.select(runs.c.id, runs.c.state).where(runs.c.id.in_(wanted))
     with store._read() as conn:
         return {str(i): str(s) for i, s in conn.execute(query)}
+
+
+def build_states(store: RunStore, build_ids: Iterable[str]) -> dict[str, str]:
+    """The state of each of ``build_ids`` that exists."""
+    wanted = list(build_ids)
+    if not wanted:
+        return {}
+    query = sa.select(builds.c.id, builds.c.state).where(builds.c.id.in_(wanted))
+    with store._read() as conn:
+        return {str(i): str(s) for i, s in conn.execute(query)}
+
+
+def queued_builds(store: RunStore, schedules: Iterable[str]) -> list[str]:
+    """The builds still ``queued`` of open slots of these schedules, oldest slot first."""
+    names = list(schedules)
+    if not names:
+        return []
+    query = (
+        sa.select(builds.c.id)
+        .select_from(schedule_slots.join(builds, builds.c.id == schedule_slots.c.build_id))
+        .where(
+            schedule_slots.c.schedule.in_(names),
+            schedule_slots.c.state == QUEUED,
+            builds.c.state == "queued",
+        )
+        .order_by(schedule_slots.c.slot)
+    )
+    with store._read() as conn:
+        return [str(row[0]) for row in conn.execute(query)]
+
+
+def slot_of_build(store: RunStore, build_id: str) -> Slot | None:
+    query = schedule_slots.select().where(schedule_slots.c.build_id == build_id)
+    with store._read() as conn:
+        row = conn.execute(query).first()
+    return None if row is None else _slot(row)
 
 
 # -- schedule states (pause) -------------------------------------------------------------------
@@ -399,6 +481,14 @@ def last_beat(store: RunStore) -> datetime | None:
     """The latest heartbeat of any scheduler on this database."""
     with store._read() as conn:
         found = conn.execute(sa.select(sa.func.max(scheduler_beats.c.beat_at))).scalar()
+    return None if found is None else to_utc(found)
+
+
+def beat_of(store: RunStore, name: str) -> datetime | None:
+    """The last heartbeat of the scheduler ``name`` (None: it never beat)."""
+    query = sa.select(scheduler_beats.c.beat_at).where(scheduler_beats.c.name == name)
+    with store._read() as conn:
+        found = conn.execute(query).scalar()
     return None if found is None else to_utc(found)
 
 

@@ -382,6 +382,7 @@ def test_to_json_is_json_and_complete(notebook: NotebookFactory) -> None:
         "help": "day",
         "annotation": "str",
         "choices": None,
+        "secret": False,
     }
     assert by_name["n"]["default"] == 3
     assert by_name["x"]["default"] is None and by_name["x"]["default_source"] == "float('nan')"
@@ -446,3 +447,38 @@ def test_invalid_names_are_refused(name: str, reason: str) -> None:
 def test_non_string_name_is_refused() -> None:
     with pytest.raises(InvalidParameterName, match="not a string"):
         validate_name(3)  # type: ignore[arg-type]
+
+
+# -- Secret ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "required", "optional"),
+    [
+        ('api_key: Secret = ""', False, False),
+        ("api_key: Secret", True, False),
+        ('api_key: kiln.Secret = "x"', False, False),
+        ("api_key: Secret | None = None", False, True),
+        ("api_key: Optional[Secret] = None", False, True),
+        ("api_key: 'Secret' = ''", False, False),
+        ('api_key: Secret\napi_key = "dev"', False, False),
+    ],
+)
+def test_a_secret_annotation_marks_the_parameter(
+    notebook: NotebookFactory, source: str, required: bool, optional: bool
+) -> None:
+    param = one(notebook, "from kiln import Secret\n" + source)
+    assert param.secret is True and param.type == "str"
+    assert param.required is required and param.optional is optional
+    assert param.to_json()["secret"] is True
+
+
+@pytest.mark.parametrize("source", ['api_key: str = ""', 'api_key = ""', "SecretThing = 1"])
+def test_other_parameters_are_not_secret(notebook: NotebookFactory, source: str) -> None:
+    assert one(notebook, source).secret is False
+
+
+def test_secret_is_a_plain_str_marker() -> None:
+    import kiln
+
+    assert issubclass(kiln.Secret, str) and kiln.Secret("v") == "v"

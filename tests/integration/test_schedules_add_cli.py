@@ -1,0 +1,52 @@
+"""`kiln schedules add|remove` as a user runs them: the schedule lands in kiln.yaml and
+`kiln schedules list` shows it; a bad one is exit 2 with a clear message, no traceback,
+and the file unchanged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import nbformat
+
+from kilntest import KILN, build_notebook
+
+
+def _kiln(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env["KILN_HOME"] = str(root / "home")
+    return subprocess.run([KILN, *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+def test_add_list_remove(tmp_path: Path) -> None:
+    nbformat.write(build_notebook([("day = ''", ["parameters"])]), tmp_path / "sales.ipynb")
+    (tmp_path / "kiln.yaml").write_text("# team settings\nrun: {timeout: 5m}\n")
+    added = _kiln(tmp_path, "schedules", "add", "daily-sales", "--notebook", "sales.ipynb",
+                  "--cron", "0 6 * * 1-5", "--timezone", "Europe/Berlin", "-p", "day",
+                  "{{ yesterday }}", "--email", "managers@example.com", "--on", "always",
+                  "--retries", "2")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "added schedule daily-sales" in added.stderr and "next: " in added.stderr
+    text = (tmp_path / "kiln.yaml").read_text()
+    assert text.startswith("# team settings\nrun: {timeout: 5m}\nschedules:\n  daily-sales:\n")
+    listed = _kiln(tmp_path, "schedules", "list", "--json")
+    assert listed.returncode == 0 and '"daily-sales"' in listed.stdout
+    again = _kiln(tmp_path, "schedules", "add", "daily-sales", "--notebook", "sales.ipynb",
+                  "--cron", "@daily")  # fmt: skip
+    assert again.returncode == 2 and "schedule 'daily-sales' exists already" in again.stderr
+    bad = _kiln(tmp_path, "schedules", "add", "other", "--notebook", "sales.ipynb",
+                "--cron", "0 25 * * *")  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "schedule other not added (the file is unchanged)" in bad.stderr
+    assert "is not a valid cron expression" in bad.stderr
+    assert (tmp_path / "kiln.yaml").read_text() == text
+    both = _kiln(tmp_path, "schedules", "add", "x", "--notebook", "a", "--pipeline", "b",
+                 "--cron", "@daily")  # fmt: skip
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    removed = _kiln(tmp_path, "schedules", "remove", "daily-sales")
+    assert removed.returncode == 0, removed.stderr
+    assert (tmp_path / "kiln.yaml").read_text() == (
+        "# team settings\nrun: {timeout: 5m}\nschedules: {}\n"
+    )
