@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -175,6 +176,8 @@ class Runner:
         at this point ends the row ``failed`` with the reason instead of leaving it held.
         ``notes`` are warnings about the run from its caller (logged and reported)."""
         fixed = self._engine
+        if fixed is None and request.engine in ("fork", "auto") and not request.prepare_only:
+            self._launch_warm_parent()
         try:
             prepared = prepare(request, engine_name=fixed.name if fixed is not None else None)
         except KilnError as exc:
@@ -195,6 +198,19 @@ class Runner:
         if check:
             raise_for_state(run)
         return run
+
+    def _launch_warm_parent(self) -> None:
+        """On a runner's first run, start the fork engine's warm parent before the request is
+        prepared: its start (Python and IPython, ~0.3 s) then overlaps reading the notebook,
+        the kernel spec lookup and opening the history instead of following them. A notebook
+        the fork engine cannot run leaves it idle until the engines close."""
+        if "fork" in self._engines or not sys.platform.startswith("linux"):
+            return
+        from kiln.engines.fork import ForkEngine
+
+        engine = self._engine_named("fork")
+        if isinstance(engine, ForkEngine):
+            engine.pool.server(engine.python)
 
     def cancel(self, run_id: str, reason: str) -> bool:
         """Stop a run this runner is executing; it ends ``cancelled`` with ``reason`` (e.g.
