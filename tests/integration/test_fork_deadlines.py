@@ -242,3 +242,40 @@ def test_the_next_command_kills_a_warm_parent_whose_kiln_is_gone(make_nb, kiln_c
         if leftover.poll() is None:
             leftover.kill()
             leftover.wait()
+
+
+#: a forked run's IO thread whose channel breaks while output is on its way (the supervisor
+#: died between the thread's select and its send); the supervisor's end stays open, so the
+#: hang-up check alone never fires
+_BROKEN_CHANNEL = """
+import os, socket, time
+from kiln.engines.forkchild import FdCapture
+from kiln.engines.forkshell import Channel, Outputs, Streams
+
+class Broken(Channel):
+    def send(self, message):
+        raise BrokenPipeError(32, "Broken pipe")
+
+supervisor_end, run_end = socket.socketpair()
+channel = Broken(run_end)
+capture = FdCapture(Streams(Outputs(channel)), channel)
+os.write(1, b"output on its way\\n")
+time.sleep(300)
+os._exit(0)
+"""
+
+
+def test_a_run_ends_when_its_channel_breaks_under_output(tmp_path):
+    # regression: the send's BrokenPipeError ended the IO thread, the run's only watch on its
+    # supervisor, and the run then outlived a killed Kiln (seen as a notebook process alive
+    # 30 s after `kiln serve` was SIGKILLed)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BROKEN_CHANNEL], cwd=tmp_path, stderr=subprocess.PIPE
+    )
+    try:
+        _out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the run kept going after its channel broke") from None
+    assert proc.returncode == 1, err

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"lint/", "convert/", "mlflow_export"},
     {"redact"},
     {"events", "cancel", "runlog", "failure", "request", "capture"},
+    {"runrecord"},
     {"runner"},
     {"sweeps/", "queue/"},
     {"pipeline/"},

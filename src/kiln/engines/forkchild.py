@@ -88,11 +88,17 @@ class FdCapture:
             ready, _, _ = select.select(fds, [], [], 0.1)
             if self.watch is not None and self.watch in ready:
                 self._check_supervisor()
-            with self.lock:
-                for fd in ready:
-                    if fd in self.fds:
-                        self._read_available(fd)
-            self.streams.flush()
+            try:
+                with self.lock:
+                    for fd in ready:
+                        if fd in self.fds:
+                            self._read_available(fd)
+                self.streams.flush()
+            except OSError:
+                # the run's channel broke while output was on its way: the supervisor went
+                # away between the select and the send. This thread is the run's only watch
+                # on its supervisor, so it must not end with the error: the run ends instead
+                _supervisor_gone()
 
     def _check_supervisor(self) -> None:
         """The supervisor sends nothing after the spec: readable means its end closed."""
@@ -105,8 +111,7 @@ class FdCapture:
         if data:
             self.watch = None  # unexpected, but not a hang-up: stop watching
             return
-        processes.kill_tree(os.getpid(), include_root=False)
-        os._exit(1)
+        _supervisor_gone()
 
     def pull(self) -> None:
         """What subprocesses already wrote goes first: called before each Python-level write
@@ -122,6 +127,12 @@ class FdCapture:
             for fd in self.fds:
                 self._read_available(fd)
         self.streams.flush()
+
+
+def _supervisor_gone() -> NoReturn:
+    """Kill what the run started and exit: nobody is left to report to."""
+    processes.kill_tree(os.getpid(), include_root=False)
+    os._exit(1)
 
 
 def _libc() -> Any:

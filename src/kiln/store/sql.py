@@ -35,6 +35,7 @@ import sqlalchemy as sa
 
 from kiln.errors import HomeNotFound, HomeNotWritable, RunNotFound, StoreError
 from kiln.store.engine import lock_path, make_engine
+from kiln.store.hotrow import StateRow, hot_rows
 from kiln.store.migrate import ensure_schema, problem, where
 from kiln.store.paths import check_run_id, database_url, default_home
 from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
@@ -126,6 +127,8 @@ class RunStore:
             self.url = f"sqlite:///{self.home / 'kiln.db'}"
         self._engine = make_engine(self.url)
         self._pid = os.getpid()
+        #: the run row's own writes on a SQLite file, through sqlite3 (kiln.store.hotrow)
+        self._hot = hot_rows(self._engine) if not self.read_only else None
         #: how long a run's write waits for an unreachable PostgreSQL server (seconds)
         self.patience = PATIENCE
         try:
@@ -148,6 +151,8 @@ class RunStore:
 
     def close(self) -> None:
         """Release database connections. Call before ``fork`` when the child won't use them."""
+        if self._hot is not None:
+            self._hot.close()
         self._engine.dispose()
 
     def __enter__(self) -> RunStore:
@@ -183,18 +188,24 @@ class RunStore:
         if run.created_at is None:
             run = replace(run, created_at=now())
         values = column_values({name: getattr(run, name) for name in RUN_FIELDS})
-        with self._write() as conn:
-            try:
-                # parameters, not .values(): one cached compiled INSERT for every run
-                conn.execute(runs.insert(), values)
-            except sa.exc.IntegrityError as exc:
-                raise StoreError(f"run {run.id} already exists in {self._where}") from exc
+        if self._hot is not None:
+            self._hot.insert(values)
+        else:
+            self._insert(run.id, values)
         return replace(
             run,
             created_at=to_utc(run.created_at) if run.created_at else None,
             started_at=to_utc(run.started_at) if run.started_at else None,
             ended_at=to_utc(run.ended_at) if run.ended_at else None,
         )
+
+    def _insert(self, run_id: str, values: dict[str, Any]) -> None:
+        with self._write() as conn:
+            try:
+                # parameters, not .values(): one cached compiled INSERT for every run
+                conn.execute(runs.insert(), values)
+            except sa.exc.IntegrityError as exc:
+                raise StoreError(f"run {run_id} already exists in {self._where}") from exc
 
     def update_run(self, run_id: str, **fields: Any) -> None:  # Any: values of Run's fields
         """Set some fields of a run (any :class:`Run` field but ``id``) and commit.
@@ -216,6 +227,9 @@ class RunStore:
         statement = _update(tuple(values), only_active="state" in values)
 
         def write() -> Any:  # the run's state, or None when it was written
+            if self._hot is not None:
+                done, state = self._hot.update(run_id, values, only_active="state" in values)
+                return None if done else (False if state is None else StateRow(state))
             with self._write() as conn:
                 if conn.execute(statement, {**_bound(values), "_run_id": run_id}).rowcount:
                     return None
@@ -282,6 +296,11 @@ class RunStore:
 
     def _end(self, run_id: str, values: dict[str, Any], *only_if: sa.ColumnElement[bool]) -> bool:
         """Write a terminal state unless the run already has one (or ``only_if`` fails)."""
+        if self._hot is not None and not only_if:  # every run's end, on SQLite
+            ended, state = self._hot.update(run_id, values, only_active=True)
+            if not ended and state is None:
+                raise RunNotFound(f"no run {run_id!r} in {self._where}")
+            return ended
         with self._write() as conn:
             if only_if:  # recovery, rare: a statement of its own
                 where = sa.and_(runs.c.id == run_id, runs.c.state.not_in(TERMINAL), *only_if)

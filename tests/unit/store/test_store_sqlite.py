@@ -42,6 +42,13 @@ def test_connection_pragmas(store: RunStore) -> None:
         assert pragma("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert pragma("PRAGMA foreign_keys").scalar() == 1
         assert pragma("PRAGMA journal_mode").scalar() == "wal"
+    # the run row's own writes go through a sqlite3 connection of their own: the same rules
+    assert store._hot is not None
+    hot = store._hot._connection()
+    assert hot.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
+    assert hot.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert hot.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert hot.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_writes_begin_immediate_and_reads_do_not(store: RunStore, make_run: MakeRun) -> None:
@@ -52,6 +59,10 @@ def test_writes_begin_immediate_and_reads_do_not(store: RunStore, make_run: Make
             statements.append(statement)
 
     event.listen(store._engine, "before_cursor_execute", record)
+    assert store._hot is not None  # the run row's writes: sqlite3, same rule
+    store._hot._connection().set_trace_callback(
+        lambda sql: statements.append(sql) if sql.startswith("BEGIN") else None
+    )
     try:
         run = make_run()
         store.update_run(run.id, state="running")
