@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,9 +39,7 @@ from kiln.engines.base import (
     ExecuteOptions,
     KernelReady,
 )
-from kiln.errors import (
-    KilnError,
-)
+from kiln.errors import KilnError, StoreError
 from kiln.events import Observer, RunEnded, RunEvent, RunStarted, RunWarning
 from kiln.notebook.papermill_meta import (
     cell_finished,
@@ -438,7 +437,7 @@ class Runner:
                     # a forked run is ready at once and often done in milliseconds: it turns
                     # `running` in the history only if it lasts (its end writes everything)
                     loop = asyncio.get_running_loop()
-                    pending.append(loop.call_later(RUNNING_WRITE_DELAY, mark_running))
+                    pending.append(loop.call_later(RUNNING_WRITE_DELAY, mark_running_aside))
                 else:
                     mark_running()
             self._notify(event)
@@ -453,6 +452,14 @@ class Runner:
                 kernel_started=run.kernel_started,
                 kernel_version=run.kernel_version,
             )
+
+        def mark_running_aside() -> None:
+            # off the event loop: a history that is away (a PostgreSQL restart) makes the
+            # store wait patiently, and the run must go on meanwhile (its output, its log,
+            # its end). The write is conditional on the run being active, so landing after
+            # the run's end changes nothing.
+            pending.clear()
+            threading.Thread(target=_quietly, args=(mark_running,), daemon=True).start()
 
         pending: list[asyncio.TimerHandle] = []
 
@@ -486,6 +493,18 @@ class Runner:
             upload,
         )
         return final
+
+
+def _quietly(write: Callable[[], None]) -> None:
+    """A best-effort write on its own thread: a run that ended first refuses it."""
+    try:
+        write()
+    except StoreError:
+        pass  # the run ended before its `running` write landed
+    except Exception as exc:  # a thread has nobody to raise to: say it in the log
+        import logging
+
+        logging.getLogger("kiln.runner").warning("could not mark a run running: %s", exc)
 
 
 #: a fork-engine run is written as ``running`` only once it has lasted this long (seconds)

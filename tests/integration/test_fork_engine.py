@@ -359,3 +359,35 @@ def test_pool_bounds_children_and_shuts_down_cleanly(tmp_path, make_nb):
     for t0, _ in spans:
         assert sum(1 for a, b in spans if a <= t0 + 0.01 < b) <= 2
     assert _gone(server_pid) and _children_of(server_pid) == []
+
+
+def test_a_history_that_stalls_the_running_write_does_not_stall_the_run(
+    tmp_path, make_nb, monkeypatch
+):
+    """The deferred `running` write of a fork run waits patiently when the history is away
+    (a PostgreSQL restart); the run itself goes on and ends meanwhile."""
+    import threading
+
+    from kiln.store.sql import RunStore
+
+    release, stall_over = threading.Event(), threading.Event()
+    stalled: list[bool] = []
+    real = RunStore.update_run
+
+    def stalling(self, run_id, **fields):  # type: ignore[no-untyped-def]
+        if fields.get("state") == "running":
+            stalled.append(True)
+            release.wait(10)  # the history "comes back" when the test says so (or in 10 s)
+            stall_over.set()
+        return real(self, run_id, **fields)
+
+    monkeypatch.setattr(RunStore, "update_run", stalling)
+    nb = make_nb(["import time\ntime.sleep(0.6)\nprint('done')"])
+    try:
+        with Runner(home=tmp_path / "home") as runner:
+            run = runner.run(RunRequest(notebook=nb, engine="fork"), check=False)
+            ended_while_stalled = not stall_over.is_set()
+    finally:
+        release.set()
+    assert stalled, "the run lasted long enough to be written `running`"
+    assert ended_while_stalled and run.state == "succeeded"
