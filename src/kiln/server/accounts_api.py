@@ -138,6 +138,21 @@ def set_session(ctx: ServerContext, request: Request, response: Response, secret
     )
 
 
+def logout_user(ctx: ServerContext, request: Request, who: Principal) -> None:
+    """End the request's browser session (its cookie's token revoked) and audit it; the
+    caller deletes the cookie."""
+    secret = request.cookies.get(SESSION_COOKIE)
+    if who.via == "session" and secret:
+        accounts.revoke_by_hash(ctx.store, service.token_hash(secret))
+    record(
+        ctx.store,
+        actor=who.name,
+        action="logout",
+        target=who.name,
+        address=client_address(request),
+    )
+
+
 def router(ctx: ServerContext) -> APIRouter:
     api = APIRouter(tags=["accounts"])
     admin = Depends(requires("admin"))
@@ -153,16 +168,7 @@ def router(ctx: ServerContext) -> APIRouter:
 
     @api.post("/logout", summary="end this browser session")
     def logout(request: Request, who: Principal = anyone) -> JSONResponse:
-        secret = request.cookies.get(SESSION_COOKIE)
-        if who.via == "session" and secret:
-            accounts.revoke_by_hash(ctx.store, service.token_hash(secret))
-        record(
-            ctx.store,
-            actor=who.name,
-            action="logout",
-            target=who.name,
-            address=client_address(request),
-        )
+        logout_user(ctx, request, who)
         response = JSONResponse({"detail": "logged out"})
         response.delete_cookie(SESSION_COOKIE, path=ctx.settings.root_path or "/")
         return response

@@ -122,26 +122,10 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
 
     @web.post("/logout")
     async def logout(request: Request) -> Response:
-        from kiln.server import accounts as service
-        from kiln.server.auditlog import record
-        from kiln.store import accounts
+        from kiln.server.accounts_api import logout_user
 
         await form_of(request)
-        who = who_of(request)
-        secret = request.cookies.get(SESSION_COOKIE)
-
-        def end() -> None:
-            if who.via == "session" and secret:
-                accounts.revoke_by_hash(ctx.store, service.token_hash(secret))
-            record(
-                ctx.store,
-                actor=who.name,
-                action="logout",
-                target=who.name,
-                address=client_address(request),
-            )
-
-        await run_in_threadpool(end)
+        await run_in_threadpool(logout_user, ctx, request, who_of(request))
         response = RedirectResponse(ctx.url("/login?out=1"), status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=ctx.settings.root_path or "/")
         return response
