@@ -184,6 +184,14 @@ def test_config_check_and_schema(cli: Cli, tmp_path: Path) -> None:
         jsonschema.validate(yaml.safe_load(BROKEN), schema)
     (tmp_path / "kiln.yaml").write_text(BROKEN)
     assert cli("config", "check").returncode == 2
+    # the features' own checks too: a schedule that would fail at its first delivery
+    (tmp_path / "a.ipynb").write_text("{}")
+    (tmp_path / "kiln.yaml").write_text(
+        "schedules:\n  s:\n    notebook: a.ipynb\n    cron: '@daily'\n"
+        "    notify: {email: {to: [a@example.com]}}\n"
+    )
+    mailless = cli("config", "check")
+    assert mailless.returncode == 2 and "needs an smtp section" in mailless.stderr
     (tmp_path / "kiln.yaml").unlink()
     assert "no kiln.yaml" in cli("config", "check").stderr
 

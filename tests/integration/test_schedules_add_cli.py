@@ -22,7 +22,8 @@ def _kiln(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_add_list_remove(tmp_path: Path) -> None:
     nbformat.write(build_notebook([("day = ''", ["parameters"])]), tmp_path / "sales.ipynb")
-    (tmp_path / "kiln.yaml").write_text("# team settings\nrun: {timeout: 5m}\n")
+    smtp = "smtp: {host: 127.0.0.1, port: 2525, from: kiln@example.com}\n"
+    (tmp_path / "kiln.yaml").write_text("# team settings\nrun: {timeout: 5m}\n" + smtp)
     added = _kiln(tmp_path, "schedules", "add", "daily-sales", "--notebook", "sales.ipynb",
                   "--cron", "0 6 * * 1-5", "--timezone", "Europe/Berlin", "-p", "day",
                   "{{ yesterday }}", "--email", "managers@example.com", "--on", "always",
@@ -30,7 +31,7 @@ def test_add_list_remove(tmp_path: Path) -> None:
     assert added.returncode == 0, added.stderr
     assert "added schedule daily-sales" in added.stderr and "next: " in added.stderr
     text = (tmp_path / "kiln.yaml").read_text()
-    assert text.startswith("# team settings\nrun: {timeout: 5m}\nschedules:\n  daily-sales:\n")
+    assert text.startswith("# team settings\nrun: {timeout: 5m}\n" + smtp + "schedules:\n  daily")
     listed = _kiln(tmp_path, "schedules", "list", "--json")
     assert listed.returncode == 0 and '"daily-sales"' in listed.stdout
     again = _kiln(tmp_path, "schedules", "add", "daily-sales", "--notebook", "sales.ipynb",
@@ -48,5 +49,5 @@ def test_add_list_remove(tmp_path: Path) -> None:
     removed = _kiln(tmp_path, "schedules", "remove", "daily-sales")
     assert removed.returncode == 0, removed.stderr
     assert (tmp_path / "kiln.yaml").read_text() == (
-        "# team settings\nrun: {timeout: 5m}\nschedules: {}\n"
+        "# team settings\nrun: {timeout: 5m}\n" + smtp + "schedules: {}\n"
     )

@@ -59,6 +59,10 @@ def handle_check(args: argparse.Namespace) -> int:
 
         for name in project.config.pipelines:  # a cycle, an unknown task: located errors
             load_pipeline(name, project=project)
+    if project.config.schedules:
+        from kiln.scheduler.model import load_schedules
+
+        load_schedules(project)  # notebooks, templates, e-mail without smtp: as the scheduler
     if args.json:
         print(json.dumps(dataclasses.asdict(project.config), indent=2, default=str))
     elif not args.quiet:

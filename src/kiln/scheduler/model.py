@@ -64,6 +64,19 @@ def load_schedules(project: Project) -> dict[str, Schedule]:
     found: dict[str, Schedule] = {}
     sections = project.config.schedules
     for name, section in sections.items():
+        if (
+            section.notify is not None
+            and section.notify.email is not None
+            and (project.config.smtp is None)
+        ):
+            # found now, not at the first delivery at 6 a.m.
+            raise project.error(
+                f"schedules.{name}.notify.email: e-mail needs an smtp section in kiln.yaml "
+                "(smtp: {host: ..., port: ..., from: ...}; credentials from KILN_SMTP_USER "
+                "and KILN_SMTP_PASSWORD)",
+                section.notify,
+                "email",
+            )
         notebook: Path | None = None
         pipeline = None
         if section.pipeline is not None:

@@ -100,6 +100,17 @@ def test_a_bad_template_is_an_error_at_load(tmp_path: Path) -> None:
         load_schedules(load_project(project))
 
 
+def test_email_without_an_smtp_section_is_an_error_at_load(tmp_path: Path) -> None:
+    from kiln.scheduler.model import load_schedules
+
+    project = _project(tmp_path, '    cron: "@daily"\n    notify: {email: {to: [a@example.com]}}\n')
+    with pytest.raises(YamlError, match=r"kiln\.yaml:5.*notify\.email: e-mail needs an smtp"):
+        load_schedules(load_project(project))
+    smtp = "smtp: {host: 127.0.0.1, port: 2525, from: k@example.com}\n"
+    (tmp_path / "kiln.yaml").write_text(smtp + (tmp_path / "kiln.yaml").read_text())
+    assert set(load_schedules(load_project(project))) == {"s"}
+
+
 def test_the_issue_example_loads(tmp_path: Path) -> None:
     (tmp_path / "sales.ipynb").write_text("{}")
     (tmp_path / "kiln.yaml").write_text(

@@ -31,6 +31,7 @@ pipelines:
   etl:
     tasks:
       a: {notebook: nb.ipynb}
+smtp: {host: 127.0.0.1, port: 2525, from: kiln@example.com}
 """
 
 
