@@ -74,7 +74,8 @@ class _KilnBase(BaseOperator):  # type: ignore[misc]  # Airflow ships no annotat
         self.home = os.fspath(home) if home is not None else None
 
     def _start(self, context: Mapping[str, Any]) -> Run:
-        raise NotImplementedError
+        """The run of this task (each operator says which: a notebook or a pipeline task)."""
+        raise NotImplementedError  # an abstract hook: KilnOperator and KilnTaskOperator define it
 
     def execute(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]

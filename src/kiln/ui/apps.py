@@ -20,10 +20,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from kiln.errors import KilnError, NotebookNotFound, ParameterError
-from kiln.server.auth import client_address
 from kiln.server.errors import HTTPProblem
 from kiln.ui import forms
-from kiln.ui.pages import who_of
+from kiln.ui.pages import start_from_form, who_of
 from kiln.ui.web import form_of, page
 
 if TYPE_CHECKING:
@@ -79,7 +78,6 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
     @web.post("/apps/{path:path}")
     async def submit(request: Request, path: str) -> Response:
         from kiln.parameters import CliValue, resolve_parameters
-        from kiln.server.runs_api import start_run
         from kiln.store import pages
 
         form = await form_of(request)
@@ -108,16 +106,8 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
             run = cached
         else:
             try:
-                run = await run_in_threadpool(
-                    lambda: start_run(
-                        ctx,
-                        who,
-                        client_address(request),
-                        entry.path,
-                        parameters=parameters,
-                        parameters_text=texts,
-                        via="app",
-                    )
+                run = await start_from_form(
+                    ctx, request, who, entry.path, parameters, texts, via="app"
                 )
             except ParameterError as exc:
                 raise HTTPProblem(422, exc.message, field=exc.name) from None

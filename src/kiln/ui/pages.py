@@ -52,6 +52,32 @@ def need(request: Request, role: str) -> Principal:
     return who
 
 
+async def start_from_form(
+    ctx: ServerContext,
+    request: Request,
+    who: Principal,
+    path: str,
+    parameters: dict[str, Any],
+    texts: dict[str, str],
+    *,
+    via: str,
+) -> Run:
+    """Start a run from a page's form through the API's one submit path, off the loop."""
+    from kiln.server.runs_api import start_run
+
+    return await run_in_threadpool(
+        lambda: start_run(
+            ctx,
+            who,
+            client_address(request),
+            path,
+            parameters=parameters,
+            parameters_text=texts,
+            via=via,
+        )
+    )
+
+
 def row(ctx: ServerContext, run: Run) -> dict[str, Any]:
     """A run as a list shows it."""
     return {
@@ -207,7 +233,6 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
 
     @web.post("/notebooks/{path:path}")
     async def start(request: Request, path: str) -> Response:
-        from kiln.server.runs_api import start_run
 
         form = await form_of(request)
         who = need(request, "runner")
@@ -227,17 +252,7 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
             )
         parameters, texts = forms.split(values)
         try:
-            run = await run_in_threadpool(
-                lambda: start_run(
-                    ctx,
-                    who,
-                    client_address(request),
-                    entry.path,
-                    parameters=parameters,
-                    parameters_text=texts,
-                    via="ui",
-                )
-            )
+            run = await start_from_form(ctx, request, who, entry.path, parameters, texts, via="ui")
         except ParameterError as exc:
             field_errors = {exc.name: exc.message} if exc.name else {}
             return notebook_page(
