@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.project.sections import EmailNotify, SmtpSection
+from kiln.project.schedule_sections import EmailNotify, SmtpSection
 from kiln.redact import Redactor
 from kiln.report.mail import build_message, send_report
 from kiln.report.webhook import post_json

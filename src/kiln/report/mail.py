@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kiln.project.sections import EmailNotify, SmtpSection
+    from kiln.project.schedule_sections import EmailNotify, SmtpSection
 
 _MIME = {"html": ("text", "html"), "pdf": ("application", "pdf")}
 

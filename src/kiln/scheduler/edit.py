@@ -55,7 +55,7 @@ def add_schedule(start: Path, name: str, body: Mapping[str, Any]) -> Path:
     there is none); the file written. Refuses a name in use, and anything that would not load."""
     from kiln.project import PROJECT_FILE, load_project
     from kiln.project.edit import add_entry
-    from kiln.project.sections import SCHEDULE_NAME
+    from kiln.project.schedule_sections import SCHEDULE_NAME
 
     if not SCHEDULE_NAME.fullmatch(name):
         raise UsageError(f"{name!r} is not a schedule name (letters, digits, _ . -)")

@@ -13,7 +13,7 @@ from kiln.scheduler import templates
 if TYPE_CHECKING:
     from kiln.pipeline.model import Pipeline
     from kiln.project import Project
-    from kiln.project.sections import ScheduleSection, SmtpSection
+    from kiln.project.schedule_sections import ScheduleSection, SmtpSection
 
 #: the tags a fired run carries
 SCHEDULE_TAG, SLOT_TAG = "schedule", "slot"
