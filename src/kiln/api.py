@@ -216,7 +216,9 @@ def build(
     what would run, and why). ``project`` is the project's folder or ``kiln.yaml`` (default:
     the working directory's); ``home`` the history (default: ``.kiln`` beside ``kiln.yaml``);
     ``observer`` hears the build's events. A failed task does not stop independent tasks; with
-    ``check`` a build that did not succeed raises :class:`~kiln.errors.BuildFailed`.
+    ``check`` a build that did not succeed raises :class:`~kiln.errors.BuildFailed`. A build
+    that failed sends the alert of ``alerts:`` in kiln.yaml (when it asks for build alerts),
+    as ``kiln build`` does; the alert's outcome never changes the result.
 
     >>> build = kiln.build("daily", jobs=2)
     >>> build.ok, build.ran, build.up_to_date
@@ -243,6 +245,10 @@ def build(
 
     folder = Path(home) if home is not None else find_home(found.root)
     result = run_build(chosen, home=folder, options=options, observer=observer)
+    from kiln.report.alerts import build_failed_alert
+
+    # as `kiln build` does: the alerts section's alert of a failed build, recorded on it
+    build_failed_alert(chosen.project, result, home=folder)
     if check:
         result.check()
     return result

@@ -85,3 +85,19 @@ def test_a_good_build_sends_no_alert(tmp_path: Path) -> None:
         done = _build(tmp_path, tmp_path / "home")
         assert hook.posts == []
     assert done.returncode == 0 and "alerts" not in json.loads(done.stdout)
+
+
+def test_kiln_build_from_python_alerts_as_the_command_does(tmp_path: Path) -> None:
+    import kiln
+
+    home = tmp_path / "home"
+    with webhook_sink() as hook:
+        _project(tmp_path, hook.url, fail=True)
+        build = kiln.build("etl", project=tmp_path, home=home)
+        posts = [p["json"] for p in hook.posts]
+    assert build.state == "failed"
+    (alert,) = posts
+    assert alert["alert"] == "build_failed" and alert["build_id"] == build.id
+    assert alert["failed_task"]["task"] == "a" and "bad rows" in alert["failed_task"]["error"]
+    with BuildStore.open(home) as builds:
+        assert builds.deliveries(build.id)[0]["ok"] is True

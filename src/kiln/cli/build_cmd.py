@@ -193,7 +193,7 @@ def _alert(pipeline: Pipeline, build: Build) -> list[dict[str, Any]]:
     the build; a delivery failure never changes the build or the exit code)."""
     if pipeline.project.config.alerts is None or build.state not in ("failed", "crashed"):
         return []
-    from kiln.scheduler.pipelines import build_failed_alert
+    from kiln.report.alerts import build_failed_alert
 
     return build_failed_alert(pipeline.project, build)
 

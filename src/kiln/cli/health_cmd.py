@@ -68,7 +68,7 @@ def handle_health(args: argparse.Namespace) -> int:
         print(f"scheduler {state}: last heartbeat {age.total_seconds():.1f}s ago "
               f"(limit {limit:g}s); {open_slots} open slot(s)")  # fmt: skip
     if args.alert and not alive:
-        from kiln.scheduler.alerts import send_alert
+        from kiln.report.alerts import send_alert
 
         text = (
             "no scheduler has beaten on this history"

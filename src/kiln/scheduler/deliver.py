@@ -6,12 +6,13 @@ delivery never changes the run's state."""
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from kiln.report.alerts import why, with_retries
+
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from kiln.scheduler.model import Schedule
     from kiln.store.records import Run
     from kiln.store.slots import Slot
@@ -59,7 +60,7 @@ def deliver_slot(store: RunStore, schedule: Schedule | None, slot: Slot) -> list
                 {"kind": "report", "ok": True, "files": {k: str(v) for k, v in files.items()}}
             )
         except Exception as exc:  # a report that cannot be made still gets notified
-            results.append({"kind": "report", "ok": False, "error": _why(exc)})
+            results.append({"kind": "report", "ok": False, "error": why(exc)})
     notify = section.notify
     if notify is None:
         return results
@@ -93,7 +94,7 @@ def deliver_slot(store: RunStore, schedule: Schedule | None, slot: Slot) -> list
                 mask=mask,
             )
 
-        results.append(_with_retries("email", mail, notify.retries, notify.retry_delay))
+        results.append(with_retries("email", mail, notify.retries, notify.retry_delay))
     if notify.webhook is not None and wanted(notify.webhook.on, succeeded):
         from kiln.report.webhook import post_json
 
@@ -101,7 +102,7 @@ def deliver_slot(store: RunStore, schedule: Schedule | None, slot: Slot) -> list
             assert notify is not None and notify.webhook is not None
             return post_json(notify.webhook.url, summary, timeout=notify.webhook.timeout, mask=mask)
 
-        results.append(_with_retries("webhook", post, notify.retries, notify.retry_delay))
+        results.append(with_retries("webhook", post, notify.retries, notify.retry_delay))
     return results
 
 
@@ -114,7 +115,7 @@ def _build_reports(
     import re
 
     from kiln.errors import RunNotFound
-    from kiln.scheduler.pipelines import build_summary
+    from kiln.report.alerts import build_summary
     from kiln.store.builds import BuildStore
 
     assert slot.build_id is not None
@@ -154,7 +155,7 @@ def _build_reports(
 
                 files[f"{key}.pdf"] = write_file(folder / "report.pdf", html_to_pdf(page), mode)
         except Exception as exc:  # one task's report failing still leaves the others
-            outcomes.append({"kind": "report", "task": task.task, "ok": False, "error": _why(exc)})
+            outcomes.append({"kind": "report", "task": task.task, "ok": False, "error": why(exc)})
     outcomes.append({"kind": "report", "ok": True, "files": {k: str(v) for k, v in files.items()}})
     return summary, files, outcomes
 
@@ -181,32 +182,3 @@ def summary_of(schedule: Schedule, slot: Slot, run: Run | None) -> dict[str, Any
             error=run.reason,
         )
     return out
-
-
-def _with_retries(
-    kind: str, attempt: Callable[[], dict[str, Any]], retries: int, delay: float
-) -> dict[str, Any]:
-    errors: list[str] = []
-    for number in range(retries + 1):
-        try:
-            done = attempt()
-        except Exception as exc:
-            errors.append(_why(exc))
-            log.warning("%s delivery attempt %d failed: %s", kind, number + 1, errors[-1])
-            if number < retries:
-                time.sleep(delay * 2**number)
-            continue
-        return {"kind": kind, "ok": True, "attempts": number + 1, **done, "at": _now()}
-    return {"kind": kind, "ok": False, "attempts": retries + 1, "error": errors[-1], "at": _now()}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def _why(exc: BaseException) -> str:
-    from kiln.errors import KilnError
-
-    if isinstance(exc, KilnError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"

@@ -117,7 +117,7 @@ class SchedulerService:
                     what = "build" if schedules[name].pipeline is not None else "run"
                     self.on_tick(f"{name}: slot {slot.isoformat()} -> {what} {run_id}")
             if result is not None and result.missed and self.project.config.alerts is not None:
-                from kiln.scheduler.alerts import missed_alert
+                from kiln.report.alerts import missed_alert
 
                 # only the scheduler whose insert recorded a slot missed tells of it: once
                 alerting = asyncio.ensure_future(

@@ -77,7 +77,7 @@ class HeartbeatWatch:
         return True
 
     def _alert(self, pid: int, age: float) -> None:
-        from kiln.scheduler.alerts import send_alert
+        from kiln.report.alerts import send_alert
 
         text = (
             f"kiln serve's scheduler process {pid} on {socket.gethostname()} has not beat for "
