@@ -51,3 +51,44 @@ def test_add_list_remove(tmp_path: Path) -> None:
     assert (tmp_path / "kiln.yaml").read_text() == (
         "# team settings\nrun: {timeout: 5m}\n" + smtp + "schedules: {}\n"
     )
+
+
+def test_commands_editing_at_once_all_land(tmp_path: Path) -> None:
+    """Six `kiln schedules add` started together: each waits for the project's edit lock, so
+    none writes over another's schedule (each used to read the file, then write it whole)."""
+    nbformat.write(build_notebook([("day = ''", ["parameters"])]), tmp_path / "sales.ipynb")
+    (tmp_path / "kiln.yaml").write_text("# team settings\nrun: {timeout: 5m}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
+    env["KILN_HOME"] = str(tmp_path / "home")
+    names = [f"s{i}" for i in range(6)]
+    procs = [
+        subprocess.Popen(
+            [KILN, "schedules", "add", name, "--notebook", "sales.ipynb", "--cron", "0 6 * * *"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for name in names
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    outcomes = list(zip((p.returncode for p in procs), errors, strict=True))
+    assert all(code == 0 for code, _ in outcomes), outcomes
+    listed = _kiln(tmp_path, "schedules", "list", "--json")
+    assert listed.returncode == 0
+    assert all(f'"{name}"' in listed.stdout for name in names)
+    assert (tmp_path / "kiln.yaml").read_text().startswith("# team settings\nrun: {timeout: 5m}\n")
+    removed = [
+        subprocess.Popen(
+            [KILN, "schedules", "remove", name],
+            cwd=tmp_path,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for name in names[:3]
+    ]
+    assert all(p.communicate(timeout=120) and p.returncode == 0 for p in removed)
+    left = _kiln(tmp_path, "schedules", "list", "--json").stdout
+    assert all(f'"{n}"' not in left for n in names[:3]) and all(f'"{n}"' in left for n in names[3:])

@@ -108,18 +108,17 @@ def handle_add(args: argparse.Namespace) -> int:
         email=args.email,
         on=args.on,
     )
-    path = add_schedule(Path.cwd(), args.name, body)
+    project = add_schedule(Path.cwd(), args.name, body)
     if not args.quiet:
-        from kiln.project import load_project
         from kiln.scheduler.views import schedules_of
 
-        schedule = schedules_of(load_project())[args.name]
+        schedule = schedules_of(project)[args.name]
         from kiln.scheduler.core import utcnow
 
         nexts = ", ".join(
             schedule.cron.local(s).isoformat() for s in schedule.next_fires(utcnow(), 2)
         )
-        print(f"added schedule {args.name} to {path}; next: {nexts}", file=sys.stderr)
+        print(f"added schedule {args.name} to {project.file}; next: {nexts}", file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,8 @@ taken out; every comment, blank line and the order of everything else stay as wr
 result is parsed and checked as the loader does (and by the caller's own check) *before* it is
 written; a result that does not load is refused with the located error and the file is left
 untouched. The write is atomic (a temporary file beside it, then a rename), so no reader ever
-sees half a file.
+sees half a file, and commands that edit hold the project folder's lock (:func:`editing`) from
+reading the file to writing it, so two edits at once both land.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,26 @@ _BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~"})
 #: text written bare as a value: a name or a path (no number, no YAML indicator first)
 _PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
+
+
+@contextmanager
+def editing(start: Path) -> Iterator[None]:
+    """Hold the edit lock of the project at ``start`` (an advisory ``flock`` on the folder of
+    its kiln.yaml, or on ``start`` when it has none): read the file, check and write it inside,
+    so a concurrent edit waits instead of writing over this one. A folder lock leaves no file
+    behind and outlives the atomic rename that replaces kiln.yaml."""
+    import fcntl
+
+    from kiln.project import find_project_file
+
+    found = find_project_file(start)
+    folder = found.parent if found is not None else Path(start)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def add_entry(

@@ -50,19 +50,27 @@ def schedule_body(
     return body
 
 
-def add_schedule(start: Path, name: str, body: Mapping[str, Any]) -> Path:
+def add_schedule(start: Path, name: str, body: Mapping[str, Any]) -> Project:
     """Write schedule ``name`` into the kiln.yaml of the project at ``start`` (created when
-    there is none); the file written. Refuses a name in use, and anything that would not load."""
-    from kiln.project import PROJECT_FILE, load_project
-    from kiln.project.edit import add_entry
+    there is none); the project as it loads after the write. Refuses a name in use, and
+    anything that would not load. Two commands adding at once both land (the edit lock)."""
+    from kiln.project.edit import editing
     from kiln.project.schedule_sections import SCHEDULE_NAME
 
     if not SCHEDULE_NAME.fullmatch(name):
         raise UsageError(f"{name!r} is not a schedule name (letters, digits, _ . -)")
+    with editing(Path(start)):
+        return _add(Path(start), name, body)
+
+
+def _add(start: Path, name: str, body: Mapping[str, Any]) -> Project:
+    from kiln.project import PROJECT_FILE, load_project
+    from kiln.project.edit import add_entry
+
     project = load_project(start)
     path = project.file
     if path is None:
-        path = Path(start) / PROJECT_FILE
+        path = start / PROJECT_FILE
         path.write_text("", encoding="utf-8")
     elif name in project.config.schedules:
         where = project.where(project.config.schedules, name)
@@ -80,7 +88,7 @@ def add_schedule(start: Path, name: str, body: Mapping[str, Any]) -> Path:
     from kiln.yamlio import YamlError
 
     try:
-        add_entry(path, "schedules", name, body, check=lambda p: check_schedule(p, name))
+        return add_entry(path, "schedules", name, body, check=lambda p: check_schedule(p, name))
     except YamlError as exc:  # its line is in the file as it would have been: not shown
         raise UsageError(
             f"{project.origin if project.file else path.name}: schedule {name} not added "
@@ -89,19 +97,20 @@ def add_schedule(start: Path, name: str, body: Mapping[str, Any]) -> Path:
     finally:
         if project.file is None and not path.read_text(encoding="utf-8"):
             path.unlink(missing_ok=True)  # the empty file this call made
-    return path
 
 
 def remove_schedule(start: Path, name: str) -> Path:
+    """Take schedule ``name`` out of the project's kiln.yaml; the file written."""
     from kiln.project import load_project
-    from kiln.project.edit import remove_entry
+    from kiln.project.edit import editing, remove_entry
 
-    project = load_project(start)
-    if project.file is None or name not in project.config.schedules:
-        known = ", ".join(project.config.schedules) or "none"
-        raise UsageError(f"{project.origin} has no schedule {name!r} (schedules: {known})")
-    remove_entry(project.file, "schedules", name)
-    return project.file
+    with editing(Path(start)):
+        project = load_project(start)
+        if project.file is None or name not in project.config.schedules:
+            known = ", ".join(project.config.schedules) or "none"
+            raise UsageError(f"{project.origin} has no schedule {name!r} (schedules: {known})")
+        remove_entry(project.file, "schedules", name)
+        return project.file
 
 
 def check_schedule(project: Project, name: str) -> None:
