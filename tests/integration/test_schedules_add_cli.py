@@ -69,7 +69,7 @@ def test_commands_editing_at_once_all_land(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for name in names
     ]
     errors = [p.communicate(timeout=120)[1] for p in procs]
@@ -86,7 +86,7 @@ def test_commands_editing_at_once_all_land(tmp_path: Path) -> None:
             env=env,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for name in names[:3]
     ]
     assert all(p.communicate(timeout=120) and p.returncode == 0 for p in removed)
