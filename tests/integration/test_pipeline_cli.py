@@ -322,3 +322,46 @@ def test_the_python_api(tmp_path: Path, home: Path) -> None:
     assert failed.state == "failed" and failed.failed == ["clean"]
     with pytest.raises(BuildFailed, match=r"build .* of daily failed"):
         kiln.build(project=root, check=True)
+
+
+def test_a_second_build_at_once_waits_and_runs_nothing_twice(
+    tmp_path: Path, home: Path, kiln_in: Cli
+) -> None:
+    """Two `kiln build` of one pipeline at once: the second waits for the first (and says
+    so), then finds what the first built up to date; every task ran once."""
+    go = tmp_path / "go"
+    root = write(
+        tmp_path / "proj",
+        {"quick.ipynb": QUICK, "waits.ipynb": WAITER},
+        WAIT_CONFIG.format(go=go),
+    )
+    (root / "out").mkdir()
+    first = _start_build(root, home)
+    second = None
+    try:
+        wait_for_file(root / "out/waits.started")
+        second = subprocess.Popen(
+            [KILN, "build", "--json"],
+            cwd=root,
+            env=dict(os.environ, KILN_HOME=str(home)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert second.stderr is not None
+        line = second.stderr.readline()
+        assert "another build of p is running: waiting for it" in line
+        go.touch()
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()
+                proc.communicate(timeout=30)
+    states = {t["task"]: t["state"] for t in json.loads(out)["tasks"]}
+    assert states == {"quick": "up_to_date", "waits": "up_to_date", "after": "up_to_date"}
+    ran = db_rows(home, "select notebook_name, count(*) from runs group by notebook_name")
+    assert dict(ran) == {"quick.ipynb": 2, "waits.ipynb": 1}  # quick is also `after`

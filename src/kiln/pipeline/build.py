@@ -3,7 +3,9 @@
 The plan comes first (:func:`kiln.pipeline.check.plan`, the standard library's ``sqlite3``
 on the history): when every selected task is up to date, the build is recorded as such and
 nothing else is loaded (no SQLAlchemy, no runner, no event loop), so checking a big pipeline
-that needs nothing costs a fraction of a second. Otherwise the build runs in an event loop
+that needs nothing costs a fraction of a second. A build holds its pipeline's lock
+(:mod:`kiln.store.buildlock`) from its plan to its end: a second build of the same pipeline
+waits, then plans against what the first one built. Otherwise the build runs in an event loop
 (:func:`kiln.pipeline.execute.abuild`), every task checked again as its upstream tasks end.
 """
 
@@ -14,7 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kiln.pipeline.check import BuildOptions, plan
-from kiln.pipeline.result import Build, BuildObserver, BuildStarted, TaskEnded, TaskResult
+from kiln.pipeline.result import (
+    Build,
+    BuildObserver,
+    BuildStarted,
+    BuildWarning,
+    TaskEnded,
+    TaskResult,
+)
 
 if TYPE_CHECKING:
     from kiln.pipeline.executors import Executor
@@ -40,23 +49,31 @@ def run_build(
     ``claimed``: a queued build this process claimed (a scheduled build), recorded into
     instead of a new one. ``on_start`` receives a function that cancels the build from any
     thread (the scheduler's stop, when the build runs in one of its threads)."""
+    from kiln.store.buildlock import pipeline_lock
     from kiln.store.builds import BuildStore
 
     options = options if options is not None else BuildOptions()
     builds = BuildStore(store) if store is not None else BuildStore.open(home)
+
+    def waiting() -> None:
+        if observer is not None:
+            observer(BuildWarning(f"another build of {pipeline.name} is running: waiting for it"))
+
     try:
         builds.recover_orphan_builds()
-        if not options.force and executor is None and claimed is None:
-            done = _nothing_to_run(pipeline, builds, options, observer)
-            if done is not None:
-                return done
-        run = _Loop(builds, options, executor, observer, claimed, on_start)
-        if store is not None:
-            return run(pipeline, store)
-        from kiln.store.sql import RunStore
+        # one build of a pipeline at a time, planned after the one before it ended
+        with pipeline_lock(builds, pipeline.key, pipeline.name, on_wait=waiting):
+            if not options.force and executor is None and claimed is None:
+                done = _nothing_to_run(pipeline, builds, options, observer)
+                if done is not None:
+                    return done
+            run = _Loop(builds, options, executor, observer, claimed, on_start)
+            if store is not None:
+                return run(pipeline, store)
+            from kiln.store.sql import RunStore
 
-        with RunStore(builds.home) as opened:
-            return run(pipeline, opened)
+            with RunStore(builds.home) as opened:
+                return run(pipeline, opened)
     finally:
         builds.close()
 
