@@ -189,9 +189,21 @@ QUICK: list[CellSpec] = [
 ]
 
 
-def _start_build(root: Path, home: Path) -> subprocess.Popen[str]:
+def _waiting_project(tmp_path: Path) -> tuple[Path, Path]:
+    """A project whose task ``waits`` runs until the file returned second exists."""
+    go = tmp_path / "go"
+    root = write(
+        tmp_path / "proj",
+        {"quick.ipynb": QUICK, "waits.ipynb": WAITER},
+        WAIT_CONFIG.format(go=go),
+    )
+    (root / "out").mkdir()
+    return root, go
+
+
+def _start_build(root: Path, home: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [KILN, "build", "-j", "2"],
+        [KILN, "build", *(args or ("-j", "2"))],
         cwd=root,
         env=dict(os.environ, KILN_HOME=str(home)),
         stdout=subprocess.PIPE,
@@ -203,13 +215,7 @@ def _start_build(root: Path, home: Path) -> subprocess.Popen[str]:
 def test_ctrl_c_cancels_the_running_tasks_and_records_the_build_cancelled(
     tmp_path: Path, home: Path
 ) -> None:
-    go = tmp_path / "never"
-    root = write(
-        tmp_path / "proj",
-        {"quick.ipynb": QUICK, "waits.ipynb": WAITER},
-        WAIT_CONFIG.format(go=go),
-    )
-    (root / "out").mkdir()
+    root, _go = _waiting_project(tmp_path)
     proc = _start_build(root, home)
     try:
         wait_for_file(root / "out/waits.started")
@@ -234,13 +240,7 @@ def test_ctrl_c_cancels_the_running_tasks_and_records_the_build_cancelled(
 def test_a_build_killed_outright_leaves_the_next_build_correct(
     tmp_path: Path, home: Path, kiln_in: Cli
 ) -> None:
-    go = tmp_path / "go"
-    root = write(
-        tmp_path / "proj",
-        {"quick.ipynb": QUICK, "waits.ipynb": WAITER},
-        WAIT_CONFIG.format(go=go),
-    )
-    (root / "out").mkdir()
+    root, go = _waiting_project(tmp_path)
     proc = _start_build(root, home)
     try:
         wait_for_file(root / "out/waits.started")
@@ -329,25 +329,12 @@ def test_a_second_build_at_once_waits_and_runs_nothing_twice(
 ) -> None:
     """Two `kiln build` of one pipeline at once: the second waits for the first (and says
     so), then finds what the first built up to date; every task ran once."""
-    go = tmp_path / "go"
-    root = write(
-        tmp_path / "proj",
-        {"quick.ipynb": QUICK, "waits.ipynb": WAITER},
-        WAIT_CONFIG.format(go=go),
-    )
-    (root / "out").mkdir()
+    root, go = _waiting_project(tmp_path)
     first = _start_build(root, home)
     second = None
     try:
         wait_for_file(root / "out/waits.started")
-        second = subprocess.Popen(
-            [KILN, "build", "--json"],
-            cwd=root,
-            env=dict(os.environ, KILN_HOME=str(home)),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        second = _start_build(root, home, "--json")
         assert second.stderr is not None
         line = second.stderr.readline()
         assert "another build of p is running: waiting for it" in line

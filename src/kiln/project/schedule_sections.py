@@ -12,11 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from kiln.project.typed import Duration
-
-
-def _help(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
-
+from kiln.project.typed import described as _help
 
 #: a schedule's name: it keys its slots in the history and is a path segment of the API
 SCHEDULE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")

@@ -23,12 +23,8 @@ from kiln.project.schedule_sections import (
     SmtpSection,
 )
 from kiln.project.typed import Duration, Size
+from kiln.project.typed import described as _help
 from kiln.units import parse_file_mode
-
-
-def _help(text: str, **extra: Any) -> dict[str, Any]:
-    return {"help": text, **extra}
-
 
 # -- run: defaults for the run options -------------------------------------------------------
 

@@ -57,6 +57,12 @@ def help_of(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata.get("help", ""))
 
 
+def described(text: str, **extra: Any) -> dict[str, Any]:
+    """A section field's metadata: its ``help`` (shown by ``kiln config schema`` and in
+    errors) and any ``extra`` (``key="from"`` for a field named after a keyword)."""
+    return {"help": text, **extra}
+
+
 def marks(obj: Any) -> Mapping[str, Mark]:
     """Field name -> where it was written, for a dataclass built by :func:`convert`."""
     found: Mapping[str, Mark] = getattr(obj, _MARKS, {})
