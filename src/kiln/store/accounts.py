@@ -46,11 +46,16 @@ def _now() -> datetime:
 
 def changed_stamp(store: RunStore) -> str:
     """The stamp's current value ("" before the first change); a few microseconds to read."""
-    try:
-        with open(Path(store.home) / CHANGED_STAMP, "rb") as fh:
-            return fh.read(64).decode("ascii", "replace")
+    try:  # read on every request: the bare system calls, not a buffered file object
+        fd = os.open(Path(store.home) / CHANGED_STAMP, os.O_RDONLY)
     except OSError:
         return ""
+    try:
+        return os.read(fd, 64).decode("ascii", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _access_taken_away(store: RunStore) -> None:
