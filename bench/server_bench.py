@@ -2,23 +2,36 @@
 
 Scenarios (figures quoted in the README come from this script):
   floor        the fork engine's per-run floor: ``Runner.arun`` on a warm pool, in this
-               process, the same trivial notebook (median of sequential runs)
+               process, the same trivial notebook (median of sequential runs), measured
+               again between the rounds below so that it is seen at the same moment
   endpoint     POST /api/v1/endpoints/double from one local client (keep-alive): p50, p99;
-               then 4 concurrent clients: requests/s (fresh state per request)
+               then 4 concurrent clients: requests/s (fresh state per request) and the CPU
+               each call cost the server's processes (API, warm parent, forked children)
   kg           the same notebook as a Kernel Gateway notebook-http service (one kernel, shared
-               state): p50, p99, and requests/s with 4 concurrent clients; KG runs from its own
-               venv under ~/.cache/kiln/bench-venvs (made here on first use)
+               state): the same figures; KG runs from its own venv under
+               ~/.cache/kiln/bench-venvs (made here on first use)
   health       GET /health p50/p99 while 2 workers run queued notebooks flat out
   queue-1000   1,000 runs submitted through the API by 4 clients: none lost, none run twice,
                all recorded
 
-Usage: python bench/server_bench.py [--requests 300] [--seconds 10] [--runs 1000] [--skip-kg]
+Kiln and Kernel Gateway both serve at once and are measured in alternating rounds (kiln, kg,
+kiln, kg...; ``--rounds``), so that a machine whose load changes (other people's work on
+shared cores) weighs on both alike: the ratio is the median of each round's kiln/kg ratio.
+Each figure is printed with the load average at its time. CPU per call (from /proc, all the
+server's processes) does not depend on that load as wall-clock figures do.
+
+The clients are ``http.client`` connections with keep-alive, one thread each; the CPU they
+spend is printed too (about half a millisecond a call: not what limits the figures).
+
+Usage: python bench/server_bench.py [--requests 300] [--seconds 5] [--rounds 3]
+       [--health-seconds 10] [--runs 1000] [--skip-kg] [--skip-queue]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
@@ -159,10 +172,10 @@ def latencies(
     token: str | None,
     count: int,
     check: Callable[[bytes], None],
-    body: Any = None,
+    warm: int = 20,
 ) -> list[float]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    for i in range(20):  # warm-up
+    for i in range(warm):
         status, data = call(conn, "POST", path, {"x": i}, token)
         assert status == 200, (status, data)
     times = []
@@ -176,8 +189,31 @@ def latencies(
     return times
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its descendants so far, the children they reaped
+    included (a forked run that ended counts in its parent's)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:  # gone meanwhile
+            continue
+        total += sum(int(v) for v in fields[11:15]) / tick
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                todo += [
+                    int(c)
+                    for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                ]
+    return total
+
+
 def throughput(
-    port: int, path: str, token: str | None, clients: int, seconds: float
+    port: int, path: str, token: str | None, clients: int, seconds: float, pid: int | None = None
 ) -> dict[str, float]:
     done = [0] * clients
     refused = [0] * clients
@@ -198,6 +234,8 @@ def throughput(
                 refused[i] += 1
         conn.close()
 
+    server_cpu = tree_cpu(pid) if pid is not None else 0.0
+    own_cpu = time.process_time()
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -205,7 +243,17 @@ def throughput(
     for thread in threads:
         thread.join()
     took = time.perf_counter() - started
-    return {"rps": sum(done) / took, "refused": float(sum(refused)), "hung": float(sum(hung))}
+    calls = max(1, sum(done))
+    out = {
+        "rps": sum(done) / took,
+        "refused": float(sum(refused)),
+        "hung": float(sum(hung)),
+        "client_cpu_ms": (time.process_time() - own_cpu) * 1000 / calls,
+        "load": os.getloadavg()[0],
+    }
+    if pid is not None:
+        out["server_cpu_ms"] = (tree_cpu(pid) - server_cpu) * 1000 / calls
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -216,107 +264,160 @@ def pct(values: list[float], q: float) -> float:
 # -- scenarios ----------------------------------------------------------------------------------
 
 
-def fork_floor(project: Path, home: Path, runs: int) -> list[float]:
-    from kiln.runner import Runner, RunRequest
+class Floor:
+    """A runner with a warm fork pool in this process: the per-run floor, without HTTP."""
 
-    async def main() -> list[float]:
-        runner = Runner(home=home, handle_signals=False)
-        times = []
-        try:
-            for i in range(runs + 10):
-                start = time.perf_counter()
-                await runner.arun(
-                    RunRequest(
-                        notebook=project / "double.ipynb", parameters={"x": i}, engine="fork"
-                    )
+    def __init__(self, project: Path, home: Path) -> None:
+        from kiln.runner import Runner
+
+        self.project = project
+        self.loop = asyncio.new_event_loop()
+        self.runner = Runner(home=home, handle_signals=False)
+        self.runs(10)  # the warm parent starts
+
+    def runs(self, count: int) -> list[float]:
+        from kiln.runner import RunRequest
+
+        async def main() -> list[float]:
+            times = []
+            for i in range(count):
+                request = RunRequest(
+                    notebook=self.project / "double.ipynb", parameters={"x": i}, engine="fork"
                 )
-                if i >= 10:
-                    times.append(time.perf_counter() - start)
-        finally:
-            await runner.aclose_engines()
-            runner.close()
-        return times
+                start = time.perf_counter()
+                await self.runner.arun(request)
+                times.append(time.perf_counter() - start)
+            return times
 
-    return asyncio.run(main())
+        return self.loop.run_until_complete(main())
 
-
-def kiln_endpoint(project: Path, work: Path, requests: int, seconds: float) -> dict[str, Any]:
-    server = KilnServer(project, work / "home-endpoint", workers=0)
-    try:
-
-        def check(data: bytes) -> None:
-            assert "y" in json.loads(data)["records"]
-
-        times = latencies(server.port, "/api/v1/endpoints/double", server.token, requests, check)
-        load = throughput(server.port, "/api/v1/endpoints/double", server.token, 4, seconds)
-    finally:
-        server.stop()
-    return {"p50_ms": pct(times, 0.5), "p99_ms": pct(times, 0.99), **load}
+    def close(self) -> None:
+        self.loop.run_until_complete(self.runner.aclose_engines())
+        self.runner.close()
+        self.loop.close()
 
 
-def kernel_gateway(project: Path, requests: int, seconds: float) -> dict[str, Any]:
-    python = KG_VENV / "bin" / "python"
-    if not python.exists():
-        print(f"making {KG_VENV} (Kernel Gateway {KG_VERSION}) ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(KG_VENV)], check=True)
-        subprocess.run(
+class KernelGateway:
+    """The trivial notebook as a Kernel Gateway notebook-http service (its own venv)."""
+
+    def __init__(self, project: Path) -> None:
+        python = KG_VENV / "bin" / "python"
+        if not python.exists():
+            print(f"making {KG_VENV} (Kernel Gateway {KG_VERSION}) ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", str(KG_VENV)], check=True)
+            subprocess.run(
+                [
+                    str(python),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--disable-pip-version-check",
+                    f"jupyter_kernel_gateway=={KG_VERSION}",
+                    "ipykernel",
+                ],
+                check=True,
+            )
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JUPYTER_PATH")}
+        env["JUPYTER_PATH"] = str(KG_VENV / "share" / "jupyter")
+        self.proc = subprocess.Popen(
             [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                f"jupyter_kernel_gateway=={KG_VERSION}",
-                "ipykernel",
+                str(KG_VENV / "bin" / "jupyter"),
+                "kernelgateway",
+                "--KernelGatewayApp.api=kernel_gateway.notebook_http",
+                f"--KernelGatewayApp.seed_uri={project / 'kg.ipynb'}",
+                "--KernelGatewayApp.ip=127.0.0.1",
+                f"--KernelGatewayApp.port={self.port}",
             ],
-            check=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JUPYTER_PATH")}
-    env["JUPYTER_PATH"] = str(KG_VENV / "share" / "jupyter")
-    proc = subprocess.Popen(
-        [
-            str(KG_VENV / "bin" / "jupyter"),
-            "kernelgateway",
-            "--KernelGatewayApp.api=kernel_gateway.notebook_http",
-            f"--KernelGatewayApp.seed_uri={project / 'kg.ipynb'}",
-            "--KernelGatewayApp.ip=127.0.0.1",
-            f"--KernelGatewayApp.port={port}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 status, _ = call(conn, "POST", "/double", {"x": 1})
                 conn.close()
                 if status == 200:
                     break
             except OSError:
                 pass
-            if time.monotonic() > deadline or proc.poll() is not None:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
                 raise SystemExit("Kernel Gateway did not start")
             time.sleep(0.2)
 
-        def check(data: bytes) -> None:
-            assert "y" in json.loads(data)
-
-        times = latencies(port, "/double", None, requests, check)
-        load = throughput(port, "/double", None, 4, seconds)
-    finally:
-        proc.send_signal(signal.SIGTERM)
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return {"p50_ms": pct(times, 0.5), "p99_ms": pct(times, 0.99), **load}
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _kiln_answer(data: bytes) -> None:
+    assert "y" in json.loads(data)["records"]
+
+
+def _kg_answer(data: bytes) -> None:
+    assert "y" in json.loads(data)
+
+
+def compare(
+    project: Path, work: Path, requests: int, seconds: float, rounds: int, with_kg: bool
+) -> dict[str, Any]:
+    """The floor, Kiln's endpoint and Kernel Gateway in alternating rounds (see the top)."""
+    floor = Floor(project, work / "home-floor")
+    kiln = KilnServer(project, work / "home-endpoint", workers=0)
+    kg = KernelGateway(project) if with_kg else None
+    path = "/api/v1/endpoints/double"
+    out: dict[str, Any] = {"floor": [], "kiln": [], "kg": [], "kiln_times": [], "kg_times": []}
+    try:
+        for n in range(rounds):
+            out["floor"] += floor.runs(max(10, requests // rounds // 3))
+            out["kiln_times"] += latencies(
+                kiln.port, path, kiln.token, requests // rounds, _kiln_answer
+            )
+            if kg is not None:
+                out["kg_times"] += latencies(
+                    kg.port, "/double", None, requests // rounds, _kg_answer
+                )
+            out["kiln"].append(throughput(kiln.port, path, kiln.token, 4, seconds, kiln.proc.pid))
+            if kg is not None:
+                out["kg"].append(throughput(kg.port, "/double", None, 4, seconds, kg.proc.pid))
+            print(
+                f"round {n + 1}: kiln {out['kiln'][-1]['rps']:.1f} calls/s"
+                + (f", kg {out['kg'][-1]['rps']:.1f}" if kg is not None else "")
+                + f" (load {os.getloadavg()[0]:.1f})",
+                file=sys.stderr,
+            )
+    finally:
+        kiln.stop()
+        if kg is not None:
+            kg.stop()
+        floor.close()
+    return out
+
+
+def summary(rounds: list[dict[str, float]], times: list[float]) -> dict[str, Any]:
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    found = {
+        "p50_ms": pct(times, 0.5),
+        "p99_ms": pct(times, 0.99),
+        "rps": median("rps"),
+        "rps_rounds": [round(r["rps"], 1) for r in rounds],
+        "server_cpu_ms": median("server_cpu_ms"),
+        "client_cpu_ms": median("client_cpu_ms"),
+        "refused": sum(r["refused"] for r in rounds),
+        "hung": sum(r["hung"] for r in rounds),
+        "load": [round(r["load"], 1) for r in rounds],
+    }
+    return found
 
 
 def health_and_queue(project: Path, work: Path, runs: int, seconds: float) -> dict[str, Any]:
@@ -362,6 +463,7 @@ def health_and_queue(project: Path, work: Path, runs: int, seconds: float) -> di
             time.sleep(0.02)
         busy = call(conn, "GET", "/metrics", None, server.token)[1].decode()
         out["health_p50_ms"], out["health_p99_ms"] = pct(health, 0.5), pct(health, 0.99)
+        out["load"] = os.getloadavg()[0]
         out["workers_busy_during"] = float(re.search(r"\nkiln_workers_busy (\S+)", busy).group(1))  # type: ignore[union-attr]
         # every run to its end
         while True:
@@ -408,9 +510,14 @@ def health_and_queue(project: Path, work: Path, runs: int, seconds: float) -> di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="4 clients' load, a round and a server"
+    )
+    parser.add_argument("--health-seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--skip-kg", action="store_true")
+    parser.add_argument("--skip-queue", action="store_true")
     args = parser.parse_args()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -421,36 +528,60 @@ def main() -> int:
         project = work / "project"
         project.mkdir()
         write_project(project)
-        floor = fork_floor(project, work / "home-floor", 100)
-        results["floor_ms"] = statistics.median(floor) * 1000
-        results["kiln_endpoint"] = kiln_endpoint(project, work, args.requests, args.seconds)
+        seen = compare(
+            project,
+            work,
+            args.requests,
+            args.seconds,
+            args.rounds,
+            not args.skip_kg,
+        )
+        results["floor_ms"] = statistics.median(seen["floor"]) * 1000
+        results["kiln_endpoint"] = summary(seen["kiln"], seen["kiln_times"])
         if not args.skip_kg:
-            results["kernel_gateway"] = kernel_gateway(project, args.requests, args.seconds)
-        results["queue"] = health_and_queue(project, work, args.runs, args.seconds)
+            results["kernel_gateway"] = summary(seen["kg"], seen["kg_times"])
+            results["ratios"] = [
+                round(k["rps"] / g["rps"], 2) for k, g in zip(seen["kiln"], seen["kg"], strict=True)
+            ]
+        if not args.skip_queue:
+            results["queue"] = health_and_queue(project, work, args.runs, args.health_seconds)
     kiln, kg = results["kiln_endpoint"], results.get("kernel_gateway")
     print(f"machine: {results['machine']}")
-    print(f"fork floor (Runner.arun, warm pool, median): {results['floor_ms']:.1f} ms")
     print(
-        f"kiln endpoint: p50 {kiln['p50_ms']:.1f} ms, p99 {kiln['p99_ms']:.1f} ms, "
-        f"{kiln['rps']:.1f} req/s with 4 clients (refused {kiln['refused']:.0f}); p50 is "
-        f"{kiln['p50_ms'] / results['floor_ms']:.2f}x the floor"
+        "fork floor (Runner.arun, warm pool, median, between the rounds): "
+        f"{results['floor_ms']:.1f} ms"
+    )
+    print(
+        f"kiln endpoint: p50 {kiln['p50_ms']:.1f} ms, p99 {kiln['p99_ms']:.1f} ms (p50 "
+        f"{kiln['p50_ms'] / results['floor_ms']:.2f}x the floor); with 4 clients "
+        f"{kiln['rps']:.1f} calls/s (rounds {kiln['rps_rounds']}, refused {kiln['refused']:.0f}), "
+        f"{kiln['server_cpu_ms']:.1f} ms of server CPU a call (API, warm parent, children); "
+        f"load {kiln['load']}"
     )
     if kg:
         print(
-            f"kernel gateway {KG_VERSION}: p50 {kg['p50_ms']:.1f} ms, p99 {kg['p99_ms']:.1f} ms, "
-            f"{kg['rps']:.1f} req/s with 4 clients (requests never answered: {kg['hung']:.0f}); "
-            f"kiln/kg req/s = {kiln['rps'] / kg['rps']:.2f}x"
+            f"kernel gateway {KG_VERSION}: p50 {kg['p50_ms']:.1f} ms, p99 {kg['p99_ms']:.1f} ms; "
+            f"with 4 clients {kg['rps']:.1f} calls/s (rounds {kg['rps_rounds']}, never answered "
+            f"{kg['hung']:.0f}), {kg['server_cpu_ms']:.1f} ms of server CPU a call (gateway, "
+            f"kernel); load {kg['load']}"
         )
-    queue = results["queue"]
-    print(
-        f"/health while 2 workers run flat out: p50 {queue['health_p50_ms']:.1f} ms, "
-        f"p99 {queue['health_p99_ms']:.1f} ms (workers busy: {queue['workers_busy_during']:.0f})"
-    )
-    print(
-        f"{queue['submitted']} runs submitted in {queue['submit_s']:.1f} s, all ended in "
-        f"{queue['all_done_s']:.1f} s: {queue['unique_ids']} ids, {queue['recorded']} recorded, "
-        f"states {queue['states']}, ran {queue['ran']} times, each once: {queue['ran_once']}"
-    )
+        print(
+            f"kiln/kg calls/s: {statistics.median(results['ratios']):.2f}x (median of the rounds "
+            f"{results['ratios']}); client CPU {kiln['client_cpu_ms']:.2f} ms a call"
+        )
+    queue = results.get("queue")
+    if queue:
+        print(
+            f"/health while 2 workers run flat out: p50 {queue['health_p50_ms']:.1f} ms, "
+            f"p99 {queue['health_p99_ms']:.1f} ms (workers busy: {queue['workers_busy_during']:.0f}"
+            f"; load {queue['load']:.1f})"
+        )
+        print(
+            f"{queue['submitted']} runs submitted in {queue['submit_s']:.1f} s, all ended in "
+            f"{queue['all_done_s']:.1f} s: {queue['unique_ids']} ids, {queue['recorded']} "
+            f"recorded, states {queue['states']}, ran {queue['ran']} times, each once: "
+            f"{queue['ran_once']}"
+        )
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / "server_bench.json").write_text(json.dumps(results, indent=2))

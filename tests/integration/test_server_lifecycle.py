@@ -127,6 +127,31 @@ def test_sigterm_drains_within_the_grace(
         assert "shutdown" in data["reason"]
 
 
+def test_endpoint_calls_answered_before_a_sigterm_are_all_audited(
+    project: Path, tmp_path: Path
+) -> None:
+    # the calls' entries are appended by a writer thread a moment after the answers (the
+    # shutdown writes any still pending); another process reads them without asking the server
+    (project / "kiln.yaml").write_text(
+        "endpoints:\n  work: {notebook: work.ipynb, timeout: 30s, concurrency: 2}\n"
+    )
+    server = Server(project, tmp_path / "home", "--workers", "0")
+    try:
+        admin = admin_client(server)
+        for n in range(5):
+            answer = admin.post("/api/v1/endpoints/work", json={"n": n})
+            assert answer.status_code == 200, answer.text
+        server.signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=90) == 0, server.log()
+    finally:
+        server.stop()
+    shown = server.kiln("audit", "--json", "--action", "endpoint.call", "-n", "0")
+    assert shown.returncode == 0, shown.stderr
+    calls = json.loads(shown.stdout)
+    assert sorted(e["details"]["parameters"]["n"] for e in calls) == [0, 1, 2, 3, 4]
+    assert {e["actor"] for e in calls} == {"admin"}
+
+
 def test_runs_submitted_at_once_each_run_once(
     project: Path, tmp_path: Path, database_url: str | None
 ) -> None:

@@ -252,6 +252,7 @@ def router(ctx: ServerContext) -> APIRouter:
     ) -> dict[str, Any]:
         from kiln.server.runs_api import parse_since
 
+        ctx.audit.flush()  # the endpoint calls' entries given so far are in
         found = audit.entries(
             ctx.store,
             since=parse_since(since),

@@ -24,12 +24,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Depends, FastAPI, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from kiln import __version__
-from kiln.server.auditlog import record
+from kiln.server.auditlog import AuditWriter
 from kiln.server.auth import Authenticator, NeedsLogin, Principal, client_address, requires
 from kiln.server.middleware import PAGE_CSP, ServerMiddleware
 
@@ -58,6 +58,8 @@ class ServerContext:
     auth: Authenticator
     metrics: Metrics
     endpoints: EndpointService
+    #: the endpoint calls' audit entries, written off the event loop in batches
+    audit: AuditWriter
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     workers: Callable[[], tuple[int, int]] | None = None
     #: tells the worker processes a run was just submitted (None: they find it at their poll)
@@ -99,6 +101,7 @@ def build_app(
         auth=Authenticator(store, settings),
         metrics=metrics,
         endpoints=EndpointService(settings, store, metrics),
+        audit=AuditWriter(store),
         workers=workers,
         wake=wake,
     )
@@ -121,6 +124,7 @@ def build_app(
         finally:
             ctx.shutdown.set()
             await ctx.endpoints.aclose()
+            await run_in_threadpool(ctx.audit.close)
 
     app = FastAPI(
         title="Kiln",
@@ -135,10 +139,11 @@ def build_app(
     )
     app.state.ctx = ctx
     errors.install(app)
+    # the hot path first: a request is matched against the routes in order
+    app.include_router(endpoints_router(ctx), prefix="/api/v1")
     _base_routes(app, ctx)
     app.include_router(runs_api.router(ctx), prefix="/api/v1")
     app.include_router(accounts_api.router(ctx), prefix="/api/v1")
-    app.include_router(endpoints_router(ctx), prefix="/api/v1")
     from kiln.server import schedules_api
 
     app.include_router(schedules_api.router(ctx), prefix="/api/v1")
@@ -228,12 +233,9 @@ def endpoints_router(ctx: ServerContext) -> APIRouter:
         who: Principal = Depends(requires("runner")),  # noqa: B008
     ) -> JSONResponse:
         run, status, body = await ctx.endpoints.answer(name, parameters, user=who.name)
-        # the hot path: the call is audited once the answer is on its way (the run itself
-        # was recorded before it started)
-        tasks = BackgroundTasks()
-        tasks.add_task(
-            record,
-            ctx.store,
+        # the hot path: the entry is handed to the audit writer, which appends it while the
+        # answer is on its way (the run itself was recorded before it started)
+        ctx.audit.add(
             actor=who.name,
             action="endpoint.call",
             target=name,
@@ -241,7 +243,7 @@ def endpoints_router(ctx: ServerContext) -> APIRouter:
             outcome="ok" if status == 200 else "failed",
             details={"run": run.id, "status": status, "parameters": parameters},
         )
-        return JSONResponse(body, status_code=status, background=tasks)
+        return JSONResponse(body, status_code=status)
 
     return router
 
@@ -280,14 +282,20 @@ class AuthGate:
         if path in self.public or path.startswith(self.public_prefixes or ("\0",)):
             await self.app(scope, receive, send)
             return
-        from anyio import to_thread
         from starlette.requests import Request
 
-        try:
-            who = await to_thread.run_sync(self.auth.identify, Request(scope))
-        except NeedsLogin as exc:
-            await self._refuse(scope, send, path, exc)
-            return
+        request = Request(scope)
+        # a credential verified a moment ago is trusted here; otherwise the store is asked,
+        # off the event loop
+        who = self.auth.trusted(request)
+        if who is None:
+            from anyio import to_thread
+
+            try:
+                who = await to_thread.run_sync(self.auth.identify, request)
+            except NeedsLogin as exc:
+                await self._refuse(scope, send, path, exc)
+                return
         scope.setdefault("state", {})["principal"] = who
         await self.app(scope, receive, send)
 

@@ -9,10 +9,12 @@ PostgreSQL alike).
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -31,8 +33,41 @@ TOKEN_KINDS: tuple[str, ...] = ("api", "session")
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 
 
+#: a file in the Kiln home that every write taking access away rewrites (a token revoked, a
+#: user removed, a role or a password changed), whichever process made it: a server that
+#: trusts tokens it verified a moment ago (:class:`kiln.server.auth.Authenticator`) reads it
+#: on each request and stops trusting them as soon as it changes
+CHANGED_STAMP = "accounts.changed"
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def changed_stamp(store: RunStore) -> str:
+    """The stamp's current value ("" before the first change); a few microseconds to read."""
+    try:  # read on every request: the bare system calls, not a buffered file object
+        fd = os.open(Path(store.home) / CHANGED_STAMP, os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        return os.read(fd, 64).decode("ascii", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _access_taken_away(store: RunStore) -> None:
+    """Rewrite the stamp (a new random value, replaced atomically) after a committed change.
+    A home that cannot take it leaves caches to their short trust period instead."""
+    path = Path(store.home) / CHANGED_STAMP
+    part = path.with_name(f".{CHANGED_STAMP}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        part.write_text(secrets.token_hex(16), encoding="ascii")
+        os.replace(part, path)
+    except OSError:
+        part.unlink(missing_ok=True)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -212,6 +247,7 @@ def set_role(store: RunStore, name: str, role: str) -> User:
         ).rowcount
     if not done:
         raise AccountNotFound(f"no user {name!r}")
+    _access_taken_away(store)
     return get_user(store, name)
 
 
@@ -224,6 +260,7 @@ def set_password(store: RunStore, name: str, password_hash: str | None) -> User:
         ).rowcount
     if not done:
         raise AccountNotFound(f"no user {name!r}")
+    _access_taken_away(store)
     return get_user(store, name)
 
 
@@ -239,6 +276,7 @@ def remove_user(store: RunStore, name: str) -> User:
         )
         if not conn.execute(users.delete().where(users.c.name == name)).rowcount:
             raise AccountNotFound(f"no user {name!r}")
+    _access_taken_away(store)
     return user
 
 
@@ -326,6 +364,7 @@ def revoke_token(store: RunStore, token_id: str) -> Token:
             .where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
             .values(revoked_at=_now())
         )
+    _access_taken_away(store)
     return get_token(store, token_id)
 
 
@@ -337,6 +376,7 @@ def revoke_by_hash(store: RunStore, sha256: str) -> None:
             .where(tokens.c.token_sha256 == sha256, tokens.c.revoked_at.is_(None))
             .values(revoked_at=_now())
         )
+    _access_taken_away(store)
 
 
 def touch_token(store: RunStore, token_id: str, when: datetime | None = None) -> None:

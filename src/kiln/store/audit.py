@@ -58,21 +58,47 @@ def append(
     at: datetime | None = None,
 ) -> None:
     """Add one entry (its own transaction)."""
-    if outcome not in OUTCOMES:
-        raise ValueError(f"unknown audit outcome {outcome!r}")
-    values = {
-        "at": at or datetime.now(timezone.utc),
-        "actor": actor,
-        "action": action,
-        "target": target,
-        "outcome": outcome,
-        "address": address,
-        "details": details,
-    }
-    with store._write() as conn:
+    append_many(
+        store,
+        [
+            {
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "outcome": outcome,
+                "address": address,
+                "details": details,
+            }
+        ],
+    )
+
+
+def append_many(store: RunStore, entries: list[dict[str, Any]]) -> None:
+    """Add entries in one transaction, in their order (each a mapping of :func:`append`'s
+    arguments; ``at`` missing or None is now)."""
+    if not entries:
+        return
+    now = datetime.now(timezone.utc)
+    rows = []
+    for entry in entries:
+        outcome = entry.get("outcome", "ok")
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown audit outcome {outcome!r}")
+        values = {
+            "at": entry.get("at") or now,
+            "actor": entry.get("actor"),
+            "action": entry["action"],
+            "target": entry.get("target"),
+            "outcome": outcome,
+            "address": entry.get("address"),
+            "details": entry.get("details"),
+        }
         # text columns cannot hold NUL on PostgreSQL (the same everywhere); ``details`` is JSON,
         # written by the store's serialiser, which already replaces NUL and NaN
-        conn.execute(audit.insert(), {k: _no_nul(v) for k, v in values.items()})
+        rows.append({k: _no_nul(v) for k, v in values.items()})
+    with store._write() as conn:
+        conn.execute(audit.insert(), rows)
 
 
 def _no_nul(value: Any) -> Any:

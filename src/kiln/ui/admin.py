@@ -158,6 +158,7 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
         more = False
         try:
             cursor = int(q["cursor"]) if q.get("cursor") else None
+            ctx.audit.flush()  # the endpoint calls' entries given so far are in
             found = audit.entries(
                 ctx.store,
                 since=parse_since(filters["since"] or None),
