@@ -188,6 +188,9 @@ class ForkSession:
         """Launch the warm parent if needed; the fork itself happens in the background."""
         self.server = self.engine.pool.server(self.engine.python)
         self._starting = asyncio.ensure_future(self._fork())
+        # one turn of the loop lets the task send its fork request (a warm parent that is
+        # ready answers without waiting): the parent forks while the runner records the run
+        await asyncio.sleep(0)
 
     async def _fork(self) -> None:
         pool, options = self.engine.pool, self.options
@@ -281,7 +284,7 @@ class ForkSession:
         channel, options = self.channel, self.options
         conversation = Conversation(self, channel, options, nb, emit)
         channel.open(self.pid, conversation.wake)
-        spec = proto.encode_line(self._spec(nb))
+        spec = proto.encode_line(self._spec(nb, self.server.env))
         await asyncio.get_running_loop().sock_sendall(channel.sock, spec)
         info = self.server.info
         emit(
@@ -309,8 +312,9 @@ class ForkSession:
             "fork": "the fork engine's warm parent was forking the run",
         }[self._phase]
 
-    def _spec(self, nb: Any) -> dict[str, Any]:
+    def _spec(self, nb: Any, base_env: dict[str, str]) -> dict[str, Any]:
         options = self.options
+        changed, removed = proto.env_changes(base_env, dict(os.environ) | dict(options.env or {}))
         cells = [
             {
                 proto.INDEX: i,
@@ -327,7 +331,8 @@ class ForkSession:
             proto.CELLS: cells,
             proto.ALLOW_ERRORS: options.allow_errors,
             proto.CWD: str(options.cwd) if options.cwd else None,
-            proto.ENV: dict(os.environ) | dict(options.env or {}),
+            proto.ENV_SET: changed,
+            proto.ENV_UNSET: removed,
             proto.ARGV: list(options.argv) or [""],
             proto.MEMORY_LIMIT: options.memory_limit,
         }

@@ -67,6 +67,8 @@ class ForkServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ctl: socket.socket | None = None
         self.info: dict[str, Any] = {}
+        #: the environment the parent was started with (run specs carry changes to it)
+        self.env: dict[str, str] = {}
         self.broken: str | None = None
         #: the module being pre-imported, while one is
         self.importing: str | None = None
@@ -94,6 +96,7 @@ class ForkServer:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env.pop("PYTHONSTARTUP", None)
+        self.env = env
         owner_started = processes.start_time(os.getpid())
         self.proc = subprocess.Popen(
             [
