@@ -167,6 +167,33 @@ def test_runs_do_not_see_each_others_state(tmp_path, make_nb):
         }
 
 
+def test_the_output_notebook_is_what_nbformat_writes_byte_for_byte(tmp_path, make_nb):
+    """The final save skips nbformat (no validation, no deep copy, no copy of the cells):
+    the file must still be a valid notebook, exactly as nbformat.write would write it."""
+    nb = make_nb(
+        [
+            ("x = 1.5", ["parameters"]),
+            "print('out ü')\nimport sys; print('err', file=sys.stderr)",
+            "from IPython.display import HTML, display\ndisplay(HTML('<b>\\n</b>'))\n{'a': [x]}",
+            "float('nan'), 1e300",
+            "1 / 0",
+        ]
+    )
+    out = tmp_path / "out.ipynb"
+    with Runner(home=tmp_path / "home") as runner:
+        run = runner.run(
+            RunRequest(
+                notebook=nb, output=out, parameters={"x": 2.25}, engine="fork", allow_errors=True
+            )
+        )
+    assert run.state == "succeeded"
+    saved = nbformat.read(out, as_version=4)
+    nbformat.validate(saved)
+    assert out.read_text(encoding="utf-8") == nbformat.writes(saved) + "\n"
+    assert isinstance(saved.metadata.papermill.duration, float)
+    assert saved.cells[-1].outputs[0].ename == "ZeroDivisionError"
+
+
 def test_each_run_sees_kilns_environment_as_it_is_when_the_run_starts(
     tmp_path, make_nb, monkeypatch
 ):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from kiln.engines import forkproto as proto
@@ -99,3 +101,27 @@ def test_held_messages_go_out_together_and_in_order():
     kinds = [proto.decode(m, proto.FROM_CHILD, "child")[proto.KIND] for m in held.splitlines()]
     assert proto.decode(first, proto.FROM_CHILD, "child")[proto.KIND] == proto.CELL_START
     assert kinds == [proto.CELL_END, proto.CELL_START]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"KILN_T_A": "run"}, {"KILN_T_A": "base-a"}, {"KILN_T_GONE": "back"}, {"NEW": "n"}],
+    ids=["none", "override", "override-back-to-base", "override-removed", "new"],
+)
+def test_a_spec_gives_the_run_kilns_environment_now_with_its_own_variables(monkeypatch, overrides):
+    from kiln.engines.fork import run_env_changes
+
+    monkeypatch.setenv("KILN_T_A", "base-a")
+    monkeypatch.setenv("KILN_T_GONE", "base-gone")
+    base = dict(os.environ)
+    assert run_env_changes(base, {}) == ({}, [])
+    for _ in range(2):  # the second time from what was computed the first time
+        monkeypatch.setenv("KILN_T_A", "now-a")
+        monkeypatch.delenv("KILN_T_GONE", raising=False)
+        environ = dict(base)
+        proto.apply_env(environ, base, *run_env_changes(base, overrides))
+        assert environ == dict(os.environ) | overrides
+    monkeypatch.setenv("KILN_T_A", "later")  # a change after that is seen too
+    environ = dict(base)
+    proto.apply_env(environ, base, *run_env_changes(base, overrides))
+    assert environ == dict(os.environ) | overrides

@@ -298,12 +298,14 @@ class ForkServer:
         self._exits[run_id] = asyncio.get_running_loop().create_future()
         return run_id, int(reply[proto.PID])
 
-    def check_child(self, pid: int) -> None:
-        """A reported child must be this parent's (or already gone): else the parent is lost."""
+    def check_child(self, pid: int) -> float | None:
+        """A reported child must be this parent's (or already gone): else the parent is lost.
+        Returns when the child started (None once it is gone), from the same reading."""
         info = processes.proc_info(pid)
         if info is not None and info.ppid != self.pid:
             self.fail(f"the fork engine's warm parent reported pid {pid}, which is not its child")
             raise ParentLost(str(self.broken))
+        return None if info is None else processes.ticks_to_epoch(info.start_ticks)
 
     def sweep(self) -> None:
         """Ask the parent to kill what dead children left re-parented to it (no answer)."""
