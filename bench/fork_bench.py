@@ -9,6 +9,8 @@ Scenarios (figures quoted in the README come from this script):
                  DataFrame, `-j 2` vs papermill's pool of 2
   marginal       the wall time of one more run on a warm pool (Python API, sequential runs
                  after a warm-up; median)
+  CPU per run    Kiln's own process (process_time over 100 warm runs), and the run processes
+                 (the warm parent's fork and the child, from the pool's reaped CPU)
   cold           one `kiln run` (fork engine) vs one `papermill` CLI run, alternating
 
 Usage: python bench/fork_bench.py [--runs 100] [--cold-reps 7] [--skip-cli-loop]
@@ -193,6 +195,34 @@ def supervisor_cpu(nb: Path, home: Path, runs: int) -> float:
     return asyncio.run(main())
 
 
+def run_processes_cpu(nb: Path, home: Path, runs: int) -> float:
+    """CPU seconds the run processes spend per run: the warm parent's fork and each forked
+    child, from start to exit. Measured as the difference between a pool that ran 5 runs
+    and one that ran ``5 + runs`` (a warm parent's CPU, its reaped children's included,
+    reaches this process when the pool closes and the parent is reaped), so the parent's
+    start-up cancels out."""
+    import resource
+
+    from kiln.runner import Runner, RunRequest
+
+    def pool_of(n: int) -> float:
+        async def main() -> None:
+            runner = Runner(home=home)
+            try:
+                for i in range(n):
+                    await runner.arun(RunRequest(notebook=nb, parameters={"x": i}, engine="fork"))
+            finally:
+                await runner.aclose_engines()
+                runner.close()
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        asyncio.run(main())
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+
+    return (pool_of(5 + runs) - pool_of(5)) / runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
@@ -207,6 +237,7 @@ def main() -> int:
         [KILN, "run", str(nbs["trivial"]), str(work / "warm.ipynb"), "-q"], check=True, env=env
     )  # create the database and warm the file cache
     n = args.runs
+    print(f"load average at the start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     results: dict[str, Any] = {
         f"trivial-{n} -j 2 vs papermill pool(2)": _pairs(nbs["trivial"], work, n, env, args.pairs),
         f"pandas-{n} -j 2 vs papermill pool(2)": _pairs(nbs["pandas"], work, n, env, args.pairs),
@@ -221,6 +252,7 @@ def main() -> int:
     times = cold(nbs["trivial"], work, args.cold_reps, env)
     marg = marginal(nbs["trivial"], work / ".kiln", 50)
     cpu = supervisor_cpu(nbs["trivial"], work / ".kiln", 100)
+    child_cpu = run_processes_cpu(nbs["trivial"], work / ".kiln", 100)
 
     print(
         f"\nFork engine vs papermill on {platform.machine()}, {os.cpu_count()} cores, "
@@ -244,7 +276,11 @@ def main() -> int:
         f"{statistics.median(marg) * 1000:.1f} ms (p90 "
         f"{sorted(marg)[int(len(marg) * 0.9)] * 1000:.1f} ms)"
     )
-    print(f"Kiln's own CPU per run (supervisor, warm): {cpu * 1000:.2f} ms")
+    print(
+        f"CPU per warm run: Kiln's own process (the supervisor) {cpu * 1000:.2f} ms; the run "
+        f"processes (the warm parent's fork and the forked child) {child_cpu * 1000:.2f} ms"
+    )
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     out_dir = Path(__file__).resolve().parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / "fork-latest.json").write_text(
@@ -254,6 +290,8 @@ def main() -> int:
                 "cold_samples": times,
                 "marginal_s": marg,
                 "supervisor_cpu_s": cpu,
+                "run_processes_cpu_s": child_cpu,
+                "load_average_end": os.getloadavg(),
             },
             indent=2,
         )

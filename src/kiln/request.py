@@ -62,7 +62,7 @@ class RunRequest(RunOptions):
             return str(self.notebook)
         return str(Path(self.notebook).resolve())
 
-    @property
+    @functools.cached_property
     def run_cwd(self) -> Path:
         """Where the run executes: ``cwd``, else the notebook's folder (the working directory
         for a notebook given as ``source``)."""

@@ -432,7 +432,9 @@ class Runner:
                     f"{event.language} {event.language_version}, pid {event.pid})"
                 )
                 run.kernel_pid, run.kernel_version = event.pid, runrecord.kernel_version(event)
-                run.kernel_started = process_start_time(event.pid) if event.pid else None
+                run.kernel_started = event.started
+                if run.kernel_started is None and event.pid:
+                    run.kernel_started = process_start_time(event.pid)
                 if run.engine == "fork":
                     # a forked run is ready at once and often done in milliseconds: it turns
                     # `running` in the history only if it lasts (its end writes everything)

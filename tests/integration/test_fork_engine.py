@@ -167,6 +167,77 @@ def test_runs_do_not_see_each_others_state(tmp_path, make_nb):
         }
 
 
+def test_the_output_notebook_is_what_nbformat_writes_byte_for_byte(tmp_path, make_nb):
+    """The final save skips nbformat (no validation, no deep copy, no copy of the cells):
+    the file must still be a valid notebook, exactly as nbformat.write would write it."""
+    nb = make_nb(
+        [
+            ("x = 1.5", ["parameters"]),
+            "print('out ü')\nimport sys; print('err', file=sys.stderr)",
+            "from IPython.display import HTML, display\ndisplay(HTML('<b>\\n</b>'))\n{'a': [x]}",
+            "float('nan'), 1e300",
+            "1 / 0",
+        ]
+    )
+    out = tmp_path / "out.ipynb"
+    with Runner(home=tmp_path / "home") as runner:
+        run = runner.run(
+            RunRequest(
+                notebook=nb, output=out, parameters={"x": 2.25}, engine="fork", allow_errors=True
+            )
+        )
+    assert run.state == "succeeded"
+    saved = nbformat.read(out, as_version=4)
+    nbformat.validate(saved)
+    assert out.read_text(encoding="utf-8") == nbformat.writes(saved) + "\n"
+    assert isinstance(saved.metadata.papermill.duration, float)
+    assert saved.cells[-1].outputs[0].ename == "ZeroDivisionError"
+
+
+def test_each_run_sees_kilns_environment_as_it_is_when_the_run_starts(
+    tmp_path, make_nb, monkeypatch
+):
+    """The warm parent starts with Kiln's environment; a run gets the environment Kiln has
+    when the run starts (the spec carries only the changes), removed variables included."""
+    nb = make_nb(
+        [
+            "import os, kiln\n"
+            "kiln.record('seen', {k: os.environ.get(k) for k in"
+            " ('KILN_T_KEPT', 'KILN_T_GONE', 'KILN_T_NEW', 'KILN_T_OWN')})"
+        ]
+    )
+    monkeypatch.setenv("KILN_T_KEPT", "kept")
+    monkeypatch.setenv("KILN_T_GONE", "there")
+
+    async def main() -> list:
+        runner = Runner(home=tmp_path / "home")
+        try:
+            runs = [await runner.arun(RunRequest(notebook=nb, engine="fork"))]
+            monkeypatch.delenv("KILN_T_GONE")
+            monkeypatch.setenv("KILN_T_NEW", "new")
+            monkeypatch.setenv("KILN_T_KEPT", "changed")
+            request = RunRequest(notebook=nb, engine="fork", env={"KILN_T_OWN": "own"})
+            runs.append(await runner.arun(request))
+            return runs
+        finally:
+            await runner.aclose_engines()
+            runner.close()
+
+    first, second = asyncio.run(main())
+    assert first.records["seen"] == {
+        "KILN_T_KEPT": "kept",
+        "KILN_T_GONE": "there",
+        "KILN_T_NEW": None,
+        "KILN_T_OWN": None,
+    }
+    assert second.records["seen"] == {
+        "KILN_T_KEPT": "changed",
+        "KILN_T_GONE": None,
+        "KILN_T_NEW": "new",
+        "KILN_T_OWN": "own",
+    }
+
+
 @pytest.mark.parametrize(
     "cell",
     [

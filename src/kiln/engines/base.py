@@ -31,6 +31,8 @@ class KernelReady:
     kernel_version: str | None = None
     language_version: str | None = None
     pid: int | None = None
+    #: when process ``pid`` started (epoch seconds, as ``/proc`` says), if the engine knows
+    started: float | None = None
 
 
 @dataclass(frozen=True)

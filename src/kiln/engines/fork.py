@@ -25,6 +25,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from kiln import processes
@@ -172,6 +173,8 @@ class ForkSession:
         self.engine = engine
         self.options = options
         self.pid: int | None = None
+        #: when the child started (epoch seconds, from /proc)
+        self.started: float | None = None
         self.run_id: str | None = None
         self.server: ForkServer | None = None
         self.channel: RunChannel | None = None
@@ -188,6 +191,9 @@ class ForkSession:
         """Launch the warm parent if needed; the fork itself happens in the background."""
         self.server = self.engine.pool.server(self.engine.python)
         self._starting = asyncio.ensure_future(self._fork())
+        # one turn of the loop lets the task send its fork request (a warm parent that is
+        # ready answers without waiting): the parent forks while the runner records the run
+        await asyncio.sleep(0)
 
     async def _fork(self) -> None:
         pool, options = self.engine.pool, self.options
@@ -239,7 +245,7 @@ class ForkSession:
         else:
             loop.add_reader(self._pidfd, self._on_exit)
         try:
-            server.check_child(self.pid)
+            self.started = server.check_child(self.pid)
         except ParentLost:
             self._forget_child()
             raise
@@ -281,7 +287,7 @@ class ForkSession:
         channel, options = self.channel, self.options
         conversation = Conversation(self, channel, options, nb, emit)
         channel.open(self.pid, conversation.wake)
-        spec = proto.encode_line(self._spec(nb))
+        spec = proto.encode_line(self._spec(nb, self.server.env))
         await asyncio.get_running_loop().sock_sendall(channel.sock, spec)
         info = self.server.info
         emit(
@@ -291,6 +297,7 @@ class ForkSession:
                 kernel_version=f"ipython {info.get(proto.IPYTHON)}",
                 language_version=info.get(proto.PYTHON),
                 pid=self.pid,
+                started=self.started,
             )
         )
         outcome = await conversation.run()
@@ -309,8 +316,9 @@ class ForkSession:
             "fork": "the fork engine's warm parent was forking the run",
         }[self._phase]
 
-    def _spec(self, nb: Any) -> dict[str, Any]:
+    def _spec(self, nb: Any, base_env: dict[str, str]) -> dict[str, Any]:
         options = self.options
+        changed, removed = run_env_changes(base_env, options.env or {})
         cells = [
             {
                 proto.INDEX: i,
@@ -327,7 +335,8 @@ class ForkSession:
             proto.CELLS: cells,
             proto.ALLOW_ERRORS: options.allow_errors,
             proto.CWD: str(options.cwd) if options.cwd else None,
-            proto.ENV: dict(os.environ) | dict(options.env or {}),
+            proto.ENV_SET: changed,
+            proto.ENV_UNSET: removed,
             proto.ARGV: list(options.argv) or [""],
             proto.MEMORY_LIMIT: options.memory_limit,
         }
@@ -395,6 +404,41 @@ class ForkSession:
         await self._release()
         if self._fallback is not None:
             await self._fallback.close(graceful=graceful)
+
+
+_env_seen: tuple[dict[bytes, bytes], dict[str, str], tuple[dict[str, str], list[str]]] | None
+_env_seen = None
+
+
+def run_env_changes(
+    base_env: dict[str, str], overrides: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """What a run's spec carries: how Kiln's environment with the run's ``overrides`` differs
+    from ``base_env``, the warm parent's (see :func:`~kiln.engines.forkproto.env_changes`)."""
+    changed, removed = _env_changes(base_env)
+    for name, value in overrides.items():
+        if base_env.get(name) != value:
+            changed[name] = value
+        else:  # Kiln's environment may differ from the parent's here: the run's value wins
+            changed.pop(name, None)
+        if name in removed:
+            removed = [n for n in removed if n != name]
+    return changed, removed
+
+
+def _env_changes(base_env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """How Kiln's environment now differs from ``base_env`` (a warm parent's), computed again
+    only when either changed: every run's spec needs it, and decoding ``os.environ`` costs
+    more than the rest of the spec."""
+    global _env_seen
+    raw: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)  # CPython's bytes
+    if raw is None:
+        return proto.env_changes(base_env, dict(os.environ))
+    seen = _env_seen
+    if seen is None or seen[1] is not base_env or seen[0] != raw:
+        seen = _env_seen = (dict(raw), base_env, proto.env_changes(base_env, dict(os.environ)))
+    changed, removed = seen[2]
+    return dict(changed), list(removed)
 
 
 def reap_leftover_parents() -> list[int]:

@@ -28,6 +28,7 @@ and exits: a run does not outlive its Kiln process.
 
 from __future__ import annotations
 
+import _thread
 import codecs
 import contextlib
 import os
@@ -69,8 +70,9 @@ class FdCapture:
             os.set_blocking(read_end, False)
             self.fds[read_end] = name
             self.decoders[read_end] = codecs.getincrementaldecoder("utf-8")("replace")
-        self.thread = threading.Thread(target=self._loop, name="kiln-io", daemon=True)
-        self.thread.start()
+        # started without waiting for it to run (threading.Thread.start would): the cells
+        # need it only once they write to the file descriptors or run long
+        _thread.start_new_thread(self._loop, ())
 
     def _read_available(self, fd: int) -> None:
         while True:
@@ -162,7 +164,12 @@ def _stdin_unavailable(prompt: object = "") -> str:
     )
 
 
-def _apply_spec(spec: dict[str, Any], base_path: list[str], shadowable: Iterable[str]) -> None:
+def _apply_spec(
+    spec: dict[str, Any],
+    base_path: list[str],
+    shadowable: Iterable[str],
+    base_env: dict[str, str],
+) -> None:
     limit = spec.get(proto.MEMORY_LIMIT)
     if limit:
         import resource
@@ -170,10 +177,9 @@ def _apply_spec(spec: dict[str, Any], base_path: list[str], shadowable: Iterable
         resource.setrlimit(resource.RLIMIT_AS, (int(limit), int(limit)))
     if spec.get(proto.CWD):
         os.chdir(spec[proto.CWD])
-    env = spec.get(proto.ENV)
-    if env is not None:
-        os.environ.clear()
-        os.environ.update(env)
+    proto.apply_env(
+        os.environ, base_env, spec.get(proto.ENV_SET) or {}, spec.get(proto.ENV_UNSET) or []
+    )
     # what ipykernel does: figures are shown inline unless the run chose a backend
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     _kernel_imports(base_path, shadowable)
@@ -214,8 +220,10 @@ def child_main(
     parent_fds: Iterable[int],
     base_path: list[str],
     shadowable: Iterable[str],
+    base_env: dict[str, str],
 ) -> NoReturn:
-    """Run one notebook's cells and exit; never returns."""
+    """Run one notebook's cells and exit; never returns. ``base_env`` is the environment the
+    warm parent was started with: the spec says how the run's differs from it."""
     global _channel
     status = 0
     try:
@@ -236,16 +244,18 @@ def child_main(
         _channel = Channel(socket.socket(fileno=sock_fd))
         os.register_at_fork(after_in_child=_detach)
         spec = _channel.receive()
-        _apply_spec(spec, base_path, shadowable)
+        _apply_spec(spec, base_path, shadowable, base_env)
         _run_cells(_channel, shell, spec)
         _end_processes()
         _channel.send({proto.KIND: proto.DONE})
+        _channel.release()  # the last cell's end and DONE, in one write
     except BaseException as exc:  # report anything that breaks the child itself
         status = 1
         if _channel is not None:
             with contextlib.suppress(Exception):
                 error = f"{type(exc).__name__}: {exc}"
                 _channel.send({proto.KIND: proto.FATAL, proto.ERROR: error})
+                _channel.release()
         with contextlib.suppress(Exception):
             _end_processes()  # the run is over, whatever broke: what it started goes too
     finally:
@@ -280,7 +290,11 @@ def _run_cells(channel: Channel, shell: KilnShell, spec: dict[str, Any]) -> None
         count = shell.execution_count
         shell.last_error = None
         channel.send({proto.KIND: proto.CELL_START, proto.CELL: index, proto.COUNT: count})
+        # what was held since the previous cell ended goes out with this start, in one write
+        # (one wake-up of the supervisor per cell, not one per message)
+        channel.release()
         result = shell.run_cell(cell[proto.SOURCE], store_history=True)
+        channel.hold()
         capture.drain()
         cell_outputs = outputs.cells.get(index, [])
         error = _cell_error(shell, result, cell_outputs)
@@ -295,7 +309,7 @@ def _run_cells(channel: Channel, shell: KilnShell, spec: dict[str, Any]) -> None
         )
         if error is not None and not allow_errors and not cell.get(proto.RAISES):
             break
-    capture.drain()
+    capture.drain()  # still held: the caller's DONE goes with the last cell's end
 
 
 def _cell_error(

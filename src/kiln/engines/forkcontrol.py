@@ -67,6 +67,8 @@ class ForkServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ctl: socket.socket | None = None
         self.info: dict[str, Any] = {}
+        #: the environment the parent was started with (run specs carry changes to it)
+        self.env: dict[str, str] = {}
         self.broken: str | None = None
         #: the module being pre-imported, while one is
         self.importing: str | None = None
@@ -94,6 +96,7 @@ class ForkServer:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(os.environ)
         env.pop("PYTHONSTARTUP", None)
+        self.env = env
         owner_started = processes.start_time(os.getpid())
         self.proc = subprocess.Popen(
             [
@@ -295,12 +298,14 @@ class ForkServer:
         self._exits[run_id] = asyncio.get_running_loop().create_future()
         return run_id, int(reply[proto.PID])
 
-    def check_child(self, pid: int) -> None:
-        """A reported child must be this parent's (or already gone): else the parent is lost."""
+    def check_child(self, pid: int) -> float | None:
+        """A reported child must be this parent's (or already gone): else the parent is lost.
+        Returns when the child started (None once it is gone), from the same reading."""
         info = processes.proc_info(pid)
         if info is not None and info.ppid != self.pid:
             self.fail(f"the fork engine's warm parent reported pid {pid}, which is not its child")
             raise ParentLost(str(self.broken))
+        return None if info is None else processes.ticks_to_epoch(info.start_ticks)
 
     def sweep(self) -> None:
         """Ask the parent to kill what dead children left re-parented to it (no answer)."""

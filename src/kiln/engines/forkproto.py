@@ -21,6 +21,7 @@ fails the run as crashed and says why, and never drops a message silently.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 #: the field every message carries
@@ -41,7 +42,7 @@ REFUSED = "refused"  # RUN_ID, ERROR: the parent cannot fork safely
 EXITED = "exited"  # RUN_ID, PID, CODE, SIGNAL, SIGNAL_NAME: a child was reaped
 
 # -- run channel: supervisor -> child
-SPEC = "spec"  # CELLS, ALLOW_ERRORS, CWD, ENV, ARGV, MEMORY_LIMIT
+SPEC = "spec"  # CELLS, ALLOW_ERRORS, CWD, ENV_SET, ENV_UNSET, ARGV, MEMORY_LIMIT
 
 # -- run channel: child -> supervisor
 CELL_START = "cell_start"  # CELL, COUNT
@@ -59,7 +60,9 @@ CELLS = "cells"
 CODE = "code"
 COUNT = "count"
 CWD = "cwd"
-ENV = "env"
+#: the run's environment as changes to the one the warm parent was started with
+ENV_SET = "env_set"
+ENV_UNSET = "env_unset"
 ERROR = "error"
 FAILED = "failed"
 INDEX = "index"
@@ -115,3 +118,33 @@ def decode(data: bytes | str, accepted: frozenset[str], sender: str) -> dict[str
     if kind not in accepted:
         raise ProtocolError(f"the {sender} sent a message of unknown kind {kind!r}")
     return msg
+
+
+def env_changes(
+    base: Mapping[str, str], wanted: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """What turns ``base`` (the warm parent's starting environment) into ``wanted`` (a run's):
+    the variables to set and those to remove. A run spec carries these rather than the whole
+    environment, which rarely differs from the parent's by more than the run's own variables."""
+    changed = {k: v for k, v in wanted.items() if base.get(k) != v}
+    return changed, [k for k in base if k not in wanted]
+
+
+def apply_env(
+    environ: MutableMapping[str, str],
+    base: Mapping[str, str],
+    changed: Mapping[str, str],
+    removed: list[str],
+) -> None:
+    """Make ``environ`` exactly ``base`` with the changes of :func:`env_changes` applied,
+    touching only the variables that differ (whatever else changed ``environ`` meanwhile,
+    such as a pre-import, is undone)."""
+    wanted = dict(base)
+    wanted.update(changed)
+    for name in removed:
+        wanted.pop(name, None)
+    for name in [k for k in environ if k not in wanted]:
+        del environ[name]
+    for name, value in wanted.items():
+        if environ.get(name) != value:
+            environ[name] = value

@@ -172,7 +172,8 @@ class Conversation:
         return max(0.0, left), kind
 
     async def run(self) -> ExecutionOutcome:
-        channel = self.channel
+        channel, loop = self.channel, asyncio.get_running_loop()
+        self.session.exited.add_done_callback(lambda _f: self.wake())
         while True:
             while channel.lines:
                 try:
@@ -192,15 +193,16 @@ class Conversation:
             left, kind = self._limit()
             if left is not None and left <= 0:
                 return self._timed_out(kind)
-            self._wakeup = asyncio.get_running_loop().create_future()
+            # one future that the channel, the child's exit and the time limit all set: a
+            # wait costs a future, not asyncio.wait's tasks and callbacks
+            self._wakeup = loop.create_future()
+            timer = loop.call_later(left, self.wake) if left is not None else None
             try:
-                await asyncio.wait(
-                    [self._wakeup, self.session.exited],
-                    timeout=left,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
+                await self._wakeup
             finally:
                 self._wakeup = None
+                if timer is not None:
+                    timer.cancel()
 
     def _handle(self, message: dict[str, Any]) -> ExecutionOutcome | None:
         kind = message[proto.KIND]

@@ -27,6 +27,7 @@ checks that the import started no thread. It protects itself and follows its sup
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import os
 import select
@@ -65,11 +66,13 @@ WARMERS = {
 class WarmParent:
     """The warm parent's state: its control socket, its children, what it pre-imported."""
 
-    def __init__(self, ctl: socket.socket) -> None:
+    def __init__(self, ctl: socket.socket, base_env: dict[str, str]) -> None:
         from kiln.engines.forkchild import child_main  # imported here, not in every child
         from kiln.engines.forkshell import make_shell
 
         self.child_main = child_main
+        #: the environment this process was started with (a run spec says how a run's differs)
+        self.base_env = base_env
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
         self.ctl = ctl
         self.shell = make_shell()
@@ -184,9 +187,14 @@ class WarmParent:
             return
         for extra in fds[1:]:
             os.close(extra)
+        # what exists now is the children's to read, not to collect: frozen, a child's
+        # garbage collections never walk it (each object walked is a page copied on write)
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
-            self.child_main(fds[0], self.shell, self.own_fds(), self.base_path, self.shadowable)
+            self.child_main(
+                fds[0], self.shell, self.own_fds(), self.base_path, self.shadowable, self.base_env
+            )
         os.close(fds[0])
         self.children[pid] = run_id
         self.send({proto.KIND: proto.FORKED, proto.RUN_ID: run_id, proto.PID: pid})
@@ -235,6 +243,7 @@ def _ipython_version() -> str:
 
 def main() -> None:
     """Entry point (see BOOT): ``sys.argv`` is ``['-c', MARKER, FD, OWNER, OWNER_START]``."""
+    base_env = dict(os.environ)  # as the supervisor started it, before anything changes it
     fd, owner = int(sys.argv[2]), int(sys.argv[3])
     processes.set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != owner:
@@ -244,6 +253,6 @@ def main() -> None:
     os.set_inheritable(fd, False)
     ctl = socket.socket(fileno=fd)
     try:
-        WarmParent(ctl).serve()
+        WarmParent(ctl, base_env).serve()
     finally:
         os._exit(0)

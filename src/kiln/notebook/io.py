@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -321,8 +322,12 @@ def _write(value: Any, depth: int, out: list[str]) -> None:
             inner = "\n" + " " * (depth + 1)
             first = True
             for key, item in sorted(value.items()):
-                out.append(("{" if first else ",") + inner + _encode_str(key) + ": ")
-                _write(item, depth + 1, out)
+                head = ("{" if first else ",") + inner + _encode_str(key) + ": "
+                if type(item) is str:  # most values: one piece, without a call per value
+                    out.append(head + _encode_str(item))
+                else:
+                    out.append(head)
+                    _write(item, depth + 1, out)
                 first = False
             out.append("\n" + " " * depth + "}")
     elif kind is list or kind is tuple:
@@ -344,7 +349,9 @@ def _write(value: Any, depth: int, out: list[str]) -> None:
         out.append(_CONSTANTS[value])
     elif kind is int:
         out.append(int.__repr__(value))
-    else:  # floats (NaN, Infinity), bytes, subclasses: json's own rules
+    elif kind is float and math.isfinite(value):
+        out.append(float.__repr__(value))  # what json writes for a finite float
+    else:  # NaN, Infinity, bytes, subclasses: json's own rules
         out.append(_by_json(value, depth))
 
 

@@ -183,7 +183,7 @@ class NotebookSaver:
         """Write the notebook as it is now, in this thread (the final save); raises what
         the write raises."""
         self.stop()
-        plan = self._snapshot()
+        plan = self._snapshot(copy=False)  # serialised here and now: nothing changes meanwhile
         self._take(plan, _serialise_and_write(plan))
 
     # -- inside --------------------------------------------------------------------------
@@ -241,11 +241,14 @@ class NotebookSaver:
         for key, data in fresh.items():
             self._kept[key] = (plan.sources[key], data)
 
-    def _snapshot(self) -> _Plan:
-        """On the loop: what the worker needs, copied so the engine may change the rest."""
+    def _snapshot(self, *, copy: bool = True) -> _Plan:
+        """On the loop: what the worker needs, copied so the engine may change the rest
+        (``copy=False``: the live objects, for a save made at once on the loop)."""
         started = time.monotonic()
         nb = self.nb
-        frame = _copy({k: v for k, v in nb.items() if k != "cells"})
+        frame = {k: v for k, v in nb.items() if k != "cells"}
+        if copy:
+            frame = _copy(frame)
         kept, watched, running, finished = self._kept, self._watched, self._running, self._finished
         sources: dict[int, Any] = {}
         cells: list[bytes | tuple[int, Any]] = []
@@ -260,7 +263,7 @@ class NotebookSaver:
             ):
                 # until the worker's JSON of this copy is kept, the cell counts as unseen
                 kept.pop(key, None)
-                cells.append((key, _copy(cell)))
+                cells.append((key, _copy(cell) if copy else cell))
                 sources[key] = cell
                 shown = _displayed(cell)
                 if shown:

@@ -39,9 +39,16 @@ def process_start_time(pid: int) -> float | None:
 
 
 def current_owner() -> tuple[int, str, float | None]:
-    """``(pid, host, start time)`` of this process, as stored in a run's owner columns."""
+    """``(pid, host, start time)`` of this process, as stored in a run's owner columns
+    (read once per process: every run records it)."""
+    global _owner
     pid = os.getpid()
-    return pid, socket.gethostname(), process_start_time(pid)
+    if _owner is None or _owner[0] != pid:  # a forked child is another owner
+        _owner = (pid, socket.gethostname(), process_start_time(pid))
+    return _owner
+
+
+_owner: tuple[int, str, float | None] | None = None
 
 
 def kill_leftover(
