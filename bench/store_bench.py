@@ -128,6 +128,7 @@ def _drainer(home: str, url: str | None, name: str, out: Any, ready: Any, go: An
     ready.release()
     go.wait()
     mine, took = [], []
+    cpu = time.process_time()
     while True:
         started = time.perf_counter()
         done = _queue_step(store, name)
@@ -135,8 +136,9 @@ def _drainer(home: str, url: str | None, name: str, out: Any, ready: Any, go: An
             break
         took.append(time.perf_counter() - started)
         mine.append(done)
+    cpu = time.process_time() - cpu
     store.close()
-    out.put((mine, took))
+    out.put((mine, took, cpu))
 
 
 def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str, float]:
@@ -160,8 +162,9 @@ def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str,
     go.set()
     parts = [out.get(timeout=1800) for _ in procs]
     elapsed = time.perf_counter() - started
-    claimed = [run_id for mine, _ in parts for run_id in mine]
-    took = [t for _, times in parts for t in times]
+    claimed = [run_id for mine, _, _ in parts for run_id in mine]
+    took = [t for _, times, _ in parts for t in times]
+    cpu = sum(spent for _, _, spent in parts)
     for proc in procs:
         proc.join()
     assert sorted(claimed) == [f"drain-{i:06d}" for i in range(runs)], "lost or doubled runs"
@@ -169,8 +172,10 @@ def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str,
         ended = [r for r in store.list_runs(state="succeeded", limit=None) if r.id[:6] == "drain-"]
     assert len(ended) == runs, f"{len(ended)} of {runs} runs succeeded"
     # the queue's own overhead per run (claim + running write + end), under 4-way contention
+    # and the workers' own CPU per run (Python, driver, sockets), which load barely changes
     return {"runs": runs, "workers": workers, "runs_per_s": runs / elapsed, **ms(took),
-            "per_worker": [len(mine) for mine, _ in parts]}  # fmt: skip
+            "worker_cpu_ms_per_run": cpu / runs * 1000,
+            "per_worker": [len(mine) for mine, _, _ in parts]}  # fmt: skip
 
 
 FILL = """

@@ -130,6 +130,9 @@ class PgRows:
             pooled.close()
 
     def _run(self, conn: Any, sql: str, params: tuple[Any, ...]) -> Any:
+        # prepared at first use, not after psycopg's default five: a worker's connection
+        # runs these statements all day. psycopg still prepares nothing on a connection made
+        # with prepare_threshold=None (behind PgBouncer's transaction pooling, say).
         return conn.execute(sql, params, prepare=True)
 
     def _problem(self, exc: BaseException) -> StoreError:

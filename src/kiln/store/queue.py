@@ -2,8 +2,10 @@
 
 A submitted run is a committed row in state ``queued`` (durable before anyone is told it
 exists). A worker claims the oldest queued row atomically: on SQLite the claim is one
-``BEGIN IMMEDIATE`` transaction (writers take turns), on PostgreSQL ``SELECT ... FOR UPDATE
-SKIP LOCKED`` lets concurrent workers take different rows without waiting. The claim sets the
+``BEGIN IMMEDIATE`` transaction (writers take turns), on PostgreSQL one statement, its own
+transaction (:mod:`kiln.store.pgrow`), whose ``SELECT ... FOR UPDATE SKIP LOCKED`` lets
+concurrent workers take different rows without waiting. Both read the head of a partial
+index that holds the claimable rows alone (``ix_runs_claimable``). The claim sets the
 row ``running`` with a lease (``lease_owner``, ``lease_expires``) that the worker renews while
 the run goes on. A lease that expires means its worker died: the run is marked ``crashed``
 and, when its retry policy allows, a new queued row linked to it (``retry_of``) is added, in

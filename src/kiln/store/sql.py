@@ -3,7 +3,9 @@
 Everything that starts a run records it here first, and every run ends here in exactly one
 terminal state. The default database is SQLite in the Kiln home folder; a team points
 ``KILN_DATABASE_URL`` (or ``store: {url: ...}`` in ``kiln.yaml``) at PostgreSQL instead. Both
-run the same statements and the same migrations, and give back the same values.
+run the same statements and the same migrations, and give back the same values; a run row's
+own writes (and the queue's claim on PostgreSQL) take a shorter path of their own, one round
+trip each (:mod:`kiln.store.hotrow`, :mod:`kiln.store.pgrow`), tested to store the same rows.
 
 Concurrency: SQLite writers take turns (``BEGIN IMMEDIATE``, :mod:`kiln.store.engine`); on
 PostgreSQL, row locks under ``READ COMMITTED`` do the same job, and every conditional
@@ -128,9 +130,7 @@ class RunStore:
             self.url = f"sqlite:///{self.home / 'kiln.db'}"
         self._engine = make_engine(self.url)
         self._pid = os.getpid()
-        #: the run row's own writes (and on PostgreSQL the queue's claim) in one round trip:
-        #: through sqlite3 on a SQLite file (kiln.store.hotrow), psycopg in autocommit on
-        #: PostgreSQL (kiln.store.pgrow)
+        #: the run row's own writes (and PostgreSQL's claim), one round trip each
         self._hot: HotRows | PgRows | None = None
         if not self.read_only:
             self._hot = hot_rows(self._engine) or pg_rows(
@@ -511,12 +511,9 @@ class RunStore:
     @contextlib.contextmanager
     def _read(self) -> Iterator[sa.Connection]:
         """A read-only snapshot on SQLite (a deferred ``BEGIN``: it never waits for writers).
-
-        On PostgreSQL each statement runs on its own (autocommit): under READ COMMITTED each
-        statement of a transaction took a snapshot of its own anyway, so a read sees the same,
-        in one round trip instead of three (``BEGIN``, the query, ``ROLLBACK``), and without
-        the ``ROLLBACK`` that makes psycopg drop the statements it prepared on the
-        connection (the run writes of :mod:`kiln.store.pgrow` would prepare theirs again)."""
+        On PostgreSQL, autocommit: each statement took a snapshot of its own under READ
+        COMMITTED anyway; this saves ``BEGIN`` and ``ROLLBACK`` (two round trips, and psycopg
+        drops its prepared statements at a ``ROLLBACK``)."""
         try:
             with self._live_engine().connect() as conn:
                 conn.execution_options(kiln_read_only=True)

@@ -233,3 +233,21 @@ def test_an_unreachable_server_is_a_store_error_that_the_writes_wait_out(
         assert _unreachable(raised.value.__cause__)  # so _patiently waited, then gave up
         with pytest.raises(StoreError, match="runs database"):
             runs_queue.claim(store, "w", lease=30)
+
+
+def test_a_connection_that_prepares_nothing_is_respected(pg: RunStore) -> None:
+    # behind PgBouncer's transaction pooling a connection is made with prepare_threshold=None:
+    # a prepared statement could land on another server connection
+    def no_prepared(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.prepare_threshold = None
+
+    sa.event.listen(pg._engine, "connect", no_prepared)
+    pg._engine.dispose()
+    _submit(pg, 2)
+    with wire(pg._engine) as traced:
+        _queue_work(pg)
+        _queue_work(pg)
+    (seen,) = traced
+    parsed = [line for line in seen.lines if line[:1] == ["F"] and line[2] == "Parse"]
+    assert parsed and all(line[3].strip().startswith('"" ') for line in parsed)  # unnamed
+    assert seen.round_trips == 6 and seen.commits == 6
