@@ -11,7 +11,12 @@ Scenarios:
             /api/v1/runs: its first page, a notebook's failed runs, the 20th page by cursor)
 
 Without --url a throwaway PostgreSQL server is started (tests/kilnpg.py; as root through
-runuser). Prints the figures and writes bench/results/store.json.
+runuser) with the server's own durability (each commit waits for its WAL flush, as in
+production; --fast-server turns fsync off, as the tests do). On PostgreSQL the queue
+scenario also counts, from libpq's trace of the protocol, the round trips and the commits of
+one run: figures the machine's load does not change. Each figure is printed
+with the load average before and after. Prints the figures and writes
+bench/results/store.json.
 Usage: python bench/store_bench.py [--runs N] [--drain N] [--history N] [--url URL]
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import random
 import statistics
@@ -40,9 +46,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def ms(seconds: list[float]) -> dict[str, float]:
+    """The median and the spread (p10, p90, p95, max) in milliseconds."""
     ordered = sorted(seconds)
-    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
-    return {"median_ms": statistics.median(ordered) * 1000, "p95_ms": p95 * 1000}
+
+    def at(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(len(ordered) * share))] * 1000
+
+    return {"median_ms": statistics.median(ordered) * 1000, "p10_ms": at(0.10),
+            "p90_ms": at(0.90), "p95_ms": at(0.95), "max_ms": ordered[-1] * 1000}  # fmt: skip
 
 
 def per_run(store: RunStore, runs: int, tag: str) -> dict[str, float]:
@@ -71,13 +82,45 @@ def queue_overhead(store: RunStore, runs: int, tag: str) -> dict[str, float]:
     took = []
     for _ in range(runs):
         started = time.perf_counter()
-        claimed = runs_queue.claim(store, "bench", lease=30, pid=1, host="bench")
-        assert claimed is not None
-        store.update_run(claimed.id, started_at=datetime.now(timezone.utc))
-        store.finish_run(claimed.id, "succeeded")
+        assert _queue_step(store, "bench") is not None
         took.append(time.perf_counter() - started)
     assert runs_queue.claim(store, "bench", lease=30) is None
     return ms(took)
+
+
+def round_trips(url: str, home: Path, sample: int = 50) -> dict[str, float]:
+    """Load-independent: what one run of the queue scenario (claim, running write, end)
+    exchanges with the server, from libpq's trace of the protocol: round trips, and commits
+    (each waits for its WAL flush)."""
+    from kilnpg import wire
+
+    with RunStore(home, url=url) as store:
+        for i in range(sample + 10):
+            store.create_run(
+                Run(id=f"rt-{i:06d}", notebook_path="q.ipynb", notebook_sha256="x",
+                    state="queued", request={"options": {}})
+            )  # fmt: skip
+        for _ in range(10):  # the steady state: statements prepared on the connection
+            assert _queue_step(store, "bench") is not None
+        with wire(store._engine) as traced:
+            for _ in range(sample):
+                assert _queue_step(store, "bench") is not None
+    (seen,) = traced
+    return {
+        "round_trips_per_run": seen.round_trips / sample,
+        "commits_per_run": seen.commits / sample,
+    }
+
+
+def _queue_step(store: RunStore, owner: str) -> str | None:
+    """The queue's own work for one run: claim, the running write, the end (None: the
+    queue is empty)."""
+    claimed = runs_queue.claim(store, owner, lease=30, pid=1, host=owner)
+    if claimed is None:
+        return None
+    store.update_run(claimed.id, started_at=datetime.now(timezone.utc))
+    store.finish_run(claimed.id, "succeeded")
+    return claimed.id
 
 
 def _drainer(home: str, url: str | None, name: str, out: Any, ready: Any, go: Any) -> None:
@@ -85,17 +128,17 @@ def _drainer(home: str, url: str | None, name: str, out: Any, ready: Any, go: An
     ready.release()
     go.wait()
     mine, took = [], []
+    cpu = time.process_time()
     while True:
         started = time.perf_counter()
-        claimed = runs_queue.claim(store, name, lease=30, pid=1, host=name)
-        if claimed is None:
+        done = _queue_step(store, name)
+        if done is None:
             break
-        store.update_run(claimed.id, started_at=datetime.now(timezone.utc))
-        store.finish_run(claimed.id, "succeeded")
         took.append(time.perf_counter() - started)
-        mine.append(claimed.id)
+        mine.append(done)
+    cpu = time.process_time() - cpu
     store.close()
-    out.put((mine, took))
+    out.put((mine, took, cpu))
 
 
 def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str, float]:
@@ -119,8 +162,9 @@ def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str,
     go.set()
     parts = [out.get(timeout=1800) for _ in procs]
     elapsed = time.perf_counter() - started
-    claimed = [run_id for mine, _ in parts for run_id in mine]
-    took = [t for _, times in parts for t in times]
+    claimed = [run_id for mine, _, _ in parts for run_id in mine]
+    took = [t for _, times, _ in parts for t in times]
+    cpu = sum(spent for _, _, spent in parts)
     for proc in procs:
         proc.join()
     assert sorted(claimed) == [f"drain-{i:06d}" for i in range(runs)], "lost or doubled runs"
@@ -128,8 +172,10 @@ def drain(home: Path, url: str | None, runs: int, workers: int = 4) -> dict[str,
         ended = [r for r in store.list_runs(state="succeeded", limit=None) if r.id[:6] == "drain-"]
     assert len(ended) == runs, f"{len(ended)} of {runs} runs succeeded"
     # the queue's own overhead per run (claim + running write + end), under 4-way contention
+    # and the workers' own CPU per run (Python, driver, sockets), which load barely changes
     return {"runs": runs, "workers": workers, "runs_per_s": runs / elapsed, **ms(took),
-            "per_worker": [len(mine) for mine, _ in parts]}  # fmt: skip
+            "worker_cpu_ms_per_run": cpu / runs * 1000,
+            "per_worker": [len(mine) for mine, _, _ in parts]}  # fmt: skip
 
 
 FILL = """
@@ -245,26 +291,40 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="list queries timed")
     parser.add_argument("--url", help="an existing, empty PostgreSQL database to use")
     parser.add_argument("--only", choices=("backends", "history"), help="one part only")
+    parser.add_argument(
+        "--fast-server",
+        action="store_true",
+        help="start PostgreSQL with fsync and synchronous_commit off (not how a team runs it: "
+        "the default server waits for each commit's WAL flush, as production does)",
+    )
     args = parser.parse_args()
 
     server = None
     if args.url is None:
         from kilnpg import PostgresServer
 
-        server = PostgresServer.start()
-    results: dict[str, Any] = {"python": platform.python_version(), "backends": {}}
+        server = PostgresServer.start(durable=not args.fast_server)
+    results: dict[str, Any] = {
+        "python": platform.python_version(),
+        "postgresql_server": "given" if args.url else "fast" if args.fast_server else "durable",
+        "backends": {},
+    }
     try:
         for backend in ("sqlite", "postgresql") if args.only != "history" else ():
             with tempfile.TemporaryDirectory() as tmp:
                 url = None
                 if backend == "postgresql":
                     url = args.url or server.create_database("bench")  # type: ignore[union-attr]
+                figures: dict[str, Any] = {"load_before": os.getloadavg()[0]}
                 with RunStore(Path(tmp) / "home", url=url) as store:
-                    figures = {
+                    figures |= {
                         "per_run": per_run(store, args.runs, "p"),
                         "queue": queue_overhead(store, args.runs, "q"),
                     }
                 figures["drain"] = drain(Path(tmp) / "home", url, args.drain)
+                if backend == "postgresql" and url is not None:
+                    figures["queue"].update(round_trips(url, Path(tmp) / "home"))
+                figures["load_after"] = os.getloadavg()[0]
                 results["backends"][backend] = figures
                 if backend == "postgresql" and server is not None and url is not None:
                     server.drop_database(url)

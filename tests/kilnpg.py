@@ -2,9 +2,11 @@
 
 ``PostgresServer.start()`` runs ``initdb`` into a temporary folder and starts the server on a
 free port on 127.0.0.1 (and a unix socket in the same folder), durability off (the data is
-thrown away). As root, the server cannot run as root: the folder is given to the ``postgres``
-user and ``initdb``/``pg_ctl`` run through ``runuser``. ``create_database`` hands out empty
-databases; ``stop`` ends the server by its pid and removes the folder.
+thrown away) unless ``durable=True`` (the server's defaults: every commit waits for its WAL
+flush, as a production server's does; the benchmarks measure with it). As root, the server
+cannot run as root: the folder is given to the ``postgres`` user and ``initdb``/``pg_ctl`` run
+through ``runuser``. ``create_database`` hands out empty databases; ``stop`` ends the server by
+its pid and removes the folder.
 
 When PostgreSQL cannot be had, :class:`PostgresUnavailable` says exactly why (callers skip with
 that reason, or fail when ``CI`` is set: the PostgreSQL tests must run there).
@@ -22,12 +24,74 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kilntest import pid_alive
 
 SUPERUSER = "kiln"
 PREFIX = "kiln-pg-"
+
+
+class Wire:
+    """What the store's PostgreSQL connections said to the server inside :func:`wire`, from
+    libpq's own trace of the protocol: a measure of the store's work that load cannot change."""
+
+    def __init__(self, text: str) -> None:
+        self.lines = [line.split("\t") for line in text.splitlines() if line]
+
+    @property
+    def round_trips(self) -> int:
+        """Exchanges the client waited for (each ends with the server's ReadyForQuery)."""
+        return sum(1 for line in self.lines if line[:1] == ["B"] and line[2] == "ReadyForQuery")
+
+    @property
+    def commits(self) -> int:
+        """Transactions that wrote and committed (each waits for its WAL flush)."""
+        done, last = 0, ""
+        for line in self.lines:
+            if line[:1] != ["B"]:
+                continue
+            if line[2] == "CommandComplete":
+                last = line[3].strip().strip('"').split()[0]
+            elif line[2] == "ReadyForQuery" and line[3].strip() == "I":
+                done += last in ("INSERT", "UPDATE", "DELETE", "COMMIT")
+                last = ""
+        return done
+
+
+@contextlib.contextmanager
+def wire(engine: Any) -> Iterator[list[Wire]]:
+    """Trace the protocol of every connection ``engine`` (a SQLAlchemy engine on psycopg)
+    checks out inside; the list holds the :class:`Wire` once the block ends."""
+    import psycopg
+    import sqlalchemy as sa
+
+    out: list[Wire] = []
+    log = tempfile.NamedTemporaryFile(prefix="kiln-wire-", delete=False)  # noqa: SIM115
+    traced: list[tuple[Any, int]] = []
+    flags = psycopg.pq.Trace.SUPPRESS_TIMESTAMPS | psycopg.pq.Trace.REGRESS_MODE
+
+    def on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        pgconn = dbapi_connection.pgconn
+        if all(pgconn is not seen for seen, _ in traced):
+            fd = os.open(log.name, os.O_WRONLY | os.O_APPEND)
+            pgconn.trace(fd)
+            pgconn.set_trace_flags(flags)
+            traced.append((pgconn, fd))
+
+    sa.event.listen(engine, "checkout", on_checkout)
+    try:
+        yield out
+    finally:
+        sa.event.remove(engine, "checkout", on_checkout)
+        for pgconn, fd in traced:
+            pgconn.untrace()  # flushes libpq's stream
+            os.close(fd)
+        log.close()
+        out.append(Wire(Path(log.name).read_text(errors="replace")))
+        os.unlink(log.name)
 
 
 class PostgresUnavailable(RuntimeError):
@@ -78,7 +142,7 @@ class PostgresServer:
         self._start_argv: list[str] = []
 
     @classmethod
-    def start(cls, *, timeout: float = 30.0) -> PostgresServer:
+    def start(cls, *, timeout: float = 30.0, durable: bool = False) -> PostgresServer:
         bindir = find_bindir()
         as_user = None
         if os.geteuid() == 0:  # the server refuses to run as root
@@ -97,7 +161,7 @@ class PostgresServer:
             (root / "owner").write_text(f"{os.getpid()} {_started(os.getpid())}")
             if as_user is not None:
                 os.chown(root, owner.pw_uid, owner.pw_gid)
-            server = cls._init_and_start(bindir, root, as_user, timeout)
+            server = cls._init_and_start(bindir, root, as_user, timeout, durable)
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
             raise
@@ -105,7 +169,7 @@ class PostgresServer:
 
     @classmethod
     def _init_and_start(
-        cls, bindir: Path, root: Path, as_user: str | None, timeout: float
+        cls, bindir: Path, root: Path, as_user: str | None, timeout: float, durable: bool
     ) -> PostgresServer:
         data = root / "data"
         locale = "C.UTF-8" if _has_locale("C.utf8") else None
@@ -120,10 +184,10 @@ class PostgresServer:
         last = ""
         for _ in range(3):  # another process may take the free port first
             port = _free_port()
-            options = (
-                f"-h 127.0.0.1 -p {port} -k {root} -F -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB"
-            )
+            options = f"-h 127.0.0.1 -p {port} -k {root} "
+            if not durable:
+                options += "-F -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            options += "-c max_connections=200 -c shared_buffers=64MB"
             start = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log")]
             start += ["-w", "-t", str(int(timeout)), "-o", options, "start"]
             done = _run(start, as_user, timeout + 5)

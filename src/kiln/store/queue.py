@@ -2,8 +2,10 @@
 
 A submitted run is a committed row in state ``queued`` (durable before anyone is told it
 exists). A worker claims the oldest queued row atomically: on SQLite the claim is one
-``BEGIN IMMEDIATE`` transaction (writers take turns), on PostgreSQL ``SELECT ... FOR UPDATE
-SKIP LOCKED`` lets concurrent workers take different rows without waiting. The claim sets the
+``BEGIN IMMEDIATE`` transaction (writers take turns), on PostgreSQL one statement, its own
+transaction (:mod:`kiln.store.pgrow`), whose ``SELECT ... FOR UPDATE SKIP LOCKED`` lets
+concurrent workers take different rows without waiting. Both read the head of a partial
+index that holds the claimable rows alone (``ix_runs_claimable``). The claim sets the
 row ``running`` with a lease (``lease_owner``, ``lease_expires``) that the worker renews while
 the run goes on. A lease that expires means its worker died: the run is marked ``crashed``
 and, when its retry policy allows, a new queued row linked to it (``retry_of``) is added, in
@@ -21,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from kiln.store.pgrow import PgRows
 from kiln.store.records import Run, RunState
-from kiln.store.schema import runs
-from kiln.store.values import TERMINAL, column_values, row_to_run
+from kiln.store.schema import CLAIMABLE, runs
+from kiln.store.values import TERMINAL, column_values, mapping_to_run, row_to_run
 
 if TYPE_CHECKING:
     from kiln.store.sql import RunStore
@@ -54,12 +57,10 @@ def claim(
         "owner_host": host,
         "owner_started": started,
     }
-    if store.backend == "postgresql":
-        # one round trip: lock the oldest row nobody holds, take it, return it
-        with store._write() as conn:
-            bound = {f"_v_{name}": value for name, value in values.items()}
-            row = conn.execute(_claim_statement(), bound).first()
-        return None if row is None else row_to_run(row)
+    hot = store._hot
+    if isinstance(hot, PgRows):  # one round trip, its own transaction (kiln.store.pgrow)
+        taken = hot.claim(values)
+        return None if taken is None else mapping_to_run(taken)
     queued = runs.c.state == RunState.QUEUED.value
     oldest = _oldest()
     # SQLite: the transaction holds the write lock (BEGIN IMMEDIATE), so nobody else can
@@ -78,35 +79,17 @@ def claim(
 
 @functools.lru_cache(maxsize=1)
 def _oldest() -> sa.Select[tuple[str]]:
-    """The oldest run the queue may take, locked (skipping rows others hold)."""
+    """The oldest run the queue may take (SQLite; PostgreSQL's claim is kiln.store.pgrow's).
+
+    A direct run (kiln run, an endpoint call) is also ``queued`` while its engine starts; it
+    has an owner from the start (and may keep its request, for kiln rerun): it is not the
+    queue's to take. A submitted run has a request and no owner until claimed. The condition
+    is the partial index's own text (literals, not parameters), so the index serves it."""
     return (
         sa.select(runs.c.id)
-        # a direct run (kiln run, an endpoint call) is also `queued` while its engine starts;
-        # it has an owner from the start (and may keep its request, for kiln rerun): it is not
-        # the queue's to take. A submitted run has a request and no owner until claimed.
-        .where(
-            runs.c.state == RunState.QUEUED.value,
-            runs.c.request.is_not(None),
-            runs.c.owner_pid.is_(None),
-        )
+        .where(sa.text(CLAIMABLE))
         .order_by(runs.c.created_at, runs.c.id)
         .limit(1)
-        .with_for_update(skip_locked=True)
-    )
-
-
-_CLAIMED = ("state", "lease_owner", "lease_expires", "owner_pid", "owner_host", "owner_started")
-
-
-@functools.lru_cache(maxsize=1)
-def _claim_statement() -> sa.UpdateBase:
-    """PostgreSQL's claim, built once (SQLAlchemy then reuses its compiled form)."""
-    queued = runs.c.state == RunState.QUEUED.value
-    return (
-        runs.update()
-        .where(runs.c.id == _oldest().scalar_subquery(), queued)
-        .values({name: sa.bindparam(f"_v_{name}") for name in _CLAIMED})
-        .returning(*runs.c)
     )
 
 

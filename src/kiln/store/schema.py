@@ -36,6 +36,10 @@ __all__ = [
 
 metadata = sa.MetaData()
 
+#: the rows the queue may claim (kiln.store.queue): submitted, not yet taken; a direct run is
+#: ``queued`` while its engine starts but has an owner from the start
+CLAIMABLE = "state = 'queued' AND request IS NOT NULL AND owner_pid IS NULL"
+
 runs = sa.Table(
     "runs",
     metadata,
@@ -104,6 +108,14 @@ runs = sa.Table(
     sa.Index("ix_runs_notebook_path_created_at", "notebook_path", "created_at"),
     # runs someone submitted, newest first (0008)
     sa.Index("ix_runs_submitted_by_created_at", "submitted_by", "created_at", "id"),
+    # the queue: only the runs a worker may claim, in the claim's order (0010)
+    sa.Index(
+        "ix_runs_claimable",
+        "created_at",
+        "id",
+        postgresql_where=sa.text(CLAIMABLE),
+        sqlite_where=sa.text(CLAIMABLE),
+    ),
 )
 
 # -- pipelines (migration 0003) ----------------------------------------------------------------

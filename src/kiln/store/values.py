@@ -147,7 +147,11 @@ def column_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def row_to_run(row: sa.Row[Any]) -> Run:
-    data = row._mapping
+    return mapping_to_run(row._mapping)
+
+
+def mapping_to_run(data: Mapping[Any, Any]) -> Run:
+    """A run from its row's columns by name (a SQLAlchemy row's mapping, or a dict)."""
     values: dict[str, Any] = {}
     for name in RUN_FIELDS:
         if name == "records_list":

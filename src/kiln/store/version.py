@@ -10,4 +10,4 @@ from __future__ import annotations
 
 #: The newest migration. The store compares it with ``alembic_version`` on open and only imports
 #: Alembic when the database is new or behind.
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
