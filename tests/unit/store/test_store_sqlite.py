@@ -128,3 +128,53 @@ def test_an_id_prefix_lookup_searches_the_index(store: RunStore, make_run: MakeR
         plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
     details = " ".join(str(row[-1]) for row in plan)
     assert "SEARCH" in details and "SCAN" not in details, details
+
+
+class _LockedCursor:
+    """A cursor whose WAL switch is refused as "locked" a few times, as SQLite refuses it
+    (without calling the busy handler) while other processes open a brand-new database."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.mode = "delete"
+        self.statements: list[str] = []
+
+    def execute(self, sql: str) -> None:
+        self.statements.append(sql)
+        if sql == "PRAGMA journal_mode=WAL":
+            if self.refusals:
+                self.refusals -= 1
+                raise sqlite3.OperationalError("database is locked")
+            self.mode = "wal"
+
+    def fetchone(self) -> tuple[str]:
+        return (self.mode,)
+
+
+def test_the_wal_switch_is_retried_while_the_new_database_is_locked() -> None:
+    from kiln.store.engine import _use_wal
+
+    cursor = _LockedCursor(refusals=3)
+    _use_wal(cursor)
+    assert cursor.mode == "wal"
+    assert cursor.statements.count("PRAGMA journal_mode=WAL") == 4
+
+
+def test_a_database_already_in_wal_is_not_switched_again() -> None:
+    from kiln.store.engine import _use_wal
+
+    cursor = _LockedCursor(refusals=0)
+    cursor.mode = "wal"
+    _use_wal(cursor)
+    assert cursor.statements == ["PRAGMA journal_mode"]
+
+
+def test_other_errors_of_the_wal_switch_are_not_retried() -> None:
+    from kiln.store.engine import _use_wal
+
+    class Broken(_LockedCursor):
+        def execute(self, sql: str) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        _use_wal(Broken(refusals=0))
