@@ -135,15 +135,10 @@ class AuditWriter:
         details: dict[str, Any] | None = None,
     ) -> None:
         """Hand one entry over (masked and written on the writer's thread)."""
-        entry = {
-            "at": datetime.now(timezone.utc),  # when it happened, not when written
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "outcome": outcome,
-            "address": address,
-            "details": details,
-        }
+        # stamped when it happened, not when written
+        entry = audit.entry(
+            actor, action, target, outcome, address, details, datetime.now(timezone.utc)
+        )
         with self._changed:
             if not self._closed:
                 self._pending.append(entry)

@@ -58,20 +58,28 @@ def append(
     at: datetime | None = None,
 ) -> None:
     """Add one entry (its own transaction)."""
-    append_many(
-        store,
-        [
-            {
-                "at": at,
-                "actor": actor,
-                "action": action,
-                "target": target,
-                "outcome": outcome,
-                "address": address,
-                "details": details,
-            }
-        ],
-    )
+    append_many(store, [entry(actor, action, target, outcome, address, details, at)])
+
+
+def entry(
+    actor: str | None,
+    action: str,
+    target: str | None = None,
+    outcome: str = "ok",
+    address: str | None = None,
+    details: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """One entry as :func:`append_many` takes it (``at`` None: when it is written)."""
+    return {
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "outcome": outcome,
+        "address": address,
+        "details": details,
+    }
 
 
 def append_many(store: RunStore, entries: list[dict[str, Any]]) -> None:

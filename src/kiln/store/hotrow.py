@@ -28,7 +28,7 @@ from kiln.errors import StoreError
 from kiln.store.engine import _BUSY_TIMEOUT_MS
 from kiln.store.litedb import sqlite_file
 from kiln.store.migrate import where
-from kiln.store.schema import runs
+from kiln.store.schema import run_columns, runs
 from kiln.store.values import TERMINAL, NotJson, dumps
 
 
@@ -125,7 +125,7 @@ class HotRows:
         columns = tuple(values)
         sql = self._sql.get(columns)
         if sql is None:
-            names = ", ".join(_checked(columns))
+            names = ", ".join(run_columns(columns))
             sql = self._sql[columns] = (
                 f"INSERT INTO runs ({names}) VALUES ({', '.join('?' * len(columns))})"
             )
@@ -143,7 +143,7 @@ class HotRows:
         key = ("update", only_active, *values)
         sql = self._sql.get(key)
         if sql is None:
-            sets = ", ".join(f"{name} = ?" for name in _checked(tuple(values)))
+            sets = ", ".join(f"{name} = ?" for name in run_columns(tuple(values)))
             only = f" AND {_NOT_ENDED}" if only_active else ""
             sql = self._sql[key] = f"UPDATE runs SET {sets} WHERE id = ?{only}"
         return self._write(sql, (*_bound(values), run_id), run_id=run_id)
@@ -174,13 +174,6 @@ class HotRows:
             except sqlite3.Error as exc:
                 raise StoreError(f"runs database {self.where}: {exc}") from exc
         return changed, state
-
-
-def _checked(columns: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = [name for name in columns if name not in _CONVERT]
-    if unknown:  # column_values only gives the table's columns: a mistake in Kiln
-        raise ValueError(f"the runs table has no column {', '.join(unknown)}")
-    return columns
 
 
 def _bound(values: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.errors import StoreError
-from kiln.store.schema import CLAIMABLE, runs
+from kiln.store.schema import CLAIMABLE, run_columns, runs
 from kiln.store.values import TERMINAL, NotJson, dumps
 
 _COLUMNS = tuple(column.name for column in runs.c)
@@ -151,26 +151,19 @@ def _wrapped(exc: BaseException, lost: bool = False) -> BaseException:
 
 @functools.lru_cache(maxsize=64)
 def _insert(columns: tuple[str, ...]) -> str:
-    names = ", ".join(_checked(columns))
+    names = ", ".join(run_columns(columns))
     return f"INSERT INTO runs ({names}) VALUES ({', '.join(_slot(name) for name in columns)})"
 
 
 @functools.lru_cache(maxsize=64)
 def _update(columns: tuple[str, ...], only_active: bool) -> str:
-    sets = ", ".join(f"{name} = {_slot(name)}" for name in _checked(columns))
+    sets = ", ".join(f"{name} = {_slot(name)}" for name in run_columns(columns))
     only = f" AND {_NOT_ENDED}" if only_active else ""
     return f"UPDATE runs SET {sets} WHERE id = %s{only}"
 
 
 def _slot(name: str) -> str:
     return "%s::json" if name in _JSON else "%s"
-
-
-def _checked(columns: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = [name for name in columns if name not in _COLUMNS]
-    if unknown:  # column_values only gives the table's columns: a mistake in Kiln
-        raise ValueError(f"the runs table has no column {', '.join(unknown)}")
-    return columns
 
 
 def _bound(values: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -118,6 +118,19 @@ runs = sa.Table(
     ),
 )
 
+
+def run_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
+    """``columns``, checked to be the runs table's (the hot paths build their statements from
+    them; ``column_values`` only gives the table's columns, so another name is a mistake in
+    Kiln)."""
+    unknown = [name for name in columns if name not in _RUN_COLUMNS]
+    if unknown:
+        raise ValueError(f"the runs table has no column {', '.join(unknown)}")
+    return columns
+
+
+_RUN_COLUMNS = frozenset(column.name for column in runs.c)
+
 # -- pipelines (migration 0003) ----------------------------------------------------------------
 
 #: one ``kiln build`` of one pipeline of one project
