@@ -196,6 +196,11 @@ def test_submit_run_and_read_it_back(site: Site) -> None:
         assert str(site.project) not in json.dumps(fields)
     full = site.admin.get(f"/api/v1/runs/{run['id']}").json()
     assert full["run_dir"] and full["owner_pid"] and full["notebook"] == "work.ipynb"
+    # and its log says where only to an admin: a reader sees the notebook within the project
+    assert str(site.project) not in log.text and f"pid {full['kernel_pid']}" not in log.text
+    assert 'notebook "work.ipynb"' in log.text and " ready (" in log.text
+    whole = site.admin.get(f"/api/v1/runs/{run['id']}/log").text
+    assert str(site.project / "work.ipynb") in whole and f"pid {full['kernel_pid']})" in whole
 
 
 @pytest.mark.parametrize(
@@ -318,6 +323,7 @@ def test_the_log_follows_a_live_run_as_events(site: Site) -> None:
     assert kinds[-1] == "end" and json.loads(events[-1][1])["state"] == "succeeded"
     text = "\n".join(d for k, d in events if k == "log")
     assert "started 5" in text and "run succeeded" in text
+    assert str(site.project) not in text and ", pid " not in text  # a runner is no admin
 
 
 def test_carriage_returns_in_a_log_cannot_forge_events(site: Site) -> None:

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 _LAST_OFFSET = 2**40  # 1 TiB: past any log, and every file system seeks there
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+#: the pid on the run log's "kernel NAME ready (...)" line (the runner writes it)
+_KERNEL_PID = re.compile(r"^(\S+ kernel \S+ (?:\(\w+\) )?ready \(.*), pid \d+\)$", re.M)
 _RUN_KEY = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 #: how often a followed log is read, and a keep-alive comment sent on a quiet stream
 _FOLLOW_EVERY = 0.25
@@ -345,7 +347,7 @@ def router(ctx: ServerContext) -> APIRouter:
         if follow or "text/event-stream" in request.headers.get("accept", ""):
             start = _offset(request.headers.get("last-event-id"))
             return FollowedLog(
-                _follow(ctx, run, start, request),
+                _follow(ctx, run, start, request, log_view(ctx, run, who)),
                 release=ctx.followers.take(who.name),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -354,7 +356,7 @@ def router(ctx: ServerContext) -> APIRouter:
         if run.log_path:
             with contextlib.suppress(FileNotFoundError):
                 data = await run_in_threadpool(_read_log, ctx, run, 0)
-                text = data.decode("utf-8", "replace")
+                text = log_view(ctx, run, who)(data.decode("utf-8", "replace"))
         return PlainTextResponse(text)
 
     @api.get("/runs/{run_id}/notebook", tags=["runs"], summary="the output notebook (.ipynb)")
@@ -553,8 +555,31 @@ class FollowedLog(StreamingResponse):
             self._release()
 
 
+def log_view(ctx: ServerContext, run: Run, who: Principal) -> Callable[[str], str]:
+    """How ``who`` sees the run's log lines: an admin as written; anyone else without where
+    the run lives on the server's machine (as :data:`MACHINE_FIELDS`): paths under the project
+    become relative to it, the run's folder is named as such, the kernel's pid left out."""
+    if who.may("admin"):
+        return lambda text: text
+    places = []
+    if run.run_dir:
+        places.append((str(run.run_dir).rstrip("/"), "<run folder>"))
+    places.append((str(ctx.settings.root).rstrip("/") + "/", ""))
+
+    def view(text: str) -> str:
+        for place, name in places:
+            text = text.replace(place, name)
+        return _KERNEL_PID.sub(r"\1)", text)
+
+    return view
+
+
 async def _follow(
-    ctx: ServerContext, run: Run, start: int, request: Request
+    ctx: ServerContext,
+    run: Run,
+    start: int,
+    request: Request,
+    view: Callable[[str], str] = lambda text: text,
 ) -> AsyncIterator[bytes]:
     """The log as events: ``log`` (whole lines; the id is the byte offset, so a reconnecting
     client resumes with ``Last-Event-ID``), then one ``end`` with the run's final state."""
@@ -571,13 +596,13 @@ async def _follow(
             *lines, pending = (pending + data).split(b"\n")
             if lines:
                 text = b"\n".join(lines).decode("utf-8", errors="replace")
-                yield _event("log", text, position - len(pending))
+                yield _event("log", view(text), position - len(pending))
                 quiet_since = time.monotonic()
             if len(data) == 1024 * 1024:
                 continue  # more to read at once
         if now.finished:
             if pending:
-                yield _event("log", pending.decode("utf-8", errors="replace"), position)
+                yield _event("log", view(pending.decode("utf-8", errors="replace")), position)
             yield _event(
                 "end", json.dumps({"id": now.id, "state": now.state.value, "reason": now.reason})
             )

@@ -378,7 +378,7 @@ def router(ctx: ServerContext, catalog: Catalog) -> APIRouter:
             "run.html",
             title=f"Run {run.id}",
             section="runs",
-            log_text=_log_head(ctx, run),
+            log_text=_log_head(ctx, run, who_of(request)),
             **values,
         )
 
@@ -430,8 +430,11 @@ def _output_sources(path: str | None) -> tuple[str, ...]:
         return ()
 
 
-def _log_head(ctx: ServerContext, run: Run) -> str:
-    """The log so far for a finished run (a running one streams it from the start)."""
+def _log_head(ctx: ServerContext, run: Run, who: Principal) -> str:
+    """The log so far for a finished run (a running one streams it from the start), as
+    ``who`` may see it."""
+    from kiln.server.runs_api import log_view
+
     if not run.finished or not run.log_path:
         return ""
     from pathlib import Path
@@ -444,7 +447,7 @@ def _log_head(ctx: ServerContext, run: Run) -> str:
             data = handle.read()
     except OSError:
         return ""
-    text = data.decode("utf-8", "replace")
+    text = log_view(ctx, run, who)(data.decode("utf-8", "replace"))
     return ("[… earlier lines left out]\n" + text) if size > LOG_TAIL else text
 
 
