@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -80,6 +82,28 @@ def pid_alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def process_report(pid: int) -> str:
+    """What a process that should have gone is doing (for a failing test's message): its
+    state, parent and threads with where each waits, its open files, and every process."""
+    lines = [f"process {pid}:"]
+    base = Path(f"/proc/{pid}")
+    try:
+        status = (base / "status").read_text()
+        lines += [x for x in status.splitlines() if x.split(":")[0] in ("State", "PPid", "Threads")]
+        for task in sorted((base / "task").iterdir()):
+            wchan = (task / "wchan").read_text().strip() or "-"
+            comm = (task / "comm").read_text().strip()
+            lines.append(f"  thread {task.name} {comm}: waits in {wchan}")
+        for fd in sorted((base / "fd").iterdir(), key=lambda f: int(f.name)):
+            with contextlib.suppress(OSError):
+                lines.append(f"  fd {fd.name} -> {os.readlink(fd)}")
+    except OSError as exc:
+        lines.append(f"  ({exc})")
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,args"], capture_output=True, text=True)
+    user = [x for x in ps.stdout.splitlines() if x.split()[1:2] != ["2"] and x.split()[:1] != ["2"]]
+    return "\n".join(lines + user)
 
 
 def wait_gone(pid: int, timeout: float = 10.0) -> bool:

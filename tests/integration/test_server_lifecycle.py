@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from server_util import Server, admin_client, running, wait_state, write_notebook
 
-from kilntest import pid_alive, wait_for, wait_gone
+from kilntest import pid_alive, process_report, wait_for, wait_gone
 
 pytestmark = pytest.mark.kernel
 
@@ -76,7 +76,9 @@ def test_a_server_killed_mid_run_loses_nothing_and_runs_nothing_twice(
     finally:
         server.kill()  # SIGKILL: no drain, nothing recorded
     # the worker dies with its server, and the run's process with the worker
-    assert wait_gone(child, timeout=30), "the run's process outlived its killed server"
+    assert wait_gone(child, timeout=30), "the run's process outlived its killed server: " + (
+        process_report(child)
+    )
     with running(project, home, "--workers", "1") as again:
         assert again.password is None  # the accounts survived; no new admin
         admin = admin_client(again, password)
