@@ -72,7 +72,10 @@ def handle(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     _refuse_overwrite(target, force=args.force)
-    atomic_write_text(target, text)
+    try:
+        atomic_write_text(target, text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}") from None
     if args.to == SCRIPT:
         _make_executable(target)
     if not args.quiet:

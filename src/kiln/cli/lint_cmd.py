@@ -68,6 +68,7 @@ def _codes(values: list[str] | None) -> list[str] | None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    from kiln.errors import UsageError
     from kiln.lint import FORMATS, lint_paths, load_lint_config
     from kiln.lint.formats import format_text
 
@@ -80,8 +81,6 @@ def handle(args: argparse.Namespace) -> int:
         require_parameters=args.require_parameters,
     )
     if args.jobs < 0:
-        from kiln.errors import UsageError
-
         raise UsageError(f"--jobs must be 0 or more, not {args.jobs}")
     report = lint_paths(args.paths, config=config, jobs=args.jobs)
     if args.format == "text":
@@ -91,7 +90,10 @@ def handle(args: argparse.Namespace) -> int:
     if args.output:
         from kiln.notebook import atomic_write_text
 
-        atomic_write_text(args.output, text)
+        try:
+            atomic_write_text(args.output, text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         from kiln.lint.formats import summary
 
         print(summary(report), file=sys.stderr)

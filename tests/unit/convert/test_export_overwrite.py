@@ -110,3 +110,14 @@ def test_text_notebooks_carry_the_checksum_too(make_nb, tmp_path, capsys):
     assert run_main(["export", str(nb), "--to", "py:percent"]) == 2
     assert "was edited since kiln export wrote it" in capsys.readouterr().err
     assert not os.access(tmp_path / "report.py", os.X_OK)  # a text notebook, not a program
+
+
+@pytest.mark.parametrize("command", ["export", "lint"])
+def test_an_output_that_cannot_be_written_is_a_usage_error(make_nb, tmp_path, capsys, command):
+    nb = make_nb(["print(1)"], name="report.ipynb")
+    (tmp_path / "a-file").write_text("")
+    target = tmp_path / "a-file" / "out.txt"  # its folder is a file
+    assert run_main([command, str(nb), "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {target}" in err and "Traceback" not in err and "Internal" not in err
+    assert not target.parent.is_dir()
