@@ -340,6 +340,15 @@ def test_export_and_plot_the_history(project: Path, tmp_path: Path) -> None:
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "3 runs" in done.stderr
     refused = kiln(project, "runs", "plot", "nb.ipynb", "--record", "label", "-o", str(chart))
     assert refused.returncode == 2 and "as a number" in refused.stderr
+    (tmp_path / "a-file").write_text("")
+    nowhere = tmp_path / "a-file" / "out"  # its folder is a file
+    for command in (
+        ("runs", "export", "-o", f"{nowhere}.csv"),
+        ("runs", "plot", "nb.ipynb", "--record", "total", "-o", f"{nowhere}.png"),
+    ):
+        refused = kiln(project, *command)
+        assert refused.returncode == 2 and f"cannot write {nowhere}" in refused.stderr, command
+        assert "Internal error" not in refused.stderr
 
 
 # -- retention ----------------------------------------------------------------------------------

@@ -136,6 +136,10 @@ def parse_tags(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _unwritable(path: str, exc: OSError) -> str:
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
 def _open(write: bool = False) -> RunStore:
     from kiln.cli.runs_cmd import open_store
 
@@ -243,7 +247,10 @@ def handle_plot(args: argparse.Namespace) -> int:
         raise UsageError(exc.message) from None
     if not runs:
         raise UsageError(f"no {'/'.join(states)} runs of {args.notebook} in the history")
-    drawn = plot_record(runs, args.record, args.output, by=args.by)
+    try:
+        drawn = plot_record(runs, args.record, args.output, by=args.by)
+    except OSError as exc:
+        raise UsageError(_unwritable(args.output, exc)) from None
     if not args.quiet:
         print(f"{args.output}: {args.record} of {drawn} runs", file=sys.stderr)
     return 0
@@ -313,7 +320,10 @@ def handle_export(args: argparse.Namespace) -> int:
     except HomeNotFound as exc:
         raise UsageError(exc.message) from None
     runs.reverse()  # oldest first: a time series reads in order
-    count = export_history(runs, args.format, args.output)
+    try:
+        count = export_history(runs, args.format, args.output)
+    except OSError as exc:
+        raise UsageError(_unwritable(args.output, exc)) from None
     if args.output and args.output != "-" and not args.quiet:
         print(f"{args.output}: {count} runs", file=sys.stderr)
     return 0
