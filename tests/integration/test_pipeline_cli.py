@@ -277,6 +277,10 @@ def test_dag_pictures_and_the_mermaid_fallback(tmp_path: Path, kiln_in: Cli, hom
     png = kiln_in(root, "dag", "--format", "png", "-o", str(tmp_path / "d.png"))
     assert png.returncode == 0
     assert (tmp_path / "d.png").read_bytes().startswith(b"\x89PNG")
+    refused = kiln_in(root, "dag", "-o", str(tmp_path / "d.png" / "x.svg"))  # under a file
+    assert refused.returncode == 2 and "cannot write" in refused.stderr
+    assert "Not a directory" in refused.stderr, refused.stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     mermaid = kiln_in(root, "dag", "--format", "mermaid")
     assert mermaid.stdout.startswith("flowchart LR") and "t0 --> t1" in mermaid.stdout
     no_dot = subprocess.run(

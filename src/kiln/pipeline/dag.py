@@ -182,10 +182,9 @@ def draw(
 
 
 def _write(path: Path, data: bytes) -> None:
+    from kiln.notebook.io import atomic_write
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write(path, (data,))
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
