@@ -4,8 +4,6 @@ file mode."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,17 +32,9 @@ def run_report_html(run: Run, *, hide_code: bool, mask: Callable[[str], str] | N
 
 def write_file(path: Path, data: bytes, mode: int = 0o600) -> Path:
     """``data`` into ``path`` atomically (a temporary file renamed), with ``mode``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from kiln.notebook.io import atomic_write
+
+    atomic_write(path, (data,), mode=mode)
     return path
 
 
