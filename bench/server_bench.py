@@ -6,10 +6,14 @@ Scenarios (figures quoted in the README come from this script):
                again between the rounds below so that it is seen at the same moment
   endpoint     POST /api/v1/endpoints/double from one local client (keep-alive): p50, p99;
                then 4 concurrent clients: requests/s (fresh state per request) and the CPU
-               each call cost the server's processes (API, warm parent, forked children)
+               each call cost the server's processes, split: the API process (HTTP and the
+               runs' supervisor side), the warm parent itself, the forked children
+  http         the HTTP side alone: the same call through Kiln's ASGI app (gate, middleware,
+               route, audit, metrics) with the run replaced by a finished one, in this
+               process, no socket: CPU per call (what the API process spends besides the run)
   kg           the same notebook as a Kernel Gateway notebook-http service (one kernel, shared
-               state): the same figures; KG runs from its own venv under
-               ~/.cache/kiln/bench-venvs (made here on first use)
+               state): the same figures (CPU split: the gateway, the kernel); KG runs from
+               its own venv under ~/.cache/kiln/bench-venvs (made here on first use)
   health       GET /health p50/p99 while 2 workers run queued notebooks flat out
   queue-1000   1,000 runs submitted through the API by 4 clients: none lost, none run twice,
                all recorded
@@ -18,13 +22,15 @@ Kiln and Kernel Gateway both serve at once and are measured in alternating round
 kiln, kg...; ``--rounds``), so that a machine whose load changes (other people's work on
 shared cores) weighs on both alike: the ratio is the median of each round's kiln/kg ratio.
 Each figure is printed with the load average at its time. CPU per call (from /proc, all the
-server's processes) does not depend on that load as wall-clock figures do.
+server's processes) depends on that load much less than wall-clock figures do, though not
+at all: busy shared cores still make each call's CPU some 20% dearer (compare figures taken
+at similar loads).
 
 The clients are ``http.client`` connections with keep-alive, one thread each; the CPU they
 spend is printed too (about half a millisecond a call: not what limits the figures).
 
 Usage: python bench/server_bench.py [--requests 300] [--seconds 5] [--rounds 3]
-       [--health-seconds 10] [--runs 1000] [--skip-kg] [--skip-queue]
+       [--health-seconds 10] [--runs 1000] [--skip-kg] [--skip-queue] [--http-calls 3000]
 """
 
 from __future__ import annotations
@@ -189,27 +195,51 @@ def latencies(
     return times
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its descendants so far, the children they reaped
-    included (a forked run that ended counts in its parent's)."""
+def _cpu(path: str) -> tuple[float, float]:
+    """(CPU seconds of the process itself, of the children it reaped) from ``/proc/.../stat``."""
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    todo = [pid]
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return found
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of a server's process tree, split: ``main`` (the process itself: the
+    API, the gateway), ``helpers`` (its child processes themselves: the warm parent, the
+    kernel) and ``forked`` (their descendants, the ones they reaped included: the forked
+    runs)."""
+    out = {"main": 0.0, "helpers": 0.0, "forked": 0.0}
+    try:
+        # what the main process reaped (a worker that ended...) counts with its helpers
+        out["main"], out["helpers"] = _cpu(f"/proc/{pid}/stat")
+        helpers = _children(pid)
+    except OSError:  # gone meanwhile
+        return out
+    todo: list[int] = []
+    for helper in helpers:
+        try:
+            own, reaped = _cpu(f"/proc/{helper}/stat")
+            todo += _children(helper)
+        except OSError:
+            continue
+        out["helpers"] += own
+        out["forked"] += reaped
     while todo:
         current = todo.pop()
         try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            tasks = os.listdir(f"/proc/{current}/task")
-        except OSError:  # gone meanwhile
+            own, reaped = _cpu(f"/proc/{current}/stat")
+            todo += _children(current)
+        except OSError:
             continue
-        total += sum(int(v) for v in fields[11:15]) / tick
-        for task in tasks:
-            with contextlib.suppress(OSError):
-                todo += [
-                    int(c)
-                    for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()
-                ]
-    return total
+        out["forked"] += own + reaped
+    return out
 
 
 def throughput(
@@ -234,7 +264,7 @@ def throughput(
                 refused[i] += 1
         conn.close()
 
-    server_cpu = tree_cpu(pid) if pid is not None else 0.0
+    server_cpu = tree_cpu(pid) if pid is not None else {}
     own_cpu = time.process_time()
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -252,7 +282,10 @@ def throughput(
         "load": os.getloadavg()[0],
     }
     if pid is not None:
-        out["server_cpu_ms"] = (tree_cpu(pid) - server_cpu) * 1000 / calls
+        after = tree_cpu(pid)
+        for part, seconds in after.items():
+            out[f"{part}_cpu_ms"] = (seconds - server_cpu[part]) * 1000 / calls
+        out["server_cpu_ms"] = sum(out[f"{part}_cpu_ms"] for part in after)
     return out
 
 
@@ -412,12 +445,91 @@ def summary(rounds: list[dict[str, float]], times: list[float]) -> dict[str, Any
         "rps": median("rps"),
         "rps_rounds": [round(r["rps"], 1) for r in rounds],
         "server_cpu_ms": median("server_cpu_ms"),
+        "main_cpu_ms": median("main_cpu_ms"),
+        "helpers_cpu_ms": median("helpers_cpu_ms"),
+        "forked_cpu_ms": median("forked_cpu_ms"),
         "client_cpu_ms": median("client_cpu_ms"),
         "refused": sum(r["refused"] for r in rounds),
         "hung": sum(r["hung"] for r in rounds),
         "load": [round(r["load"], 1) for r in rounds],
     }
     return found
+
+
+def http_side(project: Path, home: Path, calls: int) -> dict[str, float]:
+    """CPU per endpoint call of Kiln's ASGI app alone (see ``http`` at the top)."""
+    import types
+
+    from kiln.project import load_project
+    from kiln.server import accounts
+    from kiln.server.app import build_app
+    from kiln.server.settings import load_settings
+    from kiln.store.records import RunState
+    from kiln.store.sql import RunStore
+
+    store = RunStore(home)
+    accounts.ensure_first_admin(store)
+    secret, _ = accounts.create_token(store, "admin", expires=3600, actor="bench")
+    app, asgi = build_app(load_settings(load_project(project), home=home, workers=0), store=store)
+    ctx = app.state.ctx
+    finished = types.SimpleNamespace(state=RunState.SUCCEEDED, id="0" * 12, record_values={"y": 2})
+
+    async def run(name: str, parameters: Any, *, user: str) -> Any:
+        return finished
+
+    ctx.endpoints.call = run
+    body = b'{"x": 3}'
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"authorization", f"Bearer {secret}".encode()),
+    ]
+
+    async def one() -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/api/v1/endpoints/double",
+            "raw_path": b"/api/v1/endpoints/double",
+            "query_string": b"",
+            "root_path": "",
+            "headers": list(headers),
+            "client": ("127.0.0.1", 40000),
+            "server": ("127.0.0.1", 8000),
+        }
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()  # the client stays: never a disconnect
+            raise AssertionError
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        await asgi(scope, receive, send)
+        assert sent[0]["status"] == 200, sent
+
+    async def main() -> float:
+        for _ in range(max(100, calls // 10)):
+            await one()
+        started = time.process_time()  # this process's threads: the audit writer's too
+        for _ in range(calls):
+            await one()
+        ctx.audit.flush()
+        return (time.process_time() - started) * 1000 / calls
+
+    try:
+        return {"cpu_ms": asyncio.run(main()), "load": os.getloadavg()[0]}
+    finally:
+        ctx.audit.close()
+        store.close()
 
 
 def health_and_queue(project: Path, work: Path, runs: int, seconds: float) -> dict[str, Any]:
@@ -518,6 +630,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--skip-kg", action="store_true")
     parser.add_argument("--skip-queue", action="store_true")
+    parser.add_argument("--http-calls", type=int, default=3000, help="the http scenario's calls")
     args = parser.parse_args()
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
@@ -537,6 +650,7 @@ def main() -> int:
             not args.skip_kg,
         )
         results["floor_ms"] = statistics.median(seen["floor"]) * 1000
+        results["http"] = http_side(project, work / "home-http", args.http_calls)
         results["kiln_endpoint"] = summary(seen["kiln"], seen["kiln_times"])
         if not args.skip_kg:
             results["kernel_gateway"] = summary(seen["kg"], seen["kg_times"])
@@ -555,15 +669,22 @@ def main() -> int:
         f"kiln endpoint: p50 {kiln['p50_ms']:.1f} ms, p99 {kiln['p99_ms']:.1f} ms (p50 "
         f"{kiln['p50_ms'] / results['floor_ms']:.2f}x the floor); with 4 clients "
         f"{kiln['rps']:.1f} calls/s (rounds {kiln['rps_rounds']}, refused {kiln['refused']:.0f}), "
-        f"{kiln['server_cpu_ms']:.1f} ms of server CPU a call (API, warm parent, children); "
+        f"{kiln['server_cpu_ms']:.1f} ms of server CPU a call (API process "
+        f"{kiln['main_cpu_ms']:.1f}, warm parent {kiln['helpers_cpu_ms']:.1f}, forked children "
+        f"{kiln['forked_cpu_ms']:.1f}); "
         f"load {kiln['load']}"
+    )
+    print(
+        f"kiln's HTTP side alone (ASGI app, run replaced by a finished one, no socket): "
+        f"{results['http']['cpu_ms']:.2f} ms of CPU a call (load {results['http']['load']:.1f})"
     )
     if kg:
         print(
             f"kernel gateway {KG_VERSION}: p50 {kg['p50_ms']:.1f} ms, p99 {kg['p99_ms']:.1f} ms; "
             f"with 4 clients {kg['rps']:.1f} calls/s (rounds {kg['rps_rounds']}, never answered "
-            f"{kg['hung']:.0f}), {kg['server_cpu_ms']:.1f} ms of server CPU a call (gateway, "
-            f"kernel); load {kg['load']}"
+            f"{kg['hung']:.0f}), {kg['server_cpu_ms']:.1f} ms of server CPU a call (gateway "
+            f"{kg['main_cpu_ms']:.1f}, kernel {kg['helpers_cpu_ms'] + kg['forked_cpu_ms']:.1f}); "
+            f"load {kg['load']}"
         )
         print(
             f"kiln/kg calls/s: {statistics.median(results['ratios']):.2f}x (median of the rounds "
