@@ -254,3 +254,23 @@ def test_a_run_on_a_spare_keeps_its_memory_limit(tmp_path, make_nb):
         return stream_text(read_nb(out).cells[0]).strip()
 
     assert _pool_test(tmp_path, body) == str(2**31)
+
+
+def test_a_spare_killed_from_outside_costs_the_next_run_nothing(tmp_path, make_nb):
+    nb = make_nb(["x = 1"])
+
+    async def body(runner: Runner, pool: ForkPool) -> None:
+        await runner.arun(RunRequest(engine="fork", notebook=nb))
+        parent = _parent(pool)
+        spare = await _spare(parent)
+        os.kill(spare, signal.SIGKILL)
+        await _wait_for(lambda: spare not in _children_of(parent))  # reaped
+        run = await runner.arun(RunRequest(engine="fork", notebook=nb))
+        assert run.state == "succeeded" and run.kernel_pid != spare
+        # and once that run has had its child, a spare again
+        again = await _spare(parent)
+        third = await runner.arun(RunRequest(engine="fork", notebook=nb))
+        assert third.kernel_pid == again
+        return None
+
+    _pool_test(tmp_path, body)

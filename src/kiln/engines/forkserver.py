@@ -240,10 +240,20 @@ class WarmParent:
         if threading.active_count() > 1:
             return  # the next run will be refused anyway
         self.freeze()
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            self.keep_spare = False  # out of descriptors: runs get a child forked for them
+            return
         parent_fds = [*self.own_fds(), mine.fileno()]
         me = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # out of processes or memory: not this process's end
+            mine.close()
+            theirs.close()
+            self.keep_spare = False
+            return
         if pid == 0:
             self.spare_main(
                 theirs, me, self.shell, parent_fds, self.base_path, self.shadowable,
