@@ -13,7 +13,8 @@ Scenarios (figures quoted in the README come from this script):
                  (the warm parent's fork and the child, from the pool's reaped CPU)
   cold           one `kiln run` (fork engine) vs one `papermill` CLI run, alternating
 
-Usage: python bench/fork_bench.py [--runs 100] [--cold-reps 7] [--skip-cli-loop]
+Usage: python bench/fork_bench.py [--runs 100] [--cold-reps 7] [--skip-cli-loop] [--marginal-only]
+  --marginal-only  only the warm-pool figures (marginal and CPU per run): seconds, not minutes
 """
 
 from __future__ import annotations
@@ -223,12 +224,34 @@ def run_processes_cpu(nb: Path, home: Path, runs: int) -> float:
     return (pool_of(5 + runs) - pool_of(5)) / runs
 
 
+def warm_only(nb: Path, home: Path, runs: int) -> int:
+    """The warm-pool figures alone: the marginal run's wall time and the CPU per run."""
+    marg = marginal(nb, home, runs)
+    cpu = supervisor_cpu(nb, home, runs)
+    child_cpu = run_processes_cpu(nb, home, runs)
+    ordered = sorted(marg)
+    print(
+        f"marginal run on a warm pool ({runs} runs): median "
+        f"{statistics.median(marg) * 1000:.1f} ms, p10 {ordered[len(ordered) // 10] * 1000:.1f}"
+        f" ms, p90 {ordered[int(len(ordered) * 0.9)] * 1000:.1f} ms"
+    )
+    print(
+        f"CPU per warm run: supervisor {cpu * 1000:.2f} ms; run processes (warm parent's "
+        f"forks and the children) {child_cpu * 1000:.2f} ms"
+    )
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--pairs", type=int, default=3, help="alternating pairs per scenario")
     parser.add_argument("--cold-reps", type=int, default=7)
     parser.add_argument("--skip-cli-loop", action="store_true")
+    parser.add_argument(
+        "--marginal-only", action="store_true", help="only the marginal run and CPU per run"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kiln-fork-bench-"))
     env = dict(os.environ, KILN_HOME=str(work / ".kiln"), PYTHONWARNINGS="ignore")
@@ -238,6 +261,8 @@ def main() -> int:
     )  # create the database and warm the file cache
     n = args.runs
     print(f"load average at the start: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if args.marginal_only:
+        return warm_only(nbs["trivial"], work / ".kiln", n)
     results: dict[str, Any] = {
         f"trivial-{n} -j 2 vs papermill pool(2)": _pairs(nbs["trivial"], work, n, env, args.pairs),
         f"pandas-{n} -j 2 vs papermill pool(2)": _pairs(nbs["pandas"], work, n, env, args.pairs),

@@ -130,6 +130,45 @@ def test_a_run_cannot_write_the_warm_parents_memory(unprivileged):
     assert [runs[n]["letters"] for n in (1, 2, 3)] == [letters] * 3
 
 
+SPARE_MEM_ATTACK = """\
+import os, string, sys, time, kiln
+target = string.ascii_letters
+where = id(target) + sys.getsizeof(target) - len(target) - 1
+def siblings():
+    found = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f'/proc/{entry}/stat') as fh:
+                    if int(fh.read().rpartition(')')[2].split()[1]) == os.getppid():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+end = time.monotonic() + 10
+while not siblings() and time.monotonic() < end:
+    time.sleep(0.02)
+results = []
+for pid in siblings():
+    try:
+        with open(f'/proc/{pid}/mem', 'r+b', buffering=0) as mem:
+            mem.seek(where)
+            mem.write(b'Z' * len(target))
+        results.append('written')
+    except OSError as exc:
+        results.append(type(exc).__name__)
+kiln.record('attack', results)
+"""
+
+
+def test_a_run_cannot_write_the_spare_that_the_next_run_will_run_in(unprivileged):
+    # the warm parent forks the next run's child ahead, while this run is running
+    runs = _sweep_as(unprivileged, "spare", SPARE_MEM_ATTACK)
+    assert runs[1]["attack"] == ["PermissionError"]
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    assert [runs[n]["letters"] for n in (1, 2, 3)] == [letters] * 3
+
+
 GETFD_ATTACK = """\
 import ctypes, os, kiln
 libc = ctypes.CDLL(None, use_errno=True)

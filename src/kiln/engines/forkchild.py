@@ -24,6 +24,10 @@ What it sets up first, and why:
 
 If the supervisor goes away (its end of the socket closes), the child kills what it started
 and exits: a run does not outlive its Kiln process.
+
+A child is either forked for its run (:func:`child_main`) or forked ahead as the warm parent's
+spare (:func:`spare_main`), which does the set-up above and a warm-up before any run exists,
+then waits to be handed one.
 """
 
 from __future__ import annotations
@@ -224,22 +228,99 @@ def child_main(
 ) -> NoReturn:
     """Run one notebook's cells and exit; never returns. ``base_env`` is the environment the
     warm parent was started with: the spec says how the run's differs from it."""
+    try:
+        _prepare(parent_fds)
+    except BaseException:
+        os._exit(1)
+    _run(sock_fd, shell, base_path, shadowable, base_env)
+
+
+def spare_main(
+    spare: socket.socket,
+    parent_pid: int,
+    shell: KilnShell,
+    parent_fds: Iterable[int],
+    base_path: list[str],
+    shadowable: Iterable[str],
+    base_env: dict[str, str],
+) -> NoReturn:
+    """A child forked before its run: prepared, it waits on ``spare`` for the run's socket
+    (then runs it as :func:`child_main` would) or for the warm parent to let it go.
+
+    Until it has a run it dies with the warm parent (``PR_SET_PDEATHSIG``, and the end of
+    ``spare`` closing): an unclaimed spare never outlives its parent. Once claimed it is a
+    run's child like any other, which outlives a lost parent (its session watches it).
+    Nothing of a run reaches it before the claim: the run's spec (working directory,
+    environment, argv, memory limit) comes over the run's socket afterwards. The random
+    module's state was drawn when it was forked (``random`` reseeds in every forked child)
+    and each spare runs at most one run, so no two runs share it.
+    """
+    try:
+        processes.set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != parent_pid:
+            os._exit(0)  # the parent died before the signal was armed
+        _prepare(parent_fds)
+        _warm_up(shell, base_env)
+        sock_fd = _claim(spare)
+        if sock_fd is None:
+            os._exit(0)  # let go: the parent discarded this spare, exited or died
+        processes.set_parent_death_signal(0)
+    except BaseException:
+        os._exit(1)
+    _run(sock_fd, shell, base_path, shadowable, base_env)
+
+
+def _claim(spare: socket.socket) -> int | None:
+    """Wait for the run's socket; None when the parent's end closes instead."""
+    try:
+        _data, fds, _flags, _addr = socket.recv_fds(spare, 16, 1)
+    except OSError:
+        fds = []
+    spare.close()
+    return fds[0] if fds else None
+
+
+def _warm_up(shell: KilnShell, base_env: dict[str, str]) -> None:
+    """Before the claim, do what every run does first and copy its pages on write now, off
+    the run's critical path: the environment made the parent's starting one (the run's
+    spec applies its changes to it again after the claim) and an empty cell run silently,
+    as the parent did once (:func:`kiln.engines.forkshell.rewarm`). A warm-up that fails
+    costs the run only its speed."""
+    with contextlib.suppress(Exception):
+        proto.apply_env(os.environ, base_env, {}, [])
+        forkshell.rewarm(shell)
+
+
+def _prepare(parent_fds: Iterable[int]) -> None:
+    """What every child sets up before its run, whichever run it will be (see module doc)."""
+    os.setsid()
+    processes.set_child_subreaper()
+    with contextlib.suppress(ValueError):
+        signal.set_wakeup_fd(-1)
+    # SIGPIPE stays ignored, as in any Python process (a kernel's too): a write to a
+    # closed pipe raises BrokenPipeError
+    for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    for fd in parent_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _run(
+    sock_fd: int,
+    shell: KilnShell,
+    base_path: list[str],
+    shadowable: Iterable[str],
+    base_env: dict[str, str],
+) -> NoReturn:
     global _channel
     status = 0
     try:
-        os.setsid()
-        processes.set_child_subreaper()
+        # dumpable only now that it is a run's: a spare waiting for the next run stays as
+        # closed to the running runs as the warm parent is (no run can write what a later
+        # run will execute in)
         processes.set_dumpable(True)
-        with contextlib.suppress(ValueError):
-            signal.set_wakeup_fd(-1)
-        # SIGPIPE stays ignored, as in any Python process (a kernel's too): a write to a
-        # closed pipe raises BrokenPipeError
-        for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        for fd in parent_fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
         os.set_inheritable(sock_fd, False)
         _channel = Channel(socket.socket(fileno=sock_fd))
         os.register_at_fork(after_in_child=_detach)

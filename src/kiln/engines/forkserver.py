@@ -10,6 +10,13 @@ It talks to its supervisor over a SOCK_SEQPACKET socket (messages in
 descriptor), pre-imports the libraries notebooks import, forks a child per run (see
 :mod:`kiln.engines.forkchild`), reaps every child and reports how it exited.
 
+Once it has served a run it keeps a **spare child**: forked ahead of the next run request,
+prepared and waiting, so that the request is answered by handing the run's socket to a
+process that exists (the fork and the child's set-up leave the run's critical path). What a
+run changes in its child (working directory, environment, argv, memory limit) comes with the
+run's spec, after the claim; what changes the parent itself (a pre-import) discards the
+spare, and the next one is forked from the new state. A spare runs at most one run.
+
 It stays single-threaded with no event loop, so forking it is safe; after each pre-import it
 checks that the import started no thread. It protects itself and follows its supervisor:
 
@@ -67,10 +74,11 @@ class WarmParent:
     """The warm parent's state: its control socket, its children, what it pre-imported."""
 
     def __init__(self, ctl: socket.socket, base_env: dict[str, str]) -> None:
-        from kiln.engines.forkchild import child_main  # imported here, not in every child
+        from kiln.engines.forkchild import child_main, spare_main  # here, not in every child
         from kiln.engines.forkshell import make_shell
 
         self.child_main = child_main
+        self.spare_main = spare_main
         #: the environment this process was started with (a run spec says how a run's differs)
         self.base_env = base_env
         os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -82,6 +90,10 @@ class WarmParent:
         #: pre-imported top-level modules a file in a run's working directory could shadow
         self.shadowable: set[str] = set()
         self.children: dict[int, str] = {}
+        #: the spare child (pid, this end of its socket): forked ahead of the next run
+        self.spare: tuple[int, socket.socket] | None = None
+        #: keep a spare ready (from the first run on: a parent that never runs forks none)
+        self.keep_spare = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -93,8 +105,12 @@ class WarmParent:
             self.ctl.send(proto.encode(msg))
 
     def own_fds(self) -> list[int]:
-        """File descriptors no child may keep: its own channel to the supervisor."""
-        return [self.ctl.fileno(), self.wake_r, self.wake_w]
+        """File descriptors no child may keep: its own channel to the supervisor, and the
+        spare's socket (a spare must see its end close when this process dies)."""
+        fds = [self.ctl.fileno(), self.wake_r, self.wake_w]
+        if self.spare is not None:
+            fds.append(self.spare[1].fileno())
+        return fds
 
     def serve(self) -> None:
         self.send(
@@ -107,6 +123,8 @@ class WarmParent:
         )
         try:
             while True:
+                if self.keep_spare and self.spare is None:
+                    self.fork_spare()
                 ready, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
                 if self.wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
@@ -116,6 +134,7 @@ class WarmParent:
                 if self.ctl.fileno() in ready and not self.handle():
                     return
         finally:
+            self.discard_spare()
             for pid in list(self.children):
                 processes.kill_tree(pid)
             self.sweep()
@@ -149,11 +168,14 @@ class WarmParent:
         failed: dict[str, str] = {}
         local: list[str] = []
         threaded = None
+        changed = False  # whether what a child starts from changed (the spare is stale)
         for name in msg.get(proto.MODULES, []):
             top = name.partition(".")[0]
             if top not in sys.modules and not is_library(top, path, cwd, self.libraries):
                 local.append(name)  # the project's own module: each child imports it
                 continue
+            # an import that fails may still have changed things: attempted is enough
+            changed = changed or name not in sys.modules or name in WARMERS
             self.send({proto.KIND: proto.IMPORTING, proto.MODULE: name})
             try:
                 importlib.import_module(name)
@@ -163,11 +185,15 @@ class WarmParent:
                 loaded.append(name)
             except BaseException as exc:  # a module may raise anything, SystemExit included
                 failed[name] = f"{type(exc).__name__}: {exc}"[:300]
-            if shadowable(top, path):
+            if shadowable(top, path) and top not in self.shadowable:
                 self.shadowable.add(top)
+                changed = True
             if threading.active_count() > 1:
                 threaded = name  # this parent cannot fork safely any more: it will be replaced
                 break
+        if changed:
+            # forked before: without these modules. The loop forks the next spare with them
+            self.discard_spare()
         self.send(
             {
                 proto.KIND: proto.PRELOADED,
@@ -179,6 +205,7 @@ class WarmParent:
         )
 
     def fork(self, run_id: str, fds: list[int]) -> None:
+        """A child for run ``run_id``: the spare, claimed, or one forked now."""
         if not fds or threading.active_count() > 1:
             for fd in fds:
                 os.close(fd)
@@ -187,17 +214,81 @@ class WarmParent:
             return
         for extra in fds[1:]:
             os.close(extra)
-        # what exists now is the children's to read, not to collect: frozen, a child's
-        # garbage collections never walk it (each object walked is a page copied on write)
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:
-            self.child_main(
-                fds[0], self.shell, self.own_fds(), self.base_path, self.shadowable, self.base_env
-            )
+        self.keep_spare = True
+        pid = self.claim_spare(fds[0])
+        if pid is None:
+            self.freeze()
+            pid = os.fork()
+            if pid == 0:
+                self.child_main(
+                    fds[0], self.shell, self.own_fds(), self.base_path, self.shadowable,
+                    self.base_env,
+                )  # fmt: skip
         os.close(fds[0])
         self.children[pid] = run_id
         self.send({proto.KIND: proto.FORKED, proto.RUN_ID: run_id, proto.PID: pid})
+
+    @staticmethod
+    def freeze() -> None:
+        # what exists now is the children's to read, not to collect: frozen, a child's
+        # garbage collections never walk it (each object walked is a page copied on write)
+        gc.freeze()
+
+    def fork_spare(self) -> None:
+        """Fork the next run's child now, off the run's critical path (see
+        :func:`kiln.engines.forkchild.spare_main`)."""
+        if threading.active_count() > 1:
+            return  # the next run will be refused anyway
+        self.freeze()
+        try:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:
+            self.keep_spare = False  # out of descriptors: runs get a child forked for them
+            return
+        parent_fds = [*self.own_fds(), mine.fileno()]
+        me = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:  # out of processes or memory: not this process's end
+            mine.close()
+            theirs.close()
+            self.keep_spare = False
+            return
+        if pid == 0:
+            self.spare_main(
+                theirs, me, self.shell, parent_fds, self.base_path, self.shadowable,
+                self.base_env,
+            )  # fmt: skip
+        theirs.close()
+        self.spare = (pid, mine)
+
+    def claim_spare(self, run_fd: int) -> int | None:
+        """Hand the run's socket to the spare; its pid, or None when there is no spare or it
+        cannot take the run (it died: it is discarded)."""
+        if self.spare is None:
+            return None
+        pid, sock = self.spare
+        self.spare = None
+        try:
+            socket.send_fds(sock, [b"run"], [run_fd])
+        except OSError:
+            self._let_go(pid, sock)
+            return None
+        sock.close()
+        return pid
+
+    def discard_spare(self) -> None:
+        """Kill the spare (its parent's state changed, or the parent is exiting)."""
+        if self.spare is not None:
+            pid, sock = self.spare
+            self.spare = None
+            self._let_go(pid, sock)
+
+    @staticmethod
+    def _let_go(pid: int, sock: socket.socket) -> None:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # reaped as any child: unknown to the supervisor
 
     def reap(self) -> None:
         while True:
@@ -207,6 +298,13 @@ class WarmParent:
                 return
             if pid == 0:
                 return
+            if self.spare is not None and pid == self.spare[0]:
+                # it died unclaimed (killed from outside? broken?): the next run forks its
+                # own child, and a spare again after it, so spares that keep dying cost one
+                # fork per run, never a loop. Not _let_go: once reaped, the pid may be reused
+                self.spare[1].close()
+                self.spare = None
+                self.keep_spare = False
             run_id = self.children.pop(pid, None)
             if run_id is not None:  # else: something a dead child left, re-parented here
                 self.send(
@@ -218,8 +316,9 @@ class WarmParent:
         """Kill what dead children left behind: every process re-parented to this one (a
         subreaper) that is not a run's child."""
         me = os.getpid()
+        spare = self.spare[0] if self.spare is not None else None
         for info in processes.proc_table().values():
-            if info.ppid == me and info.pid not in self.children:
+            if info.ppid == me and info.pid not in self.children and info.pid != spare:
                 processes.kill_tree(info.pid)
         self.reap()
 

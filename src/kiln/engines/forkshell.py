@@ -389,6 +389,19 @@ def _warm(shell: KilnShell) -> None:
     shell.user_ns.update(before)
 
 
+def rewarm(shell: KilnShell) -> None:
+    """:func:`_warm` again, in a spare child before its run: the pages a first ``run_cell``
+    writes are copied on write then, not during the run's first cell. Callbacks that
+    pre-imported libraries registered (``pre_execute``, ``post_execute``) are not called:
+    no run has started, and no cell ran."""
+    callbacks = shell.events.callbacks
+    shell.events.callbacks = {name: [] for name in callbacks}
+    try:
+        _warm(shell)
+    finally:
+        shell.events.callbacks = callbacks
+
+
 def _jsonable(value: Any) -> Any:
     """Mime bundles as JSON: what a kernel would send (bytes become base64 text)."""
     if isinstance(value, dict):

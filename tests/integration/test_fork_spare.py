@@ -1,0 +1,276 @@
+"""The fork engine's spare child: forked ahead of the next run, claimed by exactly one run,
+discarded when the warm parent changes, and never outliving the warm parent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.engines.fork import ForkEngine, ForkPool
+from kiln.events import RunStarted
+from kiln.runner import Runner, RunRequest
+
+from kilntest import read_nb, stream_text
+
+pytestmark = pytest.mark.kernel
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    if int(fh.read().rpartition(")")[2].split()[1]) == pid:
+                        found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
+async def _wait_for(check: Callable[[], Any], seconds: float = 10.0) -> Any:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not true within {seconds:g}s: {check}")
+
+
+def _gone(pid: int) -> bool:
+    return _state(pid) in (None, "Z", "X")
+
+
+async def _spare(parent: int) -> int:
+    """The warm parent's only child once its runs have ended: the spare."""
+
+    def one() -> int | None:
+        children = [c for c in _children_of(parent) if not _gone(c)]
+        return children[0] if len(children) == 1 else None
+
+    spare: int = await _wait_for(one)
+    return spare
+
+
+def _pool_test(tmp_path: Path, body: Callable[[Runner, ForkPool], Awaitable[Any]]) -> Any:
+    pool = ForkPool(max_children=2)
+
+    async def main() -> Any:
+        # engines, not engine: a fixed engine gets no imports to pre-load
+        runner = Runner(home=tmp_path / "home", engines={"fork": ForkEngine(pool)})
+        try:
+            return await body(runner, pool)
+        finally:
+            await pool.close()
+            runner.close()
+
+    return asyncio.run(main())
+
+
+def _parent(pool: ForkPool) -> int:
+    server = next(iter(pool._servers.values()))
+    assert server.pid is not None
+    return server.pid
+
+
+def test_the_next_run_is_the_spare_forked_after_the_last_one(tmp_path, make_nb):
+    nb = make_nb(["x = 1"])
+
+    async def body(runner: Runner, pool: ForkPool) -> None:
+        first = await runner.arun(RunRequest(engine="fork", notebook=nb))
+        spare = await _spare(_parent(pool))
+        assert spare != first.kernel_pid
+        second = await runner.arun(RunRequest(engine="fork", notebook=nb))
+        assert second.state == "succeeded" and second.kernel_pid == spare
+        after = await _spare(_parent(pool))  # the next one is ready, and it is new
+        assert after not in (spare, first.kernel_pid)
+        return None
+
+    _pool_test(tmp_path, body)
+
+
+def test_the_spare_is_discarded_when_the_parent_pre_imports_a_module(tmp_path, make_nb):
+    # a spare forked before the pre-import would run the notebook without the module
+    # imported ahead: the run must get a child forked after it
+    plain = make_nb(["x = 1"], name="plain.ipynb")
+    importing = make_nb(
+        ["import sys\nahead = 'xml.dom.minidom' in sys.modules", "import xml.dom.minidom", "ahead"],
+        name="importing.ipynb",
+    )
+
+    async def body(runner: Runner, pool: ForkPool) -> None:
+        await runner.arun(RunRequest(engine="fork", notebook=plain))
+        stale = await _spare(_parent(pool))
+        out = tmp_path / "out.ipynb"
+        run = await runner.arun(RunRequest(engine="fork", notebook=importing, output=out))
+        assert run.state == "succeeded" and run.kernel_pid != stale
+        await _wait_for(lambda: _gone(stale))  # killed, not left waiting
+        assert read_nb(out).cells[-1].outputs[0]["data"]["text/plain"] == "True"
+        return None
+
+    _pool_test(tmp_path, body)
+
+
+def test_a_spare_dies_with_its_killed_warm_parent(tmp_path, make_nb):
+    nb = make_nb(["x = 1"])
+
+    async def body(runner: Runner, pool: ForkPool) -> None:
+        await runner.arun(RunRequest(engine="fork", notebook=nb))
+        parent = _parent(pool)
+        spare = await _spare(parent)
+        os.kill(parent, signal.SIGKILL)
+        await _wait_for(lambda: _gone(spare))
+        return None
+
+    _pool_test(tmp_path, body)
+
+
+def test_closing_the_pool_ends_the_spare(tmp_path, make_nb):
+    nb = make_nb(["x = 1"])
+    found: list[int] = []
+
+    async def body(runner: Runner, pool: ForkPool) -> None:
+        await runner.arun(RunRequest(engine="fork", notebook=nb))
+        found.append(await _spare(_parent(pool)))
+        return None
+
+    _pool_test(tmp_path, body)
+    end = time.monotonic() + 10
+    while not _gone(found[0]) and time.monotonic() < end:
+        time.sleep(0.02)
+    assert _gone(found[0])
+
+
+def test_runs_on_spares_draw_different_random_numbers(tmp_path, make_nb):
+    nb = make_nb(
+        ["import random, json\nprint(json.dumps([random.random(), random.getrandbits(64)]))"]
+    )
+
+    async def body(runner: Runner, pool: ForkPool) -> list[Any]:
+        drawn, pids = [], []
+        for i in range(3):
+            out = tmp_path / f"out-{i}.ipynb"
+            run = await runner.arun(RunRequest(engine="fork", notebook=nb, output=out))
+            pids.append(run.kernel_pid)
+            drawn.append(tuple(json.loads(stream_text(read_nb(out).cells[0]))))
+            if i == 0:
+                await _spare(_parent(pool))
+        assert len(set(pids)) == 3
+        return drawn
+
+    drawn = _pool_test(tmp_path, body)
+    assert len(set(drawn)) == 3, drawn
+
+
+def test_a_spare_takes_the_environment_and_folder_of_its_own_run(tmp_path, make_nb, monkeypatch):
+    get = "os.environ.get"
+    nb = make_nb([f"import os\nprint(os.getcwd(), {get}('KILN_SPARE_T'), {get}('KILN_SPARE_K'))"])
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+
+    async def body(runner: Runner, pool: ForkPool) -> list[str]:
+        seen = []
+        for i, folder in enumerate(folders):
+            if i == 1:
+                spare = await _spare(_parent(pool))
+                # Kiln's own environment changes after the spare was forked: the run sees it
+                monkeypatch.setenv("KILN_SPARE_K", "later")
+            out = tmp_path / f"out-{i}.ipynb"
+            run = await runner.arun(
+                RunRequest(
+                    engine="fork",
+                    notebook=nb,
+                    output=out,
+                    cwd=folder,
+                    env={"KILN_SPARE_T": f"t{i}"},
+                )
+            )
+            if i == 1:
+                assert run.kernel_pid == spare
+            seen.append(stream_text(read_nb(out).cells[0]).strip())
+        return seen
+
+    seen = _pool_test(tmp_path, body)
+    assert seen == [f"{folders[0]} t0 None", f"{folders[1]} t1 later"]
+
+
+def test_a_run_on_a_spare_is_cancelled_and_its_process_killed(tmp_path, make_nb):
+    started = tmp_path / "started"
+    nb = make_nb([f"open({str(started)!r}, 'w').close()\nimport time\ntime.sleep(60)"])
+    quick = make_nb(["import time"], name="quick.ipynb")  # pre-imports what the run needs
+    ids: list[str] = []
+
+    def observe(event: object) -> None:
+        if isinstance(event, RunStarted):
+            ids.append(event.run.id)
+
+    async def body(runner: Runner, pool: ForkPool) -> Any:
+        await runner.arun(RunRequest(engine="fork", notebook=quick))
+        spare = await _spare(_parent(pool))
+        runner.observers.append(observe)
+        task = asyncio.ensure_future(
+            runner.arun(RunRequest(engine="fork", notebook=nb), check=False)
+        )
+        await _wait_for(started.exists)
+        assert runner.cancel(ids[-1], "by the test")
+        run = await asyncio.wait_for(task, 30)
+        assert run.kernel_pid == spare
+        await _wait_for(lambda: _gone(spare))
+        return run
+
+    run = _pool_test(tmp_path, body)
+    assert run.state == "cancelled"
+
+
+def test_a_run_on_a_spare_keeps_its_memory_limit(tmp_path, make_nb):
+    nb = make_nb(["import resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0])"])
+
+    async def body(runner: Runner, pool: ForkPool) -> str:
+        await runner.arun(RunRequest(engine="fork", notebook=nb))
+        spare = await _spare(_parent(pool))
+        out = tmp_path / "out.ipynb"
+        run = await runner.arun(
+            RunRequest(engine="fork", notebook=nb, output=out, memory_limit=2**31)
+        )
+        assert run.kernel_pid == spare
+        return stream_text(read_nb(out).cells[0]).strip()
+
+    assert _pool_test(tmp_path, body) == str(2**31)
+
+
+def test_a_spare_killed_from_outside_costs_the_next_run_nothing(tmp_path, make_nb):
+    nb = make_nb(["x = 1"])
+
+    async def body(runner: Runner, pool: ForkPool) -> None:
+        await runner.arun(RunRequest(engine="fork", notebook=nb))
+        parent = _parent(pool)
+        spare = await _spare(parent)
+        os.kill(spare, signal.SIGKILL)
+        await _wait_for(lambda: spare not in _children_of(parent))  # reaped
+        run = await runner.arun(RunRequest(engine="fork", notebook=nb))
+        assert run.state == "succeeded" and run.kernel_pid != spare
+        # and once that run has had its child, a spare again
+        again = await _spare(parent)
+        third = await runner.arun(RunRequest(engine="fork", notebook=nb))
+        assert third.kernel_pid == again
+        return None
+
+    _pool_test(tmp_path, body)
