@@ -130,7 +130,7 @@ def record_run(
 def stamp_start(nb: NotebookNode, prepared: Prepared, run: Run, started_at: datetime) -> None:
     """The output notebook's own record of the run (Kiln's and papermill's metadata)."""
     request = prepared.request
-    nb.metadata["kiln"] = {
+    record = {
         "run_id": run.id,
         "parameters": prepared.public_values,
         "input_path": request.notebook_label,
@@ -139,6 +139,7 @@ def stamp_start(nb: NotebookNode, prepared: Prepared, run: Run, started_at: date
         "started_at": started_at.isoformat(),
         "state": RunState.RUNNING.value,
     }
+    dict.__setitem__(nb["metadata"], "kiln", record)  # as is: no NotebookNode conversion
     papermill_start(
         nb,
         parameters=prepared.public_values,
@@ -179,7 +180,7 @@ def finish(
     elif outcome.allowed_errors:
         error = {"allowed": [_error_json(f) for f in outcome.allowed_errors]}
     ended_at = datetime.now(timezone.utc)
-    meta = nb.metadata["kiln"]
+    meta = nb["metadata"]["kiln"]
     meta.update(state=state.value, ended_at=ended_at.isoformat())
     if outcome.status != "ok":
         meta["error"] = {"cell_index": outcome.failed_cell, "message": reason}
