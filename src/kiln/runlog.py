@@ -55,8 +55,12 @@ class RunLog:
 
     def __init__(self, path: Path, *, mode: int = 0o600) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:  # the run's folder exists (the runner made it): no mkdir to try first
+            fd = os.open(path, flags, mode)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, flags, mode)
         os.fchmod(fd, mode)  # exact, whatever the umask
         self._fh: IO[str] | None = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         #: why the log stopped being written (a full disk), if it did

@@ -85,3 +85,16 @@ def test_output_after_a_display_in_the_middle_stays_bounded(tmp_path):
     text = (tmp_path / "run.log").read_text()
     assert len(text.encode()) < 6 * (runlog.STREAM_HEAD + runlog.STREAM_TAIL)
     assert text.count("[cell 1 display_data] image/png") == 3
+
+
+def test_a_log_is_private_and_makes_its_folder_if_missing(tmp_path):
+    log = RunLog(tmp_path / "a" / "b" / "run.log", mode=0o640)
+    log.line("hello")
+    log.close()
+    path = tmp_path / "a" / "b" / "run.log"
+    assert path.read_text().endswith(" hello\n")
+    assert path.stat().st_mode & 0o777 == 0o640
+    again = RunLog(path)  # appends to an existing log
+    again.line("again")
+    again.close()
+    assert path.read_text().count("\n") == 2
