@@ -316,6 +316,7 @@ class Runner:
                     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
                     else RunState.CRASHED
                 )
+                log.flush()
                 where = upload.settle(log.line) if upload is not None else {}
                 reason = f"{type(exc).__name__}: {exc}"[:2000]
                 self.store.finish_run(run.id, state, reason=reason, **where)

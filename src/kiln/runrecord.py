@@ -197,6 +197,7 @@ def finish(
     saver.save()
     log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
     # the files are in the artefact store before the run says it ended
+    log.flush()  # complete on disk before it is copied and the run's row says it ended
     where = upload.settle(log.line) if upload is not None else {}
     if upload is not None and not where:
         tracked["artifacts"] = upload.artifact_urls(tracked.get("artifacts") or [])
@@ -256,6 +257,7 @@ def end_prepared(
     ended_at = datetime.now(timezone.utc)
     reason = "prepared only (not executed)"
     log.line("prepared only: parameters injected, not executed")
+    log.flush()  # complete on disk before it is copied and the run's row says it ended
     where = upload.settle(log.line) if upload is not None else {}
     store.finish_run(
         run.id,
@@ -310,6 +312,7 @@ def failed_to_write(
     if exc.errno == errno.ENOSPC:
         reason = f"no space left on the device{where}"
     ended_at = datetime.now(timezone.utc)
+    log.flush()  # complete on disk before it is copied and the run's row says it ended
     kept = upload.settle(log.line) if upload is not None else {}
     try:
         store.finish_run(run.id, RunState.FAILED, reason=reason, ended_at=ended_at, **kept)
