@@ -71,8 +71,9 @@ class RunCapture:
         )
         if env is None or not environment_saved(self.store, env):
             return None
-        known, state = known_git_state(_notebook_folder(request), exclude=self.store.home)
-        if not known or _declared_inputs(request):
+        folder = _notebook_folder(request)
+        known, state = known_git_state(folder, exclude=self.store.home)
+        if not known or _declared_inputs(request, folder):
             return None
         self.environment = env
         return {
@@ -94,7 +95,7 @@ class RunCapture:
         where = _notebook_folder(request)
         state = git_state(where, exclude=self.store.home)
         out["git"] = state.to_json() if state is not None else None
-        out["inputs"] = [hash_file(p).to_json() for p in _declared_inputs(request)]
+        out["inputs"] = [hash_file(p).to_json() for p in _declared_inputs(request, where)]
         if request.mlflow_uri and not request.prepare_only:
             # owed from now on: a run that never gets to its export is found by sync-mlflow
             from kiln.mlflow_export import experiment_for
@@ -187,11 +188,11 @@ def _notebook_folder(request: RunRequest) -> Path:
     return request.run_cwd
 
 
-def _declared_inputs(request: RunRequest) -> list[Path]:
+def _declared_inputs(request: RunRequest, folder: Path) -> list[Path]:
+    """The files the project file says the notebook reads (``folder``: the notebook's)."""
     from kiln.project import load_project
     from kiln.project.file import project_inputs
 
-    folder = _notebook_folder(request)
     project = load_project(folder)
     if project.file is None:
         return []
