@@ -47,8 +47,40 @@ class RunCapture:
         self._task: asyncio.Future[dict[str, Any]] | None = None
 
     def start(self) -> None:
-        """Look up the environment, git state and declared inputs on a worker thread."""
+        """Look up the environment, git state and declared inputs: at once when all of it
+        is at hand (the usual case from a process's second run: cached, checked with a few
+        ``stat`` calls), else on a worker thread (a thread per run costs more than those
+        lookups, and two wake-ups of the event loop)."""
+        known = self._known()
+        if known is not None:
+            self.context = known
+            return
         self._task = asyncio.ensure_future(asyncio.to_thread(self._lookup))
+
+    def _known(self) -> dict[str, Any] | None:
+        """What :meth:`_lookup` would find, if nothing slow is needed to find it: no scan
+        of the distributions, no git command, no write, no file to hash."""
+        from kiln.provenance import known_environment, known_git_state
+        from kiln.store.environments import environment_saved
+
+        prepared, request = self.prepared, self.prepared.request
+        if request.mlflow_uri and not request.prepare_only:
+            return None  # the export's mark is a write
+        env = known_environment(
+            _kernel_executable(prepared, self.engine_name), language=prepared.language
+        )
+        if env is None or not environment_saved(self.store, env):
+            return None
+        folder = _notebook_folder(request)
+        known, state = known_git_state(folder, exclude=self.store.home)
+        if not known or _declared_inputs(request, folder):
+            return None
+        self.environment = env
+        return {
+            "environment_hash": env.hash,
+            "git": state.to_json() if state is not None else None,
+            "inputs": [],
+        }
 
     def _lookup(self) -> dict[str, Any]:
         from kiln.store.environments import save_environment
@@ -63,7 +95,7 @@ class RunCapture:
         where = _notebook_folder(request)
         state = git_state(where, exclude=self.store.home)
         out["git"] = state.to_json() if state is not None else None
-        out["inputs"] = [hash_file(p).to_json() for p in _declared_inputs(request)]
+        out["inputs"] = [hash_file(p).to_json() for p in _declared_inputs(request, where)]
         if request.mlflow_uri and not request.prepare_only:
             # owed from now on: a run that never gets to its export is found by sync-mlflow
             from kiln.mlflow_export import experiment_for
@@ -81,7 +113,7 @@ class RunCapture:
 
     async def wait(self) -> None:
         """Wait (boundedly) for the background lookup; a failed one records nothing."""
-        if self._task is None:
+        if self._task is None:  # found at once, or never started
             return
         try:
             self.context = await asyncio.wait_for(asyncio.shield(self._task), CAPTURE_WAIT)
@@ -156,11 +188,11 @@ def _notebook_folder(request: RunRequest) -> Path:
     return request.run_cwd
 
 
-def _declared_inputs(request: RunRequest) -> list[Path]:
+def _declared_inputs(request: RunRequest, folder: Path) -> list[Path]:
+    """The files the project file says the notebook reads (``folder``: the notebook's)."""
     from kiln.project import load_project
     from kiln.project.file import project_inputs
 
-    folder = _notebook_folder(request)
     project = load_project(folder)
     if project.file is None:
         return []
@@ -174,7 +206,7 @@ def request_record(request: RunRequest) -> dict[str, Any]:
     data = request.to_json()
     options = dict(data["options"])
     env = options.pop("env", None)
-    options["cwd"] = str(request.run_cwd.resolve())
+    options["cwd"] = str(request.run_cwd_resolved)
     data["options"] = options
     data["notebook"] = request.notebook_label
     if env:

@@ -70,7 +70,14 @@ class RunRequest(RunOptions):
             return Path(self.cwd)
         if self.source is not None:
             return Path.cwd()
-        return Path(self.notebook).resolve().parent
+        return Path(self.notebook_label).parent  # resolved once, for the label
+
+    @property
+    def run_cwd_resolved(self) -> Path:
+        """:attr:`run_cwd` with symbolic links resolved (the notebook's folder is already)."""
+        if self.cwd is None and self.source is None:
+            return self.run_cwd
+        return self.run_cwd.resolve()
 
     def to_json(self) -> dict[str, Any]:
         """What a queued run stores to be run later, elsewhere (not the notebook's bytes,

@@ -8,8 +8,10 @@ the whole output is (the output notebook's path and the cell).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -51,14 +53,24 @@ class _Tail:
 
 
 class RunLog:
-    """Append-only, line-buffered log of one run (``runs/<id>/run.log``)."""
+    """Append-only log of one run (``runs/<id>/run.log``).
+
+    Inside an event loop, the lines of one turn of the loop reach the file together, at the
+    end of that turn (a run logs several lines per message of its engine: one write instead
+    of one per line); outside one, each line is written at once. :meth:`flush` writes what
+    is pending now (the runner does before it records the run's end)."""
 
     def __init__(self, path: Path, *, mode: int = 0o600) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        try:  # the run's folder exists (the runner made it): no mkdir to try first
+            fd = os.open(path, flags, mode)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, flags, mode)
         os.fchmod(fd, mode)  # exact, whatever the umask
-        self._fh: IO[str] | None = open(fd, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._fh: IO[str] | None = open(fd, "a", encoding="utf-8")  # noqa: SIM115
+        self._flush_due: Any = None  # the loop's handle of the pending flush
         #: why the log stopped being written (a full disk), if it did
         self.error: OSError | None = None
         self._logged: dict[int, int] = {}  # cell -> stream characters logged as they came
@@ -89,8 +101,40 @@ class RunLog:
             for part in text.splitlines() or [""]:
                 self._fh.write(f"{stamp} {part}\n")
         except OSError as exc:  # a full disk stops the log, not the run's bookkeeping
-            self.error = exc
-            self.close()
+            self._failed(exc)
+            return
+        if self._flush_due is None:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        asyncio = sys.modules.get("asyncio")  # not imported: no loop can be running
+        loop = None
+        if asyncio is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+        if loop is None:
+            self.flush()
+        else:
+            self._flush_due = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the pending lines now."""
+        self._flush_due = None
+        if self._fh is None:
+            return
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError) -> None:
+        self.error = self.error or exc
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            with contextlib.suppress(OSError):
+                fh.close()  # what could not be written is dropped with it
 
     def output(self, cell: int, output: Any) -> None:
         kind = output.get("output_type")
@@ -150,6 +194,9 @@ class RunLog:
     def close(self) -> None:
         if self._tails:
             self._write_tails()
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
         if self._fh is not None:
             fh, self._fh = self._fh, None
             try:

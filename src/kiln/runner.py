@@ -316,6 +316,7 @@ class Runner:
                     if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
                     else RunState.CRASHED
                 )
+                log.flush()
                 where = upload.settle(log.line) if upload is not None else {}
                 reason = f"{type(exc).__name__}: {exc}"[:2000]
                 self.store.finish_run(run.id, state, reason=reason, **where)
@@ -395,7 +396,8 @@ class Runner:
         # the row turns `running` when the engine is ready (one write with the kernel's
         # details); until then it says `queued`, which is what it is while a kernel boots
         run.state, run.started_at = RunState.RUNNING, started_at
-        code_cells = sum(1 for c in nb.cells if c.cell_type == "code" and c.source.strip())
+        cells = nb["cells"]
+        code_cells = sum(1 for c in cells if c["cell_type"] == "code" and c["source"].strip())
         self._notify(RunStarted(run, len(nb.cells), code_cells))
 
         durations: list[float | None] = [None] * len(nb.cells)
@@ -405,7 +407,7 @@ class Runner:
             if isinstance(event, CellStarted):
                 saver.cell_started(event.index)
                 log.line(f"cell {event.index} started")
-                cell_started(nb.cells[event.index])
+                cell_started(cells[event.index])
             elif isinstance(event, CellOutput):
                 log.output(event.index, event.output)
                 entry = record_from_output(event.output)
@@ -416,7 +418,7 @@ class Runner:
                     capture.output(event.output)
             elif isinstance(event, CellFinished):
                 durations[event.index] = round(event.duration, 6)
-                cell_finished(nb.cells[event.index], event.duration, event.status == "error")
+                cell_finished(cells[event.index], event.duration, event.status == "error")
                 log.line(f"cell {event.index} {event.status} in {event.duration:.3f}s")
                 saver.cell_finished(event.index)
             elif isinstance(event, EngineSwitched):
@@ -532,9 +534,10 @@ def _freeze_once() -> None:
 
 def _reset_outputs(nb: NotebookNode, *, skip_tag: str) -> None:
     """Clear outputs and counts of cells about to run (skipped cells keep theirs)."""
-    for cell in nb.cells:
-        if cell.cell_type != "code" or skip_tag in cell.metadata.get("tags", []):
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code" or skip_tag in cell["metadata"].get("tags", []):
             continue
-        cell.outputs = []
-        cell.execution_count = None
-        cell.metadata.pop("execution", None)
+        # dict's own __setitem__: a NotebookNode's would convert the values again
+        dict.__setitem__(cell, "outputs", [])
+        dict.__setitem__(cell, "execution_count", None)
+        cell["metadata"].pop("execution", None)

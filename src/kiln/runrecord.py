@@ -130,7 +130,7 @@ def record_run(
 def stamp_start(nb: NotebookNode, prepared: Prepared, run: Run, started_at: datetime) -> None:
     """The output notebook's own record of the run (Kiln's and papermill's metadata)."""
     request = prepared.request
-    nb.metadata["kiln"] = {
+    record = {
         "run_id": run.id,
         "parameters": prepared.public_values,
         "input_path": request.notebook_label,
@@ -139,6 +139,7 @@ def stamp_start(nb: NotebookNode, prepared: Prepared, run: Run, started_at: date
         "started_at": started_at.isoformat(),
         "state": RunState.RUNNING.value,
     }
+    dict.__setitem__(nb["metadata"], "kiln", record)  # as is: no NotebookNode conversion
     papermill_start(
         nb,
         parameters=prepared.public_values,
@@ -179,7 +180,7 @@ def finish(
     elif outcome.allowed_errors:
         error = {"allowed": [_error_json(f) for f in outcome.allowed_errors]}
     ended_at = datetime.now(timezone.utc)
-    meta = nb.metadata["kiln"]
+    meta = nb["metadata"]["kiln"]
     meta.update(state=state.value, ended_at=ended_at.isoformat())
     if outcome.status != "ok":
         meta["error"] = {"cell_index": outcome.failed_cell, "message": reason}
@@ -196,6 +197,7 @@ def finish(
     saver.save()
     log.line(f"run {state}: {outcome.message}" if outcome.message else f"run {state}")
     # the files are in the artefact store before the run says it ended
+    log.flush()  # complete on disk before it is copied and the run's row says it ended
     where = upload.settle(log.line) if upload is not None else {}
     if upload is not None and not where:
         tracked["artifacts"] = upload.artifact_urls(tracked.get("artifacts") or [])
@@ -255,6 +257,7 @@ def end_prepared(
     ended_at = datetime.now(timezone.utc)
     reason = "prepared only (not executed)"
     log.line("prepared only: parameters injected, not executed")
+    log.flush()  # complete on disk before it is copied and the run's row says it ended
     where = upload.settle(log.line) if upload is not None else {}
     store.finish_run(
         run.id,
@@ -309,6 +312,7 @@ def failed_to_write(
     if exc.errno == errno.ENOSPC:
         reason = f"no space left on the device{where}"
     ended_at = datetime.now(timezone.utc)
+    log.flush()  # complete on disk before it is copied and the run's row says it ended
     kept = upload.settle(log.line) if upload is not None else {}
     try:
         store.finish_run(run.id, RunState.FAILED, reason=reason, ended_at=ended_at, **kept)

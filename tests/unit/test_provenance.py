@@ -193,3 +193,40 @@ def test_input_files_are_hashed_once_per_content(
     assert changed.sha256 != first.sha256 and reads
     missing = hash_file(tmp_path / "gone.csv")
     assert missing.sha256 is None and missing.error
+
+
+def test_a_known_environment_is_one_nothing_changed_since_it_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    _dist(site, "alpha-1.0.dist-info")
+    monkeypatch.setattr(sys, "path", [str(site)])
+    monkeypatch.setattr(provenance, "_known", {})
+    assert provenance.known_environment(None) is None  # never read: finding it takes a scan
+    env = provenance.current_environment()
+    assert provenance.known_environment(None) is env
+    assert provenance.known_environment(sys.executable) is env
+    shutil.rmtree(site / "alpha-1.0.dist-info")
+    _dist(site, "alpha-2.0.dist-info")
+    assert provenance.known_environment(None) is None  # an install: read it again
+    assert provenance.known_environment("/nowhere/python") is None  # never asked
+    other = provenance.known_environment(None, language="R")
+    assert other is not None and other.language == "r"
+
+
+def test_a_known_git_state_is_a_cached_one_whose_head_and_index_did_not_change(
+    repo: Path,
+) -> None:
+    assert provenance.known_git_state(repo) == (False, None)  # never read: git must be asked
+    first = git_state(repo)
+    known, state = provenance.known_git_state(repo / "sub")
+    assert known and state is first
+    (repo / "nb.ipynb").write_text('{"c": 1}')
+    _git(repo, "commit", "-qam", "two")
+    assert provenance.known_git_state(repo) == (False, None)  # a commit: ask git again
+    assert git_state(repo) != first
+    assert provenance.known_git_state(repo)[0]
+    outside = repo.parent / "elsewhere"
+    outside.mkdir()
+    if provenance.find_repository(outside) is None:
+        assert provenance.known_git_state(outside) == (True, None)

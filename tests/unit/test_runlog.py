@@ -85,3 +85,65 @@ def test_output_after_a_display_in_the_middle_stays_bounded(tmp_path):
     text = (tmp_path / "run.log").read_text()
     assert len(text.encode()) < 6 * (runlog.STREAM_HEAD + runlog.STREAM_TAIL)
     assert text.count("[cell 1 display_data] image/png") == 3
+
+
+def test_a_log_is_private_and_makes_its_folder_if_missing(tmp_path):
+    log = RunLog(tmp_path / "a" / "b" / "run.log", mode=0o640)
+    log.line("hello")
+    log.close()
+    path = tmp_path / "a" / "b" / "run.log"
+    assert path.read_text().endswith(" hello\n")
+    assert path.stat().st_mode & 0o777 == 0o640
+    again = RunLog(path)  # appends to an existing log
+    again.line("again")
+    again.close()
+    assert path.read_text().count("\n") == 2
+
+
+def test_in_an_event_loop_a_turns_lines_are_on_disk_by_the_next_turn(tmp_path):
+    import asyncio
+
+    path = tmp_path / "run.log"
+
+    async def main() -> list[str]:
+        log = RunLog(path)
+        seen = []
+        log.line("cell 0 started")
+        log.line("cell 0 ok in 0.001s")
+        await asyncio.sleep(0)  # the turn ended: both lines were written, together
+        seen.append(path.read_text())
+        log.line("run succeeded")
+        log.flush()  # what the runner does before it records the run's end
+        seen.append(path.read_text())
+        log.line("after the end")
+        log.close()  # a pending line is written on close, and its flush is cancelled
+        await asyncio.sleep(0)
+        return seen
+
+    first, second = asyncio.run(main())
+    assert first.count("\n") == 2 and "cell 0 ok" in first
+    assert second.endswith(" run succeeded\n")
+    assert path.read_text().endswith(" after the end\n")
+
+
+def test_a_log_that_cannot_be_written_stops_without_failing_the_run(tmp_path):
+    import asyncio
+
+    if not Path("/dev/full").exists():
+        import pytest
+
+        pytest.skip("no /dev/full")
+    log = RunLog(tmp_path / "run.log")
+    assert log.handle is not None
+    log.handle.close()
+    log._fh = open("/dev/full", "w", encoding="utf-8")  # noqa: SIM115 - a full disk
+
+    async def main() -> None:
+        log.line("x" * 100)
+        await asyncio.sleep(0)  # the flush fails: the log stops, saying why
+
+    asyncio.run(main())
+    assert log.error is not None and log.handle is None
+    log.line("ignored")
+    log.flush()
+    log.close()

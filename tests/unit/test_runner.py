@@ -269,3 +269,24 @@ def test_a_signal_between_runs_is_not_swallowed(tmp_path, runner):
 
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(main())
+
+
+def test_a_notebook_reached_through_a_symlink_runs_and_is_recorded_where_it_is(
+    tmp_path: Path, runner: Runner
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    nb = _write(real, ["import os\nhere = os.getcwd()"])
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    request = RunRequest(notebook=tmp_path / "link" / "nb.ipynb")
+    assert request.notebook_label == str(real.resolve() / "nb.ipynb")
+    assert request.run_cwd == real.resolve() == request.run_cwd_resolved
+    run = runner.run(request)
+    assert run.notebook_path == str(real.resolve() / "nb.ipynb")
+    assert run.request is not None and run.request["options"]["cwd"] == str(real.resolve())
+    # a working directory given through the link is recorded resolved too
+    linked = RunRequest(notebook=nb, cwd=tmp_path / "link")
+    assert linked.run_cwd == tmp_path / "link"
+    recorded = runner.run(linked)
+    assert recorded.request is not None
+    assert recorded.request["options"]["cwd"] == str(real.resolve())

@@ -391,3 +391,36 @@ def test_a_rerun_keeps_the_runs_own_tags_not_its_triggers(tmp_path: Path, runner
     assert plan.request.parameters == {"n": 5} and plan.overrides == {"n": 5}
     assert plan.request.origin == {"rerun_of": original.id, "overrides": {"n": 5}}
     assert plan.request.source == Path(str(original.input_path)).read_bytes()
+
+
+def test_a_commit_between_two_quick_runs_is_recorded_on_the_second(
+    tmp_path: Path, runner: Runner
+) -> None:
+    """The second run finds its environment and git state at once (cached, unchanged since
+    the first run: no thread); a commit in between must still be seen."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e"}
+    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
+
+    git("init", "-q", "-b", "main")
+    nb = _nb(repo, ["x = 1"])
+    git("add", "nb.ipynb")
+    git("commit", "-q", "-m", "one")
+    first, again = (runner.run(RunRequest(notebook=nb)) for _ in range(2))
+    assert first.git and again.git and again.git["commit"] == first.git["commit"]
+    assert again.environment_hash == first.environment_hash
+    (repo / "data.txt").write_text("2")
+    git("add", "data.txt")
+    git("commit", "-q", "-m", "two")
+    third = runner.run(RunRequest(notebook=nb))
+    assert third.git and third.git["commit"] != first.git["commit"]
+    assert third.environment_hash == first.environment_hash

@@ -74,7 +74,7 @@ def fork_unsupported(spec: Any, imports: list[str], sources: list[str] | None = 
         return f"the notebook's kernel runs {language or 'another language'}, not Python"
     argv = list(getattr(spec, "argv", []) or [])
     exe = argv[0] if argv else ""
-    if exe in ("python", "python3", "{python}") or _same_file(exe, sys.executable):
+    if exe in ("python", "python3", "{python}", sys.executable) or _same_file(exe, sys.executable):
         pass
     else:
         return f"its kernel runs another Python ({exe}) than Kiln's ({sys.executable})"

@@ -319,17 +319,14 @@ class ForkSession:
     def _spec(self, nb: Any, base_env: dict[str, str]) -> dict[str, Any]:
         options = self.options
         changed, removed = run_env_changes(base_env, options.env or {})
-        cells = [
-            {
-                proto.INDEX: i,
-                proto.SOURCE: str(c.source),
-                proto.RAISES: "raises-exception" in c.get("metadata", {}).get("tags", []),
-            }
-            for i, c in enumerate(nb.cells)
-            if c.cell_type == "code"
-            and str(c.source).strip()
-            and options.skip_tag not in c.get("metadata", {}).get("tags", [])
-        ]
+        cells = []
+        for i, c in enumerate(nb["cells"]):
+            source = str(c["source"])
+            tags = c.get("metadata", {}).get("tags", [])
+            if c["cell_type"] == "code" and source.strip() and options.skip_tag not in tags:
+                cells.append(
+                    {proto.INDEX: i, proto.SOURCE: source, proto.RAISES: "raises-exception" in tags}
+                )
         return {
             proto.KIND: proto.SPEC,
             proto.CELLS: cells,

@@ -209,18 +209,18 @@ class Conversation:
         if kind == proto.CELL_START:
             self.current = int(message[proto.CELL])
             self.cell_started = time.monotonic()
-            cell = self.nb.cells[self.current]
-            cell.outputs = []
-            cell.execution_count = None
+            cell = self.nb["cells"][self.current]
+            _put(cell, "outputs", [])
+            _put(cell, "execution_count", None)
             self.emit(CellStarted(self.current))
         elif kind == proto.OUTPUT:
             node = _node(message[proto.OUTPUT_NODE])
             index = int(message[proto.CELL])
-            _append(self.nb.cells[index].outputs, node)
+            _append(self.nb["cells"][index]["outputs"], node)
             self.emit(CellOutput(index, node))
         elif kind == proto.OUTPUTS:
             outputs = [_node(o) for o in message[proto.OUTPUT_LIST]]
-            self.nb.cells[int(message[proto.CELL])].outputs = outputs
+            _put(self.nb["cells"][int(message[proto.CELL])], "outputs", outputs)
         elif kind == proto.CELL_END:
             return self._end(message)
         elif kind == proto.DONE:
@@ -245,9 +245,9 @@ class Conversation:
 
     def _end(self, message: dict[str, Any]) -> ExecutionOutcome | None:
         index = int(message[proto.CELL])
-        cell = self.nb.cells[index]
-        cell.outputs = [_node(o) for o in message.get(proto.OUTPUT_LIST) or []]
-        cell.execution_count = message.get(proto.COUNT)
+        cell = self.nb["cells"][index]
+        _put(cell, "outputs", [_node(o) for o in message.get(proto.OUTPUT_LIST) or []])
+        _put(cell, "execution_count", message.get(proto.COUNT))
         duration = time.monotonic() - self.cell_started
         self.current = None
         error = message.get(proto.ERROR)
@@ -256,11 +256,11 @@ class Conversation:
             return None
         failure = CellFailure(
             cell_index=index,
-            execution_count=cell.execution_count,
+            execution_count=cell["execution_count"],
             ename=str(error.get("ename")),
             evalue=str(error.get("evalue", "")),
             traceback=[str(t) for t in error.get("traceback") or []],
-            source=str(cell.source),
+            source=str(cell["source"]),
         )
         if is_clean_exit(failure):
             self.emit(CellFinished(index, duration, "ok"))
@@ -309,10 +309,16 @@ class Conversation:
         return ExecutionOutcome("dead", text, failed_cell=index, allowed_errors=self.allowed)
 
 
-def _node(output: Mapping[str, Any]) -> Any:
-    from nbformat import from_dict
+def _node(output: Mapping[str, Any]) -> dict[str, Any]:
+    """An output as the notebook keeps it: a plain dict (readers use item access; nbformat's
+    NotebookNode conversion cost a copy of every output, on the supervisor's hot path)."""
+    return dict(output)
 
-    return from_dict(dict(output))
+
+def _put(cell: Any, key: str, value: Any) -> None:
+    """Set a cell's field as given (a NotebookNode's own ``__setitem__`` would convert every
+    dict inside ``value`` to a NotebookNode again)."""
+    dict.__setitem__(cell, key, value)
 
 
 def _append(outputs: list[Any], node: Any) -> None:

@@ -35,38 +35,48 @@ def papermill_start(
     started: datetime,
     skip_tag: str = "skip-execution",
 ) -> None:
-    nb.metadata["papermill"] = {
-        "default_parameters": dict(defaults),
-        "parameters": dict(parameters),
-        "environment_variables": {},
-        "version": PAPERMILL_LAYOUT,
-        "input_path": input_path,
-        "output_path": output_path,
-        "start_time": started.isoformat(),
-        "end_time": None,
-        "duration": None,
-        "exception": None,
-    }
-    for cell in nb.cells:
-        if cell.cell_type == "code" and skip_tag not in cell.metadata.get("tags", []):
-            cell.metadata["papermill"] = {
-                "exception": None,
-                "start_time": None,
-                "end_time": None,
-                "duration": None,
-                "status": "pending",
-            }
+    # plain dicts, set with dict's own __setitem__: a NotebookNode's converts them again
+    dict.__setitem__(
+        nb["metadata"],
+        "papermill",
+        {
+            "default_parameters": dict(defaults),
+            "parameters": dict(parameters),
+            "environment_variables": {},
+            "version": PAPERMILL_LAYOUT,
+            "input_path": input_path,
+            "output_path": output_path,
+            "start_time": started.isoformat(),
+            "end_time": None,
+            "duration": None,
+            "exception": None,
+        },
+    )
+    for cell in nb["cells"]:
+        meta = cell["metadata"]
+        if cell["cell_type"] == "code" and skip_tag not in meta.get("tags", []):
+            dict.__setitem__(
+                meta,
+                "papermill",
+                {
+                    "exception": None,
+                    "start_time": None,
+                    "end_time": None,
+                    "duration": None,
+                    "status": "pending",
+                },
+            )
 
 
 def cell_started(cell: NotebookNode) -> None:
-    meta = cell.metadata.get("papermill")
+    meta = cell["metadata"].get("papermill")
     if meta is not None:
         meta["start_time"] = datetime.now(timezone.utc).isoformat()
         meta["status"] = "running"
 
 
 def cell_finished(cell: NotebookNode, duration: float, failed: bool) -> None:
-    meta = cell.metadata.get("papermill")
+    meta = cell["metadata"].get("papermill")
     if meta is not None:
         meta["end_time"] = datetime.now(timezone.utc).isoformat()
         meta["duration"] = round(duration, 6)
@@ -75,7 +85,7 @@ def cell_finished(cell: NotebookNode, duration: float, failed: bool) -> None:
 
 
 def papermill_finish(nb: NotebookNode, ended: datetime, *, failed: bool) -> None:
-    meta = nb.metadata.get("papermill")
+    meta = nb["metadata"].get("papermill")
     if meta is None:
         return
     meta["end_time"] = ended.isoformat()

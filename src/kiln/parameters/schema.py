@@ -65,6 +65,8 @@ def validate_name(name: str, *, notebook: str | None = None) -> None:
     ``class`` when it parses), must not be a keyword and must not be a dunder such as
     ``__import__``. Soft keywords (``match``, ``case``, ``type``, ``_``) are fine.
     """
+    if type(name) is str and name in _VALID_NAMES:  # checked before (a sweep: every run)
+        return
     where = f" for {notebook}" if notebook else ""
     reason: str | None = None
     if not isinstance(name, str):
@@ -92,6 +94,12 @@ def validate_name(name: str, *, notebook: str | None = None) -> None:
             expected="an identifier that is not a keyword or a __dunder__",
             notebook=notebook,
         )
+    if type(name) is str and len(_VALID_NAMES) < 4096:
+        _VALID_NAMES.add(name)
+
+
+#: names found valid (a name's validity never changes): checked once per process
+_VALID_NAMES: set[str] = set()
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -46,14 +46,20 @@ PROJECT_FILE = "kiln.yaml"
 def find_project_file(start: str | os.PathLike[str] | None = None) -> Path | None:
     """The nearest ``kiln.yaml`` in ``start`` (a folder, or a file's folder; default: the
     working directory) or one of its parents."""
-    folder = Path(start if start is not None else Path.cwd()).absolute()
-    if not folder.is_dir():
-        folder = folder.parent
-    for candidate in (folder, *folder.parents):
-        path = candidate / PROJECT_FILE
-        if path.is_file():
-            return path
-    return None
+    # os.path, not pathlib: every run looks this up (its declared inputs), ~5x cheaper
+    folder = os.fspath(start) if start is not None else os.getcwd()
+    if not os.path.isabs(folder):
+        folder = os.path.join(os.getcwd(), folder)
+    if not os.path.isdir(folder):
+        folder = os.path.dirname(folder)
+    while True:
+        path = os.path.join(folder, PROJECT_FILE)
+        if os.path.isfile(path):
+            return Path(path)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
 
 
 def find_home(cwd: str | os.PathLike[str] | None = None) -> Path:

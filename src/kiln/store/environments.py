@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 _stored: set[tuple[str, str]] = set()
 
 
+def environment_saved(store: RunStore, env: Environment) -> bool:
+    """Whether :func:`save_environment` stored ``env`` already (no write needed)."""
+    return (store.url, env.hash) in _stored
+
+
 def save_environment(store: RunStore, env: Environment) -> str:
     """Store ``env`` unless its hash is stored already; returns the hash."""
     key = (store.url, env.hash)

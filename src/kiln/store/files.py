@@ -68,9 +68,14 @@ def make_run_folder(
     folder exists already (``exist_ok``)."""
     folder = runs_dir / run_id
     try:
-        if not runs_dir.is_dir():
-            runs_dir.mkdir(parents=True, mode=modes.folder)
-        folder.mkdir(mode=modes.folder, exist_ok=exist_ok)
+        try:  # the runs folder is there but for a new home's first run: one call
+            os.mkdir(folder, modes.folder)
+        except FileNotFoundError:
+            runs_dir.mkdir(parents=True, mode=modes.folder, exist_ok=True)
+            os.mkdir(folder, modes.folder)
+        except FileExistsError:
+            if not exist_ok or not folder.is_dir():
+                raise
         os.chmod(folder, modes.folder)  # mkdir's mode is masked by the umask
     except OSError as exc:
         raise HomeNotWritable(

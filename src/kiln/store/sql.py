@@ -185,26 +185,27 @@ class RunStore:
         """
         check_run_id(run.id)
         check_state(run.state)
+        fields = {name: getattr(run, name) for name in RUN_FIELDS}
         if run.run_dir is None:
             folder = self.run_folder(run.id)
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the run folder {folder}: {exc}") from exc
-            run = replace(run, run_dir=str(folder))
+            fields["run_dir"] = str(folder)
         if run.created_at is None:
-            run = replace(run, created_at=now())
-        values = column_values({name: getattr(run, name) for name in RUN_FIELDS})
+            fields["created_at"] = now()
+        values = column_values(fields)
         if self._hot is not None:
             self._hot.insert(values)
         else:
             self._insert(run.id, values)
-        return replace(
-            run,
-            created_at=to_utc(run.created_at) if run.created_at else None,
-            started_at=to_utc(run.started_at) if run.started_at else None,
-            ended_at=to_utc(run.ended_at) if run.ended_at else None,
-        )
+        # the run as stored, in one copy (a Run has ~45 fields: each copy is a cost per run)
+        changed = {"run_dir": fields["run_dir"]} if run.run_dir is None else {}
+        for name in ("created_at", "started_at", "ended_at"):
+            when = fields[name]
+            changed[name] = to_utc(when) if when else None
+        return replace(run, **changed)
 
     def _insert(self, run_id: str, values: dict[str, Any]) -> None:
         with self._write() as conn:
