@@ -84,6 +84,29 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_state(pid: int) -> str | None:
+    """The process's state letter from ``/proc`` (``R``, ``S``, ``Z``...), None once gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (any thread of it), read from ``/proc``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as fh:
+                    if int(fh.read().rpartition(")")[2].split()[1]) == pid:
+                        found.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
 def process_report(pid: int) -> str:
     """What a process that should have gone is doing (for a failing test's message): its
     state, parent and threads with where each waits, its open files, and every process."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from corpus_util import normalize_cell
 from kiln.engines.fork import ForkEngine, ForkPool
 from kiln.runner import Runner, RunRequest
 
-from kilntest import build_notebook, read_nb, stream_text, wait_gone
+from kilntest import build_notebook, children_of, process_state, read_nb, stream_text, wait_gone
 
 pytestmark = pytest.mark.kernel
 
@@ -327,12 +326,12 @@ def test_many_runs_leave_no_zombies_and_parent_memory_flat(tmp_path, make_nb):
                 rss.append(_rss_kb(server.proc.pid))
             # the parent reaps each child on SIGCHLD: give the last ones a moment. What stays
             # is the spare forked for the next run: one child, alive, with nothing below it
-            children = _children_of(server.proc.pid)
+            children = children_of(server.proc.pid)
             for _ in range(100):
-                if len(children) == 1 and _state(children[0]) == "S":
+                if len(children) == 1 and process_state(children[0]) == "S":
                     break
                 await asyncio.sleep(0.02)
-                children = _children_of(server.proc.pid)
+                children = children_of(server.proc.pid)
             return [runs, children]
         finally:
             await pool.close()
@@ -341,7 +340,7 @@ def test_many_runs_leave_no_zombies_and_parent_memory_flat(tmp_path, make_nb):
     runs, children = asyncio.run(main())
     assert len(runs) == 1000 and all(r.state == "succeeded" for r in runs)
     # every run's child reaped: no zombies, nothing left running but the spare
-    assert len(children) == 1 and _children_of(children[0]) == []
+    assert len(children) == 1 and children_of(children[0]) == []
     assert wait_gone(children[0])  # the spare ends with the pool
     assert rss[-1] - rss[0] < 5 * 1024, f"warm parent RSS grew: {rss} kB"
 
@@ -352,27 +351,6 @@ def _rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return None
-
-
-def _children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    if int(fh.read().split(")")[-1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    return found
 
 
 def test_auto_falls_back_to_the_kernel_with_a_notice(make_nb, kiln_cli):
@@ -440,7 +418,7 @@ def test_pool_bounds_children_and_shuts_down_cleanly(tmp_path, make_nb):
     # never more than two children at the same moment
     for t0, _ in spans:
         assert sum(1 for a, b in spans if a <= t0 + 0.01 < b) <= 2
-    assert _gone(server_pid) and _children_of(server_pid) == []
+    assert _gone(server_pid) and children_of(server_pid) == []
 
 
 def test_a_history_that_stalls_the_running_write_does_not_stall_the_run(

@@ -18,30 +18,9 @@ from kiln.engines.fork import ForkEngine, ForkPool
 from kiln.events import RunStarted
 from kiln.runner import Runner, RunRequest
 
-from kilntest import read_nb, stream_text
+from kilntest import children_of, process_state, read_nb, stream_text
 
 pytestmark = pytest.mark.kernel
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
-def _children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    if int(fh.read().rpartition(")")[2].split()[1]) == pid:
-                        found.append(int(entry))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    return found
 
 
 async def _wait_for(check: Callable[[], Any], seconds: float = 10.0) -> Any:
@@ -55,14 +34,14 @@ async def _wait_for(check: Callable[[], Any], seconds: float = 10.0) -> Any:
 
 
 def _gone(pid: int) -> bool:
-    return _state(pid) in (None, "Z", "X")
+    return process_state(pid) in (None, "Z", "X")
 
 
 async def _spare(parent: int) -> int:
     """The warm parent's only child once its runs have ended: the spare."""
 
     def one() -> int | None:
-        children = [c for c in _children_of(parent) if not _gone(c)]
+        children = [c for c in children_of(parent) if not _gone(c)]
         return children[0] if len(children) == 1 else None
 
     spare: int = await _wait_for(one)
@@ -264,7 +243,7 @@ def test_a_spare_killed_from_outside_costs_the_next_run_nothing(tmp_path, make_n
         parent = _parent(pool)
         spare = await _spare(parent)
         os.kill(spare, signal.SIGKILL)
-        await _wait_for(lambda: spare not in _children_of(parent))  # reaped
+        await _wait_for(lambda: spare not in children_of(parent))  # reaped
         run = await runner.arun(RunRequest(engine="fork", notebook=nb))
         assert run.state == "succeeded" and run.kernel_pid != spare
         # and once that run has had its child, a spare again
