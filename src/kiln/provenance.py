@@ -35,6 +35,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from kiln.walkup import nearest
+
 __all__ = [
     "GIT_TTL",
     "Environment",
@@ -367,19 +369,8 @@ _git_dirs: dict[str, str | None] = {}
 def find_repository(start: str | os.PathLike[str]) -> Path | None:
     """The nearest folder at or above ``start`` holding ``.git`` (a folder or a worktree's
     file)."""
-    # os.path, not pathlib: every run looks this up, ~5x cheaper
-    folder = os.fspath(start)
-    if not os.path.isabs(folder):
-        folder = os.path.join(os.getcwd(), folder)
-    if not os.path.isdir(folder):
-        folder = os.path.dirname(folder)
-    while True:
-        if os.path.exists(os.path.join(folder, ".git")):
-            return Path(folder)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
+    found = nearest(start, lambda folder: os.path.exists(os.path.join(folder, ".git")))
+    return Path(found) if found is not None else None
 
 
 def git_state(

@@ -14,6 +14,7 @@ import kiln
 
 #: lowest first; a unit is a package (``notebook/``) or a top-level module (``runner``)
 LAYERS: list[set[str]] = [
+    {"walkup"},
     {"errors", "units", "textutil", "recording", "processes", "provenance"},
     {"yamlio", "remote", "options"},
     {"flags", "notebook/", "project/"},

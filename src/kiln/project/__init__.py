@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kiln.walkup import nearest
+
 if TYPE_CHECKING:
     from kiln.project.file import (
         Project,
@@ -46,20 +48,11 @@ PROJECT_FILE = "kiln.yaml"
 def find_project_file(start: str | os.PathLike[str] | None = None) -> Path | None:
     """The nearest ``kiln.yaml`` in ``start`` (a folder, or a file's folder; default: the
     working directory) or one of its parents."""
-    # os.path, not pathlib: every run looks this up (its declared inputs), ~5x cheaper
-    folder = os.fspath(start) if start is not None else os.getcwd()
-    if not os.path.isabs(folder):
-        folder = os.path.join(os.getcwd(), folder)
-    if not os.path.isdir(folder):
-        folder = os.path.dirname(folder)
-    while True:
-        path = os.path.join(folder, PROJECT_FILE)
-        if os.path.isfile(path):
-            return Path(path)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
+    found = nearest(
+        start if start is not None else os.getcwd(),
+        lambda folder: os.path.isfile(os.path.join(folder, PROJECT_FILE)),
+    )
+    return Path(found, PROJECT_FILE) if found is not None else None
 
 
 def find_home(cwd: str | os.PathLike[str] | None = None) -> Path:
