@@ -4,7 +4,6 @@ SQLAlchemy writes, one round trip and one commit each, and a lost connection sur
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,9 +11,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from rowcases import lifecycle, refuses_what_sqlalchemy_refuses
 
-from kiln.errors import RunNotFound, StoreError
-from kiln.store import Record, Run, RunStore
+from kiln.errors import StoreError
+from kiln.store import Run, RunStore
 from kiln.store import queue as runs_queue
 from kiln.store.pgrow import PgRows
 
@@ -43,51 +43,10 @@ def _rows(store: RunStore, run_id: str) -> dict[str, Any]:
     return dict(row._mapping)
 
 
-def _lifecycle(store: RunStore, run_id: str) -> None:
-    """One run's writes with every kind of value: JSON with NaN and NUL, None in nullable and
-    non-null JSON columns, times in other zones, floats, records."""
-    store.create_run(
-        Run(
-            id=run_id,
-            notebook_path="dir/report.ipynb",
-            notebook_sha256="a" * 64,
-            state="queued",
-            parameters={"x": 1, "nan": math.nan, "text": "nul\x00here", "nested": [1.5, None]},
-            created_at=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2))),
-            run_dir="/runs/r",
-            request={"notebook": "report.ipynb", "options": {"b": 1, "a": 2}},
-            tags={"team": "a"},
-            origin=None,
-            error=None,
-            reason="why\x00",
-        )
-    )
-    store.update_run(
-        run_id,
-        state="running",
-        started_at=datetime(2024, 5, 6, 5, 8, 10, tzinfo=timezone.utc),
-        kernel_pid=456,
-        kernel_started=17.5,
-        kernel_version="ipython 8",
-    )
-    assert store.finish_run(
-        run_id,
-        "failed",
-        reason="cell 1 raised",
-        error={"ename": "ValueError", "evalue": "inf", "value": math.inf},
-        ended_at=datetime(2024, 5, 6, 5, 9, 0, 5, tzinfo=timezone.utc),
-        cell_durations=[0.1, None, 2.0],
-        records=[Record("loss", "json", 0.5, 1), Record("m", "json", {"a": [1]}, 2)],
-        metrics=None,
-        artifacts=[],
-    )
-    assert not store.finish_run(run_id, "succeeded")  # ended already: no change
-
-
 def test_the_hot_path_writes_the_same_rows_as_sqlalchemy(pg: RunStore) -> None:
-    _lifecycle(pg, "20240101-000000-hot")
+    lifecycle(pg, "20240101-000000-hot")
     hot_path, pg._hot = pg._hot, None  # the same writes through SQLAlchemy
-    _lifecycle(pg, "20240101-000000-sqla")
+    lifecycle(pg, "20240101-000000-sqla")
     pg._hot = hot_path
     hot, alchemy = (pg.get_run_exact(f"20240101-000000-{k}") for k in ("hot", "sqla"))
     raw_hot, raw_alchemy = _rows(pg, hot.id), _rows(pg, alchemy.id)
@@ -100,21 +59,7 @@ def test_the_hot_path_writes_the_same_rows_as_sqlalchemy(pg: RunStore) -> None:
 
 
 def test_the_hot_path_refuses_what_sqlalchemy_refuses(pg: RunStore) -> None:
-    run = Run(id="20240101-000000-dup", notebook_path="a.ipynb", notebook_sha256="0" * 64,
-              state="queued")  # fmt: skip
-    pg.create_run(run)
-    with pytest.raises(StoreError, match="already exists"):
-        pg.create_run(run)
-    with pytest.raises(StoreError, match="cannot store the value"):
-        pg.update_run(run.id, tags={"x": object()})
-    with pytest.raises(RunNotFound):
-        pg.finish_run("20240101-000000-none", "succeeded")
-    with pytest.raises(RunNotFound):
-        pg.update_run("20240101-000000-none", reason="x")
-    pg.finish_run(run.id, "succeeded")
-    with pytest.raises(StoreError, match="already finished"):
-        pg.update_run(run.id, state="running")
-    assert pg.get_run_exact(run.id).state == "succeeded"
+    refuses_what_sqlalchemy_refuses(pg)
     # the pool's connections came back out of autocommit, usable by SQLAlchemy's transactions
     with pg._write() as conn:
         assert not conn.connection.driver_connection.autocommit
