@@ -44,7 +44,7 @@ def runs_page(
     (either matches). ``tags`` keeps runs with these tag values; ``until`` runs created before
     it; ``submitted_by`` runs that user submitted. ``after`` is the cursor a previous page
     returned."""
-    from kiln.store.sql import _parameter_equals, tag_equals
+    from kiln.store.filters import parameter_equals, tag_equals
     from kiln.store.values import row_to_run
 
     query = runs.select()
@@ -64,7 +64,7 @@ def runs_page(
     if submitted_by is not None:
         query = query.where(runs.c.submitted_by == submitted_by)
     for name, value in (parameters or {}).items():
-        query = query.where(_parameter_equals(name, value, store.backend))
+        query = query.where(parameter_equals(name, value, store.backend))
     for key, text in (tags or {}).items():
         query = query.where(tag_equals(key, text, store.backend))
     if after is not None:

@@ -91,7 +91,7 @@ def select_runs(
     """The finished runs to delete, oldest first: created more than ``older_than`` seconds
     ago, in ``states``, of ``notebook``, beyond the ``keep_last`` newest runs of each notebook
     (every criterion given must hold)."""
-    from kiln.store.sql import _notebook_filter
+    from kiln.store.filters import notebook_filter
     from kiln.store.values import to_utc as _to_utc
 
     for state in states or ():
@@ -107,7 +107,7 @@ def select_runs(
     )
     query = sa.select(*columns)
     if notebook is not None:
-        query = query.where(_notebook_filter(notebook))
+        query = query.where(notebook_filter(notebook))
     query = query.order_by(runs.c.created_at.desc(), runs.c.id.desc())
     with store._read() as conn:
         rows = conn.execute(query).all()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import time
@@ -37,6 +36,7 @@ import sqlalchemy as sa
 
 from kiln.errors import HomeNotFound, HomeNotWritable, RunNotFound, StoreError
 from kiln.store.engine import lock_path, make_engine
+from kiln.store.filters import notebook_filter, parameter_equals, tag_equals
 from kiln.store.hotrow import HotRows, StateRow, hot_rows
 from kiln.store.migrate import ensure_schema, problem, where
 from kiln.store.paths import check_run_id, database_url, default_home
@@ -49,10 +49,8 @@ from kiln.store.values import (
     RUN_FIELDS,
     TERMINAL,
     NotJson,
-    basename,
     check_state,
     column_values,
-    dumps,
     now,
     row_to_run,
     to_utc,
@@ -384,7 +382,7 @@ class RunStore:
         """
         query = runs.select()
         if notebook is not None:
-            query = query.where(_notebook_filter(notebook))
+            query = query.where(notebook_filter(notebook))
         if state is not None:
             states = [state] if isinstance(state, str) else list(state)
             for one in states:
@@ -393,7 +391,7 @@ class RunStore:
         if since is not None:
             query = query.where(runs.c.created_at >= to_utc(since))
         for name, value in (parameters or {}).items():
-            query = query.where(_parameter_equals(name, value, self.backend))
+            query = query.where(parameter_equals(name, value, self.backend))
         for key, text in (tags or {}).items():
             query = query.where(tag_equals(key, str(text), self.backend))
         query = query.order_by(*_NEWEST_FIRST)
@@ -563,65 +561,3 @@ def _update(columns: tuple[str, ...], *, only_active: bool) -> sa.Update:
 
 def _bound(values: Mapping[str, Any]) -> dict[str, Any]:
     return {f"_v_{c}": v for c, v in values.items()}
-
-
-def _parameter_equals(name: str, value: Any, backend: str) -> sa.ColumnElement[bool]:
-    """``parameters[name] == value`` as JSON values, the same on every backend: the same JSON
-    type (numbers compare as numbers: 3 matches 3.0) and value; ``None`` matches a JSON null;
-    a run without the parameter never matches."""
-    if not name.isidentifier():
-        return sa.false()  # parameters are Python names: no run has this one
-    stored_as = dumps(value)  # what the value would be in the database (dates as text, ...)
-    value = json.loads(stored_as)
-    if backend == "postgresql":
-        from sqlalchemy.dialects.postgresql import JSONB
-
-        # jsonb compares by type and value (3 = 3.0, true != 1, "3" != 3) and never fails
-        # on a value of another type, unlike a cast of the text
-        field = sa.cast(runs.c.parameters, JSONB)[name]
-        return field == sa.cast(sa.literal(stored_as, sa.Text), JSONB)
-    path = f'$."{name}"'
-    kind = sa.func.json_type(runs.c.parameters, path)
-    found = sa.func.json_extract(runs.c.parameters, path)
-    if isinstance(value, bool):
-        return kind == ("true" if value else "false")
-    if value is None:
-        return kind == "null"
-    if isinstance(value, (int, float)):
-        return kind.in_(("integer", "real")) & (found == value)
-    if isinstance(value, str):
-        return (kind == "text") & (found == value)
-    return kind.in_(("array", "object")) & (found == sa.func.json(stored_as))
-
-
-def tag_equals(key: str, value: str, backend: str) -> sa.ColumnElement[bool]:
-    """``tags[key] == value`` for any tag name, quotes and backslashes included (a JSON path
-    built from the name would not find those on SQLite); a run without the tag never matches."""
-    if backend == "postgresql":
-        found: sa.ColumnElement[bool] = runs.c.tags[key].as_string() == value
-        return found
-    pairs = sa.func.json_each(runs.c.tags).table_valued("key", "value", "type").alias("tag")
-    return sa.exists(
-        sa.select(1)
-        .select_from(pairs)
-        .where(pairs.c.key == key, pairs.c.type == "text", pairs.c.value == value)
-    )
-
-
-def _notebook_filter(notebook: str) -> sa.ColumnElement[bool]:
-    """The stored path as given or resolved; a bare file name matches it in any folder.
-
-    Written so that the common case is one indexed equality (``notebook_name``, or
-    ``notebook_path IN (...)``), not an OR of both, which no index serves in order."""
-    paths = {notebook}
-    with contextlib.suppress(OSError, RuntimeError):
-        paths.add(str(Path(notebook).expanduser().resolve()))
-    name = basename(notebook)
-    if name != notebook:
-        return runs.c.notebook_path.in_(sorted(paths))
-    condition: sa.ColumnElement[bool] = runs.c.notebook_name == name
-    # a path whose file name differs (the name is a symlink) still matches as a path
-    others = sorted(path for path in paths if basename(path) != name)
-    if others:
-        condition = condition | runs.c.notebook_path.in_(others)
-    return condition
