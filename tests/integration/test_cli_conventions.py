@@ -101,6 +101,24 @@ def test_version_both_spellings(cli: Cli) -> None:
     assert cli("-V").stdout.startswith("kiln ") and cli("--version").returncode == 0
 
 
+def test_output_nobody_reads_is_a_quiet_failure(tmp_path: Path) -> None:
+    """`kiln … | head` where the reader is gone: exit 1 and no Python noise on stderr (the
+    output is flushed when the process ends, after the command returned)."""
+    nb = _nb(tmp_path / "nb.ipynb", [("n = 1", ["parameters"])])
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [KILN, "params", str(nb), "--json"], stdout=write, stderr=subprocess.PIPE,
+            text=True, timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert done.stderr == ""
+
+
 def test_every_data_command_has_json(cli: Cli) -> None:
     for command in (["params"], ["runs", "list"], ["runs", "show"], ["runs", "rm"], ["verify"],
                     ["clean"], ["diff"], ["config", "check"]):  # fmt: skip
