@@ -168,11 +168,12 @@ def end_process(code: int) -> NoReturn:
     after a run, more after a big notebook), which the OS does at once. When this thread is
     the only one left, the exit handlers run (logging's flush among them), the standard
     streams are flushed and the process ends; otherwise the usual exit waits for the other
-    threads as it always does. Every file Kiln writes is closed by then."""
+    threads as it always does, and so does a process being traced or profiled (coverage,
+    cProfile: they write their data at exit). Every file Kiln writes is closed by then."""
     import atexit
     import threading
 
-    if threading.active_count() > 1:
+    if threading.active_count() > 1 or sys.gettrace() is not None or sys.getprofile() is not None:
         sys.exit(code)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
