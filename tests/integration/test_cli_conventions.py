@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,19 @@ def test_output_nobody_reads_is_a_quiet_failure(tmp_path: Path) -> None:
         os.close(write)
     assert done.returncode == 1
     assert done.stderr == ""
+
+
+def test_a_profiled_command_still_writes_its_profile(tmp_path: Path) -> None:
+    """Kiln ends its process without the interpreter's teardown, except under a profiler or
+    a tracer (coverage), which write their data at exit."""
+    nb = _nb(tmp_path / "nb.ipynb", [("n = 1", ["parameters"])])
+    profile = tmp_path / "kiln.prof"
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(profile), KILN, "params", str(nb)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert profile.stat().st_size > 0
 
 
 def test_every_data_command_has_json(cli: Cli) -> None:
