@@ -181,6 +181,15 @@ assert "hello 7" in html
 print(f"== ok: a run through the API succeeded in {time.monotonic() - t0:.1f} s "
       f"(records {done['records']}, its log and HTML page served)")
 t0 = time.monotonic()
+run = call("POST", "/api/v1/runs", {"notebook": "hello.ipynb", "parameters": {"n": 2},
+           "engine": "kernel"}, token=token, expect=202)
+done = until("the kernel run to end", lambda: (r := call("GET", f"/api/v1/runs/{run['id']}",
+              token=token))["state"] not in ("queued", "running") and r)
+assert done["state"] == "succeeded", done
+assert done["records"] == {"square": 4, "uid": 10001}, done["records"]
+print(f"== ok: a run on a Jupyter kernel (the registered kernelspec) succeeded in "
+      f"{time.monotonic() - t0:.1f} s")
+t0 = time.monotonic()
 answer = call("POST", "/api/v1/endpoints/double", {"x": 21}, token=token)
 first = time.monotonic() - t0
 t0 = time.monotonic()
@@ -193,9 +202,9 @@ slow = call("POST", "/api/v1/runs", {"notebook": "hello.ipynb", "parameters": {"
             token=token, expect=202)
 until("the slow run to start", lambda: call("GET", f"/api/v1/runs/{slow['id']}",
       token=token)["state"] == "running")
-print(f"running: {slow['id']}")
+print(f"== left running at SIGTERM: {slow['id']}")
 PY
-slow=$(sed -n 's/^running: //p' "$work/client.out")
+slow=$(sed -n 's/^== left running at SIGTERM: //p' "$work/client.out")
 
 # every process of the container, the workers' and the kernels' included, runs as kiln
 podman exec -i "$cid" python - <<'PY' || die "a process runs as another user"
@@ -228,7 +237,7 @@ say "ok: SIGTERM drained (a run of 3 s was going on) and exited 0 in $(since "$s
 # the history is kept in the volume, with the run the drain let finish
 podman rm "$cid" >/dev/null 2> >(quiet)
 cid=$(podman run -d --network none "${opts[@]}" -v "$work/project:/project:ro" \
-  -v "$volume:/data" --health-interval disable "$image" kiln runs show "$slow" --json)
+  -v "$volume:/data" --health-interval disable "$image" kiln runs show "$slow" --json 2> >(quiet))
 podman wait "$cid" >/dev/null
 state=$(podman logs "$cid" 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["state"])')
 [[ $state == succeeded ]] || { podman logs "$cid"; die "the run going on at SIGTERM is $state"; }
