@@ -56,7 +56,7 @@ if [[ $base == "$stand_in" ]] && ! podman image exists "$stand_in"; then
   fi
   say "import $root as $stand_in"
   tar -C "$root" -c . | podman import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
-    - "$stand_in" >/dev/null
+    - "$stand_in" >/dev/null 2>"$cache/import.log" || die "the import failed: see $cache/import.log"
 fi
 
 # -- the image ----------------------------------------------------------------------------------
