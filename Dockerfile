@@ -1,9 +1,12 @@
 # A small image that runs `kiln serve` for a project mounted at /project, its history in /data.
 #
 #   docker build -t kiln .
-#   docker run -p 8000:8000 -v "$PWD:/project" -v kiln-data:/data kiln
+#   docker run -p 8000:8000 -v "$PWD:/project" -v kiln-data:/data --stop-timeout 45 kiln
 #
 # The first start prints the generated `admin password: ...` line to the container's log.
+# SIGTERM drains: running runs get `--grace` (30 s) to finish, longer than Docker's default
+# 10 s before it kills (hence --stop-timeout). The server runs as uid 10001 (kiln): the project
+# must be readable by it, and writable if its runs write into it.
 # Libraries the notebooks import go into the same environment as Kiln (the kernel's):
 #   FROM kiln
 #   USER root
