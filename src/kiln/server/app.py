@@ -131,7 +131,6 @@ def build_app(
         version=__version__,
         description="Run notebooks, follow them, call them as endpoints. Every route but "
         "/health needs a bearer token (kiln tokens create) or a login session.",
-        root_path=settings.root_path,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
