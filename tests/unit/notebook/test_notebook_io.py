@@ -268,3 +268,73 @@ def test_atomic_write_abandoned_mid_way_keeps_the_previous_file(tmp_path):
         atomic_write(target, parts())
     assert target.read_bytes() == b"complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+# -- validation: nbformat's verdict, without compiling its fast validator for a small notebook
+
+_INVALID = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {},
+    "cells": [{"cell_type": "code", "id": "a", "source": "x", "metadata": {}}],
+}
+
+
+@pytest.fixture
+def fresh_validators(monkeypatch: pytest.MonkeyPatch) -> dict[object, object]:
+    """nbformat's validators as in a new process: none compiled, no small notebook seen."""
+    from kiln.notebook import io
+
+    cache: dict[object, object] = {}
+    monkeypatch.setattr(nbformat.validator, "validators", cache)
+    monkeypatch.setattr(io, "_small_validated", 0)
+    monkeypatch.delenv("NBFORMAT_VALIDATOR", raising=False)
+    return cache
+
+
+def _compiled(cache: dict[object, object]) -> set[object]:
+    return {key[0] for key in cache if isinstance(key, tuple)}
+
+
+def test_a_small_notebook_is_validated_without_the_fast_validator(tmp_path, fresh_validators):
+    path = tmp_path / "small.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), path)
+    fresh_validators.clear()  # nbformat.write validated it
+    load_notebook(path)
+    assert _compiled(fresh_validators) == {"jsonschema"}
+
+
+def test_a_small_invalid_notebook_gets_nbformats_own_error(tmp_path, fresh_validators):
+    path = tmp_path / "bad.ipynb"
+    path.write_text(json.dumps(_INVALID))
+    with pytest.raises(NotebookReadError) as info:
+        load_notebook(path)
+    with pytest.raises(nbformat.ValidationError) as direct:
+        nbformat.validate(nbformat.from_dict(_INVALID))
+    first = str(direct.value.message).strip().splitlines()[0]
+    assert first[:200] in info.value.message
+    assert "fastjsonschema" in _compiled(fresh_validators)  # the verdict is nbformat's
+
+
+def test_a_large_notebook_goes_to_nbformats_validator(tmp_path, fresh_validators):
+    from kiln.notebook import io
+
+    path = tmp_path / "large.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1\n" * 20_000)]), path)
+    assert path.stat().st_size > io.SMALL_NOTEBOOK
+    fresh_validators.clear()  # nbformat.write validated it
+    load_notebook(path)
+    assert _compiled(fresh_validators) == {"fastjsonschema"}
+
+
+def test_after_a_few_small_notebooks_the_fast_validator_pays(
+    tmp_path, fresh_validators, monkeypatch
+):
+    from kiln.notebook import io
+
+    monkeypatch.setattr(io, "_small_validated", io._SMALL_VALIDATIONS)
+    path = tmp_path / "small.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), path)
+    fresh_validators.clear()  # nbformat.write validated it
+    load_notebook(path)
+    assert _compiled(fresh_validators) == {"fastjsonschema"}
