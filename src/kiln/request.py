@@ -196,12 +196,7 @@ class Prepared:
 
             parsed = _PARSED.get(self.sha256)
             valid = parsed is not None and parsed.valid
-            nb = to_v4(
-                self.raw,
-                path=str(self.request.notebook),
-                validate=not valid,
-                size=len(self.source_bytes),
-            )
+            nb = to_v4(self.raw, path=str(self.request.notebook), validate=not valid)
             if parsed is not None:
                 parsed.valid = True
             if self.values:  # like papermill: no values, no injected cell (an old one stays)
@@ -234,7 +229,7 @@ def prepare(request: RunRequest, *, engine_name: str | None = None) -> Prepared:
     parsed = _PARSED.get(sha)
     if parsed is None or request.lint:
         raw = load_json(data, path=path)
-        nb = to_v4(raw, path=path, size=len(data)) if raw["nbformat"] != 4 or request.lint else None
+        nb = to_v4(raw, path=path) if raw["nbformat"] != 4 or request.lint else None
         if nb is not None and request.lint:
             _lint_gate(nb, path)
         view = nb if nb is not None else raw

@@ -46,7 +46,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def parse_notebook(data: bytes, *, path: str) -> Any:
     """Parse, upgrade to nbformat 4.5 and validate notebook bytes; returns a NotebookNode."""
-    return to_v4(load_json(data, path=path), path=path, size=len(data))
+    return to_v4(load_json(data, path=path), path=path)
 
 
 def load_json(data: bytes, *, path: str) -> dict[str, Any]:
@@ -148,12 +148,10 @@ def _refuse_lone_surrogates(value: Any, path: str, where: str = "") -> None:
             stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
 
 
-def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True, size: int | None = None) -> Any:
+def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True) -> Any:
     """Upgrade (v3, old v4) and validate raw notebook JSON; returns a NotebookNode.
 
-    ``validate=False`` is for JSON already validated once (the same bytes run again).
-    ``size`` (the notebook's bytes) lets a small notebook be validated without compiling
-    nbformat's fast validator (see :func:`_validate`)."""
+    ``validate=False`` is for JSON already validated once (the same bytes run again)."""
     import nbformat
     from nbformat.validator import ValidationError
 
@@ -177,7 +175,7 @@ def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True, size: int | 
     if not validate:
         return nb
     try:
-        _validate(nb, size)
+        nbformat.validate(nb)
     except RecursionError:
         raise _too_deep(path) from None
     except ValidationError as exc:
@@ -187,46 +185,6 @@ def to_v4(raw: dict[str, Any], *, path: str, validate: bool = True, size: int | 
             f"{path} is not a valid notebook: {_short(exc)}{at}", path=path
         ) from exc
     return nb
-
-
-#: a notebook up to this size (bytes) is validated with nbformat's ``jsonschema`` validator
-#: while the fast one is not compiled yet: ~1 ms for a small notebook, where compiling
-#: nbformat's default (``fastjsonschema``) costs ~50 ms of every cold ``kiln run``
-SMALL_NOTEBOOK = 64 * 1024
-#: after this many notebooks the process compiles the fast validator all the same (a server,
-#: a pipeline of many notebooks: it pays for itself)
-_SMALL_VALIDATIONS = 16
-_small_validated = 0
-
-
-def _validate(nb: Any, size: int | None) -> None:
-    """``nbformat.validate(nb)``, for a notebook whose cell ids are unique (``_ensure_ids``:
-    nbformat's normalisation has nothing to change).
-
-    nbformat refuses a notebook when its ``fastjsonschema`` validator finds an error *and*
-    its ``jsonschema`` validator (which words the error) finds one too. So a notebook the
-    ``jsonschema`` validator accepts is valid for nbformat: a small one is checked with that
-    validator alone, saving the fast one's compilation in a process that validates a few
-    notebooks; one it refuses goes to ``nbformat.validate`` for nbformat's own verdict.
-    """
-    global _small_validated
-    import nbformat
-    from nbformat import validator
-    from nbformat.json_compat import get_current_validator
-
-    if (
-        size is not None
-        and size <= SMALL_NOTEBOOK
-        and _small_validated < _SMALL_VALIDATIONS
-        and get_current_validator().name != "jsonschema"  # else there is nothing to save
-    ):
-        _small_validated += 1
-        # what nbformat.validate reads (nbformat.reader.get_version)
-        version, minor = nb.get("nbformat", 1), nb.get("nbformat_minor", 0)
-        checker = validator.get_validator(version=version, version_minor=minor, name="jsonschema")
-        if checker is not None and next(iter(checker.iter_errors(nb)), None) is None:
-            return
-    nbformat.validate(nb)
 
 
 def _too_deep(path: str) -> NotebookReadError:
