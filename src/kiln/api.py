@@ -102,16 +102,24 @@ def sweep(
     """
     from kiln.request import RunRequest
     from kiln.runner import Runner
-    from kiln.sweeps import load_grid, parameter_sets, plan_sweep, run_sweep
+    from kiln.sweeps import load_grid, parameter_sets, plan_and_run_sweep
 
     jobs = parse_count(jobs)
     sets = load_grid(grid) if isinstance(grid, (str, os.PathLike)) else parameter_sets(grid)
     request = RunRequest.build(notebook, parameters=parameters, **options)
-    plan = plan_sweep(request, sets, output=output, allow_outside=allow_outside)
     echo = LiveOutput().observe_sweep if log_output else None
     home_dir = Path(home) if home is not None else None
     with Runner(home=home_dir) as runner:  # one runner: its warm engines serve every run
-        result = run_sweep(plan, runner=runner, jobs=jobs, observer=echo)
+        # the warm parent starts first and boots while the sets are checked
+        result = plan_and_run_sweep(
+            request,
+            sets,
+            runner=runner,
+            jobs=jobs,
+            output=output,
+            allow_outside=allow_outside,
+            on_plan=lambda _plan: echo,
+        )
     if check:
         result.check()
     return result

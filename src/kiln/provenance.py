@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +196,51 @@ _known: dict[str, tuple[tuple[str, ...], tuple[tuple[str, int], ...], Environmen
 _described: dict[str, dict[str, Any]] = {}
 
 
+#: machines on which ``uname -p`` prints ``unknown`` (Debian, Ubuntu, Alpine, Arch: upstream
+#: coreutils) or the machine itself (Fedora, RHEL, SUSE patch it so): ``platform.platform()``
+#: leaves both out of its description, so there it needs no ``uname -p`` subprocess
+_PROCESSOR_LEFT_OUT = frozenset({"x86_64", "aarch64", "arm64", "ppc64le", "s390x", "riscv64"})
+
+
+@cache
+def os_description() -> str:
+    """``platform.platform()`` (``Linux-6.1.0-18-amd64-x86_64-with-glibc2.36``), computed
+    without the ``uname -p`` subprocess it starts on Linux (``platform.uname().processor``).
+
+    On Linux with glibc, on the machines of :data:`_PROCESSOR_LEFT_OUT`, the text is the
+    same pieces ``platform.platform()`` joins: the kernel's release and machine, then the C
+    library's version as ``os.confstr`` gives it (what ``platform.libc_ver`` reads first).
+    Anywhere else (another OS or machine, musl, Gentoo, whose ``uname -p`` names the CPU
+    model) it is ``platform.platform()`` itself."""
+    uname = os.uname()
+    if (
+        sys.platform.startswith("linux")
+        and uname.sysname == "Linux"
+        and uname.machine in _PROCESSOR_LEFT_OUT
+        and not os.path.exists("/etc/gentoo-release")
+    ):
+        try:
+            libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        except (ValueError, OSError):
+            libc = ""
+        parts = libc.split(maxsplit=1)
+        if len(parts) == 2:
+            return _platform_text("Linux", uname.release, uname.machine, "with", "".join(parts))
+    return platform.platform()
+
+
+def _platform_text(*parts: str) -> str:
+    """The pieces joined and cleaned as ``platform.platform()`` does (``platform._platform``:
+    file-name safe, no ``unknown``, no doubled or trailing ``-``)."""
+    text = "-".join(part.strip() for part in parts if part)
+    for char in ' /\\:;"()':
+        text = text.replace(char, "_" if char == " " else "-")
+    text = text.replace("unknown", "")
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text.rstrip("-")
+
+
 def current_environment() -> Environment:
     """This interpreter's environment (the fork engine's kernels run this Python)."""
     paths = tuple(p for p in sys.path if p)
@@ -206,7 +251,7 @@ def current_environment() -> Environment:
             language="python",
             version=platform.python_version(),
             implementation=platform.python_implementation(),
-            os=platform.platform(),
+            os=os_description(),
             machine=platform.machine(),
             packages=packages,
             executable=sys.executable,
@@ -224,7 +269,7 @@ def environment_of(executable: str | None, *, language: str = "python") -> Envir
             language=language.lower(),
             version="",
             implementation="",
-            os=platform.platform(),
+            os=os_description(),
             machine=platform.machine(),
         )
     if executable in (None, "", "python", "python3", "{python}", sys.executable) or _same(
@@ -241,7 +286,7 @@ def environment_of(executable: str | None, *, language: str = "python") -> Envir
             language="python",
             version="",
             implementation="",
-            os=platform.platform(),
+            os=os_description(),
             machine=platform.machine(),
             executable=exe,
         )
@@ -253,7 +298,7 @@ def environment_of(executable: str | None, *, language: str = "python") -> Envir
             language="python",
             version=str(info.get("version", "")),
             implementation=str(info.get("implementation", "")),
-            os=str(info.get("os", platform.platform())),
+            os=str(info.get("os") or os_description()),
             machine=str(info.get("machine", platform.machine())),
             packages=packages,
             executable=exe,

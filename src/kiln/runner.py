@@ -175,8 +175,7 @@ class Runner:
         at this point ends the row ``failed`` with the reason instead of leaving it held.
         ``notes`` are warnings about the run from its caller (logged and reported)."""
         fixed = self._engine
-        if fixed is None and request.engine in ("fork", "auto") and not request.prepare_only:
-            self._launch_warm_parent()
+        self.warm_up(request)
         try:
             prepared = prepare(request, engine_name=fixed.name if fixed is not None else None)
         except KilnError as exc:
@@ -198,11 +197,19 @@ class Runner:
             raise_for_state(run)
         return run
 
+    def warm_up(self, request: RunRequest) -> None:
+        """Start the fork engine's warm parent now if ``request`` may use it (inside the event
+        loop the runs will use; :meth:`arun` does it for its request). Its start (Python and
+        IPython, ~0.3 s) then overlaps what the caller does before the first run (a sweep
+        checks its sets) instead of following it. A notebook the fork engine cannot run leaves
+        it idle until the engines close."""
+        if self._engine is None and request.engine in ("fork", "auto") and not request.prepare_only:
+            self._launch_warm_parent()
+
     def _launch_warm_parent(self) -> None:
         """On a runner's first run, start the fork engine's warm parent before the request is
-        prepared: its start (Python and IPython, ~0.3 s) then overlaps reading the notebook,
-        the kernel spec lookup and opening the history instead of following them. A notebook
-        the fork engine cannot run leaves it idle until the engines close."""
+        prepared: its start then overlaps reading the notebook, the kernel spec lookup and
+        opening the history instead of following them."""
         if "fork" in self._engines or not sys.platform.startswith("linux"):
             return
         from kiln.engines.fork import ForkEngine

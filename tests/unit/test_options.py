@@ -137,12 +137,12 @@ def test_kiln_run_takes_every_option(capture: Any, tmp_path: Path) -> None:
 def test_kiln_sweep_takes_every_option(
     capture: Any, tmp_path: Path, make_nb: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import kiln.sweeps
+    import kiln.sweeps.execute
 
-    def run_sweep(plan: Any, **_: Any) -> Any:
+    async def arun_sweep(plan: Any, **_: Any) -> Any:
         raise Captured(plan.items[0].request)
 
-    monkeypatch.setattr(kiln.sweeps, "run_sweep", run_sweep)
+    monkeypatch.setattr(kiln.sweeps.execute, "arun_sweep", arun_sweep)
     nb = make_nb([("x = 1", ["parameters"])])
     # the sweep's plan prepares each set: its kernel must exist and run Python
     skip = {"engine", "kernel", "language", "memory_limit", "lint"}

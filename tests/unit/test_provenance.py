@@ -230,3 +230,62 @@ def test_a_known_git_state_is_a_cached_one_whose_head_and_index_did_not_change(
     outside.mkdir()
     if provenance.find_repository(outside) is None:
         assert provenance.known_git_state(outside) == (True, None)
+
+
+def test_the_os_description_is_platforms_own_text() -> None:
+    import platform
+
+    provenance.os_description.cache_clear()
+    assert provenance.os_description() == platform.platform()
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux")
+    or os.uname().machine not in provenance._PROCESSOR_LEFT_OUT
+    or os.path.exists("/etc/gentoo-release"),
+    reason="the description without a subprocess is for Linux on the listed machines",
+)
+def test_the_os_description_starts_no_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    provenance.os_description.cache_clear()
+    platform._uname_cache = None  # type: ignore[attr-defined]
+    monkeypatch.setattr(subprocess, "Popen", refused)
+    monkeypatch.setattr(subprocess, "check_output", refused)
+    try:
+        text = provenance.os_description()
+    finally:
+        provenance.os_description.cache_clear()
+    assert text.startswith(f"Linux-{os.uname().release}".replace(" ", "_"))
+    assert "-with-" in text
+
+
+def test_elsewhere_the_os_description_asks_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    real = os.uname()
+    fake = os.uname_result((real.sysname, real.nodename, real.release, real.version, "i686"))
+    monkeypatch.setattr(os, "uname", lambda: fake)
+    monkeypatch.setattr(platform, "platform", lambda: "Linux-asked-i686")
+    provenance.os_description.cache_clear()
+    try:
+        assert provenance.os_description() == "Linux-asked-i686"
+    finally:
+        provenance.os_description.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("Linux", "6.1.0-18-amd64", "x86_64", "with", "glibc2.36"),
+        ("Lin ux", 'a/b\\c:d;e"f(g)h', "unknown", "", "x--y-"),
+        ("Linux", "5.15.0 (custom)", "aarch64", "with", "glibc2.31"),
+    ],
+)
+def test_the_description_is_cleaned_as_platform_cleans_it(parts: tuple[str, ...]) -> None:
+    import platform
+
+    assert provenance._platform_text(*parts) == platform._platform(*parts)  # type: ignore[attr-defined]

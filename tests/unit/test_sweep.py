@@ -621,3 +621,63 @@ def test_cli_sweep_warns_once_and_log_output_is_prefixed(tmp_path, fake_cli, cap
     assert code == 0
     assert err.count("no cell tagged 'parameters'") == 1
     assert "[0] value 1" in out and "[1] value 2" in out
+
+
+# -- the warm parent boots while the sets are checked -----------------------------------------
+
+
+@pytest.fixture
+def watched(monkeypatch):
+    """What happens, in order: the warm parent's launch, the plan, the engines' closing."""
+    import kiln.sweeps.execute as execute
+
+    order: list[str] = []
+    real_plan, real_close = execute.plan_sweep, Runner.aclose_engines
+    monkeypatch.setattr(Runner, "_launch_warm_parent", lambda self: order.append("warm parent"))
+
+    def plan(*args, **kwargs):
+        order.append("plan")
+        return real_plan(*args, **kwargs)
+
+    async def close(self):
+        order.append("engines closed")
+        await real_close(self)
+
+    monkeypatch.setattr(execute, "plan_sweep", plan)
+    monkeypatch.setattr(Runner, "aclose_engines", close)
+    return order
+
+
+def test_the_warm_parent_starts_before_the_sets_are_checked(tmp_path, nb, watched):
+    from kiln.sweeps import plan_and_run_sweep
+
+    fake = FakeEngine()
+    request = RunRequest(notebook=nb, engine="auto")
+    with Runner(home=tmp_path / "home", engines={"fork": fake, "kernel": fake}) as runner:
+        result = plan_and_run_sweep(request, [{"x": 1}, {"x": 2}], runner=runner, jobs=2)
+    assert result.ok and len(result.runs) == 2
+    # (each run asks again; the real launch does nothing once the parent exists)
+    assert list(dict.fromkeys(watched)) == ["warm parent", "plan", "engines closed"]
+
+
+def test_a_refused_plan_still_closes_the_warm_parent(tmp_path, nb, watched):
+    from kiln.sweeps import plan_and_run_sweep
+
+    request = RunRequest(notebook=nb, engine="auto")
+    with Runner(home=tmp_path / "home") as runner, pytest.raises(ParameterTypeError):
+        plan_and_run_sweep(request, [{"x": 1}, {"x": "many"}], runner=runner)
+    assert watched == ["warm parent", "plan", "engines closed"]
+    assert not (tmp_path / "home").exists() or not _stored(tmp_path)
+
+
+def test_a_kernel_only_or_prepare_only_sweep_starts_no_warm_parent(tmp_path, nb, watched):
+    from kiln.sweeps import plan_and_run_sweep
+
+    fake = FakeEngine()
+    for request in (
+        RunRequest(notebook=nb, engine="kernel"),
+        RunRequest(notebook=nb, engine="auto", prepare_only=True),
+    ):
+        with Runner(home=tmp_path / "home", engines={"kernel": fake, "fork": fake}) as runner:
+            assert plan_and_run_sweep(request, [{"x": 1}], runner=runner).ok
+    assert "warm parent" not in watched

@@ -398,31 +398,41 @@ def handle_sweep(args: argparse.Namespace) -> int:
     """``kiln run NB --sweep GRID -j N``: validate every set, run them, print a table."""
     from kiln.cli.console import SweepConsole
     from kiln.runner import Runner
-    from kiln.sweeps import load_grid, plan_sweep, run_sweep
+    from kiln.sweeps import SweepObserver, SweepPlan, load_grid, plan_and_run_sweep
 
     if args.output == "-":
         raise UsageError("a sweep writes one notebook per set: '-' cannot be its output")
     sets = load_grid(args.sweep)
-    plan = plan_sweep(
-        build_request(args, output=None),
-        sets,
-        output=args.output,
-        allow_outside=args.allow_outside,
-    )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    console = SweepConsole(
-        Path(args.notebook).name,
-        len(plan.items),
-        progress=progress and not args.quiet,
-        log_output=args.log_output,
-    )
-    for text in plan.warnings:
-        console.warn(text)
+    consoles: list[SweepConsole] = []
+
+    def start(plan: SweepPlan) -> SweepObserver:
+        console = SweepConsole(
+            Path(args.notebook).name,
+            len(plan.items),
+            progress=progress and not args.quiet,
+            log_output=args.log_output,
+        )
+        consoles.append(console)
+        for text in plan.warnings:
+            console.warn(text)
+        return console.observe
+
     try:
         with Runner() as runner:  # one runner: its warm engines serve every run
-            result = run_sweep(plan, runner=runner, jobs=args.jobs or 1, observer=console.observe)
+            # the warm parent starts first and boots while the sets are checked
+            result = plan_and_run_sweep(
+                build_request(args, output=None),
+                sets,
+                runner=runner,
+                jobs=args.jobs or 1,
+                output=args.output,
+                allow_outside=args.allow_outside,
+                on_plan=start,
+            )
     finally:
-        console.close()
+        for console in consoles:
+            console.close()
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))
     elif not (args.quiet and result.ok):

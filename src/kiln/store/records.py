@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -226,16 +226,37 @@ class Run:
         return (self.ended_at - self.started_at).total_seconds()
 
     def to_json(self) -> dict[str, Any]:
+        """The run as JSON data: its own copy (nothing shared with the run), times as ISO text.
+
+        Built field by field rather than with ``dataclasses.asdict``, which copies through
+        ``deepcopy`` and the discarded records too: a sweep's ``--json`` and the server's run
+        lists call this once per run."""
         out: dict[str, Any] = {}
-        for key, value in asdict(self).items():
-            if key == "records_list":
-                continue
+        for key in _RUN_JSON_FIELDS:
+            value = getattr(self, key)
             if isinstance(value, datetime):
                 value = value.isoformat()
             elif isinstance(value, RunState):
                 value = value.value
+            elif isinstance(value, (dict, list, tuple)):
+                value = _copied(value)
             out[key] = value
         out["duration"] = self.duration
         out["records"] = self.record_values
         out["record_kinds"] = {r.name: r.kind for r in self.records_list}
         return out
+
+
+#: the fields :meth:`Run.to_json` writes, in declaration order (the records go separately)
+_RUN_JSON_FIELDS = tuple(f.name for f in fields(Run) if f.name != "records_list")
+
+
+def _copied(value: Any) -> Any:
+    """A copy of JSON-like data: new dicts and lists (tuples as tuples), scalars shared."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    return value

@@ -25,6 +25,7 @@ from kiln.sweeps.execute import (
     SweepObserver,
     SweepResult,
     arun_sweep,
+    plan_and_run_sweep,
     run_sweep,
 )
 from kiln.sweeps.plan import (
@@ -50,6 +51,7 @@ __all__ = [
     "arun_sweep",
     "load_grid",
     "parameter_sets",
+    "plan_and_run_sweep",
     "plan_sweep",
     "run_sweep",
 ]
