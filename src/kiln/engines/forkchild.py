@@ -8,6 +8,8 @@ what is written to file descriptors 1 and 2 (subprocesses, C libraries) as well 
 
 What it sets up first, and why:
 
+* the name ``kiln-run`` (``PR_SET_NAME``), so ``ps``, ``top`` and ``perf`` tell it from the
+  warm parent;
 * a new session (its own process group), so a timeout's kill reaches the cell's subprocesses;
 * a child subreaper (``PR_SET_CHILD_SUBREAPER``): processes the run starts in a new session,
   or daemonises by double-forking, re-parent to the child instead of init, so the run's end
@@ -305,7 +307,7 @@ def _prepare(parent_fds: Iterable[int]) -> None:
     # SIGPIPE stays ignored, as in any Python process (a kernel's too): a write to a
     # closed pipe raises BrokenPipeError. _signal, not signal: signal.signal wraps the
     # handler it replaces in an enum, and failing to for the parent's function raises and
-    # formats a ValueError, ~50 pages copied on write in every child for nothing
+    # formats a ValueError: pages copied on write in every child, for a value nobody reads
     for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         _signal.signal(int(signum), int(signal.SIG_DFL))
     for fd in parent_fds:
