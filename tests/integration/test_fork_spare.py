@@ -253,3 +253,65 @@ def test_a_spare_killed_from_outside_costs_the_next_run_nothing(tmp_path, make_n
         return None
 
     _pool_test(tmp_path, body)
+
+
+def _first_and_spare_runs(tmp_path: Path, nb: Path) -> tuple[list[str], dict[str, int | str]]:
+    """Run ``nb`` twice: in a child forked for it, then on the spare. The first cell's stdout
+    of each, and the pids and ``comm`` names of the second run, the spare and the parent."""
+
+    async def body(runner: Runner, pool: ForkPool) -> tuple[list[str], dict[str, int | str]]:
+        seen: list[str] = []
+        procs: dict[str, int | str] = {}
+        for i in range(2):
+            if i == 1:
+                parent = _parent(pool)
+                procs["spare"] = spare = await _spare(parent)
+                procs["spare_comm"] = _comm(spare)
+                procs["parent_comm"] = _comm(parent)
+            out = tmp_path / f"out-{i}.ipynb"
+            run = await runner.arun(RunRequest(engine="fork", notebook=nb, output=out))
+            assert run.state == "succeeded", run.error
+            procs[f"run{i}"] = run.kernel_pid or 0
+            seen.append(stream_text(read_nb(out).cells[0]).strip())
+        return seen, procs
+
+    result: tuple[list[str], dict[str, int | str]] = _pool_test(tmp_path, body)
+    return result
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm", encoding="utf-8") as fh:
+        return fh.read().strip()
+
+
+def test_runs_and_spares_are_named_kiln_run_and_the_warm_parent_is_not(tmp_path, make_nb):
+    # ps, top and perf tell a run's process (forked for it, or the spare) from the warm parent
+    nb = make_nb(["print(open('/proc/self/comm').read().strip())"])
+    seen, procs = _first_and_spare_runs(tmp_path, nb)
+    assert seen == ["kiln-run", "kiln-run"]
+    assert procs["run1"] == procs["spare"] and procs["spare_comm"] == "kiln-run"
+    assert procs["parent_comm"] not in ("kiln-run", "")
+
+
+def test_a_run_starts_with_a_kernels_signal_handlers(tmp_path, make_nb):
+    # the child resets the warm parent's handlers (SIGCHLD's wake-up, SIGINT, SIGTERM) as a
+    # kernel has them: Ctrl-C's KeyboardInterrupt, and the default for the others
+    nb = make_nb(
+        [
+            "import signal\nprint([signal.getsignal(signal.SIGTERM) is signal.SIG_DFL,"
+            " signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL,"
+            " signal.getsignal(signal.SIGINT) is signal.default_int_handler])"
+        ]
+    )
+    seen, _procs = _first_and_spare_runs(tmp_path, nb)
+    assert seen == ["[True, True, True]"] * 2
+
+
+def test_a_run_spec_longer_than_one_read_arrives_whole(tmp_path, make_nb):
+    # the spec is read with recv until its newline: a cell of 300 kB takes several reads
+    text = "".join(chr(ord("a") + i % 26) for i in range(300_000))
+    nb = make_nb([f"s = {text!r}\nimport zlib\nprint(len(s), zlib.crc32(s.encode()))"])
+    import zlib
+
+    seen, _procs = _first_and_spare_runs(tmp_path, nb)
+    assert seen == [f"300000 {zlib.crc32(text.encode())}"] * 2

@@ -103,6 +103,25 @@ def test_held_messages_go_out_together_and_in_order():
     assert kinds == [proto.CELL_END, proto.CELL_START]
 
 
+def test_a_spec_longer_than_one_read_is_received_whole_and_a_cut_one_is_an_eof():
+    import socket
+    import threading
+
+    from kiln.engines.forkshell import Channel
+
+    spec = {proto.KIND: proto.SPEC, proto.CELLS: [{proto.INDEX: 0, proto.SOURCE: "x" * 200_000}]}
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        writer = threading.Thread(target=mine.sendall, args=(proto.encode_line(spec),))
+        writer.start()  # more than a socket buffer: sendall waits for the reads
+        assert Channel(theirs).receive() == spec
+        writer.join()
+        mine.sendall(b'{"kind": "spec"')
+        mine.shutdown(socket.SHUT_WR)
+        with pytest.raises(EOFError):
+            Channel(theirs).receive()
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"KILN_T_A": "run"}, {"KILN_T_A": "base-a"}, {"KILN_T_GONE": "back"}, {"NEW": "n"}],

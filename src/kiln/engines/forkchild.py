@@ -8,6 +8,8 @@ what is written to file descriptors 1 and 2 (subprocesses, C libraries) as well 
 
 What it sets up first, and why:
 
+* the name ``kiln-run`` (``PR_SET_NAME``), so ``ps``, ``top`` and ``perf`` tell it from the
+  warm parent;
 * a new session (its own process group), so a timeout's kill reaches the cell's subprocesses;
 * a child subreaper (``PR_SET_CHILD_SUBREAPER``): processes the run starts in a new session,
   or daemonises by double-forking, re-parent to the child instead of init, so the run's end
@@ -32,6 +34,7 @@ then waits to be handed one.
 
 from __future__ import annotations
 
+import _signal
 import _thread
 import codecs
 import contextlib
@@ -50,6 +53,9 @@ from kiln.engines import forkshell
 from kiln.engines.forkshell import Channel, KilnShell, Outputs, StreamFile, Streams
 from kiln.engines.imports import run_sys_path, shadowed
 from kiln.engines.outcomes import error_output
+
+#: what ``ps``, ``top`` and ``perf`` call a run's process (and a spare), unlike the warm parent
+RUN_PROCESS_NAME = "kiln-run"
 
 #: this run's channel (None in processes the run's code forks: see ``_detach``)
 _channel: Channel | None = None
@@ -293,14 +299,17 @@ def _warm_up(shell: KilnShell, base_env: dict[str, str]) -> None:
 
 def _prepare(parent_fds: Iterable[int]) -> None:
     """What every child sets up before its run, whichever run it will be (see module doc)."""
+    processes.set_name(RUN_PROCESS_NAME)
     os.setsid()
     processes.set_child_subreaper()
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
     # SIGPIPE stays ignored, as in any Python process (a kernel's too): a write to a
-    # closed pipe raises BrokenPipeError
+    # closed pipe raises BrokenPipeError. _signal, not signal: signal.signal wraps the
+    # handler it replaces in an enum, and failing to for the parent's function raises and
+    # formats a ValueError: pages copied on write in every child, for a value nobody reads
     for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_DFL)
+        _signal.signal(int(signum), int(signal.SIG_DFL))
     for fd in parent_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -320,7 +329,7 @@ def _run(
         # closed to the running runs as the warm parent is (no run can write what a later
         # run will execute in)
         processes.set_dumpable(True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _signal.signal(int(signal.SIGINT), signal.default_int_handler)
         os.set_inheritable(sock_fd, False)
         _channel = Channel(socket.socket(fileno=sock_fd))
         os.register_at_fork(after_in_child=_detach)

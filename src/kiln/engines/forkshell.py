@@ -36,7 +36,6 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.lock = threading.Lock()
-        self.reader = sock.makefile("r", encoding="utf-8", newline="\n")
         self._held: list[bytes] | None = None
 
     def send(self, message: dict[str, Any]) -> None:
@@ -61,10 +60,16 @@ class Channel:
                 self.sock.sendall(b"".join(held))
 
     def receive(self) -> dict[str, Any]:
-        line = self.reader.readline()
-        if not line:
-            raise EOFError("supervisor closed the channel")
-        return proto.decode(line, proto.TO_CHILD, "supervisor")
+        """The run's spec: the one line the supervisor sends. Read with ``recv`` rather than
+        a ``makefile`` reader, whose buffered and text layers each child would build (and
+        copy the pages of) to read a single line."""
+        chunks: list[bytes] = []
+        while not chunks or not chunks[-1].endswith(b"\n"):  # JSON has no raw newline
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise EOFError("supervisor closed the channel")
+            chunks.append(chunk)
+        return proto.decode(b"".join(chunks), proto.TO_CHILD, "supervisor")
 
 
 class Outputs:
