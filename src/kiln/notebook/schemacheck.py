@@ -90,21 +90,41 @@ def _load(minor: int) -> Callable[[Any], Any] | None:
 
 
 def _read_code(path: Path) -> Any:
+    """The kept code, if this user alone could have written it: a cache folder another user
+    can write to (``XDG_CACHE_HOME=/tmp``) must not be a way to run code as this one."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as fh:
+        if not (_private(os.fstat(fh.fileno())) and _private_folder(path.parent)):
+            return None
+        data = fh.read()
     try:
         return marshal.loads(data)
     except (EOFError, ValueError, TypeError):  # a truncated or foreign file: compile again
         return None
 
 
+def _private(st: os.stat_result) -> bool:
+    """Owned by this user, writable by nobody else."""
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _private_folder(folder: Path) -> bool:
+    try:
+        return _private(os.stat(folder))
+    except OSError:
+        return False
+
+
 def _write_code(path: Path, code: Any) -> None:
     """Keep the compiled code for the next process; any failure only costs the next one the
     compilation (a read-only home, a full disk)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _private_folder(path.parent):  # it would never be read back
+            return
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".validator-")
         try:
             with os.fdopen(fd, "wb") as out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,43 @@ def test_other_minor_versions_are_left_to_nbformat(cache: Path) -> None:
     assert not schemacheck.is_valid(_nb(), MINOR + 1)
     assert not schemacheck.is_valid(_nb(), 4)
     assert not cache.exists()
+
+
+def test_a_cache_others_can_write_is_not_trusted(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """XDG_CACHE_HOME=/tmp must not let another user's file run as this user's code."""
+    assert schemacheck.is_valid(_nb(), MINOR)
+    (kept,) = cache.glob("nbformat-*.marshal")
+    planted = compile("def validate(data):\n    return data\n", "planted", "exec")
+    kept.write_bytes(marshal.dumps(planted))  # accepts anything
+    bad = _nb()
+    bad.cells[0]["cell_type"] = "sql"
+
+    kept.chmod(0o666)  # a file others could have written
+    _forget()
+    assert not schemacheck.is_valid(bad, MINOR)
+
+    kept.chmod(0o600)
+    cache.chmod(0o777)  # a folder others could write to
+    _forget()
+    assert not schemacheck.is_valid(bad, MINOR)
+    assert schemacheck.is_valid(_nb(), MINOR)  # still checks, compiled in memory
+
+    cache.chmod(0o700)
+    monkeypatch.setattr(os, "getuid", lambda: os.geteuid() + 1)  # a file of another user
+    _forget()
+    assert not schemacheck.is_valid(bad, MINOR)
+
+
+def test_a_symlinked_cache_file_is_not_followed(cache: Path, tmp_path: Path) -> None:
+    assert schemacheck.is_valid(_nb(), MINOR)
+    (kept,) = cache.glob("nbformat-*.marshal")
+    elsewhere = tmp_path / "elsewhere.marshal"
+    elsewhere.write_bytes(marshal.dumps(compile("def validate(d):\n    pass\n", "x", "exec")))
+    kept.unlink()
+    kept.symlink_to(elsewhere)
+    _forget()
+    bad = _nb()
+    bad.cells[0]["cell_type"] = "sql"
+    assert not schemacheck.is_valid(bad, MINOR)
