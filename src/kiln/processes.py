@@ -47,8 +47,9 @@ def _libc() -> Any:
         return None
 
 
-def prctl(option: int, value: int) -> bool:
-    """``prctl(option, value, 0, 0, 0)``; False where it is unavailable or refused."""
+def prctl(option: int, value: int | bytes) -> bool:
+    """``prctl(option, value, 0, 0, 0)`` (bytes go as a C string); False where it is
+    unavailable or refused."""
     libc = _libc()
     if libc is None or not hasattr(libc, "prctl"):
         return False
@@ -57,12 +58,7 @@ def prctl(option: int, value: int) -> bool:
 
 def set_name(name: str) -> bool:
     """Name this thread (``comm``: what ``ps``, ``top`` and ``perf`` show; 15 bytes kept)."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "prctl"):
-        return False
-    import ctypes
-
-    return bool(libc.prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0) == 0)
+    return prctl(PR_SET_NAME, name.encode()[:15])
 
 
 def set_parent_death_signal(signum: int) -> bool:
