@@ -19,7 +19,6 @@ import json
 import marshal
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,17 +120,11 @@ def _private_folder(folder: Path) -> bool:
 def _write_code(path: Path, code: Any) -> None:
     """Keep the compiled code for the next process; any failure only costs the next one the
     compilation (a read-only home, a full disk)."""
+    from kiln.notebook.io import atomic_write
+
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _private_folder(path.parent):  # it would never be read back
-            return
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".validator-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(marshal.dumps(code))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        if _private_folder(path.parent):  # else it would never be read back
+            atomic_write(path, (marshal.dumps(code),), mode=0o600)
     except OSError:
         pass
