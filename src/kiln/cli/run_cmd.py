@@ -404,16 +404,16 @@ def handle_sweep(args: argparse.Namespace) -> int:
         raise UsageError("a sweep writes one notebook per set: '-' cannot be its output")
     sets = load_grid(args.sweep)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    consoles: list[SweepConsole] = []
+    console: SweepConsole | None = None  # made once the plan says how many sets
 
     def start(plan: SweepPlan) -> SweepObserver:
+        nonlocal console
         console = SweepConsole(
             Path(args.notebook).name,
             len(plan.items),
             progress=progress and not args.quiet,
             log_output=args.log_output,
         )
-        consoles.append(console)
         for text in plan.warnings:
             console.warn(text)
         return console.observe
@@ -431,7 +431,7 @@ def handle_sweep(args: argparse.Namespace) -> int:
                 on_plan=start,
             )
     finally:
-        for console in consoles:
+        if console is not None:
             console.close()
     if args.json:
         print(json.dumps(result.to_json(), indent=2, default=str))

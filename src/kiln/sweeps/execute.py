@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -210,14 +210,9 @@ def run_sweep(
     plan: SweepPlan, *, runner: Runner, jobs: int = 1, observer: SweepObserver | None = None
 ) -> SweepResult:
     """:func:`arun_sweep` in its own event loop; the runner's engines close with it."""
-
-    async def once() -> SweepResult:
-        try:
-            return await arun_sweep(plan, runner=runner, jobs=jobs, observer=observer)
-        finally:
-            await runner.aclose_engines()
-
-    return asyncio.run(once())
+    return _in_own_loop(
+        runner, lambda: arun_sweep(plan, runner=runner, jobs=jobs, observer=observer)
+    )
 
 
 def plan_and_run_sweep(
@@ -238,12 +233,21 @@ def plan_and_run_sweep(
     if jobs < 1:
         raise UsageError(f"jobs must be at least 1, got {jobs}")
 
+    async def go() -> SweepResult:
+        runner.warm_up(request)
+        plan = plan_sweep(request, sets, output=output, allow_outside=allow_outside)
+        observer = on_plan(plan) if on_plan is not None else None
+        return await arun_sweep(plan, runner=runner, jobs=jobs, observer=observer)
+
+    return _in_own_loop(runner, go)
+
+
+def _in_own_loop(runner: Runner, sweep: Callable[[], Awaitable[SweepResult]]) -> SweepResult:
+    """Run ``sweep`` in an event loop of its own; the runner's engines close with it."""
+
     async def once() -> SweepResult:
         try:
-            runner.warm_up(request)
-            plan = plan_sweep(request, sets, output=output, allow_outside=allow_outside)
-            observer = on_plan(plan) if on_plan is not None else None
-            return await arun_sweep(plan, runner=runner, jobs=jobs, observer=observer)
+            return await sweep()
         finally:
             await runner.aclose_engines()
 
