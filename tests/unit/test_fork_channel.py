@@ -1,6 +1,5 @@
 """The supervisor's end of a run's channel: messages read in batches, none lost, the end seen
-at once (:class:`kiln.engines.forkrun.RunChannel`, over a real socket pair); and a spare's
-wait for its run before it warms up."""
+at once (:class:`kiln.engines.forkrun.RunChannel`, over a real socket pair)."""
 
 from __future__ import annotations
 
@@ -102,17 +101,3 @@ def test_a_flood_larger_than_the_socket_buffer_is_not_held_up(monkeypatch, windo
         theirs.close()
 
     asyncio.run(main())
-
-
-def test_a_spare_warms_up_only_when_no_run_came_within_the_wait():
-    from kiln.engines.forkchild import _claim_waiting
-
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    assert not _claim_waiting(theirs, 0.01)  # nothing came: warm up
-    socket.send_fds(mine, [b"run"], [mine.fileno()])
-    assert _claim_waiting(theirs, 10.0)  # a run is there: no warm-up, it starts at once
-    other, spare = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    other.close()
-    assert _claim_waiting(spare, 10.0)  # let go: no warm-up for a spare that will exit
-    for s in (mine, theirs, spare):
-        s.close()

@@ -28,8 +28,8 @@ If the supervisor goes away (its end of the socket closes), the child kills what
 and exits: a run does not outlive its Kiln process.
 
 A child is either forked for its run (:func:`child_main`) or forked ahead as the warm parent's
-spare (:func:`spare_main`), which does the set-up above before any run exists, warms up if no
-run came within a few milliseconds (:data:`WARM_UP_AFTER`), then waits to be handed one.
+spare (:func:`spare_main`), which does the set-up above and (unless runs are coming back to
+back) a warm-up before any run exists, then waits to be handed one.
 """
 
 from __future__ import annotations
@@ -56,13 +56,6 @@ from kiln.engines.outcomes import error_output
 
 #: what ``ps``, ``top`` and ``perf`` call a run's process (and a spare), unlike the warm parent
 RUN_PROCESS_NAME = "kiln-run"
-
-#: seconds a spare waits for its run before it warms up. A run that comes sooner (runs are
-#: arriving back to back) starts at once and the warm-up's CPU (~2 ms, more than the ~1 ms of
-#: the first cell it saves) is not spent; one that comes later (the warm parent was idle)
-#: finds the spare warm. A run that comes during the warm-up waits for its end, as it would
-#: without the wait
-WARM_UP_AFTER = 0.005
 
 #: this run's channel (None in processes the run's code forks: see ``_detach``)
 _channel: Channel | None = None
@@ -256,9 +249,15 @@ def spare_main(
     base_path: list[str],
     shadowable: Iterable[str],
     base_env: dict[str, str],
+    warm_up: bool = True,
 ) -> NoReturn:
     """A child forked before its run: prepared, it waits on ``spare`` for the run's socket
     (then runs it as :func:`child_main` would) or for the warm parent to let it go.
+
+    ``warm_up``: copy the pages a first cell writes before the claim (:func:`_warm_up`). That
+    takes a run's first cell ~1 ms off its critical path but costs the spare ~2 ms of CPU,
+    which the warm parent does not spend when other runs are running (the CPU is busy, and
+    the claim would often come during the warm-up and wait for it).
 
     Until it has a run it dies with the warm parent (``PR_SET_PDEATHSIG``, and the end of
     ``spare`` closing): an unclaimed spare never outlives its parent. Once claimed it is a
@@ -273,7 +272,7 @@ def spare_main(
         if os.getppid() != parent_pid:
             os._exit(0)  # the parent died before the signal was armed
         _prepare(parent_fds)
-        if not _claim_waiting(spare, WARM_UP_AFTER):
+        if warm_up:
             _warm_up(shell, base_env)
         sock_fd = _claim(spare)
         if sock_fd is None:
@@ -282,15 +281,6 @@ def spare_main(
     except BaseException:
         os._exit(1)
     _run(sock_fd, shell, base_path, shadowable, base_env)
-
-
-def _claim_waiting(spare: socket.socket, seconds: float) -> bool:
-    """Whether the run (or the parent's end closing) comes within ``seconds``."""
-    try:
-        ready, _, _ = select.select([spare], [], [], seconds)
-    except (OSError, ValueError):
-        return True  # let _claim find out
-    return bool(ready)
 
 
 def _claim(spare: socket.socket) -> int | None:
