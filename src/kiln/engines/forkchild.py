@@ -346,7 +346,6 @@ def _run(
         _end_processes()
         _channel.send({proto.KIND: proto.DONE})
         _channel.release()  # the last cell's end and DONE, in one write
-        _channel.end()
     except BaseException as exc:  # report anything that breaks the child itself
         status = 1
         if _channel is not None:
@@ -354,7 +353,6 @@ def _run(
                 error = f"{type(exc).__name__}: {exc}"
                 _channel.send({proto.KIND: proto.FATAL, proto.ERROR: error})
                 _channel.release()
-                _channel.end()
         with contextlib.suppress(Exception):
             _end_processes()  # the run is over, whatever broke: what it started goes too
     finally:

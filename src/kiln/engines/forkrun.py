@@ -11,7 +11,6 @@ any other process is a protocol error.
 from __future__ import annotations
 
 import asyncio
-import select
 import socket
 import struct
 import time
@@ -35,14 +34,6 @@ from kiln.errors import CellFailure
 #: the longest message a child may send (a cell's outputs, images included)
 LINE_LIMIT = 512 * 1024 * 1024
 _CHUNK = 256 * 1024
-#: seconds a run's messages may wait in its socket after the supervisor read some (live
-#: events are at most this late; the run's end is never kept waiting)
-BATCH_WINDOW = 0.003
-#: a read at least this large keeps the supervisor reading as messages come
-_EAGER_BYTES = 64 * 1024
-#: what wakes the supervisor while messages wait: only the child's end of the socket closing
-_WAITING = select.EPOLLRDHUP
-_EAGER = select.EPOLLIN | select.EPOLLRDHUP
 _UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 
 
@@ -59,11 +50,6 @@ class RunChannel:
         self._scan = 0
         self._chunk = bytearray(_CHUNK)
         self._wake: Callable[[], None] | None = None
-        #: the run's socket alone in an epoll set of its own, which the event loop watches: it
-        #: is readable when the child wrote (while reading eagerly) or ended its side
-        self._poll: select.epoll | None = None
-        self._eager = False
-        self._window: asyncio.TimerHandle | None = None
 
     @staticmethod
     def pair() -> tuple[socket.socket, socket.socket]:
@@ -75,14 +61,9 @@ class RunChannel:
         return mine, theirs
 
     def open(self, pid: int, wake: Callable[[], None]) -> None:
-        """Start reading (in a batch window: the run's first messages wait for it)."""
         self.pid = pid
         self._wake = wake
-        self._poll = select.epoll(1)
-        self._poll.register(self.sock.fileno(), _WAITING)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._poll.fileno(), self._readable)
-        self._window = loop.call_later(BATCH_WINDOW, self._window_over)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self._readable)
 
     def close(self) -> None:
         self._stop_reading()
@@ -90,71 +71,39 @@ class RunChannel:
         self.sock.close()
 
     def _stop_reading(self) -> None:
-        if self._window is not None:
-            self._window.cancel()
-            self._window = None
-        if self._poll is not None:
-            asyncio.get_running_loop().remove_reader(self._poll.fileno())
-            self._poll.close()
-            self._poll = None
+        if self._wake is not None and self.sock.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
 
     def _readable(self) -> None:
-        """The child wrote (while reading eagerly) or ended its side of the socket."""
-        self._took(self.read_available())
-
-    def _window_over(self) -> None:
-        self._window = None
-        self._took(self.read_available())
-
-    def _took(self, size: int) -> None:
-        """After a read of ``size`` bytes: wait for the next batch, or read eagerly."""
+        self.read_available()
         if self.eof or self.error is not None:
             self._stop_reading()  # an ended socket stays readable: stop being called for it
-        elif self._poll is not None:
-            if size and size < _EAGER_BYTES:
-                if self._window is None:
-                    self._window = asyncio.get_running_loop().call_later(
-                        BATCH_WINDOW, self._window_over
-                    )
-                self._set_eager(False)
-            elif self._window is None:
-                # nothing came within a window (a long cell) or a flood is coming: the next
-                # message wakes the supervisor as it arrives
-                self._set_eager(True)
-        if (size or self.eof or self.error is not None) and self._wake is not None:
+        if self._wake is not None:
             self._wake()
 
-    def _set_eager(self, eager: bool) -> None:
-        if eager != self._eager and self._poll is not None:
-            self._poll.modify(self.sock.fileno(), _EAGER if eager else _WAITING)
-            self._eager = eager
-
-    def read_available(self) -> int:
-        """Everything the socket holds now (never waits); the number of bytes read."""
-        total = 0
+    def read_available(self) -> None:
+        """Everything the socket holds now (never waits)."""
         while not self.eof and self.error is None:
             try:
                 size, ancillary, _flags, _addr = self.sock.recvmsg_into(
                     [self._chunk], socket.CMSG_SPACE(_UCRED.size)
                 )
             except (BlockingIOError, InterruptedError):
-                return total
+                return
             except OSError as exc:
                 self.error = f"the run's channel failed: {exc}"
-                return total
+                return
             if size == 0:
                 self.eof = True
-                return total
+                return
             sender = _sender(ancillary)
             if sender is not None and sender != self.pid:
                 self.error = (
                     f"process {sender}, not the run's child {self.pid}, wrote to the run's "
                     "channel (it was refused)"
                 )
-                return total
-            total += size
+                return
             self._take(memoryview(self._chunk)[:size])
-        return total
 
     def _take(self, data: memoryview) -> None:
         buf = self._buf

@@ -12,7 +12,6 @@ and each child uses its own copy-on-write copy of it.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import sys
 import threading
@@ -59,13 +58,6 @@ class Channel:
             held, self._held = self._held, None
             if held:
                 self.sock.sendall(b"".join(held))
-
-    def end(self) -> None:
-        """Nothing more will be sent: the supervisor sees the end of the channel at once (it
-        may be letting messages wait in the socket until then: see
-        :mod:`kiln.engines.forkrun`), before this process has finished exiting."""
-        with self.lock, contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
 
     def receive(self) -> dict[str, Any]:
         """The run's spec: the one line the supervisor sends. Read with ``recv`` rather than

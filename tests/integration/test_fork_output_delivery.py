@@ -1,5 +1,6 @@
-"""The fork engine's run channel read in batches: live output still live, nothing a dying
-child wrote lost, a flood of output not held up (see :mod:`kiln.engines.forkrun`)."""
+"""How a fork-engine run's output reaches the supervisor: a long cell's output while the cell
+runs, what a dying child showed before it died, a flood of output through a subprocess whole
+(guards for any change to how the child sends or the supervisor reads)."""
 
 from __future__ import annotations
 
