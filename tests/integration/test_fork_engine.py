@@ -71,6 +71,11 @@ FIDELITY = {
     ],
     "usage-error": ["%not_a_magic", "print('not run')"],
     "system-exit": ["import sys\nprint('bye')\nsys.exit(0)", "print('not run')"],
+    "top-level-await": [
+        "import asyncio\nawait asyncio.sleep(0)\n'awaited'",
+        "async def f():\n    return 5\n\nawait f()",
+        "text = 'await and async, in a string'\ntext",
+    ],
 }
 
 

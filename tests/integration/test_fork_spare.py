@@ -315,3 +315,35 @@ def test_a_run_spec_longer_than_one_read_arrives_whole(tmp_path, make_nb):
 
     seen, _procs = _first_and_spare_runs(tmp_path, nb)
     assert seen == [f"300000 {zlib.crc32(text.encode())}"] * 2
+
+
+def test_a_run_request_says_how_many_other_runs_are_going(tmp_path, make_nb, monkeypatch):
+    # the warm parent warms the next spare up only after a lone run's request: overlapping
+    # runs must say so, and a lone run (even right after others ended) must say it is alone
+    from kiln.engines.forkcontrol import ForkServer
+
+    sent: list[int] = []
+    real_fork = ForkServer.fork
+
+    async def spy(self: ForkServer, run_sock: Any, *, others: int = 0) -> Any:
+        sent.append(others)
+        return await real_fork(self, run_sock, others=others)
+
+    monkeypatch.setattr(ForkServer, "fork", spy)
+    nb = make_nb(["import time\ntime.sleep(0.3)"])
+
+    async def main() -> None:
+        runner = Runner(home=tmp_path / "home")
+        try:
+            first = await runner.arun(RunRequest(notebook=nb, engine="fork"))
+            both = await asyncio.gather(
+                *(runner.arun(RunRequest(notebook=nb, engine="fork")) for _ in range(2))
+            )
+            last = await runner.arun(RunRequest(notebook=nb, engine="fork"))
+            assert all(r.state == "succeeded" for r in (first, *both, last))
+        finally:
+            await runner.aclose_engines()
+            runner.close()
+
+    asyncio.run(main())
+    assert sent[0] == 0 and sorted(sent[1:3]) == [0, 1] and sent[3] == 0

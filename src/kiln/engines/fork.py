@@ -78,6 +78,8 @@ class ForkPool:
         self.reply_timeout = reply_timeout
         self._servers: dict[str, ForkServer] = {}
         self._slots: asyncio.Semaphore | None = None
+        #: runs holding a slot (forking or running)
+        self.running = 0
         self._stopping: set[asyncio.Future[None]] = set()
         #: modules never pre-imported again, and why (a hang, a thread)
         self.refused_modules: dict[str, str] = {}
@@ -216,6 +218,7 @@ class ForkSession:
                     self._phase = "slot"
                     await pool.slots.acquire()
                     self._slot = True
+                    pool.running += 1
                 self._phase = "fork"
                 await self._fork_on(server)
                 return
@@ -226,7 +229,7 @@ class ForkSession:
     async def _fork_on(self, server: ForkServer) -> None:
         mine, theirs = RunChannel.pair()
         try:
-            self.run_id, self.pid = await server.fork(theirs)
+            self.run_id, self.pid = await server.fork(theirs, others=self.engine.pool.running - 1)
         except BaseException:
             mine.close()
             raise
@@ -395,6 +398,7 @@ class ForkSession:
         self._forget_child()
         if self._slot:
             self._slot = False
+            self.engine.pool.running -= 1
             self.engine.pool.slots.release()
 
     async def close(self, *, graceful: bool) -> None:

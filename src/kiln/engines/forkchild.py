@@ -28,8 +28,8 @@ If the supervisor goes away (its end of the socket closes), the child kills what
 and exits: a run does not outlive its Kiln process.
 
 A child is either forked for its run (:func:`child_main`) or forked ahead as the warm parent's
-spare (:func:`spare_main`), which does the set-up above and a warm-up before any run exists,
-then waits to be handed one.
+spare (:func:`spare_main`), which does the set-up above and (unless runs are coming back to
+back) a warm-up before any run exists, then waits to be handed one.
 """
 
 from __future__ import annotations
@@ -249,9 +249,15 @@ def spare_main(
     base_path: list[str],
     shadowable: Iterable[str],
     base_env: dict[str, str],
+    warm_up: bool = True,
 ) -> NoReturn:
     """A child forked before its run: prepared, it waits on ``spare`` for the run's socket
     (then runs it as :func:`child_main` would) or for the warm parent to let it go.
+
+    ``warm_up``: copy the pages a first cell writes before the claim (:func:`_warm_up`). That
+    takes a run's first cell ~1 ms off its critical path but costs the spare ~2 ms of CPU,
+    which the warm parent does not spend when other runs are running (the CPU is busy, and
+    the claim would often come during the warm-up and wait for it).
 
     Until it has a run it dies with the warm parent (``PR_SET_PDEATHSIG``, and the end of
     ``spare`` closing): an unclaimed spare never outlives its parent. Once claimed it is a
@@ -266,7 +272,8 @@ def spare_main(
         if os.getppid() != parent_pid:
             os._exit(0)  # the parent died before the signal was armed
         _prepare(parent_fds)
-        _warm_up(shell, base_env)
+        if warm_up:
+            _warm_up(shell, base_env)
         sock_fd = _claim(spare)
         if sock_fd is None:
             os._exit(0)  # let go: the parent discarded this spare, exited or died

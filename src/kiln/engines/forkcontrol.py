@@ -283,14 +283,18 @@ class ForkServer:
             threaded=reply.get(proto.THREADED),
         )
 
-    async def fork(self, run_sock: socket.socket) -> tuple[str, int]:
-        """Fork a child for a run that talks over ``run_sock``; its run id and pid.
+    async def fork(self, run_sock: socket.socket, *, others: int = 0) -> tuple[str, int]:
+        """Fork a child for a run that talks over ``run_sock``; its run id and pid. ``others``:
+        how many other runs are forking or running (the parent warms a spare up only when
+        none is).
 
         The pid is checked: it must be this parent's child (or already gone).
         """
         run_id = uuid.uuid4().hex
         reply = await self._request(
-            {proto.KIND: proto.RUN, proto.RUN_ID: run_id}, "forking a run", [run_sock.fileno()]
+            {proto.KIND: proto.RUN, proto.RUN_ID: run_id, proto.OTHERS: others},
+            "forking a run",
+            [run_sock.fileno()],
         )
         if reply[proto.KIND] != proto.FORKED or reply.get(proto.RUN_ID) != run_id:
             self.fail(f"the fork engine's warm parent refused the run: {reply.get(proto.ERROR)}")

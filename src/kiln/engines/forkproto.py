@@ -29,7 +29,7 @@ KIND = "kind"
 
 # -- control channel: supervisor -> warm parent
 PRELOAD = "preload"  # MODULES, CWD, SAFE_PATH: import what notebooks import, before forking
-RUN = "run"  # RUN_ID (+ the run's socket as a file descriptor): fork a child for it
+RUN = "run"  # RUN_ID, OTHERS (+ the run's socket as a file descriptor): fork a child for it
 SWEEP = "sweep"  # kill what dead children left re-parented to the warm parent
 STOP = "stop"  # kill the children and exit
 
@@ -72,6 +72,8 @@ LOCAL = "local"
 MEMORY_LIMIT = "memory_limit"
 MODULE = "module"
 MODULES = "modules"
+#: how many other runs of the supervisor are forking or running (a RUN request's field)
+OTHERS = "others"
 OUTPUT_LIST = "outputs"
 OUTPUT_NODE = "output"
 PID = "pid"

@@ -94,6 +94,10 @@ class WarmParent:
         self.spare: tuple[int, socket.socket] | None = None
         #: keep a spare ready (from the first run on: a parent that never runs forks none)
         self.keep_spare = False
+        #: whether the last run request came alone: the next spare warms up then. With other
+        #: runs going on, runs come back to back: the CPU is busy, the claim often comes during
+        #: the warm-up, and the warm-up costs more than it saves
+        self.quiet = True
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -154,6 +158,7 @@ class WarmParent:
         if kind == proto.PRELOAD:
             self.preload(msg)
         elif kind == proto.RUN:
+            self.quiet = not msg.get(proto.OTHERS)
             self.fork(str(msg[proto.RUN_ID]), fds)
         elif kind == proto.SWEEP:
             self.sweep()
@@ -257,7 +262,7 @@ class WarmParent:
         if pid == 0:
             self.spare_main(
                 theirs, me, self.shell, parent_fds, self.base_path, self.shadowable,
-                self.base_env,
+                self.base_env, warm_up=self.quiet,
             )  # fmt: skip
         theirs.close()
         self.spare = (pid, mine)

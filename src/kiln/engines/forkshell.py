@@ -324,6 +324,26 @@ class KilnShell(InteractiveShell):
     def init_virtualenv(self) -> None:  # the warm parent already runs in the environment
         pass
 
+    def should_run_async(
+        self,
+        raw_cell: str,
+        *,
+        transformed_cell: str | None = None,
+        preprocessing_exc_tuple: Any = None,
+    ) -> bool:
+        # IPython finds a top-level await by compiling the whole cell once more; a cell without
+        # the words ``await`` and ``async`` has none, and is compiled once
+        cell = raw_cell if transformed_cell is None else transformed_cell
+        if "await" not in cell and "async" not in cell:
+            return False
+        return bool(
+            super().should_run_async(
+                raw_cell,
+                transformed_cell=transformed_cell,
+                preprocessing_exc_tuple=preprocessing_exc_tuple,
+            )
+        )
+
     def _showtraceback(self, etype: Any, evalue: Any, stb: list[str]) -> None:
         name = getattr(etype, "__name__", str(etype))
         self.last_error = {"ename": name, "evalue": str(evalue), "traceback": list(stb)}
