@@ -203,7 +203,11 @@ def test_pause_resume_and_run_now(tmp_path: Path, store: RunStore) -> None:
     run_id = scheduler.run_now("m", by="alice")
     assert run_id is not None and store.get_run_exact(run_id).state is RunState.QUEUED
     _end_runs(store)
+    before = datetime.now(timezone.utc)
     store_slots.set_paused(store, "m", False, by="alice")
-    # slots that passed while paused are not run after the resume
-    resumed = scheduler.tick(datetime.now(timezone.utc) + timedelta(minutes=1, seconds=1))
+    # slots that passed while paused are not run after the resume; the first one after it is.
+    # The tick falls a second into the next minute: one slot since the resume, whatever the
+    # second the test runs at (now + 61 s held two slots when it ran in a minute's last second)
+    next_minute = before.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    resumed = scheduler.tick(next_minute + timedelta(seconds=1))
     assert len(resumed.fired) == 1 and resumed.missed == []
