@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nbformat.v4 import new_code_cell, new_notebook
@@ -134,16 +135,43 @@ def test_a_log_that_cannot_be_written_stops_without_failing_the_run(tmp_path):
 
         pytest.skip("no /dev/full")
     log = RunLog(tmp_path / "run.log")
-    assert log.handle is not None
-    log.handle.close()
-    log._fh = open("/dev/full", "w", encoding="utf-8")  # noqa: SIM115 - a full disk
+    assert log.fd is not None
+    full = os.open("/dev/full", os.O_WRONLY)  # a full disk
+    os.dup2(full, log.fd)
+    os.close(full)
 
     async def main() -> None:
         log.line("x" * 100)
         await asyncio.sleep(0)  # the flush fails: the log stops, saying why
 
     asyncio.run(main())
-    assert log.error is not None and log.handle is None
+    assert log.error is not None and log.fd is None
     log.line("ignored")
     log.flush()
     log.close()
+
+
+def test_lines_keep_their_order_and_odd_characters_never_stop_the_log(tmp_path):
+    log = RunLog(tmp_path / "run.log")
+    log.line("first\fsecond")  # split where str.splitlines splits, as before
+    log.line("a lone surrogate \udc80 and é")
+    log.line("")
+    log.close()
+    lines = (tmp_path / "run.log").read_text(encoding="utf-8").splitlines()
+    assert [line.split(" ", 1)[1] if " " in line else "" for line in lines] == [
+        "first",
+        "second",
+        "a lone surrogate \\udc80 and é",
+        "",
+    ]
+    assert all(line[:4].isdigit() and line[23] == "Z" for line in lines)
+
+
+def test_a_stamp_is_the_utc_time_in_milliseconds(monkeypatch):
+    import time
+
+    monkeypatch.setattr(runlog, "_stamp", (-1, ""))
+    monkeypatch.setattr(time, "time_ns", lambda: 1_796_093_311_123_456_789)
+    assert runlog._now() == "2026-12-01T02:48:31.123Z"
+    monkeypatch.setattr(time, "time_ns", lambda: 1_796_093_311_999_999_999)
+    assert runlog._now() == "2026-12-01T02:48:31.999Z"

@@ -397,29 +397,59 @@ def atomic_write(
 ) -> None:
     """:func:`atomic_write_text` for a file given as a sequence of byte strings (written one
     after the other); an exception raised while ``parts`` is iterated abandons the write
-    and leaves the previous file in place."""
-    target = Path(path)
+    and leaves the previous file in place.
+
+    Written through the descriptor, in pieces of about :data:`WRITE_CHUNK` (a notebook
+    saved while it runs is often one ``write``): a file object would add its own set-up
+    calls (``fstat``, ``lseek``) and a copy of every byte into its buffer."""
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
     # a name unique to this process and write: cheaper than mkstemp's random probing
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+        fd = os.open(tmp, flags, 0o666 if mode is None else mode)
     except FileNotFoundError:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+        Path(folder or ".").mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666 if mode is None else mode)
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)  # exact, whatever the umask
-        with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
-            for part in parts:
-                fh.write(part)
-            fh.flush()
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # exact, whatever the umask
+            _write_parts(fd, parts)
             if durable:
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+#: bytes gathered before a ``write`` of :func:`atomic_write`
+WRITE_CHUNK = 1 << 20
+
+
+def _write_parts(fd: int, parts: Iterable[bytes]) -> None:
+    gathered: list[bytes] = []
+    size = 0
+    for part in parts:
+        gathered.append(part)
+        size += len(part)
+        if size >= WRITE_CHUNK:
+            _write_all(fd, b"".join(gathered))
+            gathered.clear()
+            size = 0
+    if gathered:
+        _write_all(fd, gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a regular file takes it all at once; a short write goes on
+        view = view[os.write(fd, view) :]
 
 
 def save_notebook(

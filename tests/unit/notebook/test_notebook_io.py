@@ -268,3 +268,50 @@ def test_atomic_write_abandoned_mid_way_keeps_the_previous_file(tmp_path):
         atomic_write(target, parts())
     assert target.read_bytes() == b"complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_atomic_write_writes_every_part_in_order_through_short_writes(tmp_path, monkeypatch):
+    from kiln.notebook import io
+
+    monkeypatch.setattr(io, "WRITE_CHUNK", 10)
+    real_write = os.write
+    sizes: list[int] = []
+
+    def short_write(fd: int, data: bytes) -> int:  # a file system that takes 7 bytes a time
+        sizes.append(len(data))
+        return real_write(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(os, "write", short_write)
+    parts = [f"part {i};".encode() for i in range(50)]
+    io.atomic_write(tmp_path / "o.txt", parts, mode=0o640)
+    assert (tmp_path / "o.txt").read_bytes() == b"".join(parts)
+    assert (tmp_path / "o.txt").stat().st_mode & 0o777 == 0o640
+    assert max(sizes) < 10 + len(parts[0])  # written as it comes, not gathered whole
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    from kiln.notebook.io import atomic_write
+
+    target = tmp_path / "o.txt"
+    atomic_write(target, [b"complete"])
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, [b"new"])
+    assert target.read_bytes() == b"complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_atomic_write_makes_a_missing_folder_and_takes_a_bare_name(tmp_path, monkeypatch):
+    from kiln.notebook.io import atomic_write
+
+    atomic_write(tmp_path / "a" / "b" / "o.txt", [b"x"])
+    assert (tmp_path / "a" / "b" / "o.txt").read_bytes() == b"x"
+    monkeypatch.chdir(tmp_path)
+    atomic_write("bare.txt", [b"y"])
+    assert (tmp_path / "bare.txt").read_bytes() == b"y"
