@@ -8,6 +8,7 @@ the whole output is (the output notebook's path and the cell).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -155,10 +156,8 @@ class RunLog:
         fd, self.fd = self.fd, None
         self._pending.clear()  # what could not be written is dropped
         if fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def output(self, cell: int, output: Any) -> None:
         kind = output.get("output_type")
