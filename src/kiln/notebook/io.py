@@ -312,6 +312,28 @@ def _encode(value: Any, depth: int) -> str:
     return "".join(out)
 
 
+#: "\n" and the indent of each depth (a notebook's JSON is a few levels deep)
+_BREAKS = ["\n" + " " * depth for depth in range(32)]
+
+
+def _break(depth: int) -> str:
+    return _BREAKS[depth] if depth < 32 else "\n" + " " * depth
+
+
+def _scalar(item: Any) -> str | None:
+    """The JSON of a plain scalar (``None`` for anything else: a container, an odd type)."""
+    kind = type(item)
+    if kind is str:
+        return _encode_str(item)
+    if kind is int:
+        return int.__repr__(item)
+    if kind is bool or item is None:
+        return _CONSTANTS[item]
+    if kind is float and math.isfinite(item):
+        return float.__repr__(item)  # what json writes for a finite float
+    return None
+
+
 def _write(value: Any, depth: int, out: list[str]) -> None:
     kind = type(value)
     if kind is str:
@@ -319,35 +341,50 @@ def _write(value: Any, depth: int, out: list[str]) -> None:
     elif isinstance(value, dict):
         if not value:
             out.append("{}")
-        elif not all(type(k) is str for k in value):
+            return
+        try:
+            items = sorted(value.items())  # keys are unique: the values are never compared
+        except TypeError:  # keys of several types: json's own rules (and its error)
             out.append(_by_json(value, depth))
-        else:
-            inner = "\n" + " " * (depth + 1)
-            first = True
-            for key, item in sorted(value.items()):
-                head = ("{" if first else ",") + inner + _encode_str(key) + ": "
-                if type(item) is str:  # most values: one piece, without a call per value
-                    out.append(head + _encode_str(item))
-                else:
-                    out.append(head)
-                    _write(item, depth + 1, out)
-                first = False
-            out.append("\n" + " " * depth + "}")
+            return
+        mark = len(out)
+        inner = _break(depth + 1)
+        opening = "{" + inner
+        between = "," + inner
+        first = True
+        for key, item in items:
+            if type(key) is not str:  # int keys and the like: json's own rules
+                del out[mark:]
+                out.append(_by_json(value, depth))
+                return
+            head = (opening if first else between) + _encode_str(key) + ": "
+            first = False
+            text = _scalar(item)
+            if text is not None:  # most values: one piece, without a call per value
+                out.append(head + text)
+            else:
+                out.append(head)
+                _write(item, depth + 1, out)
+        out.append(_break(depth) + "}")
     elif kind is list or kind is tuple:
         if not value:
             out.append("[]")
             return
-        inner = "\n" + " " * (depth + 1)
-        if all(type(item) is str for item in value):
-            out.append("[" + inner)
-            out.append(("," + inner).join(map(_encode_str, value)))
-        else:
-            first = True
-            for item in value:
-                out.append(("[" if first else ",") + inner)
-                _write(item, depth + 1, out)
-                first = False
-        out.append("\n" + " " * depth + "]")
+        inner = _break(depth + 1)
+        if type(value[0]) is str:  # the lines of a text: one join
+            try:
+                out.append("[" + inner + ("," + inner).join(map(_encode_str, value)))
+            except TypeError:  # not all of them strings after all
+                pass
+            else:
+                out.append(_break(depth) + "]")
+                return
+        first = True
+        for item in value:
+            out.append(("[" if first else ",") + inner)
+            _write(item, depth + 1, out)
+            first = False
+        out.append(_break(depth) + "]")
     elif kind is bool or value is None:
         out.append(_CONSTANTS[value])
     elif kind is int:

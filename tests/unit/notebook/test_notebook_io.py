@@ -222,6 +222,43 @@ def test_the_encoder_writes_what_json_writes(value, depth):
     assert _encode(value, depth) == expected
 
 
+class _Text(str):
+    pass
+
+
+_odd_leaves = _json_leaves | st.builds(_Text, st.text(max_size=3)) | st.sampled_from([1e300, -0.0])
+_odd_json = st.recursive(
+    _odd_leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.lists(st.text(max_size=3), max_size=4)  # the lines of a text...
+        | st.tuples(st.text(max_size=3), inner)  # ...or a string first, then anything
+        | st.dictionaries(st.text(max_size=5), inner)
+        | st.dictionaries(st.integers(-3, 3), inner, max_size=3)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_odd_json, depth=st.integers(0, 3))
+def test_the_encoder_writes_what_json_writes_for_odd_values_too(value, depth):
+    from kiln.notebook.io import _encode
+
+    expected = json.dumps(
+        value, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False
+    ).replace("\n", "\n" + " " * depth)
+    assert _encode(value, depth) == expected
+
+
+def test_the_encoder_raises_what_json_raises_for_keys_it_cannot_sort():
+    from kiln.notebook.io import _encode
+
+    with pytest.raises(TypeError):
+        _encode({"a": 1, 2: 3}, 0)
+
+
 def test_the_encoder_falls_back_to_json_for_the_unusual():
     import enum
 
