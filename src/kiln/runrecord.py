@@ -37,7 +37,7 @@ from kiln.notebook.marks import add_failure_marks
 from kiln.notebook.papermill_meta import papermill_finish, papermill_start
 from kiln.runlog import RunLog, shrink_log
 from kiln.store.files import FileModes, store_input
-from kiln.store.records import Record, Run, RunState
+from kiln.store.records import Record, Run, RunState, changed_run
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -217,7 +217,7 @@ def finish(
         **where,
     )
     # what was just written, without reading it back
-    final = dataclasses.replace(
+    final = changed_run(
         run,
         state=state,
         ended_at=ended_at,
