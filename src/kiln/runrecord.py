@@ -76,12 +76,15 @@ def record_run(
 
     request = prepared.request
     pid, host, started = current_owner()
+    folder = str(run_dir)
     paths: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "output_path": str(
-            (Path(request.output) if request.output else run_dir / "output.ipynb").resolve()
+        "run_dir": folder,
+        "output_path": (
+            str(Path(request.output).resolve())
+            if request.output
+            else os.path.join(_real_folder(os.path.dirname(folder)), run_dir.name, "output.ipynb")
         ),
-        "log_path": str(run_dir / "run.log"),
+        "log_path": os.path.join(folder, "run.log"),
     }
     if upload is None:
         paths["input_path"] = str(
@@ -125,6 +128,18 @@ def record_run(
         )
     )
     return run
+
+
+def _real_folder(folder: str) -> str:
+    """``folder`` with its symbolic links resolved, once per process: the home's ``runs``
+    folder, where every run's folder is made (a plain folder: ``mkdir`` made it)."""
+    real = _REAL_FOLDERS.get(folder)
+    if real is None:
+        real = _REAL_FOLDERS[folder] = os.path.realpath(folder)
+    return real
+
+
+_REAL_FOLDERS: dict[str, str] = {}
 
 
 def stamp_start(nb: NotebookNode, prepared: Prepared, run: Run, started_at: datetime) -> None:

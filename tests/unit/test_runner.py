@@ -290,3 +290,19 @@ def test_a_notebook_reached_through_a_symlink_runs_and_is_recorded_where_it_is(
     recorded = runner.run(linked)
     assert recorded.request is not None
     assert recorded.request["options"]["cwd"] == str(real.resolve())
+
+
+def test_the_recorded_paths_are_the_run_folders_with_links_resolved(tmp_path, engine):
+    real = tmp_path / "real-home"
+    real.mkdir()
+    (tmp_path / "linked-home").symlink_to(real)
+    nb = _write(tmp_path, ["x = 1"])
+    with Runner(home=tmp_path / "linked-home", engine=engine) as linked:
+        runs = [linked.run(RunRequest(notebook=nb)) for _ in range(2)]
+    for run in runs:
+        folder = tmp_path / "linked-home" / "runs" / run.id
+        assert run.run_dir == str(folder) and run.log_path == str(folder / "run.log")
+        assert run.output_path == str(real / "runs" / run.id / "output.ipynb")
+        assert Path(run.output_path).is_file()
+        with RunStore(tmp_path / "linked-home") as store:
+            assert store.get_run(run.id).output_path == run.output_path
