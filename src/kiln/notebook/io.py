@@ -313,25 +313,7 @@ def _encode(value: Any, depth: int) -> str:
 
 
 #: "\n" and the indent of each depth (a notebook's JSON is a few levels deep)
-_BREAKS = ["\n" + " " * depth for depth in range(32)]
-
-
-def _break(depth: int) -> str:
-    return _BREAKS[depth] if depth < 32 else "\n" + " " * depth
-
-
-def _scalar(item: Any) -> str | None:
-    """The JSON of a plain scalar (``None`` for anything else: a container, an odd type)."""
-    kind = type(item)
-    if kind is str:
-        return _encode_str(item)
-    if kind is int:
-        return int.__repr__(item)
-    if kind is bool or item is None:
-        return _CONSTANTS[item]
-    if kind is float and math.isfinite(item):
-        return float.__repr__(item)  # what json writes for a finite float
-    return None
+_BREAKS = ["\n" + " " * depth for depth in range(64)]
 
 
 def _write(value: Any, depth: int, out: list[str]) -> None:
@@ -348,43 +330,49 @@ def _write(value: Any, depth: int, out: list[str]) -> None:
             out.append(_by_json(value, depth))
             return
         mark = len(out)
-        inner = _break(depth + 1)
-        opening = "{" + inner
+        inner = _BREAKS[depth + 1] if depth < 62 else "\n" + " " * (depth + 1)
         between = "," + inner
-        first = True
+        head = "{" + inner
         for key, item in items:
             if type(key) is not str:  # int keys and the like: json's own rules
                 del out[mark:]
                 out.append(_by_json(value, depth))
                 return
-            head = (opening if first else between) + _encode_str(key) + ": "
-            first = False
-            text = _scalar(item)
-            if text is not None:  # most values: one piece, without a call per value
-                out.append(head + text)
+            head += _encode_str(key) + ": "
+            # a plain scalar value is written here, without a call per value
+            kind = type(item)
+            if kind is str:
+                out.append(head + _encode_str(item))
+            elif kind is int:
+                out.append(head + int.__repr__(item))
+            elif kind is bool or item is None:
+                out.append(head + _CONSTANTS[item])
+            elif kind is float and math.isfinite(item):
+                out.append(head + float.__repr__(item))  # what json writes for a finite float
             else:
                 out.append(head)
                 _write(item, depth + 1, out)
-        out.append(_break(depth) + "}")
+            head = between
+        out.append(_BREAKS[depth] + "}" if depth < 63 else "\n" + " " * depth + "}")
     elif kind is list or kind is tuple:
         if not value:
             out.append("[]")
             return
-        inner = _break(depth + 1)
+        inner = _BREAKS[depth + 1] if depth < 62 else "\n" + " " * (depth + 1)
+        close = _BREAKS[depth] + "]" if depth < 63 else "\n" + " " * depth + "]"
         if type(value[0]) is str:  # the lines of a text: one join
             try:
-                out.append("[" + inner + ("," + inner).join(map(_encode_str, value)))
+                out.append("[" + inner + ("," + inner).join(map(_encode_str, value)) + close)
+                return
             except TypeError:  # not all of them strings after all
                 pass
-            else:
-                out.append(_break(depth) + "]")
-                return
-        first = True
+        opening = "[" + inner
+        between = "," + inner
         for item in value:
-            out.append(("[" if first else ",") + inner)
+            out.append(opening)
             _write(item, depth + 1, out)
-            first = False
-        out.append(_break(depth) + "]")
+            opening = between
+        out.append(close)
     elif kind is bool or value is None:
         out.append(_CONSTANTS[value])
     elif kind is int:

@@ -352,3 +352,16 @@ def test_atomic_write_makes_a_missing_folder_and_takes_a_bare_name(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     atomic_write("bare.txt", [b"y"])
     assert (tmp_path / "bare.txt").read_bytes() == b"y"
+
+
+def test_the_encoder_writes_deep_nesting_as_json_does():
+    from kiln.notebook.io import _encode
+
+    value: object = {"leaf": ["a", "b"], "n": 1.5}
+    for i in range(80):
+        value = {"k": value, "l": [value] if i % 7 == 0 else []} if i % 2 else [value, "x"]
+    expected = json.dumps(
+        value, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False
+    )
+    assert _encode(value, 0) == expected
+    assert _encode(value, 5) == expected.replace("\n", "\n     ")
