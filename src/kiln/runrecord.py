@@ -69,9 +69,11 @@ def record_run(
     *,
     claimed: Run | None = None,
     upload: RunUpload | None = None,
+    environment_hash: str | None = None,
 ) -> Run:
     """Commit the run row (queued) and its input copy: durable before anything runs. A
-    claimed run's row exists: it gets the details."""
+    claimed run's row exists: it gets the details. ``environment_hash``: the environment
+    the run will run in, when it is known already (else its end records it)."""
     from kiln.store import current_owner
 
     request = prepared.request
@@ -125,6 +127,7 @@ def record_run(
             tags=dict(request.tags or {}),
             origin=dict(request.origin) if request.origin else None,
             submitted_by=request.submitted_by,
+            environment_hash=environment_hash,
         )
     )
     return run
@@ -216,6 +219,10 @@ def finish(
     where = upload.settle(log.line) if upload is not None else {}
     if upload is not None and not where:
         tracked["artifacts"] = upload.artifact_urls(tracked.get("artifacts") or [])
+    written = tracked
+    if run.environment_hash is not None and tracked.get("environment_hash") == run.environment_hash:
+        # in the row since its insert: set again, its index entry would be written again
+        written = {k: v for k, v in tracked.items() if k != "environment_hash"}
     store.finish_run(
         run.id,
         state,
@@ -228,7 +235,7 @@ def finish(
         kernel_pid=run.kernel_pid,
         kernel_started=run.kernel_started,
         kernel_version=run.kernel_version,
-        **tracked,
+        **written,
         **where,
     )
     # what was just written, without reading it back
