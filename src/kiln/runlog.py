@@ -22,6 +22,8 @@ from typing import Any
 STREAM_HEAD = 64 * 1024
 #: characters logged from the end of a cell's stream output past STREAM_HEAD
 STREAM_TAIL = 64 * 1024
+#: seconds a line logged inside an event loop may wait for the lines that follow it
+FLUSH_DELAY = 0.05
 
 
 _stamp: tuple[int, str] = (-1, "")
@@ -66,10 +68,11 @@ class _Tail:
 class RunLog:
     """Append-only log of one run (``runs/<id>/run.log``).
 
-    Inside an event loop, the lines of one turn of the loop reach the file together, at the
-    end of that turn (a run logs several lines per message of its engine: one write instead
-    of one per line); outside one, each line is written at once. :meth:`flush` writes what
-    is pending now (the runner does before it records the run's end).
+    Inside an event loop, the lines logged within :data:`FLUSH_DELAY` reach the file
+    together (a run logs a dozen lines over a few turns of the loop: a short run's log is
+    then one write instead of one per turn; ``kiln runs logs -f`` reads every 0.2 s);
+    outside one, each line is written at once. :meth:`flush` writes what is pending now
+    (the runner does before it records the run's end).
 
     The file is written through its descriptor with one ``write`` per flush (``O_APPEND``:
     the engine's processes append their own lines to the same file); a text file object
@@ -134,11 +137,17 @@ class RunLog:
         if loop is None:
             self.flush()
         else:
-            self._flush_due = loop.call_soon(self.flush)
+            self._flush_due = loop.call_later(FLUSH_DELAY, self._flush_when_due)
+
+    def _flush_when_due(self) -> None:
+        self._flush_due = None
+        self.flush()
 
     def flush(self) -> None:
         """Write the pending lines now."""
-        self._flush_due = None
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+            self._flush_due = None
         if self.fd is None or not self._pending:
             return
         # a character UTF-8 cannot encode (a lone surrogate) is written escaped, not fatal
@@ -213,8 +222,6 @@ class RunLog:
     def close(self) -> None:
         if self._tails:
             self._write_tails()
-        if self._flush_due is not None:
-            self._flush_due.cancel()
         self.flush()
         if self.fd is not None:
             fd, self.fd = self.fd, None
