@@ -192,11 +192,16 @@ def _notebook_folder(request: RunRequest) -> Path:
 
 def _declared_inputs(request: RunRequest, folder: Path) -> list[Path]:
     """The files the project file says the notebook reads (``folder``: the notebook's)."""
+    from kiln.project import find_project_file
+
+    found = find_project_file(folder)
+    if found is None:  # most runs: no project, nothing more to look at
+        return []
     from kiln.project import load_project
     from kiln.project.file import project_inputs
 
-    project = load_project(folder)
-    if project.file is None:
+    project = load_project(found.parent)
+    if project.file is None:  # removed meanwhile
         return []
     return project_inputs(project, request.notebook_label)
 
