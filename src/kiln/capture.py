@@ -46,18 +46,20 @@ class RunCapture:
         self.context: dict[str, Any] = {}
         self._task: asyncio.Future[dict[str, Any]] | None = None
 
-    def start(self) -> None:
+    def start(self, known: dict[str, Any] | None = None) -> None:
         """Look up the environment, git state and declared inputs: at once when all of it
         is at hand (the usual case from a process's second run: cached, checked with a few
         ``stat`` calls), else on a worker thread (a thread per run costs more than those
-        lookups, and two wake-ups of the event loop)."""
-        known = self._known()
+        lookups, and two wake-ups of the event loop). ``known``: what :meth:`known` just
+        found, if it was called."""
+        if known is None:
+            known = self.known()
         if known is not None:
             self.context = known
             return
         self._task = asyncio.ensure_future(asyncio.to_thread(self._lookup))
 
-    def _known(self) -> dict[str, Any] | None:
+    def known(self) -> dict[str, Any] | None:
         """What :meth:`_lookup` would find, if nothing slow is needed to find it: no scan
         of the distributions, no git command, no write, no file to hash."""
         from kiln.provenance import known_environment, known_git_state
@@ -190,11 +192,16 @@ def _notebook_folder(request: RunRequest) -> Path:
 
 def _declared_inputs(request: RunRequest, folder: Path) -> list[Path]:
     """The files the project file says the notebook reads (``folder``: the notebook's)."""
+    from kiln.project import find_project_file
+
+    found = find_project_file(folder)
+    if found is None:  # most runs: no project, nothing more to look at
+        return []
     from kiln.project import load_project
     from kiln.project.file import project_inputs
 
-    project = load_project(folder)
-    if project.file is None:
+    project = load_project(found.parent)
+    if project.file is None:  # removed meanwhile
         return []
     return project_inputs(project, request.notebook_label)
 

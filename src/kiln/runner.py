@@ -297,6 +297,11 @@ class Runner:
             if not self._recovered:  # once per runner: a killed Kiln's runs can't appear later
                 self.store.recover_orphans()
                 self._recovered = True
+            capture = RunCapture(prepared, engine.name, self.store, run_id)
+            # environment, git state, declared inputs: cached lookups, at hand from a
+            # process's second run; the environment's hash then goes into the row's insert
+            # (its index is written once, not moved from NULL by the run's end)
+            known = capture.known()
             run = runrecord.record_run(
                 self.store,
                 prepared,
@@ -306,10 +311,10 @@ class Runner:
                 self._modes(),
                 claimed=claimed,
                 upload=upload,
+                environment_hash=known["environment_hash"] if known is not None else None,
             )
             recorded = True
-            capture = RunCapture(prepared, engine.name, self.store, run.id)
-            capture.start()  # environment, git state, declared inputs: cached lookups
+            capture.start(known)
             try:
                 final = await self._drive(prepared, session, run, log, capture, upload)
                 if request.mlflow_uri and not request.prepare_only:

@@ -37,7 +37,7 @@ from kiln.notebook.marks import add_failure_marks
 from kiln.notebook.papermill_meta import papermill_finish, papermill_start
 from kiln.runlog import RunLog, shrink_log
 from kiln.store.files import FileModes, store_input
-from kiln.store.records import Record, Run, RunState
+from kiln.store.records import Record, Run, RunState, changed_run
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -69,19 +69,24 @@ def record_run(
     *,
     claimed: Run | None = None,
     upload: RunUpload | None = None,
+    environment_hash: str | None = None,
 ) -> Run:
     """Commit the run row (queued) and its input copy: durable before anything runs. A
-    claimed run's row exists: it gets the details."""
+    claimed run's row exists: it gets the details. ``environment_hash``: the environment
+    the run will run in, when it is known already (else its end records it)."""
     from kiln.store import current_owner
 
     request = prepared.request
     pid, host, started = current_owner()
+    folder = str(run_dir)
     paths: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "output_path": str(
-            (Path(request.output) if request.output else run_dir / "output.ipynb").resolve()
+        "run_dir": folder,
+        "output_path": (
+            str(Path(request.output).resolve())
+            if request.output
+            else os.path.join(_real_folder(os.path.dirname(folder)), run_dir.name, "output.ipynb")
         ),
-        "log_path": str(run_dir / "run.log"),
+        "log_path": os.path.join(folder, "run.log"),
     }
     if upload is None:
         paths["input_path"] = str(
@@ -122,9 +127,22 @@ def record_run(
             tags=dict(request.tags or {}),
             origin=dict(request.origin) if request.origin else None,
             submitted_by=request.submitted_by,
+            environment_hash=environment_hash,
         )
     )
     return run
+
+
+def _real_folder(folder: str) -> str:
+    """``folder`` with its symbolic links resolved, once per process: the home's ``runs``
+    folder, where every run's folder is made (a plain folder: ``mkdir`` made it)."""
+    real = _REAL_FOLDERS.get(folder)
+    if real is None:
+        real = _REAL_FOLDERS[folder] = os.path.realpath(folder)
+    return real
+
+
+_REAL_FOLDERS: dict[str, str] = {}
 
 
 def stamp_start(nb: NotebookNode, prepared: Prepared, run: Run, started_at: datetime) -> None:
@@ -201,6 +219,10 @@ def finish(
     where = upload.settle(log.line) if upload is not None else {}
     if upload is not None and not where:
         tracked["artifacts"] = upload.artifact_urls(tracked.get("artifacts") or [])
+    written = tracked
+    if run.environment_hash is not None and tracked.get("environment_hash") == run.environment_hash:
+        # in the row since its insert: set again, its index entry would be written again
+        written = {k: v for k, v in tracked.items() if k != "environment_hash"}
     store.finish_run(
         run.id,
         state,
@@ -213,11 +235,11 @@ def finish(
         kernel_pid=run.kernel_pid,
         kernel_started=run.kernel_started,
         kernel_version=run.kernel_version,
-        **tracked,
+        **written,
         **where,
     )
     # what was just written, without reading it back
-    final = dataclasses.replace(
+    final = changed_run(
         run,
         state=state,
         ended_at=ended_at,

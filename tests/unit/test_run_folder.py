@@ -40,3 +40,27 @@ def test_a_read_only_home_is_refused_naming_it(tmp_path: Path) -> None:
             make_run_folder(home / "runs", "r1", FileModes())
     finally:
         home.chmod(0o700)
+
+
+def test_a_stored_input_is_written_once_and_its_time_kept_recent(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from kiln.store import files
+
+    sha = "cd" * 32
+    first = files.store_input(tmp_path, sha, b"{}", FileModes())
+    assert first == tmp_path / "inputs" / f"{sha}.ipynb" and first.read_bytes() == b"{}"
+    assert first.stat().st_mode & 0o777 == 0o600
+    os.utime(first, (1_000_000, 1_000_000))  # as if long unused
+    # used again soon after this process set its time: no second write of the time...
+    assert files.store_input(tmp_path, sha, b"{}", FileModes()) == first
+    assert first.stat().st_mtime == 1_000_000
+    # ...but past TOUCH_EVERY, a prune's grace starts again
+    monkeypatch.setattr(files, "TOUCH_EVERY", 0.0)
+    files.store_input(tmp_path, sha, b"{}", FileModes())
+    assert first.stat().st_mtime > 1_000_000
+    # a copy removed meanwhile is written again, however recently it was used
+    monkeypatch.setattr(files, "TOUCH_EVERY", 3600.0)
+    first.unlink()
+    assert files.store_input(tmp_path, sha, b"{}", FileModes()).read_bytes() == b"{}"
+    assert sorted(p.name for p in (tmp_path / "inputs").iterdir()) == [first.name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from nbformat.v4 import new_code_cell, new_notebook
@@ -100,30 +101,46 @@ def test_a_log_is_private_and_makes_its_folder_if_missing(tmp_path):
     assert path.read_text().count("\n") == 2
 
 
-def test_in_an_event_loop_a_turns_lines_are_on_disk_by_the_next_turn(tmp_path):
+def test_in_an_event_loop_lines_are_written_together_soon_after(tmp_path, monkeypatch):
     import asyncio
+    import time
 
     path = tmp_path / "run.log"
+    writes: list[int] = []
+    real_write = os.write
+
+    def counted(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counted)
 
     async def main() -> list[str]:
         log = RunLog(path)
         seen = []
         log.line("cell 0 started")
-        log.line("cell 0 ok in 0.001s")
-        await asyncio.sleep(0)  # the turn ended: both lines were written, together
+        await asyncio.sleep(0)
+        log.line("cell 0 ok in 0.001s")  # another turn of the loop: still pending
+        await asyncio.sleep(0)
+        seen.append(path.read_text())
+        deadline = time.monotonic() + 10
+        while not path.read_text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # written within FLUSH_DELAY, both lines at once
         seen.append(path.read_text())
         log.line("run succeeded")
-        log.flush()  # what the runner does before it records the run's end
+        log.flush()  # what the runner does before it records the run's end: now
         seen.append(path.read_text())
         log.line("after the end")
         log.close()  # a pending line is written on close, and its flush is cancelled
-        await asyncio.sleep(0)
+        await asyncio.sleep(runlog.FLUSH_DELAY * 2)
         return seen
 
-    first, second = asyncio.run(main())
-    assert first.count("\n") == 2 and "cell 0 ok" in first
-    assert second.endswith(" run succeeded\n")
+    early, together, flushed = asyncio.run(main())
+    assert early == ""
+    assert together.count("\n") == 2 and "cell 0 ok" in together
+    assert flushed.endswith(" run succeeded\n")
     assert path.read_text().endswith(" after the end\n")
+    assert len(writes) == 3  # the two cell lines, the end, the line before close
 
 
 def test_a_log_that_cannot_be_written_stops_without_failing_the_run(tmp_path):
@@ -134,16 +151,47 @@ def test_a_log_that_cannot_be_written_stops_without_failing_the_run(tmp_path):
 
         pytest.skip("no /dev/full")
     log = RunLog(tmp_path / "run.log")
-    assert log.handle is not None
-    log.handle.close()
-    log._fh = open("/dev/full", "w", encoding="utf-8")  # noqa: SIM115 - a full disk
+    assert log.fd is not None
+    full = os.open("/dev/full", os.O_WRONLY)  # a full disk
+    os.dup2(full, log.fd)
+    os.close(full)
 
     async def main() -> None:
+        import time
+
         log.line("x" * 100)
-        await asyncio.sleep(0)  # the flush fails: the log stops, saying why
+        deadline = time.monotonic() + 10
+        while log.error is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the flush fails: the log stops, saying why
 
     asyncio.run(main())
-    assert log.error is not None and log.handle is None
+    assert log.error is not None and log.fd is None
     log.line("ignored")
     log.flush()
     log.close()
+
+
+def test_lines_keep_their_order_and_odd_characters_never_stop_the_log(tmp_path):
+    log = RunLog(tmp_path / "run.log")
+    log.line("first\fsecond")  # split where str.splitlines splits, as before
+    log.line("a lone surrogate \udc80 and é")
+    log.line("")
+    log.close()
+    lines = (tmp_path / "run.log").read_text(encoding="utf-8").splitlines()
+    assert [line.split(" ", 1)[1] if " " in line else "" for line in lines] == [
+        "first",
+        "second",
+        "a lone surrogate \\udc80 and é",
+        "",
+    ]
+    assert all(line[:4].isdigit() and line[23] == "Z" for line in lines)
+
+
+def test_a_stamp_is_the_utc_time_in_milliseconds(monkeypatch):
+    import time
+
+    monkeypatch.setattr(runlog, "_stamp", (-1, ""))
+    monkeypatch.setattr(time, "time_ns", lambda: 1_796_093_311_123_456_789)
+    assert runlog._now() == "2026-12-01T02:48:31.123Z"
+    monkeypatch.setattr(time, "time_ns", lambda: 1_796_093_311_999_999_999)
+    assert runlog._now() == "2026-12-01T02:48:31.999Z"

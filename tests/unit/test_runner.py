@@ -290,3 +290,51 @@ def test_a_notebook_reached_through_a_symlink_runs_and_is_recorded_where_it_is(
     recorded = runner.run(linked)
     assert recorded.request is not None
     assert recorded.request["options"]["cwd"] == str(real.resolve())
+
+
+def test_the_recorded_paths_are_the_run_folders_with_links_resolved(tmp_path, engine):
+    real = tmp_path / "real-home"
+    real.mkdir()
+    (tmp_path / "linked-home").symlink_to(real)
+    nb = _write(tmp_path, ["x = 1"])
+    with Runner(home=tmp_path / "linked-home", engine=engine) as linked:
+        runs = [linked.run(RunRequest(notebook=nb)) for _ in range(2)]
+    for run in runs:
+        folder = tmp_path / "linked-home" / "runs" / run.id
+        assert run.run_dir == str(folder) and run.log_path == str(folder / "run.log")
+        assert run.output_path == str(real / "runs" / run.id / "output.ipynb")
+        assert Path(run.output_path).is_file()
+        with RunStore(tmp_path / "linked-home") as store:
+            assert store.get_run(run.id).output_path == run.output_path
+
+
+def test_a_known_environment_is_in_the_row_from_its_insert(tmp_path, runner, engine, monkeypatch):
+    from kiln.store import hotrow
+
+    nb = _write(tmp_path, ["x = 1"])
+    first = runner.run(RunRequest(notebook=nb))  # looks the environment up (a thread)
+    assert first.environment_hash
+    seen = []
+
+    def look() -> None:
+        with RunStore(tmp_path / "home") as other:
+            seen.extend(r.environment_hash for r in other.list_runs() if r.state == "queued")
+
+    ends: list[dict] = []
+    real_update = hotrow.HotRows.update
+
+    def update(self, run_id, values, *, only_active):
+        if values.get("state") == "succeeded":
+            ends.append(dict(values))
+        return real_update(self, run_id, values, only_active=only_active)
+
+    monkeypatch.setattr(hotrow.HotRows, "update", update)
+    engine.on_execute = look
+    second = runner.run(RunRequest(notebook=nb))
+    # the second run's environment was at hand: recorded with the row, before it ran...
+    assert seen == [first.environment_hash]
+    # ...and not written again at its end (its index entry stays where it is)
+    assert len(ends) == 1 and "environment_hash" not in ends[0] and "git" in ends[0]
+    assert second.environment_hash == first.environment_hash
+    with RunStore(tmp_path / "home") as store:
+        assert store.get_run(second.id).environment_hash == first.environment_hash

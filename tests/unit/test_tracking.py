@@ -88,6 +88,19 @@ def test_declared_inputs_from_kiln_yaml(tmp_path: Path, runner: Runner) -> None:
     assert paths["missing.txt"]["error"]
 
 
+def test_declared_inputs_of_a_notebook_below_the_project_file_and_after_it_goes(
+    tmp_path: Path, runner: Runner
+) -> None:
+    (tmp_path / "data.csv").write_text("1")
+    (tmp_path / "kiln.yaml").write_text("inputs:\n  sub/nb.ipynb: [data.csv]\n")
+    (tmp_path / "sub").mkdir()
+    nb = _nb(tmp_path / "sub", ["x = 1"])
+    first = runner.run(RunRequest(notebook=nb))
+    assert [Path(i["path"]).name for i in first.inputs] == ["data.csv"]
+    (tmp_path / "kiln.yaml").unlink()
+    assert runner.run(RunRequest(notebook=nb)).inputs == []
+
+
 def test_the_environment_is_stored_once_for_many_runs(tmp_path: Path, runner: Runner) -> None:
     nb = _nb(tmp_path, [("x = 1", ["parameters"])])
     runs = [runner.run(RunRequest(notebook=nb, parameters={"x": i})) for i in range(5)]

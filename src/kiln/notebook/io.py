@@ -312,6 +312,10 @@ def _encode(value: Any, depth: int) -> str:
     return "".join(out)
 
 
+#: "\n" and the indent of each depth (a notebook's JSON is a few levels deep)
+_BREAKS = ["\n" + " " * depth for depth in range(64)]
+
+
 def _write(value: Any, depth: int, out: list[str]) -> None:
     kind = type(value)
     if kind is str:
@@ -319,35 +323,56 @@ def _write(value: Any, depth: int, out: list[str]) -> None:
     elif isinstance(value, dict):
         if not value:
             out.append("{}")
-        elif not all(type(k) is str for k in value):
+            return
+        try:
+            items = sorted(value.items())  # keys are unique: the values are never compared
+        except TypeError:  # keys of several types: json's own rules (and its error)
             out.append(_by_json(value, depth))
-        else:
-            inner = "\n" + " " * (depth + 1)
-            first = True
-            for key, item in sorted(value.items()):
-                head = ("{" if first else ",") + inner + _encode_str(key) + ": "
-                if type(item) is str:  # most values: one piece, without a call per value
-                    out.append(head + _encode_str(item))
-                else:
-                    out.append(head)
-                    _write(item, depth + 1, out)
-                first = False
-            out.append("\n" + " " * depth + "}")
+            return
+        mark = len(out)
+        inner = _BREAKS[depth + 1] if depth < 62 else "\n" + " " * (depth + 1)
+        between = "," + inner
+        head = "{" + inner
+        for key, item in items:
+            if type(key) is not str:  # int keys and the like: json's own rules
+                del out[mark:]
+                out.append(_by_json(value, depth))
+                return
+            head += _encode_str(key) + ": "
+            # a plain scalar value is written here, without a call per value
+            kind = type(item)
+            if kind is str:
+                out.append(head + _encode_str(item))
+            elif kind is int:
+                out.append(head + int.__repr__(item))
+            elif kind is bool or item is None:
+                out.append(head + _CONSTANTS[item])
+            elif kind is float and math.isfinite(item):
+                out.append(head + float.__repr__(item))  # what json writes for a finite float
+            else:
+                out.append(head)
+                _write(item, depth + 1, out)
+            head = between
+        out.append(_BREAKS[depth] + "}" if depth < 63 else "\n" + " " * depth + "}")
     elif kind is list or kind is tuple:
         if not value:
             out.append("[]")
             return
-        inner = "\n" + " " * (depth + 1)
-        if all(type(item) is str for item in value):
-            out.append("[" + inner)
-            out.append(("," + inner).join(map(_encode_str, value)))
-        else:
-            first = True
-            for item in value:
-                out.append(("[" if first else ",") + inner)
-                _write(item, depth + 1, out)
-                first = False
-        out.append("\n" + " " * depth + "]")
+        inner = _BREAKS[depth + 1] if depth < 62 else "\n" + " " * (depth + 1)
+        close = _BREAKS[depth] + "]" if depth < 63 else "\n" + " " * depth + "]"
+        if type(value[0]) is str:  # the lines of a text: one join
+            try:
+                out.append("[" + inner + ("," + inner).join(map(_encode_str, value)) + close)
+                return
+            except TypeError:  # not all of them strings after all
+                pass
+        opening = "[" + inner
+        between = "," + inner
+        for item in value:
+            out.append(opening)
+            _write(item, depth + 1, out)
+            opening = between
+        out.append(close)
     elif kind is bool or value is None:
         out.append(_CONSTANTS[value])
     elif kind is int:
@@ -397,29 +422,59 @@ def atomic_write(
 ) -> None:
     """:func:`atomic_write_text` for a file given as a sequence of byte strings (written one
     after the other); an exception raised while ``parts`` is iterated abandons the write
-    and leaves the previous file in place."""
-    target = Path(path)
+    and leaves the previous file in place.
+
+    Written through the descriptor, in pieces of about :data:`WRITE_CHUNK` (a notebook
+    saved while it runs is often one ``write``): a file object would add its own set-up
+    calls (``fstat``, ``lseek``) and a copy of every byte into its buffer."""
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
     # a name unique to this process and write: cheaper than mkstemp's random probing
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{next(_tmp_counter)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+        fd = os.open(tmp, flags, 0o666 if mode is None else mode)
     except FileNotFoundError:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+        Path(folder or ".").mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666 if mode is None else mode)
     try:
-        if mode is not None:
-            os.fchmod(fd, mode)  # exact, whatever the umask
-        with os.fdopen(fd, "wb", buffering=1 << 20) as fh:
-            for part in parts:
-                fh.write(part)
-            fh.flush()
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # exact, whatever the umask
+            _write_parts(fd, parts)
             if durable:
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+#: bytes gathered before a ``write`` of :func:`atomic_write`
+WRITE_CHUNK = 1 << 20
+
+
+def _write_parts(fd: int, parts: Iterable[bytes]) -> None:
+    gathered: list[bytes] = []
+    size = 0
+    for part in parts:
+        gathered.append(part)
+        size += len(part)
+        if size >= WRITE_CHUNK:
+            _write_all(fd, b"".join(gathered))
+            gathered.clear()
+            size = 0
+    if gathered:
+        _write_all(fd, gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a regular file takes it all at once; a short write goes on
+        view = view[os.write(fd, view) :]
 
 
 def save_notebook(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,23 @@ def check_writable_output(path: Path) -> None:
 
 def store_input(home: Path, sha256: str, data: bytes, modes: FileModes) -> Path:
     """The run's input bytes as ``inputs/<sha256>.ipynb``, written only the first time."""
-    folder = home / "inputs"
-    path = folder / f"{sha256}.ipynb"
-    if path.exists():
-        # a prune keeps a copy used in the last minutes (the run's row is committed next)
-        with contextlib.suppress(OSError):
+    path = os.path.join(home, "inputs", f"{sha256}.ipynb")
+    # a prune keeps a copy used in the last GRACE seconds (the run's row is committed next):
+    # its time is set again when this process last did it more than a minute ago
+    touched = _touched.get(path)
+    now = time.monotonic()
+    try:
+        if touched is not None and now - touched < TOUCH_EVERY:
+            os.stat(path)
+        else:
             os.utime(path)
-        return path
+            _touched[path] = now
+        return Path(path)
+    except FileNotFoundError:
+        _touched.pop(path, None)
+    except OSError:  # someone else's copy in a shared home: it is there
+        return Path(path)
+    folder = Path(home, "inputs")
     folder.mkdir(mode=modes.folder, exist_ok=True)
     # unique per call, not per process: a server submits from several threads at once, and
     # two submissions of the same notebook must not write (and rename away) one file
@@ -133,4 +144,12 @@ def store_input(home: Path, sha256: str, data: bytes, modes: FileModes) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
+    _touched[path] = time.monotonic()
+    return Path(path)
+
+
+#: seconds between two updates of a stored input's time by one process (well inside the
+#: retention's grace, :data:`kiln.store.retention.GRACE`)
+TOUCH_EVERY = 60.0
+#: stored input -> when this process last set its time (time.monotonic)
+_touched: dict[str, float] = {}

@@ -46,6 +46,8 @@ def _json(none_as_null: bool) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         if value is None:
             return None if none_as_null else "null"
+        if not value and (type(value) is list or type(value) is dict):
+            return "[]" if type(value) is list else "{}"  # half a run's JSON values
         return dumps(value)
 
     return convert

@@ -247,6 +247,23 @@ class Run:
         return out
 
 
+_RUN_FIELDS = frozenset(f.name for f in fields(Run))
+
+
+def changed_run(run: Run, **changes: Any) -> Run:
+    """A copy of ``run`` with some fields changed, like :func:`dataclasses.replace` without
+    building and checking the ~45 fields again (the values come from a run already, the
+    changes from the store's own writes; a run ends with one or two such copies)."""
+    if not _RUN_FIELDS.issuperset(changes):
+        raise TypeError(f"not fields of a run: {', '.join(sorted(set(changes) - _RUN_FIELDS))}")
+    if "state" in changes and not isinstance(changes["state"], RunState):
+        changes["state"] = RunState(changes["state"])
+    copy = object.__new__(Run)
+    copy.__dict__.update(run.__dict__)
+    copy.__dict__.update(changes)
+    return copy
+
+
 #: the fields :meth:`Run.to_json` writes, in declaration order (the records go separately)
 _RUN_JSON_FIELDS = tuple(f.name for f in fields(Run) if f.name != "records_list")
 

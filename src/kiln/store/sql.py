@@ -26,7 +26,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -43,7 +42,7 @@ from kiln.store.paths import check_run_id, database_url, default_home
 from kiln.store.pgrow import PgRows, pg_rows
 from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
 from kiln.store.queue import crash_and_retry
-from kiln.store.records import ACTIVE_STATES, TERMINAL_STATES, Run, RunState
+from kiln.store.records import ACTIVE_STATES, TERMINAL_STATES, Run, RunState, changed_run
 from kiln.store.schema import runs
 from kiln.store.values import (
     RUN_FIELDS,
@@ -183,7 +182,8 @@ class RunStore:
         """
         check_run_id(run.id)
         check_state(run.state)
-        fields = {name: getattr(run, name) for name in RUN_FIELDS}
+        given = run.__dict__
+        fields = {name: given[name] for name in RUN_FIELDS}
         if run.run_dir is None:
             folder = self.run_folder(run.id)
             try:
@@ -203,7 +203,7 @@ class RunStore:
         for name in ("created_at", "started_at", "ended_at"):
             when = fields[name]
             changed[name] = to_utc(when) if when else None
-        return replace(run, **changed)
+        return changed_run(run, **changed)
 
     def _insert(self, run_id: str, values: dict[str, Any]) -> None:
         with self._write() as conn:

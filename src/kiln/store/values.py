@@ -83,12 +83,18 @@ def _json_default(value: Any) -> Any:
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
+#: ``json.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False)``, its
+#: encoder made once (a run stores a dozen JSON values twice: one encoder each was most of
+#: the cost of the small ones)
+_encode_json = json.JSONEncoder(default=_json_default, ensure_ascii=False, allow_nan=False).encode
+
+
 def dumps(value: Any) -> str:
     """JSON text that every backend stores as it is: NaN and infinities become the text
     ``"nan"``, ``"inf"``, ``"-inf"`` (as ``kiln.record`` stores them) and NUL characters
     U+FFFD (PostgreSQL's JSON and text types cannot hold either)."""
     try:
-        text = json.dumps(value, default=_json_default, ensure_ascii=False, allow_nan=False)
+        text = _encode_json(value)
     except ValueError as exc:
         if "float" not in str(exc):  # "Out of range float values are not JSON compliant"
             raise
@@ -109,41 +115,56 @@ def _finite(value: Any) -> Any:
     return value
 
 
+_KNOWN = UPDATABLE | {"id"}
+#: fields column_values converts (every other value is stored as it is)
+_RECORDS = frozenset({"records", "records_list"})
+_CONVERTED = _DATETIME_FIELDS | _RECORDS | {"state", "notebook_path"}
+
+
 def column_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """Run fields -> column values (records serialised, datetimes in UTC, derived columns)."""
-    unknown = sorted(set(values) - UPDATABLE - {"id"})
-    if unknown:
+    if not _KNOWN.issuperset(values):
+        unknown = sorted(set(values) - _KNOWN)
         raise ValueError(
             f"unknown run field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: "
             f"expected some of {', '.join(sorted(UPDATABLE))}"
         )
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if value is None and name in _REQUIRED:
-            raise ValueError(f"run field {name} cannot be None")
-        if name in ("records", "records_list"):
+        if value is None and name not in _RECORDS:
+            if name in _REQUIRED:
+                raise ValueError(f"run field {name} cannot be None")
+            if name == "parameters":
+                value = {}
+            elif name == "cell_durations":
+                value = []
+            out[name] = value
+        elif name not in _CONVERTED:
+            if isinstance(value, str):
+                value = _text(name, value)
+            out[name] = value
+        elif name in _RECORDS:
             out["records"] = [r.to_json() if isinstance(r, Record) else dict(r) for r in value]
         elif name in _DATETIME_FIELDS:
-            out[name] = None if value is None else to_utc(value)
+            out[name] = to_utc(value)
         elif name == "state":
-            out[name] = RunState(value).value
-        elif name in ("parameters", "cell_durations") and value is None:
-            out[name] = {} if name == "parameters" else []
-        elif name == "notebook_path":
-            out[name] = str(value)
-            out["notebook_name"] = basename(str(value))
-        else:
-            out[name] = value
-    for name, value in out.items():
-        if isinstance(value, str):
-            if "\x00" in value:  # PostgreSQL's text cannot hold NUL: the same everywhere
-                out[name] = value = value.replace("\x00", "\ufffd")
-            limit = _MAX_LENGTH.get(name)
-            if limit is not None and len(value) > limit:
-                raise ValueError(
-                    f"run field {name} is {len(value)} characters long: at most {limit} fit"
-                )
+            out[name] = _text(name, RunState(value).value)
+        else:  # notebook_path, and the name derived from it
+            path = _text(name, str(value))
+            out[name] = path
+            out["notebook_name"] = _text("notebook_name", basename(path))
     return out
+
+
+def _text(name: str, value: str) -> str:
+    """A text column's value as every backend stores it: NUL replaced (PostgreSQL's text
+    cannot hold it), a bounded column's length checked (PostgreSQL would refuse it)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    limit = _MAX_LENGTH.get(name)
+    if limit is not None and len(value) > limit:
+        raise ValueError(f"run field {name} is {len(value)} characters long: at most {limit} fit")
+    return value
 
 
 def row_to_run(row: sa.Row[Any]) -> Run:

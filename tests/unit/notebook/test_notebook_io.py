@@ -222,6 +222,43 @@ def test_the_encoder_writes_what_json_writes(value, depth):
     assert _encode(value, depth) == expected
 
 
+class _Text(str):
+    pass
+
+
+_odd_leaves = _json_leaves | st.builds(_Text, st.text(max_size=3)) | st.sampled_from([1e300, -0.0])
+_odd_json = st.recursive(
+    _odd_leaves,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.lists(st.text(max_size=3), max_size=4)  # the lines of a text...
+        | st.tuples(st.text(max_size=3), inner)  # ...or a string first, then anything
+        | st.dictionaries(st.text(max_size=5), inner)
+        | st.dictionaries(st.integers(-3, 3), inner, max_size=3)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_odd_json, depth=st.integers(0, 3))
+def test_the_encoder_writes_what_json_writes_for_odd_values_too(value, depth):
+    from kiln.notebook.io import _encode
+
+    expected = json.dumps(
+        value, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False
+    ).replace("\n", "\n" + " " * depth)
+    assert _encode(value, depth) == expected
+
+
+def test_the_encoder_raises_what_json_raises_for_keys_it_cannot_sort():
+    from kiln.notebook.io import _encode
+
+    with pytest.raises(TypeError):
+        _encode({"a": 1, 2: 3}, 0)
+
+
 def test_the_encoder_falls_back_to_json_for_the_unusual():
     import enum
 
@@ -268,3 +305,63 @@ def test_atomic_write_abandoned_mid_way_keeps_the_previous_file(tmp_path):
         atomic_write(target, parts())
     assert target.read_bytes() == b"complete"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_atomic_write_writes_every_part_in_order_through_short_writes(tmp_path, monkeypatch):
+    from kiln.notebook import io
+
+    monkeypatch.setattr(io, "WRITE_CHUNK", 10)
+    real_write = os.write
+    sizes: list[int] = []
+
+    def short_write(fd: int, data: bytes) -> int:  # a file system that takes 7 bytes a time
+        sizes.append(len(data))
+        return real_write(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(os, "write", short_write)
+    parts = [f"part {i};".encode() for i in range(50)]
+    io.atomic_write(tmp_path / "o.txt", parts, mode=0o640)
+    assert (tmp_path / "o.txt").read_bytes() == b"".join(parts)
+    assert (tmp_path / "o.txt").stat().st_mode & 0o777 == 0o640
+    assert max(sizes) < 10 + len(parts[0])  # written as it comes, not gathered whole
+
+
+def test_atomic_write_on_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
+    import errno
+
+    from kiln.notebook.io import atomic_write
+
+    target = tmp_path / "o.txt"
+    atomic_write(target, [b"complete"])
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, [b"new"])
+    assert target.read_bytes() == b"complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.txt"]
+
+
+def test_atomic_write_makes_a_missing_folder_and_takes_a_bare_name(tmp_path, monkeypatch):
+    from kiln.notebook.io import atomic_write
+
+    atomic_write(tmp_path / "a" / "b" / "o.txt", [b"x"])
+    assert (tmp_path / "a" / "b" / "o.txt").read_bytes() == b"x"
+    monkeypatch.chdir(tmp_path)
+    atomic_write("bare.txt", [b"y"])
+    assert (tmp_path / "bare.txt").read_bytes() == b"y"
+
+
+def test_the_encoder_writes_deep_nesting_as_json_does():
+    from kiln.notebook.io import _encode
+
+    value: object = {"leaf": ["a", "b"], "n": 1.5}
+    for i in range(80):
+        value = {"k": value, "l": [value] if i % 7 == 0 else []} if i % 2 else [value, "x"]
+    expected = json.dumps(
+        value, indent=1, sort_keys=True, separators=(",", ": "), ensure_ascii=False
+    )
+    assert _encode(value, 0) == expected
+    assert _encode(value, 5) == expected.replace("\n", "\n     ")
