@@ -5,6 +5,8 @@ Scenarios (figures quoted in the README come from this script):
                process, the same trivial notebook (median of sequential runs), measured
                again between the rounds below so that it is seen at the same moment
   endpoint     POST /api/v1/endpoints/double from one local client (keep-alive): p50, p99;
+               the p50 of a client that writes each request's headers and body in two
+               writes (a server that acknowledges late holds the body back ~40 ms);
                then 4 concurrent clients: requests/s (fresh state per request) and the CPU
                each call cost the server's processes, split: the API process (HTTP and the
                runs' supervisor side), the warm parent itself, the forked children
@@ -289,6 +291,37 @@ def throughput(
     return out
 
 
+def split_latencies(port: int, path: str, token: str | None, count: int) -> list[float]:
+    """Round trips of a keep-alive client that writes each request's headers and body in two
+    writes (as many HTTP clients do), Nagle's algorithm on, as a client's socket has it: a
+    server that acknowledges late holds the body back (delayed ACK, ~40 ms)."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    times = []
+    try:
+        for i in range(count + 10):  # the first 10 warm up
+            data = json.dumps({"x": i}).encode()
+            head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            if token:
+                head += f"Authorization: Bearer {token}\r\n"
+            head += f"Content-Length: {len(data)}\r\n\r\n"
+            start = time.perf_counter()
+            sock.sendall(head.encode())
+            sock.sendall(data)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(65536)
+            headers, body = answer.split(b"\r\n\r\n", 1)
+            length = int(re.search(rb"(?i)content-length: *(\d+)", headers).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += sock.recv(65536)
+            if i >= 10:
+                times.append(time.perf_counter() - start)
+            assert b" 200 " in headers.split(b"\r\n", 1)[0], headers
+    finally:
+        sock.close()
+    return times
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -408,6 +441,7 @@ def compare(
     kg = KernelGateway(project) if with_kg else None
     path = "/api/v1/endpoints/double"
     out: dict[str, Any] = {"floor": [], "kiln": [], "kg": [], "kiln_times": [], "kg_times": []}
+    out["kiln_split"], out["kg_split"] = [], []
     try:
         for n in range(rounds):
             out["floor"] += floor.runs(max(10, requests // rounds // 3))
@@ -418,6 +452,9 @@ def compare(
                 out["kg_times"] += latencies(
                     kg.port, "/double", None, requests // rounds, _kg_answer
                 )
+            out["kiln_split"] += split_latencies(kiln.port, path, kiln.token, 30)
+            if kg is not None:
+                out["kg_split"] += split_latencies(kg.port, "/double", None, 30)
             out["kiln"].append(throughput(kiln.port, path, kiln.token, 4, seconds, kiln.proc.pid))
             if kg is not None:
                 out["kg"].append(throughput(kg.port, "/double", None, 4, seconds, kg.proc.pid))
@@ -659,6 +696,11 @@ def main() -> int:
         results["floor_ms"] = statistics.median(seen["floor"]) * 1000
         results["http"] = http_side(project, work / "home-http", args.http_calls)
         results["kiln_endpoint"] = summary(seen["kiln"], seen["kiln_times"])
+        results["split_p50_ms"] = {
+            name: pct(seen[f"{name}_split"], 0.5)
+            for name in ("kiln", "kg")
+            if seen[f"{name}_split"]
+        }
         if not args.skip_kg:
             results["kernel_gateway"] = summary(seen["kg"], seen["kg_times"])
             results["ratios"] = [
@@ -680,6 +722,11 @@ def main() -> int:
         f"{kiln['main_cpu_ms']:.1f}, warm parent {kiln['helpers_cpu_ms']:.1f}, forked children "
         f"{kiln['forked_cpu_ms']:.1f}); "
         f"load {kiln['load']}"
+    )
+    split = results["split_p50_ms"]
+    print(
+        "a client writing headers and body separately (Nagle on): p50 "
+        + ", ".join(f"{name} {ms:.1f} ms" for name, ms in split.items())
     )
     print(
         f"kiln's HTTP side alone (ASGI app, run replaced by a finished one, no socket): "

@@ -214,8 +214,11 @@ async def _serve(settings: ServerSettings, store: Any, sock: socket.socket) -> i
 
         workers.heartbeat = HeartbeatWatch(project_of(settings.root), store)
     _app, asgi = build_app(settings, store=store, workers=workers.alive, wake=workers.wake)
+    from kiln.server.quickack import protocol_class
+
     config = uvicorn.Config(
         asgi,
+        http=protocol_class(),  # a request written in two pieces is not held back 40 ms
         host=settings.host,
         port=settings.port,
         root_path=settings.root_path,
