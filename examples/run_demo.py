@@ -73,7 +73,6 @@ def main() -> int:
 def scheduled_report() -> Path:
     """Show the schedule's next fire times, fire it now, let `kiln scheduler` run it and mail
     the report to an SMTP sink on 127.0.0.1:2525 (kiln.yaml's smtp); returns the message."""
-    import json
     import time
 
     from aiosmtpd.controller import Controller
@@ -103,13 +102,31 @@ def scheduled_report() -> Path:
                 time.sleep(0.5)
             if not received:
                 raise SystemExit("demo: the report was not mailed within 5 minutes")
-            time.sleep(0.5)  # let the scheduler record the delivery
+            # the scheduler records the delivery just after the mail went out: wait for it
+            # (a fixed pause lost that race once on a busy machine)
+            deliveries = _deliveries(env)
+            while not deliveries and time.monotonic() < deadline:
+                time.sleep(0.2)
+                deliveries = _deliveries(env)
+            if not deliveries:
+                raise SystemExit("demo: the scheduler did not record the mailed report")
         finally:
             scheduler.terminate()
             scheduler.wait(timeout=60)
     finally:
         sink.stop()
     kiln("schedules", "history", "daily-sales")
+    files = deliveries[0].get("files", {})
+    print(f"\nThe report was mailed to managers@example.com; the sink saved it as {received[0]}")
+    for kind, path in files.items():
+        print(f"  report ({kind}): {path}")
+    return received[0]
+
+
+def _deliveries(env: dict[str, str]) -> list[dict[str, object]]:
+    """The deliveries recorded for the schedule's latest slot (none yet: empty)."""
+    import json
+
     history = subprocess.run(
         [KILN, "schedules", "history", "daily-sales", "--json"],
         cwd=PROJECT,
@@ -118,11 +135,8 @@ def scheduled_report() -> Path:
         text=True,
         check=True,
     )
-    files = json.loads(history.stdout)[0]["deliveries"][0].get("files", {})
-    print(f"\nThe report was mailed to managers@example.com; the sink saved it as {received[0]}")
-    for kind, path in files.items():
-        print(f"  report ({kind}): {path}")
-    return received[0]
+    slots = json.loads(history.stdout)
+    return list(slots[0].get("deliveries") or []) if slots else []
 
 
 if __name__ == "__main__":
