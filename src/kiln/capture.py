@@ -197,12 +197,15 @@ def _declared_inputs(request: RunRequest, folder: Path) -> list[Path]:
     found = find_project_file(folder)
     if found is None:  # most runs: no project, nothing more to look at
         return []
-    from kiln.project import load_project
-    from kiln.project.file import project_inputs
+    from kiln.project.file import project_at, project_inputs
+    from kiln.yamlio import YamlError
 
-    project = load_project(found.parent)
-    if project.file is None:  # removed meanwhile
-        return []
+    try:
+        project = project_at(found)
+    except YamlError:
+        if found.exists():
+            raise
+        return []  # removed meanwhile
     return project_inputs(project, request.notebook_label)
 
 

@@ -66,6 +66,12 @@ def load_project(start: str | os.PathLike[str] | None = None) -> Project:
     if path is None:
         folder = Path(start if start is not None else Path.cwd()).absolute()
         return Project(root=folder if folder.is_dir() else folder.parent, file=None)
+    return project_at(path)
+
+
+def project_at(path: Path) -> Project:
+    """The project of the file at ``path`` (found already), validated; cached while the file
+    is unchanged."""
     try:
         stat = path.stat()
     except OSError as exc:
