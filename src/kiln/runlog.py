@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kiln.notebook.io import write_all
+
 #: characters of a cell's stream output logged as they come
 STREAM_HEAD = 64 * 1024
 #: characters logged from the end of a cell's stream output past STREAM_HEAD
@@ -154,9 +156,7 @@ class RunLog:
         data = "".join(self._pending).encode("utf-8", "backslashreplace")
         self._pending.clear()
         try:
-            view = memoryview(data)
-            while view:  # a regular file takes it all at once; a short write goes on
-                view = view[os.write(self.fd, view) :]
+            write_all(self.fd, data)
         except OSError as exc:  # a full disk stops the log, not the run's bookkeeping
             self._failed(exc)
 

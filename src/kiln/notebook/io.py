@@ -464,14 +464,15 @@ def _write_parts(fd: int, parts: Iterable[bytes]) -> None:
         gathered.append(part)
         size += len(part)
         if size >= WRITE_CHUNK:
-            _write_all(fd, b"".join(gathered))
+            write_all(fd, b"".join(gathered))
             gathered.clear()
             size = 0
     if gathered:
-        _write_all(fd, gathered[0] if len(gathered) == 1 else b"".join(gathered))
+        write_all(fd, gathered[0] if len(gathered) == 1 else b"".join(gathered))
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to the descriptor ``fd`` (a short write goes on where it stopped)."""
     view = memoryview(data)
     while view:  # a regular file takes it all at once; a short write goes on
         view = view[os.write(fd, view) :]
