@@ -203,7 +203,9 @@ class Runner:
         IPython, ~0.3 s) then overlaps what the caller does before the first run (a sweep
         checks its sets) instead of following it. A notebook the fork engine cannot run leaves
         it idle until the engines close."""
-        if self._engine is None and request.engine in ("fork", "auto") and not request.prepare_only:
+        from kiln.engines import may_fork
+
+        if self._engine is None and may_fork(request.engine, prepare_only=request.prepare_only):
             self._launch_warm_parent()
 
     def _launch_warm_parent(self) -> None:

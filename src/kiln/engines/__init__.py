@@ -5,21 +5,47 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kiln.engines.base import (
-    CellFinished,
-    CellOutput,
-    CellStarted,
-    Engine,
-    EngineSession,
-    EngineSwitched,
-    Event,
-    ExecuteOptions,
-    ExecutionOutcome,
-    KernelReady,
+if TYPE_CHECKING:
+    from kiln.engines.base import (
+        CellFinished,
+        CellOutput,
+        CellStarted,
+        Engine,
+        EngineSession,
+        EngineSwitched,
+        Event,
+        ExecuteOptions,
+        ExecutionOutcome,
+        KernelReady,
+    )
+
+#: names loaded from :mod:`kiln.engines.base` on first use: the fork engine's warm parent
+#: imports this package (for its own modules) and needs none of them, nor what they import
+_FROM_BASE = frozenset(
+    {
+        "CellFinished",
+        "CellOutput",
+        "CellStarted",
+        "Engine",
+        "EngineSession",
+        "EngineSwitched",
+        "Event",
+        "ExecuteOptions",
+        "ExecutionOutcome",
+        "KernelReady",
+    }
 )
-from kiln.options import ENGINE_CHOICES
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        from kiln.engines import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ENGINES",
@@ -36,6 +62,7 @@ __all__ = [
     "choose_engine",
     "fork_unsupported",
     "get_engine",
+    "may_fork",
 ]
 
 #: engine name -> "module:Class"; data, not an import-time registry
@@ -44,7 +71,12 @@ ENGINES = {
     "fork": "kiln.engines.fork:ForkEngine",
     "fake": "kiln.engines.fake:FakeEngine",
 }
-CHOICES = ENGINE_CHOICES  # defined once, with the run options
+
+
+def may_fork(engine: str, *, prepare_only: bool = False) -> bool:
+    """Whether a run that asks for ``engine`` may execute on the fork engine (it is ``fork``
+    or ``auto``, the run executes, this is Linux): worth starting its warm parent early."""
+    return engine in ("fork", "auto") and not prepare_only and sys.platform.startswith("linux")
 
 
 def get_engine(name: str) -> Engine:
@@ -52,11 +84,14 @@ def get_engine(name: str) -> Engine:
     import importlib
 
     from kiln.errors import UsageError
+    from kiln.options import ENGINE_CHOICES
 
     try:
         target = ENGINES[name]
     except KeyError:
-        raise UsageError(f"unknown engine {name!r}; choose one of: {', '.join(CHOICES)}") from None
+        raise UsageError(
+            f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_CHOICES)}"
+        ) from None
     module, _, cls = target.partition(":")
     engine: Engine = getattr(importlib.import_module(module), cls)()
     return engine
@@ -104,10 +139,12 @@ def choose_engine(
 ) -> tuple[str, str | None]:
     """The engine for a run, and a one-line notice when ``auto`` falls back to the kernel."""
     from kiln.errors import UsageError
-    from kiln.options import OptionError
+    from kiln.options import ENGINE_CHOICES, OptionError
 
     if requested not in ENGINES and requested != "auto":
-        raise UsageError(f"unknown engine {requested!r}; choose one of: {', '.join(CHOICES)}")
+        raise UsageError(
+            f"unknown engine {requested!r}; choose one of: {', '.join(ENGINE_CHOICES)}"
+        )
     if requested in ("kernel", "fake"):
         if memory_limit and requested == "kernel":
             raise OptionError("memory_limit", "a memory limit needs the fork engine (fork or auto)")
