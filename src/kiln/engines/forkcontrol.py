@@ -14,6 +14,7 @@ for the next run. Children already running are not touched: their sessions watch
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import socket
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from kiln import processes
 from kiln.engines import forkproto as proto
@@ -47,6 +48,118 @@ class Preloaded:
     local: list[str] = field(default_factory=list)
     #: the module whose import started a thread (the parent is replaced)
     threaded: str | None = None
+
+
+@dataclass
+class _Spawned:
+    """A warm parent's process, started and not yet followed by a :class:`ForkServer`."""
+
+    proc: subprocess.Popen[bytes]
+    #: the supervisor's end of the control channel
+    ctl: socket.socket
+    #: the environment it was started with (run specs carry changes to it)
+    env: dict[str, str]
+    stderr: IO[bytes]
+    #: when it was started (``time.monotonic()``)
+    at: float
+    #: the working directory it was started in
+    cwd: str
+
+
+def _spawn(python: str) -> _Spawned:
+    """Start a warm parent for ``python`` (no event loop needed)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = _start_env()
+    owner_started = processes.start_time(os.getpid())
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the server)
+    try:
+        proc = subprocess.Popen(
+            [
+                python,
+                "-c",
+                BOOT,
+                MARKER,
+                str(child.fileno()),
+                str(os.getpid()),
+                str(owner_started if owner_started is not None else ""),
+            ],
+            pass_fds=[child.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,  # a terminal's Ctrl-C reaches Kiln, which decides
+        )
+    except BaseException:
+        parent.close()
+        stderr.close()
+        raise
+    finally:
+        child.close()
+    parent.setblocking(False)
+    return _Spawned(proc, parent, env, stderr, time.monotonic(), os.getcwd())
+
+
+def _start_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+#: warm parents started by :func:`start_early`, by Python executable, until a server adopts one
+_early: dict[str, _Spawned] = {}
+
+
+def start_early(python: str) -> None:
+    """Start the warm parent for ``python`` now, before any event loop exists: the next
+    :class:`ForkServer` for it (:meth:`ForkServer.launch`) adopts the process instead of
+    starting one. A command that will probably run a notebook on the fork engine calls this
+    as soon as it knows: the parent's start (Python and IPython, ~0.15 s of CPU) then
+    overlaps the command's own imports and preparation instead of following them.
+
+    Call it from the thread that will run the fork engine (a parent dies with the thread
+    that started it). A parent is adopted only while this process's environment and working
+    directory are still those it was started with (its ``sys.path`` and imports depend on
+    them); one nobody adopts is stopped at exit."""
+    spawned = _early.get(python)
+    if spawned is not None:
+        if _still_fits(spawned):
+            return
+        _discard(_early.pop(python))
+    if not _early:
+        atexit.register(_stop_early)
+    _early[python] = _spawn(python)
+
+
+def _take_early(python: str) -> _Spawned | None:
+    spawned = _early.pop(python, None)
+    if spawned is not None and not _still_fits(spawned):
+        _discard(spawned)
+        return None
+    return spawned
+
+
+def _still_fits(spawned: _Spawned) -> bool:
+    """Alive, and started in this process's environment and working directory as they are."""
+    try:
+        here = os.getcwd()
+    except OSError:
+        return False
+    return spawned.proc.poll() is None and spawned.cwd == here and spawned.env == _start_env()
+
+
+def _discard(spawned: _Spawned) -> None:
+    spawned.ctl.close()  # the parent reads EOF and exits
+    if spawned.proc.poll() is None:
+        spawned.proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        spawned.proc.wait(timeout=5)
+    spawned.stderr.close()
+
+
+def _stop_early() -> None:
+    while _early:
+        _discard(_early.popitem()[1])
 
 
 class ForkServer:
@@ -84,43 +197,26 @@ class ForkServer:
         self._watch: asyncio.TimerHandle | None = None
         self._exits: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._start_timer: asyncio.TimerHandle | None = None
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (lives as long as the server)
+        #: the parent's standard error (a temporary file, from launch until stop)
+        self._stderr: IO[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
     def launch(self) -> None:
-        """Start the process (returns at once; :meth:`ready` waits for it)."""
+        """Start the process, or adopt the one :func:`start_early` started for this Python
+        (returns at once; :meth:`ready` waits for it)."""
         loop = asyncio.get_running_loop()
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ)
-        env.pop("PYTHONSTARTUP", None)
-        self.env = env
-        owner_started = processes.start_time(os.getpid())
-        self.proc = subprocess.Popen(
-            [
-                self.python,
-                "-c",
-                BOOT,
-                MARKER,
-                str(child.fileno()),
-                str(os.getpid()),
-                str(owner_started if owner_started is not None else ""),
-            ],
-            pass_fds=[child.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._stderr,
-            env=env,
-            start_new_session=True,  # a terminal's Ctrl-C reaches Kiln, which decides
-        )
-        child.close()
-        parent.setblocking(False)
-        self.ctl = parent
+        spawned = _take_early(self.python) or _spawn(self.python)
+        self.proc, self.env = spawned.proc, spawned.env
+        self._stderr = spawned.stderr
+        self.ctl = spawned.ctl
         self._hello = loop.create_future()
-        loop.add_reader(parent.fileno(), self._on_readable)
-        self._start_timer = loop.call_later(self.start_timeout, self._start_expired)
+        loop.add_reader(self.ctl.fileno(), self._on_readable)
+        # the clock started with the process (an early one has been starting for a while)
+        left = self.start_timeout - (time.monotonic() - spawned.at)
+        self._start_timer = loop.call_later(max(left, 0.0), self._start_expired)
 
     def _start_expired(self) -> None:
         if self._hello is not None and not self._hello.done():
@@ -239,6 +335,8 @@ class ForkServer:
         self._exits.clear()
 
     def stderr_tail(self) -> str:
+        if self._stderr is None:
+            return ""
         with contextlib.suppress(OSError, ValueError):
             self._stderr.seek(0)
             lines = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
@@ -357,4 +455,5 @@ class ForkServer:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
-        self._stderr.close()
+        if self._stderr is not None:
+            self._stderr.close()
