@@ -246,6 +246,33 @@ class OptionError(UsageError):
         return error
 
 
+def environment_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Run options set by ``KILN_<OPTION>`` variables (``KILN_TIMEOUT=10m``), normalised;
+    :class:`OptionError` names the variable. Under flags and arguments, over ``kiln.yaml``
+    (:func:`kiln.project.run_defaults` puts them together)."""
+    values: dict[str, Any] = {}
+    for f in OPTIONS:
+        variable = f"KILN_{f.name.upper()}"
+        text = environ.get(variable)
+        if text is None or f.metadata["kind"] == "env" or f.name == "prepare_only":
+            continue
+        given: Any = _switch(text, variable) if f.metadata["kind"] == "switch" else text
+        try:
+            values[f.name] = normalize(f.name, given)
+        except OptionError as exc:
+            raise OptionError(variable, exc.problem) from None
+    return values
+
+
+def _switch(text: str, variable: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise OptionError(variable, f"expected 1/true or 0/false; got {text!r}")
+
+
 def normalize(name: str, value: Any) -> Any:
     """A value given for option ``name`` (text from a flag or kiln.yaml, or a Python value)
     in the option's own type; raises :class:`OptionError` naming the option."""

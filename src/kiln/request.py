@@ -132,10 +132,17 @@ class RunRequest(RunOptions):
         """
         path = Path(notebook)
         if defaults is None:
-            from kiln.project import load_project, run_defaults
+            from kiln.project import find_project_file
 
             start = path.parent if source is None else Path.cwd()
-            defaults = run_defaults(load_project(start))
+            if find_project_file(start) is None:  # the environment's alone (no file to read)
+                from kiln.options import environment_defaults
+
+                defaults = environment_defaults(os.environ)
+            else:
+                from kiln.project import load_project, run_defaults
+
+                defaults = run_defaults(load_project(start))
         values = dict(defaults)
         given = make_options(options)
         if given.get("tags") is not None or values.get("tags") is not None:

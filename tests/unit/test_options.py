@@ -224,3 +224,28 @@ def test_errors_name_the_option_by_api_name_and_the_cli_by_flag(tmp_path: Path) 
     assert error.message == "cwd: /nowhere is not a directory"
     assert show_error(error) == "Error: --cwd: /nowhere is not a directory"
     assert flag_for("cell_timeout") == "--cell-timeout"
+
+
+def test_environment_variables_set_run_options_by_their_kiln_names() -> None:
+    from kiln.options import environment_defaults
+
+    found = environment_defaults(
+        {
+            "KILN_TIMEOUT": "10m",
+            "KILN_ALLOW_ERRORS": "yes",
+            "KILN_LINT": "0",
+            "KILN_TAGS": "team=sales",
+            "KILN_PREPARE_ONLY": "1",  # never from the environment: a run must run
+            "KILN_NOT_AN_OPTION": "x",
+        }
+    )
+    assert found == {
+        "timeout": 600.0,
+        "allow_errors": True,
+        "lint": False,
+        "tags": {"team": "sales"},
+    }
+    with pytest.raises(OptionError, match="KILN_ALLOW_ERRORS: expected 1/true or 0/false"):
+        environment_defaults({"KILN_ALLOW_ERRORS": "maybe"})
+    with pytest.raises(OptionError, match="KILN_TIMEOUT: expected a duration"):
+        environment_defaults({"KILN_TIMEOUT": "later"})

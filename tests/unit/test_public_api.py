@@ -56,3 +56,31 @@ def test_the_cli_and_kiln_run_load_nothing_of_the_server(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.split() == ["0"], out.stdout + out.stderr
+
+
+def test_a_run_outside_any_project_reads_no_project_file_code(tmp_path):
+    # no kiln.yaml above the notebook: the environment's KILN_* settings are the defaults, and
+    # the project file's parser and sections (~15 ms to import) stay unloaded
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = tmp_path / "nb.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), nb)
+    code = (
+        "import sys\n"
+        "from kiln.cli.main import run_main\n"
+        f"code = run_main(['run', {str(nb)!r}, '--prepare-only', '-q'])\n"
+        "loaded = [m for m in ('kiln.project.file', 'kiln.project.sections', 'yaml')"
+        " if m in sys.modules]\n"
+        "print(code, ','.join(loaded))"
+    )
+    env = {**os.environ, "KILN_HOME": str(tmp_path / "home"), "KILN_TIMEOUT": "5m"}
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.stdout.split() == ["0"], out.stdout + out.stderr

@@ -104,7 +104,7 @@ def parse_project(path: Path, data: bytes) -> Project:
 def run_defaults(project: Project, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Run options set by the environment (``KILN_TIMEOUT=10m``, ...) over the project file's
     ``run`` section; explicit arguments and flags go over both."""
-    from kiln.options import OPTIONS, OptionError, normalize
+    from kiln.options import OPTIONS, OptionError, environment_defaults, normalize
 
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -123,18 +123,11 @@ def run_defaults(project: Project, environ: Mapping[str, str] | None = None) -> 
     tracking = project.config.tracking
     if tracking is not None and tracking.mlflow is not None:
         values["mlflow_uri"] = mlflow_uri_from(project, tracking.mlflow.uri)
-    for f in OPTIONS:
-        text = env.get(f"KILN_{f.name.upper()}")
-        if text is None or f.metadata["kind"] == "env" or f.name == "prepare_only":
-            continue
-        given: Any = _switch(text, f.name) if f.metadata["kind"] == "switch" else text
-        try:
-            values[f.name] = normalize(f.name, given)
-        except OptionError as exc:
-            raise OptionError(f"KILN_{f.name.upper()}", exc.problem) from None
-        if f.name == "tags" and section is not None and section.tags:
-            # tags add up: the project's, then the environment's (which win per key)
-            values["tags"] = {**normalize("tags", section.tags), **values["tags"]}
+    from_env = environment_defaults(env)
+    if "tags" in from_env and section is not None and section.tags:
+        # tags add up: the project's, then the environment's (which win per key)
+        from_env["tags"] = {**normalize("tags", section.tags), **from_env["tags"]}
+    values.update(from_env)
     return values
 
 
@@ -177,17 +170,6 @@ def project_inputs(project: Project, notebook: str | os.PathLike[str]) -> list[P
         else:
             found[project.resolve(pattern)] = None
     return list(found)
-
-
-def _switch(text: str, name: str) -> bool:
-    from kiln.options import OptionError
-
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("", "0", "false", "no", "off"):
-        return False
-    raise OptionError(f"KILN_{name.upper()}", f"expected 1/true or 0/false; got {text!r}")
 
 
 def json_schema() -> dict[str, Any]:
