@@ -32,6 +32,8 @@ from kiln.engines.forkserver import BOOT, MARKER
 
 #: how often, while requests are pending, the parent is checked for being able to answer
 _WATCH_EVERY = 0.25
+#: how long a parent asked to stop may take to exit before it is killed (seconds)
+_STOP_GRACE = 2.0
 
 
 class ParentLost(Exception):
@@ -447,13 +449,39 @@ class ForkServer:
             self.ctl.close()
             self.ctl = None
         if self.proc is not None:
-            for _ in range(200):
-                if self.proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.01)
+            await _exit_of(self.proc, _STOP_GRACE)
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
         if self._stderr is not None:
             self._stderr.close()
+
+
+async def _exit_of(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until ``proc`` has exited, at most ``timeout`` seconds: woken by its pidfd the
+    moment it does (a command's last act is stopping its warm parent, which takes a few
+    milliseconds; polling added up to one interval to every command), else by polling."""
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfds here, or the process is gone already
+        end = loop.time() + timeout
+        while proc.poll() is None and loop.time() < end:
+            await asyncio.sleep(0.01)
+        return
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def exited() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, exited)
+    try:
+        await asyncio.wait_for(gone, timeout)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    proc.poll()  # reap it
