@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.engines import forkcontrol
+from kiln.engines import forkspawn
 from kiln.engines.forkserver import MARKER
 from kiln.runner import Runner, RunRequest
 
@@ -112,19 +112,17 @@ def _parent_of_a_run(nb: Path, home: Path) -> int:
 
 def test_an_early_parent_is_adopted_in_the_same_process(make_nb, home):
     nb = make_nb([PARENT_PID])
-    forkcontrol.start_early(sys.executable)
-    early = forkcontrol._early[sys.executable].proc
+    forkspawn.start_early(sys.executable)
+    early = forkspawn._early[sys.executable].proc
     assert _parent_of_a_run(nb, home) == early.pid
-    assert sys.executable not in forkcontrol._early
+    assert sys.executable not in forkspawn._early
     assert _gone(early.pid)  # stopped with the runner's engines
 
 
-def test_an_early_parent_started_in_another_environment_is_not_adopted(
-    make_nb, home, monkeypatch
-):
+def test_an_early_parent_started_in_another_environment_is_not_adopted(make_nb, home, monkeypatch):
     nb = make_nb([PARENT_PID])
-    forkcontrol.start_early(sys.executable)
-    early = forkcontrol._early[sys.executable].proc
+    forkspawn.start_early(sys.executable)
+    early = forkspawn._early[sys.executable].proc
     # its sys.path and imports came from the environment it started in: a changed one
     # (here a new variable) gets a parent of its own, and the stale one is stopped
     monkeypatch.setenv("KILN_TEST_CHANGED", "1")

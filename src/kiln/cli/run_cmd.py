@@ -335,7 +335,7 @@ def _start_warm_parent(args: argparse.Namespace) -> None:
     given = run_options_from(args)
     engine = given.get("engine", RunOptions.engine)
     if may_fork(engine, prepare_only=bool(given.get("prepare_only"))):
-        from kiln.engines.forkcontrol import start_early
+        from kiln.engines.forkspawn import start_early
 
         start_early(sys.executable)
 
