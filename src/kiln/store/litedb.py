@@ -195,11 +195,23 @@ def use_wal(cursor: Any) -> None:
 
 
 def sqlite_file(url: str) -> Path | None:
-    """The file behind a plain ``sqlite:///PATH`` URL (read-only URI forms excluded)."""
+    """The file behind a plain ``sqlite:///PATH`` URL (read-only URI forms excluded): the
+    path percent-decoded, as SQLAlchemy reads it (``a%40b`` is ``a@b``)."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or "?" in url or url[len(prefix) :].startswith("file:"):
         return None
-    return Path(url[len(prefix) :])
+    from urllib.parse import unquote
+
+    return Path(unquote(url[len(prefix) :]))
+
+
+def shown_url(url: str) -> str:
+    """A plain ``sqlite:///PATH`` URL as SQLAlchemy shows it (its path percent-encoded but
+    for spaces, ``+`` and ``/``): the same name in messages whichever path opened it."""
+    from urllib.parse import quote, unquote
+
+    prefix = "sqlite:///"
+    return prefix + quote(unquote(url[len(prefix) :]), safe=" +/")
 
 
 def schema_version(db_file: Path) -> str | None:

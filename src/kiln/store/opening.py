@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from kiln.errors import StoreError
 from kiln.store.hotrow import HotRows, hot_rows
-from kiln.store.litedb import sqlite_file
+from kiln.store.litedb import shown_url, sqlite_file
 from kiln.store.paths import database_url, default_home
 from kiln.store.version import SCHEMA_HEAD
 
@@ -35,9 +35,7 @@ def open_lite(url: str) -> HotRows | None:
     path = sqlite_file(url)
     if path is None or not path.is_file():
         return None  # never let sqlite3 create it: a new history is SQLAlchemy's to set up
-    # shown to people as the URL itself: a plain file URL has no password, and SQLAlchemy
-    # renders it as given (a test compares the two)
-    hot = HotRows(path, url)
+    hot = HotRows(path, shown_url(url))  # named as SQLAlchemy names it (a test compares)
     if hot.schema_version() != SCHEMA_HEAD:
         hot.close()
         return None

@@ -144,7 +144,7 @@ class RunStore:
         self.patience = PATIENCE
         hot = None if self.read_only else open_lite(self.url)
         if hot is not None:
-            self._hot, self._shown = hot, self.url
+            self._hot, self._shown = hot, hot.where
         else:
             self._alchemy, self._shown, self._hot = open_engine(
                 self.url,
