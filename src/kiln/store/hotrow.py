@@ -78,15 +78,13 @@ def _from_datetime(value: Any) -> Any:
 
 _CONVERT = _converters(RUNS)
 _CONVERT_ENVIRONMENT = _converters(ENVIRONMENTS)
-#: a stored run's column values as SQLAlchemy gives them back
-_READ: dict[str, Callable[[Any], Any] | None] = {
-    name: _from_json
-    if column.kind in ("json", "json_or_null")
-    else _from_datetime
-    if column.kind == "time"
-    else None
-    for name, column in RUNS.items()
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "json": _from_json,
+    "json_or_null": _from_json,
+    "time": _from_datetime,
 }
+#: a stored run's column values as SQLAlchemy gives them back (None: as sqlite3 reads them)
+_READ = {name: _READERS.get(column.kind) for name, column in RUNS.items()}
 _NOT_ENDED = "state NOT IN ({})".format(", ".join(f"'{state}'" for state in TERMINAL))
 
 
