@@ -11,7 +11,6 @@ trip per transaction for it); ``postgresql://`` means psycopg 3, the driver of K
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from kiln.errors import StoreError
+from kiln.store.litedb import configure
 from kiln.store.values import dumps
 
 BACKENDS = ("sqlite", "postgresql")
-_BUSY_TIMEOUT_MS = 30_000
 _DRIVER_HINT = (
     "install Kiln's PostgreSQL driver (psycopg 3): pip install 'kiln-notebooks[postgres]'"
 )
@@ -122,32 +121,7 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     # SQLAlchemy's documented pysqlite recipe: stop the driver from emitting its own
     # (deferred) BEGIN so that _sqlite_on_begin decides how each transaction starts.
     dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")  # first: the next may wait
-        _use_wal(cursor)
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cursor.close()
-
-
-def _use_wal(cursor: Any) -> None:
-    # WAL is a property of the file: set once, every later connection finds it. Switching needs
-    # an exclusive lock, and SQLite answers "database is locked" without calling the busy
-    # handler when processes open a brand-new database at once (5 of 320 such opens failed
-    # here), so the switch is retried until the busy timeout is spent.
-    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode")
-            if cursor.fetchone()[0] != "wal":
-                cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
+    configure(dbapi_connection)
 
 
 def _sqlite_on_begin(conn: sa.Connection) -> None:

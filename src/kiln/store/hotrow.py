@@ -1,34 +1,36 @@
-"""A run row's own writes on SQLite (insert, update, end) through the standard library.
+"""A run's own statements on a SQLite history through the standard library: its row's
+writes (insert, update, end), the schema check on open, the look for orphaned runs, its
+environment's row.
 
 Every run writes its row twice (recorded, ended); through SQLAlchemy Core each write cost
 about 1.2 ms of the supervisor's CPU, mostly statement and transaction machinery, through
-``sqlite3`` with a cached statement about 0.2 ms. :class:`~kiln.store.sql.RunStore` sends
-those writes here when its database is a SQLite file; everything else (reads, recovery,
-the queue, PostgreSQL) stays on SQLAlchemy. The columns and their types come from
-:data:`kiln.store.schema.runs` (the schema and the migrations stay the truth) and values are
-stored exactly as SQLAlchemy stores them on SQLite: JSON through the store's serialiser (a
-``None`` is SQL NULL or JSON ``null`` as the column says), times as UTC text. A test writes
-the same runs both ways and compares the rows. The rules are RunStore's too: WAL, a busy
-timeout, ``BEGIN IMMEDIATE`` for every write.
+``sqlite3`` with a cached statement about 0.2 ms. Importing SQLAlchemy and making its engine
+cost a cold ``kiln run`` ~0.15-0.25 s more: on a SQLite file already at the schema's head,
+:class:`~kiln.store.sql.RunStore` opens with :meth:`HotRows.schema_version` and sends a run's
+statements here, and SQLAlchemy is only loaded by what else the store is asked (reads,
+listing, the queue, recovering an actual orphan; PostgreSQL always). This module does not
+import it. The columns and their kinds come from :mod:`kiln.store.columns` (a test keeps it
+equal to :data:`kiln.store.schema.runs`) and values are stored and read back exactly as
+SQLAlchemy stores and reads them on SQLite: JSON through the store's serialiser (a ``None``
+is SQL NULL or JSON ``null`` as the column says), times as UTC text. Tests write and read
+the same rows both ways and compare them. The rules are RunStore's too: WAL, a busy timeout,
+``BEGIN IMMEDIATE`` for every write.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import sqlalchemy as sa
-
 from kiln.errors import StoreError
-from kiln.store.engine import _BUSY_TIMEOUT_MS
-from kiln.store.litedb import sqlite_file
-from kiln.store.migrate import where
-from kiln.store.schema import run_columns, runs
+from kiln.store.columns import ENVIRONMENTS, RUNS, Column, run_columns
+from kiln.store.litedb import BUSY_TIMEOUT_MS, configure, sqlite_file
 from kiln.store.values import TERMINAL, NotJson, dumps
 
 
@@ -53,20 +55,36 @@ def _json(none_as_null: bool) -> Callable[[Any], Any]:
     return convert
 
 
-def _converters() -> dict[str, Callable[[Any], Any] | None]:
+def _converters(table: Mapping[str, Column]) -> dict[str, Callable[[Any], Any] | None]:
     out: dict[str, Callable[[Any], Any] | None] = {}
-    for column in runs.c:
-        kind = column.type
-        if isinstance(kind, sa.JSON):
-            out[column.name] = _json(bool(kind.none_as_null))
-        elif isinstance(kind, sa.DateTime):
-            out[column.name] = _datetime
+    for name, column in table.items():
+        if column.kind in ("json", "json_or_null"):
+            out[name] = _json(column.kind == "json_or_null")
+        elif column.kind == "time":
+            out[name] = _datetime
         else:
-            out[column.name] = None
+            out[name] = None
     return out
 
 
-_CONVERT = _converters()
+def _from_json(value: Any) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _from_datetime(value: Any) -> Any:
+    # SQLAlchemy reads SQLite's DATETIME text back as a naive datetime (UTC by the store's rule)
+    return None if value is None else datetime.fromisoformat(value)
+
+
+_CONVERT = _converters(RUNS)
+_CONVERT_ENVIRONMENT = _converters(ENVIRONMENTS)
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "json": _from_json,
+    "json_or_null": _from_json,
+    "time": _from_datetime,
+}
+#: a stored run's column values as SQLAlchemy gives them back (None: as sqlite3 reads them)
+_READ = {name: _READERS.get(column.kind) for name, column in RUNS.items()}
 _NOT_ENDED = "state NOT IN ({})".format(", ".join(f"'{state}'" for state in TERMINAL))
 
 
@@ -76,14 +94,15 @@ class StateRow(NamedTuple):
     state: str
 
 
-def hot_rows(engine: sa.Engine) -> HotRows | None:
-    """The hot path for the engine's database, if it is a SQLite file."""
-    path = sqlite_file(engine.url.render_as_string(hide_password=False))
-    return HotRows(path, where(engine)) if path is not None else None
+def hot_rows(url: str, where: str) -> HotRows | None:
+    """The hot path for the database at ``url`` (``where``: as shown to people), if it is a
+    SQLite file."""
+    path = sqlite_file(url)
+    return HotRows(path, where) if path is not None else None
 
 
 class HotRows:
-    """The run row's writes on one SQLite file, on a connection of their own (thread-safe;
+    """A run's statements on one SQLite file, on a connection of their own (thread-safe;
     after a fork the child opens its own, never touching the parent's)."""
 
     def __init__(self, path: Path, where: str) -> None:
@@ -103,17 +122,76 @@ class HotRows:
             self._inherited.append(self._conn)
         conn = sqlite3.connect(
             str(self.path),
-            timeout=_BUSY_TIMEOUT_MS / 1000,
+            timeout=BUSY_TIMEOUT_MS / 1000,
             isolation_level=None,
             check_same_thread=False,
             cached_statements=64,
         )
-        conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
+        try:
+            configure(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def schema_version(self) -> str | None:
+        """The database's one schema version; ``None`` when it has none, several, or cannot
+        be read (a new or foreign file: the caller takes SQLAlchemy's path, which says why).
+        Opening the connection for it also sets the file up as RunStore's engine does."""
+        with self._lock:
+            try:
+                rows = self._connection().execute("SELECT version_num FROM alembic_version")
+                found = rows.fetchall()
+            except sqlite3.Error:
+                return None
+        return str(found[0][0]) if len(found) == 1 else None
+
+    def select_runs(self, condition: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """``SELECT * FROM runs WHERE condition``: each row's columns by name, with the values
+        SQLAlchemy's ``runs`` table gives back (JSON decoded, times as naive UTC datetimes)."""
+        with self._lock:
+            try:
+                cursor = self._connection().execute(f"SELECT * FROM runs WHERE {condition}", params)
+                names = [d[0] for d in cursor.description]
+                rows = cursor.fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"runs database {self.where}: {exc}") from exc
+        readers = [_READ.get(name) for name in names]
+        return [
+            {
+                name: value if read is None else read(value)
+                for name, read, value in zip(names, readers, row, strict=True)
+            }
+            for row in rows
+        ]
+
+    def save_environment(self, values: Mapping[str, Any]) -> None:
+        """Add a row to ``environments`` unless one has this ``hash`` (the write lock is only
+        taken when it is missing: once per environment, ever)."""
+        find = "SELECT 1 FROM environments WHERE hash = ?"
+        key = (values["hash"],)
+        with self._lock:
+            try:
+                conn = self._connection()
+                if conn.execute(find, key).fetchone() is not None:
+                    return
+            except sqlite3.Error as exc:
+                raise StoreError(f"runs database {self.where}: {exc}") from exc
+        values = {**values, "created_at": values["created_at"].astimezone(timezone.utc)}
+        names = ", ".join(values)
+        params = []
+        try:
+            for name, value in values.items():
+                convert = _CONVERT_ENVIRONMENT[name]
+                params.append(value if convert is None else convert(value))
+        except NotJson as exc:
+            raise StoreError(f"cannot store the value: {exc}") from exc
+        insert = f"INSERT INTO environments ({names}) VALUES ({', '.join('?' * len(values))})"
+        try:
+            self._write(insert, tuple(params), unless=(find, key))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"runs database {self.where}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
@@ -151,14 +229,23 @@ class HotRows:
         return self._write(sql, (*_bound(values), run_id), run_id=run_id)
 
     def _write(
-        self, sql: str, params: tuple[Any, ...], *, run_id: str | None = None
+        self,
+        sql: str,
+        params: tuple[Any, ...],
+        *,
+        run_id: str | None = None,
+        unless: tuple[str, tuple[Any, ...]] | None = None,
     ) -> tuple[bool, str | None]:
+        # unless: a query that, finding a row inside the transaction, cancels the write
         with self._lock:
             try:
                 conn = self._connection()
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    changed = conn.execute(sql, params).rowcount > 0
+                    if unless is not None and conn.execute(*unless).fetchone() is not None:
+                        changed = False
+                    else:
+                        changed = conn.execute(sql, params).rowcount > 0
                     state = None
                     if not changed and run_id is not None:
                         row = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,))

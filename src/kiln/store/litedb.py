@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
 
 #: keys per statement when looking up many at once (SQLite's variable limit is 32766)
 CHUNK = 500
-_BUSY_TIMEOUT_S = 30.0
+#: how long a SQLite statement waits for another process's write lock
+BUSY_TIMEOUT_MS = 30_000
+_BUSY_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000
 
 Params = Mapping[str, Any]
 
@@ -157,12 +160,58 @@ def chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + CHUNK]
 
 
+def configure(dbapi_connection: Any) -> None:
+    """The rules of every connection to a SQLite history (the SQLAlchemy engine's and the
+    ``sqlite3`` paths'): a busy timeout, WAL, ``synchronous=NORMAL``, foreign keys."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: the next may wait
+        use_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode unless it is already."""
+    import sqlite3
+
+    # WAL is a property of the file: set once, every later connection finds it. Switching needs
+    # an exclusive lock, and SQLite answers "database is locked" without calling the busy
+    # handler when processes open a brand-new database at once (5 of 320 such opens failed
+    # here), so the switch is retried until the busy timeout is spent.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if cursor.fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def sqlite_file(url: str) -> Path | None:
-    """The file behind a plain ``sqlite:///PATH`` URL (read-only URI forms excluded)."""
+    """The file behind a plain ``sqlite:///PATH`` URL (read-only URI forms excluded): the
+    path percent-decoded, as SQLAlchemy reads it (``a%40b`` is ``a@b``)."""
     prefix = "sqlite:///"
     if not url.startswith(prefix) or "?" in url or url[len(prefix) :].startswith("file:"):
         return None
-    return Path(url[len(prefix) :])
+    from urllib.parse import unquote
+
+    return Path(unquote(url[len(prefix) :]))
+
+
+def shown_url(url: str) -> str:
+    """A plain ``sqlite:///PATH`` URL as SQLAlchemy shows it (its path percent-encoded but
+    for spaces, ``+`` and ``/``): the same name in messages whichever path opened it."""
+    from urllib.parse import quote, unquote
+
+    prefix = "sqlite:///"
+    return prefix + quote(unquote(url[len(prefix) :]), safe=" +/")
 
 
 def schema_version(db_file: Path) -> str | None:

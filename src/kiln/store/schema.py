@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from kiln.store.columns import run_columns  # the hot paths' check, kept free of SQLAlchemy
 from kiln.store.version import SCHEMA_HEAD  # the newest migration (kept free of SQLAlchemy)
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "file_hashes",
     "metadata",
     "mlflow_exports",
+    "run_columns",
     "runs",
     "schedule_slots",
     "schedule_states",
@@ -116,18 +118,6 @@ runs = sa.Table(
     sa.Index("ix_runs_claimable", "created_at", "id"),
 )
 
-
-def run_columns(columns: tuple[str, ...]) -> tuple[str, ...]:
-    """``columns``, checked to be the runs table's (the hot paths build their statements from
-    them; ``column_values`` only gives the table's columns, so another name is a mistake in
-    Kiln)."""
-    unknown = [name for name in columns if name not in _RUN_COLUMNS]
-    if unknown:
-        raise ValueError(f"the runs table has no column {', '.join(unknown)}")
-    return columns
-
-
-_RUN_COLUMNS = frozenset(column.name for column in runs.c)
 
 # -- pipelines (migration 0003) ----------------------------------------------------------------
 

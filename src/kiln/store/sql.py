@@ -16,6 +16,11 @@ Processes and threads: connections are pooled (a small pool, checked before use 
 PostgreSQL); a store used in a forked child drops the inherited pool before its first query,
 never touching the parent's connections. Still, prefer opening the store after the fork, or
 call :meth:`RunStore.close` before forking.
+
+SQLAlchemy is imported when first needed: a SQLite file already at the schema's head is
+opened through ``sqlite3`` and a run's own statements stay there (:mod:`kiln.store.hotrow`),
+so a ``kiln run`` never loads it; any other query makes the engine on first use. A new,
+outdated, read-only or in-memory SQLite database, and PostgreSQL, open through SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -24,26 +29,19 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
-
-import sqlalchemy as sa
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kiln.errors import HomeNotFound, HomeNotWritable, RunNotFound, StoreError
-from kiln.store.engine import lock_path, make_engine
-from kiln.store.filters import notebook_filter, parameter_equals, tag_equals
-from kiln.store.hotrow import HotRows, StateRow, hot_rows
-from kiln.store.migrate import ensure_schema, problem, where
+from kiln.store.hotrow import HotRows, StateRow
+from kiln.store.opening import migrate_store, open_engine, open_lite
 from kiln.store.paths import check_run_id, database_url, default_home
-from kiln.store.pgrow import PgRows, pg_rows
-from kiln.store.process import current_owner, kill_leftover, pid_exists, same_process
-from kiln.store.queue import crash_and_retry
-from kiln.store.records import ACTIVE_STATES, TERMINAL_STATES, Run, RunState, changed_run
-from kiln.store.schema import runs
+from kiln.store.records import TERMINAL_STATES, Run, RunState, changed_run
 from kiln.store.values import (
     RUN_FIELDS,
     TERMINAL,
@@ -55,7 +53,13 @@ from kiln.store.values import (
     to_utc,
 )
 
-_ACTIVE_STATES = tuple(state.value for state in RunState if state in ACTIVE_STATES)
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from kiln.store.pgrow import PgRows
+
+__all__ = ["RunStore", "migrate_store"]
+
 _T = TypeVar("_T")
 _log = logging.getLogger("kiln.store")
 
@@ -65,12 +69,17 @@ PATIENCE = 120.0
 
 def _unreachable(exc: BaseException | None) -> bool:
     """The database could not be reached or the connection broke (not a refused statement)."""
+    import sqlalchemy as sa
+
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
 
 
-_NEWEST_FIRST = (runs.c.created_at.desc(), runs.c.id.desc())
+def _newest_first() -> tuple[sa.UnaryExpression[Any], ...]:
+    from kiln.store.schema import runs
+
+    return (runs.c.created_at.desc(), runs.c.id.desc())
 
 
 class RunStore:
@@ -125,31 +134,51 @@ class RunStore:
             self.url = f"sqlite:///file:{self.home / 'kiln.db'}?mode=ro&immutable=1&uri=true"
         else:
             self.url = f"sqlite:///{self.home / 'kiln.db'}"
-        self._engine = make_engine(self.url)
         self._pid = os.getpid()
+        #: SQLAlchemy's engine (:attr:`_engine`), made on first use when opened without it
+        self._alchemy: sa.Engine | None = None
+        self._engine_lock = threading.Lock()
         #: the run row's own writes (and PostgreSQL's claim), one round trip each
         self._hot: HotRows | PgRows | None = None
-        if not self.read_only:
-            self._hot = hot_rows(self._engine) or pg_rows(
-                self._live_engine, self._engine.dialect.name, self._where
-            )
         #: how long a run's write waits for an unreachable PostgreSQL server (seconds)
         self.patience = PATIENCE
-        try:
-            ensure_schema(self._engine, lock_path(self._engine, self.home), create=create)
-        except sa.exc.SQLAlchemyError as exc:
-            self._engine.dispose()
-            raise StoreError(
-                f"cannot open the runs database {self._where}: {problem(exc)}"
-            ) from exc
-        except BaseException:
-            self._engine.dispose()
-            raise
+        hot = None if self.read_only else open_lite(self.url)
+        if hot is not None:
+            self._hot, self._shown = hot, hot.where
+        else:
+            self._alchemy, self._shown, self._hot = open_engine(
+                self.url,
+                self.home,
+                create=create,
+                read_only=self.read_only,
+                live_engine=self._live_engine,
+            )
+
+    @property
+    def _engine(self) -> sa.Engine:
+        """SQLAlchemy's engine for the database, made (and SQLAlchemy imported) on first use
+        when the store opened without it."""
+        engine = self._alchemy
+        if engine is None:
+            with self._engine_lock:
+                if self._alchemy is None:
+                    from kiln.store.engine import make_engine
+
+                    self._alchemy = make_engine(self.url)
+                    self._pid = os.getpid()
+                engine = self._alchemy
+        return engine
+
+    @_engine.setter
+    def _engine(self, engine: sa.Engine) -> None:
+        self._alchemy = engine
 
     @property
     def backend(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
-        return str(self._engine.dialect.name)
+        if self._alchemy is None:  # opened without SQLAlchemy: only a SQLite file is
+            return "sqlite"
+        return str(self._alchemy.dialect.name)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -157,7 +186,8 @@ class RunStore:
         """Release database connections. Call before ``fork`` when the child won't use them."""
         if self._hot is not None:
             self._hot.close()
-        self._engine.dispose()
+        if self._alchemy is not None:
+            self._alchemy.dispose()
 
     def __enter__(self) -> RunStore:
         return self
@@ -206,6 +236,10 @@ class RunStore:
         return changed_run(run, **changed)
 
     def _insert(self, run_id: str, values: dict[str, Any]) -> None:
+        import sqlalchemy as sa
+
+        from kiln.store.schema import runs
+
         with self._write() as conn:
             try:
                 # parameters, not .values(): one cached compiled INSERT for every run
@@ -230,12 +264,16 @@ class RunStore:
         if not values:
             self.get_run_exact(run_id)
             return
-        statement = _update(tuple(values), only_active="state" in values)
 
         def write() -> Any:  # the run's state, or None when it was written
             if self._hot is not None:
                 done, state = self._hot.update(run_id, values, only_active="state" in values)
                 return None if done else (False if state is None else StateRow(state))
+            import sqlalchemy as sa
+
+            from kiln.store.schema import runs
+
+            statement = _update(tuple(values), only_active="state" in values)
             with self._write() as conn:
                 if conn.execute(statement, {**_bound(values), "_run_id": run_id}).rowcount:
                     return None
@@ -307,6 +345,10 @@ class RunStore:
             if not ended and state is None:
                 raise RunNotFound(f"no run {run_id!r} in {self._where}")
             return ended
+        import sqlalchemy as sa
+
+        from kiln.store.schema import runs
+
         with self._write() as conn:
             if only_if:  # recovery, rare: a statement of its own
                 where = sa.and_(runs.c.id == run_id, runs.c.state.not_in(TERMINAL), *only_if)
@@ -325,6 +367,8 @@ class RunStore:
 
     def get_run_exact(self, run_id: str) -> Run:
         """The run with exactly this id (no prefixes, no ``last``)."""
+        from kiln.store.schema import runs
+
         with self._read() as conn:
             row = conn.execute(runs.select().where(runs.c.id == run_id)).first()
         if row is None:
@@ -336,9 +380,13 @@ class RunStore:
         key = run_id_or_prefix.strip()
         if not key:
             raise RunNotFound("no run id given")
+        import sqlalchemy as sa
+
+        from kiln.store.schema import runs
+
         with self._read() as conn:
             if key == "last":
-                row = conn.execute(runs.select().order_by(*_NEWEST_FIRST).limit(1)).first()
+                row = conn.execute(runs.select().order_by(*_newest_first()).limit(1)).first()
                 if row is None:
                     raise RunNotFound(f"no run 'last': no runs are recorded in {self._where}")
                 return row_to_run(row)
@@ -380,6 +428,9 @@ class RunStore:
         whose parameters hold these values (JSON equality), ``tags`` runs with these tags;
         ``limit=None`` is all.
         """
+        from kiln.store.filters import notebook_filter, parameter_equals, tag_equals
+        from kiln.store.schema import runs
+
         query = runs.select()
         if notebook is not None:
             query = query.where(notebook_filter(notebook))
@@ -394,7 +445,7 @@ class RunStore:
             query = query.where(parameter_equals(name, value, self.backend))
         for key, text in (tags or {}).items():
             query = query.where(tag_equals(key, str(text), self.backend))
-        query = query.order_by(*_NEWEST_FIRST)
+        query = query.order_by(*_newest_first())
         if limit is not None:
             if limit < 0:
                 raise ValueError(f"limit must be >= 0 or None, not {limit}")
@@ -405,6 +456,8 @@ class RunStore:
     def delete_run(self, run_id: str) -> Run:
         """Remove a finished run: its row, then its folder (and the output notebook it wrote
         there). A queued or running run cannot be removed (``StoreError``)."""
+        from kiln.store.schema import runs
+
         run = self.get_run_exact(run_id)
         with self._write() as conn:
             deleted = conn.execute(
@@ -441,49 +494,15 @@ class RunStore:
         """
         if self.read_only:
             return []  # nothing can be marked; the next writable open will
-        me, host, _ = current_owner()
-        query = runs.select().where(
-            runs.c.state.in_(_ACTIVE_STATES),
-            runs.c.owner_host == host,
-            runs.c.owner_pid.is_not(None),
-        )
-        with self._read() as conn:
-            candidates = [row_to_run(row) for row in conn.execute(query)]
-        recovered: list[Run] = []
-        for run in candidates:
-            if run.owner_pid is None or same_process(run.owner_pid, run.owner_started) is not False:
-                continue
-            reason = (
-                f"Kiln process {run.owner_pid} on host {host} exited while the run was {run.state}"
-            )
-            if pid_exists(run.owner_pid):
-                reason += f"; pid {run.owner_pid} now belongs to another process"
-            reason += f" (found by pid {me})"
-            # Only if nothing moved meanwhile: the run may have finished, been recovered by
-            # another process, or been claimed by a live worker since it was read. A queued
-            # run whose policy allows it is retried (a new row), in the same transaction.
-            same_owner = (runs.c.owner_pid == run.owner_pid, runs.c.owner_host == host)
-            try:
-                if crash_and_retry(self, run, reason, *same_owner) is None:
-                    continue
-            except StoreError:
-                # the history cannot be written now (a full disk): it stays readable, and the
-                # next command that can write marks the run
-                return recovered
-            if run.kernel_pid is not None:
-                done = kill_leftover(
-                    run.kernel_pid, started=run.kernel_started, not_before=run.owner_started
-                )
-                if done is not None:
-                    self.update_run(run.id, reason=f"{reason}; {done}")
-            recovered.append(self.get_run_exact(run.id))
-        return recovered
+        from kiln.store.recovery import recover_orphans
+
+        return recover_orphans(self)
 
     # -- plumbing --------------------------------------------------------------------------
 
     @property
     def _where(self) -> str:
-        return where(self._engine)
+        return self._shown
 
     def _live_engine(self) -> sa.Engine:
         if os.getpid() != self._pid:
@@ -495,6 +514,10 @@ class RunStore:
     @contextlib.contextmanager
     def _write(self) -> Iterator[sa.Connection]:
         """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on success."""
+        import sqlalchemy as sa
+
+        from kiln.store.migrate import problem
+
         try:
             with self._live_engine().begin() as conn:
                 yield conn
@@ -513,6 +536,10 @@ class RunStore:
         On PostgreSQL, autocommit: each statement took a snapshot of its own under READ
         COMMITTED anyway; this saves ``BEGIN`` and ``ROLLBACK`` (two round trips, and psycopg
         drops its prepared statements at a ``ROLLBACK``)."""
+        import sqlalchemy as sa
+
+        from kiln.store.migrate import problem
+
         try:
             with self._live_engine().connect() as conn:
                 conn.execution_options(kiln_read_only=True)
@@ -523,36 +550,15 @@ class RunStore:
             raise StoreError(f"runs database {self._where}: {problem(exc)}") from exc
 
 
-def migrate_store(
-    home: Path | str | None = None, *, url: str | None = None
-) -> tuple[str, set[str], set[str]]:
-    """Upgrade the runs database to this Kiln's schema, on purpose (``kiln store migrate``):
-    returns the database (as shown to people) and its schema versions before and after."""
-    from kiln.store.migrate import upgrade, where
-
-    folder = (Path(home).expanduser() if home is not None else default_home()).absolute()
-    url = url or database_url()
-    if url is None:
-        try:
-            (folder / "runs").mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the Kiln home folder {folder}: {exc}") from exc
-        url = f"sqlite:///{folder / 'kiln.db'}"
-    engine = make_engine(url)
-    try:
-        before, after = upgrade(engine, lock_path(engine, folder))
-    except sa.exc.SQLAlchemyError as exc:
-        raise StoreError(f"cannot open the runs database {where(engine)}: {problem(exc)}") from exc
-    finally:
-        engine.dispose()
-    return where(engine), before, after
-
-
 @functools.lru_cache(maxsize=64)
 def _update(columns: tuple[str, ...], *, only_active: bool) -> sa.Update:
     """``UPDATE runs SET <columns> WHERE id = :_run_id [AND state is not terminal]``, built
     once per set of columns: SQLAlchemy then reuses its compiled form (a run's writes cost
     the database's time, not the statement building's, about a third as much)."""
+    import sqlalchemy as sa
+
+    from kiln.store.schema import runs
+
     where = runs.c.id == sa.bindparam("_run_id")
     if only_active:
         where = where & runs.c.state.not_in(TERMINAL)

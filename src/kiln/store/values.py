@@ -4,7 +4,8 @@ Datetimes are aware UTC in and out (a naive one is taken to be UTC). JSON is wri
 :func:`dumps`, which gives every backend text it stores as it is: PostgreSQL's ``json`` and
 ``text`` cannot hold NaN or NUL, so no backend gets them (NaN becomes ``"nan"``, as
 ``kiln.record`` stores it; NUL becomes U+FFFD). Bounded text columns refuse longer values
-everywhere, not only where the database would.
+everywhere, not only where the database would. No SQLAlchemy here: a run on a SQLite history
+writes its row through ``sqlite3`` (:mod:`kiln.store.hotrow`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from collections.abc import Mapping
 from dataclasses import fields
 from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
+from kiln.store.columns import RUNS
 from kiln.store.records import STATES, TERMINAL_STATES, Record, Run, RunState
-from kiln.store.schema import runs
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 _DATETIME_FIELDS = frozenset(
     {"created_at", "started_at", "ended_at", "lease_expires", "cancel_requested"}
@@ -34,11 +36,7 @@ TERMINAL = tuple(state.value for state in RunState if state in TERMINAL_STATES)
 _REQUIRED = frozenset({"notebook_path", "notebook_sha256", "state", "created_at"})
 #: bounded text columns: a longer value is refused on every backend (PostgreSQL would refuse
 #: it, SQLite would keep it), so both hold the same values
-_MAX_LENGTH = {
-    column.name: column.type.length
-    for column in runs.columns
-    if isinstance(column.type, sa.String) and column.type.length
-}
+_MAX_LENGTH = {name: column.length for name, column in RUNS.items() if column.length}
 
 
 def now() -> datetime:

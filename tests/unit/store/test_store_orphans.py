@@ -261,7 +261,7 @@ def test_a_run_claimed_by_a_live_worker_meanwhile_is_not_crashed(
     dead_owner: tuple[int, float | None],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from kiln.store import sql
+    from kiln.store import recovery
 
     pid, started = dead_owner
     run = make_run(state="queued", owner_pid=pid, owner_host=HOST, owner_started=started)
@@ -273,7 +273,7 @@ def test_a_run_claimed_by_a_live_worker_meanwhile_is_not_crashed(
         store.update_run(run.id, state="running", owner_pid=me, owner_started=my_start)
         return judge(owner_pid, owner_started)
 
-    monkeypatch.setattr(sql, "same_process", claimed_then_judged)
+    monkeypatch.setattr(recovery, "same_process", claimed_then_judged)
     assert store.recover_orphans() == []
     got = store.get_run(run.id)
     assert (got.state, got.owner_pid, got.reason) == ("running", os.getpid(), None)

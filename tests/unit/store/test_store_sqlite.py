@@ -152,29 +152,29 @@ class _LockedCursor:
 
 
 def test_the_wal_switch_is_retried_while_the_new_database_is_locked() -> None:
-    from kiln.store.engine import _use_wal
+    from kiln.store.litedb import use_wal
 
     cursor = _LockedCursor(refusals=3)
-    _use_wal(cursor)
+    use_wal(cursor)
     assert cursor.mode == "wal"
     assert cursor.statements.count("PRAGMA journal_mode=WAL") == 4
 
 
 def test_a_database_already_in_wal_is_not_switched_again() -> None:
-    from kiln.store.engine import _use_wal
+    from kiln.store.litedb import use_wal
 
     cursor = _LockedCursor(refusals=0)
     cursor.mode = "wal"
-    _use_wal(cursor)
+    use_wal(cursor)
     assert cursor.statements == ["PRAGMA journal_mode"]
 
 
 def test_other_errors_of_the_wal_switch_are_not_retried() -> None:
-    from kiln.store.engine import _use_wal
+    from kiln.store.litedb import use_wal
 
     class Broken(_LockedCursor):
         def execute(self, sql: str) -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
     with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
-        _use_wal(Broken(refusals=0))
+        use_wal(Broken(refusals=0))
