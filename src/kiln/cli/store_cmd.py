@@ -69,11 +69,12 @@ def handle_copy(args: argparse.Namespace) -> int:
 
     from kiln.store import default_home
     from kiln.store.copy import TableCopy, copy_history
+    from kiln.store.litedb import sqlite_url
     from kiln.store.paths import database_url
 
     source = args.source or database_url()
     if source is None:
-        source = f"sqlite:///{default_home() / 'kiln.db'}"
+        source = sqlite_url(default_home() / "kiln.db")
 
     def shown(table: TableCopy) -> None:
         if args.quiet or args.json:

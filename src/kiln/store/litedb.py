@@ -194,6 +194,24 @@ def use_wal(cursor: Any) -> None:
             time.sleep(0.005)
 
 
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """``sqlite:///PATH`` naming the database file at ``path``: the characters a URL would
+    read as an escape or the start of its query (``%``, ``?``, ``#``) are percent-encoded, so
+    a home named ``a%40b`` is not opened as ``a@b``."""
+    return "sqlite:///" + _escaped(os.fspath(path))
+
+
+def sqlite_read_only_url(path: str | os.PathLike[str]) -> str:
+    """A URL that reads the database file at ``path`` as it is (``immutable``: no ``-wal`` or
+    ``-shm`` made beside it, for a read-only folder). SQLite reads the ``file:`` part as a URI
+    of its own, so the path is escaped for it, then for the URL."""
+    return f"sqlite:///file:{_escaped(_escaped(os.fspath(path)))}?mode=ro&immutable=1&uri=true"
+
+
+def _escaped(text: str) -> str:
+    return text.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
+
+
 def sqlite_file(url: str) -> Path | None:
     """The file behind a plain ``sqlite:///PATH`` URL (read-only URI forms excluded): the
     path percent-decoded, as SQLAlchemy reads it (``a%40b`` is ``a@b``)."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from kiln.errors import StoreError
 from kiln.store.hotrow import HotRows, hot_rows
-from kiln.store.litedb import shown_url, sqlite_file
+from kiln.store.litedb import shown_url, sqlite_file, sqlite_url
 from kiln.store.paths import database_url, default_home
 from kiln.store.version import SCHEMA_HEAD
 
@@ -94,7 +94,7 @@ def migrate_store(
             (folder / "runs").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the Kiln home folder {folder}: {exc}") from exc
-        url = f"sqlite:///{folder / 'kiln.db'}"
+        url = sqlite_url(folder / "kiln.db")
     engine = make_engine(url)
     try:
         before, after = upgrade(engine, lock_path(engine, folder))

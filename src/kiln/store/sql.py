@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from kiln.errors import HomeNotFound, HomeNotWritable, RunNotFound, StoreError
 from kiln.store.hotrow import HotRows, StateRow
+from kiln.store.litedb import sqlite_read_only_url, sqlite_url
 from kiln.store.opening import migrate_store, open_engine, open_lite
 from kiln.store.paths import check_run_id, database_url, default_home
 from kiln.store.records import TERMINAL_STATES, Run, RunState, changed_run
@@ -131,9 +132,9 @@ class RunStore:
         if url is not None:
             self.url = url
         elif self.read_only:  # no -wal/-shm can be made: read the file as it is
-            self.url = f"sqlite:///file:{self.home / 'kiln.db'}?mode=ro&immutable=1&uri=true"
+            self.url = sqlite_read_only_url(self.home / "kiln.db")
         else:
-            self.url = f"sqlite:///{self.home / 'kiln.db'}"
+            self.url = sqlite_url(self.home / "kiln.db")
         self._pid = os.getpid()
         #: SQLAlchemy's engine (:attr:`_engine`), made on first use when opened without it
         self._alchemy: sa.Engine | None = None

@@ -26,6 +26,7 @@ from kiln.store import Run, RunStore
 from kiln.store.columns import ENVIRONMENTS, RUNS, Column
 from kiln.store.environments import _stored, get_environments, save_environment
 from kiln.store.hotrow import HotRows
+from kiln.store.litedb import sqlite_read_only_url, sqlite_url
 from kiln.store.recovery import owned_here
 from kiln.store.schema import SCHEMA_HEAD, environments, runs
 
@@ -109,14 +110,16 @@ def _shown(home: Path) -> str:
     from kiln.store.engine import make_engine
     from kiln.store.migrate import where
 
-    engine = make_engine(f"sqlite:///{home / 'kiln.db'}")
+    engine = make_engine(sqlite_url(home / "kiln.db"))
     try:
         return where(engine)
     finally:
         engine.dispose()
 
 
-@pytest.mark.parametrize("name", ["plain", "with space", "a@b:c", "100%", "x#y", "ünï"])
+@pytest.mark.parametrize(
+    "name", ["plain", "with space", "a@b:c", "100%", "a%40b", "q?x", "x#y", "ünï"]
+)
 def test_the_database_is_named_as_sqlalchemy_names_it(tmp_path: Path, name: str) -> None:
     # and the hot path opens the file SQLAlchemy opens: it once opened the URL's
     # percent-encoded path (a home named a@b could record no run)
@@ -295,3 +298,21 @@ def test_the_environment_row_is_what_sqlalchemy_writes(home: Path) -> None:
     assert lite == alchemy
     assert back[theirs.hash] == theirs
     assert back[ours.hash] == ours  # NUL stored as U+FFFD, like every JSON value
+
+
+@pytest.mark.parametrize("name", ["plain", "a%40b", "q?x=1", "x#y", "50%"])
+def test_a_history_read_as_it_is_is_the_one_in_the_home(tmp_path: Path, name: str) -> None:
+    # the URL of a read-only home (SQLite's own URI inside SQLAlchemy's) names that very file
+    import sqlalchemy as sa
+
+    home = tmp_path / name / ".kiln"
+    with RunStore(home) as store:
+        store.create_run(Run(id="r1", notebook_path="a.ipynb", notebook_sha256="x",
+                             state="queued"))  # fmt: skip
+    engine = sa.create_engine(sqlite_read_only_url(home / "kiln.db"))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT id FROM runs")).scalars().all() == ["r1"]
+    finally:
+        engine.dispose()
+    assert [p.name for p in tmp_path.iterdir()] == [name]  # nothing made under another name
