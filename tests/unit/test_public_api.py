@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import kiln
 import kiln.errors
@@ -36,9 +37,9 @@ def test_import_kiln_is_light():
 SERVER_PACKAGES = ("fastapi", "starlette", "uvicorn", "argon2", "prometheus_client", "nbconvert")
 
 
-def test_the_cli_and_kiln_run_load_nothing_of_the_server(tmp_path):
-    # the server's packages are an extra: `kiln run` (and every command's parser, which
-    # includes kiln serve's) must work, and stay fast, without them
+def _loaded_by_a_run(tmp_path: Path, modules: tuple[str, ...], **env: str) -> list[str]:
+    """Which of ``modules`` a ``kiln run --prepare-only`` of a one-cell notebook (outside any
+    project) loads, in a fresh interpreter."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
 
@@ -48,39 +49,28 @@ def test_the_cli_and_kiln_run_load_nothing_of_the_server(tmp_path):
         "import sys\n"
         "from kiln.cli.main import run_main\n"
         f"code = run_main(['run', {str(nb)!r}, '--prepare-only', '-q'])\n"
-        f"heavy = [m for m in {SERVER_PACKAGES!r} if m in sys.modules]\n"
-        "print(code, ','.join(heavy))"
+        "assert code == 0, code\n"
+        f"print(' '.join(m for m in {modules!r} if m in sys.modules))"
     )
-    env = {**os.environ, "KILN_HOME": str(tmp_path / "home")}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
-    )
-    assert out.stdout.split() == ["0"], out.stdout + out.stderr
-
-
-def test_a_run_outside_any_project_reads_no_project_file_code(tmp_path):
-    # no kiln.yaml above the notebook: the environment's KILN_* settings are the defaults, and
-    # the project file's parser and sections (~15 ms to import) stay unloaded
-    import nbformat
-    from nbformat.v4 import new_code_cell, new_notebook
-
-    nb = tmp_path / "nb.ipynb"
-    nbformat.write(new_notebook(cells=[new_code_cell("x = 1")]), nb)
-    code = (
-        "import sys\n"
-        "from kiln.cli.main import run_main\n"
-        f"code = run_main(['run', {str(nb)!r}, '--prepare-only', '-q'])\n"
-        "loaded = [m for m in ('kiln.project.file', 'kiln.project.sections', 'yaml')"
-        " if m in sys.modules]\n"
-        "print(code, ','.join(loaded))"
-    )
-    env = {**os.environ, "KILN_HOME": str(tmp_path / "home"), "KILN_TIMEOUT": "5m"}
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
-        env=env,
+        env={**os.environ, "KILN_HOME": str(tmp_path / "home"), **env},
         cwd=tmp_path,
     )
-    assert out.stdout.split() == ["0"], out.stdout + out.stderr
+    return out.stdout.split()
+
+
+def test_the_cli_and_kiln_run_load_nothing_of_the_server(tmp_path):
+    # the server's packages are an extra: `kiln run` (and every command's parser, which
+    # includes kiln serve's) must work, and stay fast, without them
+    assert _loaded_by_a_run(tmp_path, SERVER_PACKAGES) == []
+
+
+def test_a_run_outside_any_project_reads_no_project_file_code(tmp_path):
+    # no kiln.yaml above the notebook: the environment's KILN_* settings are the defaults, and
+    # the project file's parser and sections (~15 ms to import) stay unloaded
+    modules = ("kiln.project.file", "kiln.project.sections", "yaml")
+    assert _loaded_by_a_run(tmp_path, modules, KILN_TIMEOUT="5m") == []

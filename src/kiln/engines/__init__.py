@@ -21,32 +21,6 @@ if TYPE_CHECKING:
         KernelReady,
     )
 
-#: names loaded from :mod:`kiln.engines.base` on first use: the fork engine's warm parent
-#: imports this package (for its own modules) and needs none of them, nor what they import
-_FROM_BASE = frozenset(
-    {
-        "CellFinished",
-        "CellOutput",
-        "CellStarted",
-        "Engine",
-        "EngineSession",
-        "EngineSwitched",
-        "Event",
-        "ExecuteOptions",
-        "ExecutionOutcome",
-        "KernelReady",
-    }
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _FROM_BASE:
-        from kiln.engines import base
-
-        return getattr(base, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "ENGINES",
     "CellFinished",
@@ -64,6 +38,18 @@ __all__ = [
     "get_engine",
     "may_fork",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the public names not defined here are kiln.engines.base's, loaded on first use: the
+    # fork engine's warm parent imports this package (for its own modules) and needs none of
+    # them, nor what they import
+    if name in __all__:
+        from kiln.engines import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: engine name -> "module:Class"; data, not an import-time registry
 ENGINES = {

@@ -180,16 +180,10 @@ class HotRows:
                 raise StoreError(f"runs database {self.where}: {exc}") from exc
         values = {**values, "created_at": values["created_at"].astimezone(timezone.utc)}
         names = ", ".join(values)
-        params = []
-        try:
-            for name, value in values.items():
-                convert = _CONVERT_ENVIRONMENT[name]
-                params.append(value if convert is None else convert(value))
-        except NotJson as exc:
-            raise StoreError(f"cannot store the value: {exc}") from exc
+        params = _bound(values, _CONVERT_ENVIRONMENT)
         insert = f"INSERT INTO environments ({names}) VALUES ({', '.join('?' * len(values))})"
         try:
-            self._write(insert, tuple(params), unless=(find, key))
+            self._write(insert, params, unless=(find, key))
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"runs database {self.where}: {exc}") from exc
 
@@ -265,11 +259,12 @@ class HotRows:
         return changed, state
 
 
-def _bound(values: Mapping[str, Any]) -> tuple[Any, ...]:
+def _bound(values: Mapping[str, Any], converters: Mapping[str, Any] = _CONVERT) -> tuple[Any, ...]:
+    """A row's values as ``sqlite3`` parameters, each through its column's converter."""
     out = []
     try:
         for name, value in values.items():
-            convert = _CONVERT[name]
+            convert = converters[name]
             out.append(value if convert is None else convert(value))
     except NotJson as exc:
         raise StoreError(f"cannot store the value: {exc}") from exc
