@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from kiln.errors import StoreError
 from kiln.store.columns import ENVIRONMENTS, RUNS, Column, run_columns
-from kiln.store.litedb import BUSY_TIMEOUT_MS, configure, sqlite_file
+from kiln.store.litedb import BUSY_TIMEOUT_MS, configure, sqlite_file, version_of
 from kiln.store.values import TERMINAL, NotJson, dumps
 
 
@@ -141,11 +141,10 @@ class HotRows:
         Opening the connection for it also sets the file up as RunStore's engine does."""
         with self._lock:
             try:
-                rows = self._connection().execute("SELECT version_num FROM alembic_version")
-                found = rows.fetchall()
+                conn = self._connection()
             except sqlite3.Error:
                 return None
-        return str(found[0][0]) if len(found) == 1 else None
+            return version_of(conn)
 
     def select_runs(self, condition: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         """``SELECT * FROM runs WHERE condition``: each row's columns by name, with the values

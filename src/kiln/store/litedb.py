@@ -181,7 +181,7 @@ def use_wal(cursor: Any) -> None:
     # an exclusive lock, and SQLite answers "database is locked" without calling the busy
     # handler when processes open a brand-new database at once (5 of 320 such opens failed
     # here), so the switch is retried until the busy timeout is spent.
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
     while True:
         try:
             cursor.execute("PRAGMA journal_mode")
@@ -233,6 +233,8 @@ def shown_url(url: str) -> str:
 
 
 def schema_version(db_file: Path) -> str | None:
+    """The schema version of the database file ``db_file``, read on a read-only connection
+    of its own (see :func:`version_of`)."""
     import sqlite3
 
     try:
@@ -240,9 +242,18 @@ def schema_version(db_file: Path) -> str | None:
     except sqlite3.Error:
         return None
     try:
+        return version_of(conn)
+    finally:
+        conn.close()
+
+
+def version_of(conn: Any) -> str | None:
+    """The database's one schema version (``alembic_version``); ``None`` when it has none,
+    several, or cannot be read (a new or foreign file)."""
+    import sqlite3
+
+    try:
         rows = conn.execute("SELECT version_num FROM alembic_version").fetchall()
     except sqlite3.Error:
         return None
-    finally:
-        conn.close()
     return str(rows[0][0]) if len(rows) == 1 else None

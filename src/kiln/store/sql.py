@@ -145,9 +145,9 @@ class RunStore:
         self.patience = PATIENCE
         hot = None if self.read_only else open_lite(self.url)
         if hot is not None:
-            self._hot, self._shown = hot, hot.where
+            self._hot, self._where = hot, hot.where
         else:
-            self._alchemy, self._shown, self._hot = open_engine(
+            self._alchemy, self._where, self._hot = open_engine(
                 self.url,
                 self.home,
                 create=create,
@@ -500,10 +500,6 @@ class RunStore:
         return recover_orphans(self)
 
     # -- plumbing --------------------------------------------------------------------------
-
-    @property
-    def _where(self) -> str:
-        return self._shown
 
     def _live_engine(self) -> sa.Engine:
         if os.getpid() != self._pid:
