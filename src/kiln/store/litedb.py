@@ -238,7 +238,9 @@ def schema_version(db_file: Path) -> str | None:
     import sqlite3
 
     try:
-        conn = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+        conn = sqlite3.connect(
+            f"file:{_escaped(os.fspath(db_file))}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S
+        )
     except sqlite3.Error:
         return None
     try:

@@ -316,3 +316,15 @@ def test_a_history_read_as_it_is_is_the_one_in_the_home(tmp_path: Path, name: st
     finally:
         engine.dispose()
     assert [p.name for p in tmp_path.iterdir()] == [name]  # nothing made under another name
+
+
+@pytest.mark.parametrize("name", ["plain", "a%40b", "q?x=1", "x#y"])
+def test_the_read_only_look_at_the_version_opens_the_file_in_the_home(
+    tmp_path: Path, name: str
+) -> None:
+    # what `kiln build` checks before taking its sqlite3 path: SQLite's URI decodes escapes
+    from kiln.store.litedb import schema_version
+
+    home = tmp_path / name / ".kiln"
+    RunStore(home).close()
+    assert schema_version(home / "kiln.db") == SCHEMA_HEAD
