@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -204,11 +205,14 @@ class Runner:
         it idle until the engines close."""
         from kiln.engines import may_fork
 
-        if (
-            self._engine is not None
-            or "fork" in self._engines
-            or not may_fork(request.engine, prepare_only=request.prepare_only)
-        ):
+        if self._engine is None and may_fork(request.engine, prepare_only=request.prepare_only):
+            self._launch_warm_parent()
+
+    def _launch_warm_parent(self) -> None:
+        """On a runner's first run, start the fork engine's warm parent before the request is
+        prepared: its start then overlaps reading the notebook, the kernel spec lookup and
+        opening the history instead of following them."""
+        if "fork" in self._engines or not sys.platform.startswith("linux"):
             return
         from kiln.engines.fork import ForkEngine
 
