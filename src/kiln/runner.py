@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -212,7 +211,7 @@ class Runner:
         """On a runner's first run, start the fork engine's warm parent before the request is
         prepared: its start then overlaps reading the notebook, the kernel spec lookup and
         opening the history instead of following them."""
-        if "fork" in self._engines or not sys.platform.startswith("linux"):
+        if "fork" in self._engines:
             return
         from kiln.engines.fork import ForkEngine
 
