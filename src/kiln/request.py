@@ -134,15 +134,15 @@ class RunRequest(RunOptions):
         if defaults is None:
             from kiln.project import find_project_file
 
-            start = path.parent if source is None else Path.cwd()
-            if find_project_file(start) is None:  # the environment's alone (no file to read)
+            found = find_project_file(path.parent if source is None else Path.cwd())
+            if found is None:  # the environment's alone (no file to read)
                 from kiln.options import environment_defaults
 
                 defaults = environment_defaults(os.environ)
             else:
-                from kiln.project import load_project, run_defaults
+                from kiln.project.file import project_at, run_defaults
 
-                defaults = run_defaults(load_project(start))
+                defaults = run_defaults(project_at(found))
         values = dict(defaults)
         given = make_options(options)
         if given.get("tags") is not None or values.get("tags") is not None:
