@@ -65,19 +65,21 @@ def may_fork(engine: str, *, prepare_only: bool = False) -> bool:
     return engine in ("fork", "auto") and not prepare_only and sys.platform.startswith("linux")
 
 
+def _unknown_engine(name: str) -> Exception:
+    from kiln.errors import UsageError
+    from kiln.options import ENGINE_CHOICES
+
+    return UsageError(f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_CHOICES)}")
+
+
 def get_engine(name: str) -> Engine:
     """Instantiate an engine by name (imports it on first use)."""
     import importlib
 
-    from kiln.errors import UsageError
-    from kiln.options import ENGINE_CHOICES
-
     try:
         target = ENGINES[name]
     except KeyError:
-        raise UsageError(
-            f"unknown engine {name!r}; choose one of: {', '.join(ENGINE_CHOICES)}"
-        ) from None
+        raise _unknown_engine(name) from None
     module, _, cls = target.partition(":")
     engine: Engine = getattr(importlib.import_module(module), cls)()
     return engine
@@ -124,13 +126,10 @@ def choose_engine(
     memory_limit: int | None = None,
 ) -> tuple[str, str | None]:
     """The engine for a run, and a one-line notice when ``auto`` falls back to the kernel."""
-    from kiln.errors import UsageError
-    from kiln.options import ENGINE_CHOICES, OptionError
+    from kiln.options import OptionError
 
     if requested not in ENGINES and requested != "auto":
-        raise UsageError(
-            f"unknown engine {requested!r}; choose one of: {', '.join(ENGINE_CHOICES)}"
-        )
+        raise _unknown_engine(requested)
     if requested in ("kernel", "fake"):
         if memory_limit and requested == "kernel":
             raise OptionError("memory_limit", "a memory limit needs the fork engine (fork or auto)")
