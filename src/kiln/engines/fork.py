@@ -279,7 +279,12 @@ class ForkSession:
         deadline = self.options.deadline
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            await asyncio.wait_for(asyncio.shield(self._starting), left)
+            if not self._starting.done():
+                if left is None:  # nothing to time out: cancelling the run cancels the fork
+                    await self._starting
+                else:
+                    await asyncio.wait_for(asyncio.shield(self._starting), left)
+            self._starting.result()
         except asyncio.TimeoutError:
             return ExecutionOutcome(
                 "timeout", outcomes.run_timed_out(during=self._during()), timeout_kind="run"

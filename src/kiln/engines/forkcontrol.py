@@ -247,7 +247,9 @@ class ForkServer:
         if self._watch is None:
             self._watch = loop.call_later(_WATCH_EVERY, self._check)
         socket.send_fds(self.ctl, [proto.encode(msg)], fds or [])
-        return await asyncio.shield(answer)
+        # awaited directly: a cancelled wait cancels ``answer``, which the reader then skips
+        # (a shield would cost the loop two more callbacks per request)
+        return await answer
 
     async def preload(self, modules: list[str], cwd: str, *, safe_path: bool) -> Preloaded:
         """Pre-import ``modules`` as a run in ``cwd`` resolves them (see
