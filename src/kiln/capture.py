@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiln.provenance import Environment, environment_of, git_state, hash_file
+from kiln.provenance import Environment, environment_of, git_fingerprint, git_state, hash_file
 from kiln.recording import ARTIFACTS_FOLDER, tracking_from_output
 
 if TYPE_CHECKING:
@@ -29,6 +30,16 @@ if TYPE_CHECKING:
 
 #: how long the end of a run waits for its capture before recording the run without it
 CAPTURE_WAIT = 10.0
+#: seconds a run reuses what the last run of the same notebook, history and Python found
+#: out with ``stat`` calls (the environment unchanged, where the repository and the project
+#: file are, no declared inputs): back-to-back runs (a sweep, an endpoint's calls) skip those
+#: ~15 calls. A commit, or a change of the index, is still seen at once (two ``stat`` calls).
+KNOWN_TTL = 1.0
+#: what :meth:`RunCapture.known` found, by run: (when, environment, repository root and its
+#: fingerprint then, the run's context)
+_recent: dict[tuple[Any, ...], tuple[float, Environment, str | None, Any, dict[str, Any]]] = {}
+#: entries kept at most (a server with many notebooks): all are dropped past it
+_RECENT_MAX = 256
 
 
 class RunCapture:
@@ -68,9 +79,19 @@ class RunCapture:
         prepared, request = self.prepared, self.prepared.request
         if request.mlflow_uri and not request.prepare_only:
             return None  # the export's mark is a write
-        env = known_environment(
-            _kernel_executable(prepared, self.engine_name), language=prepared.language
-        )
+        executable = _kernel_executable(prepared, self.engine_name)
+        key = (executable, prepared.language, request.notebook_label, request.run_cwd)
+        key += (self.store.url, str(self.store.home))
+        now = time.monotonic()
+        recent = _recent.get(key)
+        if (
+            recent is not None
+            and now - recent[0] < KNOWN_TTL
+            and (recent[2] is None or git_fingerprint(recent[2]) == recent[3])
+        ):
+            self.environment = recent[1]
+            return dict(recent[4])
+        env = known_environment(executable, language=prepared.language)
         if env is None or not environment_saved(self.store, env):
             return None
         folder = _notebook_folder(request)
@@ -78,11 +99,16 @@ class RunCapture:
         if not known or _declared_inputs(request, folder):
             return None
         self.environment = env
-        return {
+        found = {
             "environment_hash": env.hash,
             "git": state.to_json() if state is not None else None,
             "inputs": [],
         }
+        root = state.root if state is not None else None
+        if len(_recent) >= _RECENT_MAX:
+            _recent.clear()
+        _recent[key] = (now, env, root, git_fingerprint(root) if root else None, found)
+        return dict(found)
 
     def _lookup(self) -> dict[str, Any]:
         from kiln.store.environments import save_environment

@@ -44,6 +44,7 @@ __all__ = [
     "InputFile",
     "current_environment",
     "environment_of",
+    "git_fingerprint",
     "git_state",
     "hash_file",
     "known_environment",
@@ -434,7 +435,7 @@ def git_state(
     skip = _relative(exclude, root) if exclude is not None else None
     key = (str(root), skip)
     clock = time.monotonic() if now is None else now
-    fingerprint = _git_fingerprint(str(root))
+    fingerprint = git_fingerprint(str(root))
     cached = _git_cache.get(key)
     if cached is not None and cached[0] == fingerprint and clock - cached[1] < GIT_TTL:
         return cached[2]
@@ -455,7 +456,7 @@ def known_git_state(
     cached = _git_cache.get((str(root), skip))
     if (
         cached is not None
-        and cached[0] == _git_fingerprint(str(root))
+        and cached[0] == git_fingerprint(str(root))
         and time.monotonic() - cached[1] < GIT_TTL
     ):
         return True, cached[2]
@@ -472,7 +473,9 @@ def _relative(folder: str | os.PathLike[str], root: Path) -> str | None:
     return None if text in ("", ".") else text
 
 
-def _git_fingerprint(root: str) -> tuple[Any, ...]:
+def git_fingerprint(root: str) -> tuple[Any, ...]:
+    """What changes when a commit is made or the index changes: two ``stat`` calls (the
+    modification times and sizes of the repository's ``HEAD`` and ``index``)."""
     if root not in _git_dirs:
         _git_dirs[root] = _git_dir(root)
     folder = _git_dirs[root]
