@@ -9,7 +9,8 @@ Scenarios (figures quoted in the README come from this script):
                writes (a server that acknowledges late holds the body back ~40 ms);
                then 4 concurrent clients: requests/s (fresh state per request) and the CPU
                each call cost the server's processes, split: the API process (HTTP and the
-               runs' supervisor side), the warm parent itself, the forked children
+               runs' supervisor side), the warm parent itself, the forked children; then 4
+               clients that write headers and body in two writes: requests/s
   http         the HTTP side alone: the same call through Kiln's ASGI app (gate, middleware,
                route, audit, metrics) with the run replaced by a finished one, in this
                process, no socket: CPU per call (what the API process spends besides the run)
@@ -245,15 +246,38 @@ def tree_cpu(pid: int) -> dict[str, float]:
 
 
 def throughput(
-    port: int, path: str, token: str | None, clients: int, seconds: float, pid: int | None = None
+    port: int,
+    path: str,
+    token: str | None,
+    clients: int,
+    seconds: float,
+    pid: int | None = None,
+    *,
+    split: bool = False,
 ) -> dict[str, float]:
+    """``clients`` keep-alive clients calling flat out for ``seconds``; ``split``: clients
+    that write each request's headers and body in two writes (:class:`SplitClient`)."""
     done = [0] * clients
     refused = [0] * clients
     hung = [0] * clients
     stop = time.perf_counter() + seconds
+    timeout = max(30.0, seconds * 3)
 
     def client(i: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=max(30.0, seconds * 3))
+        if split:
+            with SplitClient(port, path, token, timeout) as splitting:
+                while time.perf_counter() < stop:
+                    try:
+                        status = splitting.call(i)
+                    except OSError:
+                        hung[i] += 1
+                        break
+                    if status == 200:
+                        done[i] += 1
+                    else:
+                        refused[i] += 1
+            return
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         while time.perf_counter() < stop:
             try:
                 status, _ = call(conn, "POST", path, {"x": i}, token)
@@ -291,34 +315,53 @@ def throughput(
     return out
 
 
+class SplitClient:
+    """A keep-alive client that writes each request's headers and body in two writes (as many
+    HTTP clients do), Nagle's algorithm on, as a client's socket has it: a server that
+    acknowledges late holds the body back (delayed ACK, ~40 ms)."""
+
+    def __init__(self, port: int, path: str, token: str | None, timeout: float = 120.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.path, self.token = path, token
+
+    def __enter__(self) -> SplitClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def call(self, i: int) -> int:
+        """POST ``{"x": i}``; the answer's status."""
+        data = json.dumps({"x": i}).encode()
+        head = f"POST {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        if self.token:
+            head += f"Authorization: Bearer {self.token}\r\n"
+        head += f"Content-Length: {len(data)}\r\n\r\n"
+        self.sock.sendall(head.encode())
+        self.sock.sendall(data)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            answer += chunk
+        headers, body = answer.split(b"\r\n\r\n", 1)
+        length = int(re.search(rb"(?i)content-length: *(\d+)", headers).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += self.sock.recv(65536)
+        return int(headers.split(b" ", 2)[1])
+
+
 def split_latencies(port: int, path: str, token: str | None, count: int) -> list[float]:
-    """Round trips of a keep-alive client that writes each request's headers and body in two
-    writes (as many HTTP clients do), Nagle's algorithm on, as a client's socket has it: a
-    server that acknowledges late holds the body back (delayed ACK, ~40 ms)."""
-    sock = socket.create_connection(("127.0.0.1", port))
+    """Round trips of a :class:`SplitClient` (the first 10 warm up)."""
     times = []
-    try:
-        for i in range(count + 10):  # the first 10 warm up
-            data = json.dumps({"x": i}).encode()
-            head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            if token:
-                head += f"Authorization: Bearer {token}\r\n"
-            head += f"Content-Length: {len(data)}\r\n\r\n"
+    with SplitClient(port, path, token) as client:
+        for i in range(count + 10):
             start = time.perf_counter()
-            sock.sendall(head.encode())
-            sock.sendall(data)
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                answer += sock.recv(65536)
-            headers, body = answer.split(b"\r\n\r\n", 1)
-            length = int(re.search(rb"(?i)content-length: *(\d+)", headers).group(1))  # type: ignore[union-attr]
-            while len(body) < length:
-                body += sock.recv(65536)
+            status = client.call(i)
             if i >= 10:
                 times.append(time.perf_counter() - start)
-            assert b" 200 " in headers.split(b"\r\n", 1)[0], headers
-    finally:
-        sock.close()
+            assert status == 200, status
     return times
 
 
@@ -442,6 +485,7 @@ def compare(
     path = "/api/v1/endpoints/double"
     out: dict[str, Any] = {"floor": [], "kiln": [], "kg": [], "kiln_times": [], "kg_times": []}
     out["kiln_split"], out["kg_split"] = [], []
+    out["kiln_split_rps"], out["kg_split_rps"] = [], []
     try:
         for n in range(rounds):
             out["floor"] += floor.runs(max(10, requests // rounds // 3))
@@ -458,6 +502,14 @@ def compare(
             out["kiln"].append(throughput(kiln.port, path, kiln.token, 4, seconds, kiln.proc.pid))
             if kg is not None:
                 out["kg"].append(throughput(kg.port, "/double", None, 4, seconds, kg.proc.pid))
+            # the same 4 clients, each writing a request's headers and body in two writes
+            out["kiln_split_rps"].append(
+                throughput(kiln.port, path, kiln.token, 4, seconds / 2, split=True)["rps"]
+            )
+            if kg is not None:
+                out["kg_split_rps"].append(
+                    throughput(kg.port, "/double", None, 4, seconds / 2, split=True)["rps"]
+                )
             print(
                 f"round {n + 1}: kiln {out['kiln'][-1]['rps']:.1f} calls/s"
                 + (f", kg {out['kg'][-1]['rps']:.1f}" if kg is not None else "")
@@ -701,6 +753,11 @@ def main() -> int:
             for name in ("kiln", "kg")
             if seen[f"{name}_split"]
         }
+        results["split_rps"] = {
+            name: [round(r, 1) for r in seen[f"{name}_split_rps"]]
+            for name in ("kiln", "kg")
+            if seen[f"{name}_split_rps"]
+        }
         if not args.skip_kg:
             results["kernel_gateway"] = summary(seen["kg"], seen["kg_times"])
             results["ratios"] = [
@@ -723,11 +780,19 @@ def main() -> int:
         f"{kiln['forked_cpu_ms']:.1f}); "
         f"load {kiln['load']}"
     )
-    split = results["split_p50_ms"]
+    split, split_rps = results["split_p50_ms"], results["split_rps"]
     print(
         "a client writing headers and body separately (Nagle on): p50 "
         + ", ".join(f"{name} {ms:.1f} ms" for name, ms in split.items())
+        + "; 4 such clients: "
+        + ", ".join(
+            f"{name} {statistics.median(rps):.1f} calls/s (rounds {rps})"
+            for name, rps in split_rps.items()
+        )
     )
+    if len(split_rps) == 2:
+        ratios = [round(k / g, 2) for k, g in zip(split_rps["kiln"], split_rps["kg"], strict=True)]
+        print(f"kiln/kg calls/s with such clients: {statistics.median(ratios):.2f}x ({ratios})")
     print(
         f"kiln's HTTP side alone (ASGI app, run replaced by a finished one, no socket): "
         f"{results['http']['cpu_ms']:.2f} ms of CPU a call (load {results['http']['load']:.1f})"
