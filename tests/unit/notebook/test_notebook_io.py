@@ -106,6 +106,34 @@ def test_missing_file_and_directory(tmp_path):
         load_notebook(tmp_path)
 
 
+def test_a_notebook_is_read_whole_from_files_pipes_and_files_without_a_size(tmp_path):
+    import threading
+
+    from kiln.notebook.io import read_bytes
+
+    text = json.dumps(nbformat.v4.new_notebook()).encode() * 3000  # more than one read's worth
+    plain = tmp_path / "nb.ipynb"
+    plain.write_bytes(text)
+    assert read_bytes(plain) == text
+    empty = tmp_path / "empty.ipynb"
+    empty.write_bytes(b"")
+    assert read_bytes(empty) == b""
+    # /proc's files say they are empty and are not
+    assert read_bytes("/proc/self/status").startswith(b"Name:")
+    pipe = tmp_path / "nb.fifo"
+    os.mkfifo(pipe)
+
+    def write() -> None:
+        with open(pipe, "wb") as fh:
+            for i in range(0, len(text), 4096):
+                fh.write(text[i : i + 4096])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert read_bytes(pipe) == text
+    writer.join()
+
+
 def test_v3_is_upgraded_to_45_with_ids(tmp_path):
     path = tmp_path / "v3.ipynb"
     path.write_text(json.dumps(V3))
