@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import subprocess
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -84,6 +84,8 @@ class ForkServer:
         self._budget_end = 0.0
         self._watch: asyncio.TimerHandle | None = None
         self._exits: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        #: numbers the runs forked by this parent (ids between the two processes only)
+        self._forks = itertools.count(1)
         self._start_timer: asyncio.TimerHandle | None = None
         #: the parent's standard error (a temporary file, from launch until stop)
         self._stderr: IO[bytes] | None = None
@@ -278,7 +280,7 @@ class ForkServer:
 
         The pid is checked: it must be this parent's child (or already gone).
         """
-        run_id = uuid.uuid4().hex
+        run_id = f"run-{next(self._forks)}"
         reply = await self._request(
             {proto.KIND: proto.RUN, proto.RUN_ID: run_id, proto.OTHERS: others},
             "forking a run",

@@ -82,7 +82,9 @@ class RunChannel:
             self._wake()
 
     def read_available(self) -> None:
-        """Everything the socket holds now (never waits)."""
+        """What the socket holds now (never waits). A read that does not fill the buffer took
+        all there was: the next one would only say so (one system call fewer per wake-up),
+        and anything written meanwhile makes the socket readable again."""
         while not self.eof and self.error is None:
             try:
                 size, ancillary, _flags, _addr = self.sock.recvmsg_into(
@@ -104,6 +106,8 @@ class RunChannel:
                 )
                 return
             self._take(memoryview(self._chunk)[:size])
+            if size < len(self._chunk):
+                return
 
     def _take(self, data: memoryview) -> None:
         buf = self._buf
