@@ -10,7 +10,8 @@ Scenarios (figures quoted in the README come from this script):
   marginal       the wall time of one more run on a warm pool (Python API, sequential runs
                  after a warm-up; median)
   CPU per run    Kiln's own process (process_time over 100 warm runs), and the run processes
-                 (the warm parent's fork and the child, from the pool's reaped CPU)
+                 (the warm parent's fork and the child, from the pool's reaped CPU): each the
+                 median of 3 rounds, with their spread
   cold           one `kiln run` (fork engine) vs one `papermill` CLI run, alternating
 
 Usage: python bench/fork_bench.py [--runs 100] [--cold-reps 7] [--skip-cli-loop] [--marginal-only]
@@ -176,19 +177,24 @@ def _pairs(nb: Path, work: Path, runs: int, env: dict[str, str], pairs: int) -> 
     }
 
 
-def supervisor_cpu(nb: Path, home: Path, runs: int) -> float:
-    """CPU seconds Kiln's own process spends per run (the children's work excluded)."""
+def supervisor_cpu(nb: Path, home: Path, runs: int, rounds: int = 3) -> list[float]:
+    """CPU seconds Kiln's own process spends per run (the children's work excluded), in
+    ``rounds`` measurements of ``runs`` runs each (one busy moment of a shared machine
+    weighs on one of them, not on their median)."""
     from kiln.runner import Runner, RunRequest
 
-    async def main() -> float:
+    async def main() -> list[float]:
         runner = Runner(home=home)
         try:
             for i in range(5):
                 await runner.arun(RunRequest(notebook=nb, parameters={"x": i}, engine="fork"))
-            start = time.process_time()
-            for i in range(runs):
-                await runner.arun(RunRequest(notebook=nb, parameters={"x": i}, engine="fork"))
-            return (time.process_time() - start) / runs
+            out = []
+            for _ in range(rounds):
+                start = time.process_time()
+                for i in range(runs):
+                    await runner.arun(RunRequest(notebook=nb, parameters={"x": i}, engine="fork"))
+                out.append((time.process_time() - start) / runs)
+            return out
         finally:
             await runner.aclose_engines()
             runner.close()
@@ -196,7 +202,15 @@ def supervisor_cpu(nb: Path, home: Path, runs: int) -> float:
     return asyncio.run(main())
 
 
-def run_processes_cpu(nb: Path, home: Path, runs: int) -> float:
+def _ms(samples: list[float]) -> str:
+    """The median of CPU samples in ms, with their spread."""
+    ms = sorted(s * 1000 for s in samples)
+    if len(ms) == 1:
+        return f"{ms[0]:.2f} ms"
+    return f"{statistics.median(ms):.2f} ms ({ms[0]:.2f}-{ms[-1]:.2f})"
+
+
+def run_processes_cpu(nb: Path, home: Path, runs: int, rounds: int = 3) -> list[float]:
     """CPU seconds the run processes spend per run: the warm parent's fork and each forked
     child, from start to exit. Measured as the difference between a pool that ran 5 runs
     and one that ran ``5 + runs`` (a warm parent's CPU, its reaped children's included,
@@ -221,7 +235,7 @@ def run_processes_cpu(nb: Path, home: Path, runs: int) -> float:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
-    return (pool_of(5 + runs) - pool_of(5)) / runs
+    return [(pool_of(5 + runs) - pool_of(5)) / runs for _ in range(rounds)]
 
 
 def warm_only(nb: Path, home: Path, runs: int) -> int:
@@ -236,8 +250,8 @@ def warm_only(nb: Path, home: Path, runs: int) -> int:
         f" ms, p90 {ordered[int(len(ordered) * 0.9)] * 1000:.1f} ms"
     )
     print(
-        f"CPU per warm run: supervisor {cpu * 1000:.2f} ms; run processes (warm parent's "
-        f"forks and the children) {child_cpu * 1000:.2f} ms"
+        f"CPU per warm run (median of 3 rounds, spread): supervisor {_ms(cpu)}; run processes "
+        f"(warm parent's forks and the children) {_ms(child_cpu)}"
     )
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
@@ -313,8 +327,9 @@ def main() -> int:
         f"{sorted(marg)[int(len(marg) * 0.9)] * 1000:.1f} ms)"
     )
     print(
-        f"CPU per warm run: Kiln's own process (the supervisor) {cpu * 1000:.2f} ms; the run "
-        f"processes (the warm parent's fork and the forked child) {child_cpu * 1000:.2f} ms"
+        f"CPU per warm run (median of 3 rounds of 100, spread): Kiln's own process (the "
+        f"supervisor) {_ms(cpu)}; the run processes (the warm parent's fork and the forked "
+        f"child) {_ms(child_cpu)}"
     )
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     out_dir = Path(__file__).resolve().parent / "results"
