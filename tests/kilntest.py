@@ -39,6 +39,23 @@ def build_notebook(
     )
 
 
+def git(repo: Path, *args: str) -> str:
+    """Run ``git -C repo ARGS`` as a test author (no user configuration needed); its output.
+    Tests that need git skip without it: ``pytest.importorskip``'s kind, for a program."""
+    import shutil
+
+    if shutil.which("git") is None:
+        import pytest
+
+        pytest.skip("git is not installed")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org")
+    env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True
+    )
+    return done.stdout.strip()
+
+
 def read_nb(path: Path | str) -> Any:
     return nbformat.read(str(path), as_version=4)
 

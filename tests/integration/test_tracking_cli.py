@@ -27,7 +27,7 @@ from tracking_util import (
     package_venv,
 )
 
-from kilntest import KILN, build_notebook, wait_for
+from kilntest import KILN, build_notebook, git, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -44,15 +44,6 @@ EXPERIMENT = [
 ]
 
 
-def _git(root: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org")
-    env.update(GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
-    done = subprocess.run(
-        ["git", "-C", str(root), *args], capture_output=True, text=True, env=env, check=True
-    )
-    return done.stdout.strip()
-
-
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A git repository with kiln.yaml (one declared input), a notebook, a data file; the
@@ -67,9 +58,9 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "kiln.yaml").write_text("inputs:\n  - data/extra.csv\n  - data/absent.csv\n")
     nbformat.write(build_notebook(EXPERIMENT), root / "nb.ipynb")
     (root / ".gitignore").write_text("model.txt\n")
-    _git(root, "init", "-q", "-b", "main")
-    _git(root, "add", "-A")
-    _git(root, "commit", "-q", "-m", "first")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "first")
     return root
 
 
@@ -104,7 +95,7 @@ def _db(root: Path) -> sqlite3.Connection:
 def test_a_run_captures_environment_git_inputs_metrics_and_artifacts(
     project: Path, engine: str
 ) -> None:
-    commit = _git(project, "rev-parse", "HEAD")
+    commit = git(project, "rev-parse", "HEAD")
     ok(kiln(project, "run", "nb.ipynb", "-p", "n", "4", "--engine", engine, "--tag", "team=sales"))
     run = show(project)
     assert run["state"] == "succeeded" and run["engine"] == engine

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -22,7 +21,7 @@ from kiln.parameters import CliValue
 from kiln.runner import Runner, RunRequest
 from kiln.store import RunStore
 
-from kilntest import build_notebook, read_nb
+from kilntest import build_notebook, git, read_nb
 
 
 @pytest.fixture
@@ -344,25 +343,14 @@ def test_a_known_environment_is_in_the_row_from_its_insert(tmp_path, runner, eng
 def test_back_to_back_runs_reuse_their_provenance_lookups_but_see_a_commit_at_once(
     tmp_path, runner, monkeypatch
 ):
-    import shutil
-    import subprocess
-
     from kiln import capture, provenance
 
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e"}
-    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
-
     nb = _write(repo, ["x = 1"])
-    git("init", "-q", "-b", "main")
-    git("add", "nb.ipynb")
-    git("commit", "-q", "-m", "one")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "nb.ipynb")
+    git(repo, "commit", "-q", "-m", "one")
     monkeypatch.setattr(capture, "_recent", {})
     first = runner.run(RunRequest(notebook=nb))  # the lookups, then git itself
     second = runner.run(RunRequest(notebook=nb))  # found at once: remembered
@@ -375,7 +363,7 @@ def test_back_to_back_runs_reuse_their_provenance_lookups_but_see_a_commit_at_on
     third = runner.run(RunRequest(notebook=nb))
     assert walks == [] and third.git == first.git  # remembered: no walk up the folders
     nb.write_text(nb.read_text().replace("x = 1", "x = 2"))
-    git("commit", "-qam", "two")
+    git(repo, "commit", "-qam", "two")
     fourth = runner.run(RunRequest(notebook=nb))  # the commit is seen at once
     assert fourth.git["commit"] != first.git["commit"] and not fourth.git["dirty"]
     # past the time to live, everything is looked up again

@@ -28,7 +28,7 @@ from kiln.store.retention import prune, select_runs, sweep_folders, sweep_inputs
 from kiln.tracking.compare import compare_runs
 from kiln.tracking.history import export_history, plot_record
 
-from kilntest import build_notebook
+from kilntest import build_notebook, git
 
 
 @pytest.fixture
@@ -411,29 +411,18 @@ def test_a_commit_between_two_quick_runs_is_recorded_on_the_second(
 ) -> None:
     """The second run finds its environment and git state at once (cached, unchanged since
     the first run: no thread); a commit in between must still be seen."""
-    import shutil
-    import subprocess
-
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e"}
-    env |= {"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
-
-    git("init", "-q", "-b", "main")
+    git(repo, "init", "-q", "-b", "main")
     nb = _nb(repo, ["x = 1"])
-    git("add", "nb.ipynb")
-    git("commit", "-q", "-m", "one")
+    git(repo, "add", "nb.ipynb")
+    git(repo, "commit", "-q", "-m", "one")
     first, again = (runner.run(RunRequest(notebook=nb)) for _ in range(2))
     assert first.git and again.git and again.git["commit"] == first.git["commit"]
     assert again.environment_hash == first.environment_hash
     (repo / "data.txt").write_text("2")
-    git("add", "data.txt")
-    git("commit", "-q", "-m", "two")
+    git(repo, "add", "data.txt")
+    git(repo, "commit", "-q", "-m", "two")
     third = runner.run(RunRequest(notebook=nb))
     assert third.git and third.git["commit"] != first.git["commit"]
     assert third.environment_hash == first.environment_hash
