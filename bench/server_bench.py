@@ -264,31 +264,26 @@ def throughput(
     timeout = max(30.0, seconds * 3)
 
     def client(i: int) -> None:
+        send: Callable[[], int]
         if split:
-            with SplitClient(port, path, token, timeout) as splitting:
-                while time.perf_counter() < stop:
-                    try:
-                        status = splitting.call(i)
-                    except OSError:
-                        hung[i] += 1
-                        break
-                    if status == 200:
-                        done[i] += 1
-                    else:
-                        refused[i] += 1
-            return
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-        while time.perf_counter() < stop:
-            try:
-                status, _ = call(conn, "POST", path, {"x": i}, token)
-            except OSError:  # no answer in time (seen from Kernel Gateway with 4 clients)
-                hung[i] += 1
-                break
-            if status == 200:
-                done[i] += 1
-            else:
-                refused[i] += 1
-        conn.close()
+            splitting = SplitClient(port, path, token, timeout)
+            send, close = (lambda: splitting.call(i)), splitting.sock.close
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            send, close = (lambda: call(conn, "POST", path, {"x": i}, token)[0]), conn.close
+        try:
+            while time.perf_counter() < stop:
+                try:
+                    status = send()
+                except OSError:  # no answer in time (seen from Kernel Gateway with 4 clients)
+                    hung[i] += 1
+                    break
+                if status == 200:
+                    done[i] += 1
+                else:
+                    refused[i] += 1
+        finally:
+            close()
 
     server_cpu = tree_cpu(pid) if pid is not None else {}
     own_cpu = time.process_time()
