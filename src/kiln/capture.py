@@ -80,8 +80,9 @@ class RunCapture:
         if request.mlflow_uri and not request.prepare_only:
             return None  # the export's mark is a write
         executable = _kernel_executable(prepared, self.engine_name)
-        key = (executable, prepared.language, request.notebook_label, request.run_cwd)
-        key += (self.store.url, str(self.store.home))
+        # the history too: what was found includes that it holds the environment's row
+        history = (self.store.url, str(self.store.home))
+        key = (executable, prepared.language, request.notebook_label, request.run_cwd, history)
         now = time.monotonic()
         recent = _recent.get(key)
         if (
@@ -99,7 +100,7 @@ class RunCapture:
         if not known or _declared_inputs(request, folder):
             return None
         self.environment = env
-        found = {
+        found: dict[str, Any] = {
             "environment_hash": env.hash,
             "git": state.to_json() if state is not None else None,
             "inputs": [],
