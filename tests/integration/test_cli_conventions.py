@@ -102,6 +102,26 @@ def test_version_both_spellings(cli: Cli) -> None:
     assert cli("-V").stdout.startswith("kiln ") and cli("--version").returncode == 0
 
 
+def test_a_ctrl_c_while_kiln_is_still_loading_ends_quietly() -> None:
+    """The `kiln` command's entry point loads the CLI inside its own guard: a SIGINT that
+    lands in an import (the first ~40 ms) says "Interrupted." and exits 130, as later ones do,
+    with no traceback. The interrupt is made to land there by an import hook."""
+    script = Path(KILN).read_text()
+    assert "kiln.cli.entry" in script  # the installed command goes through the guard
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'kiln.cli.main':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from kiln.cli.entry import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "Interrupted.\n")
+
+
 def test_output_nobody_reads_is_a_quiet_failure(tmp_path: Path) -> None:
     """`kiln … | head` where the reader is gone: exit 1 and no Python noise on stderr (the
     output is flushed when the process ends, after the command returned)."""
