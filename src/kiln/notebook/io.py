@@ -40,8 +40,9 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
             # a byte more than its size: a regular file is read whole, its end seen, at once
             parts = [os.read(fd, info.st_size + 1)]
-            if len(parts[0]) > info.st_size or not stat.S_ISREG(info.st_mode):
-                while part := os.read(fd, 1 << 20):  # it grew meanwhile, or is a pipe
+            if len(parts[0]) != info.st_size or not stat.S_ISREG(info.st_mode):
+                # it grew or shrank meanwhile, a file system answered in pieces, or a pipe
+                while part := os.read(fd, 1 << 20):
                     parts.append(part)
             return b"".join(parts)
         finally:

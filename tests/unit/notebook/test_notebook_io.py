@@ -134,6 +134,17 @@ def test_a_notebook_is_read_whole_from_files_pipes_and_files_without_a_size(tmp_
     writer.join()
 
 
+def test_a_file_system_that_answers_in_pieces_still_gives_the_whole_notebook(tmp_path, monkeypatch):
+    from kiln.notebook import io
+
+    text = json.dumps(nbformat.v4.new_notebook()).encode() * 20
+    path = tmp_path / "nb.ipynb"
+    path.write_bytes(text)
+    real_read = os.read
+    monkeypatch.setattr(io.os, "read", lambda fd, n: real_read(fd, min(n, 100)))
+    assert io.read_bytes(path) == text
+
+
 def test_v3_is_upgraded_to_45_with_ids(tmp_path):
     path = tmp_path / "v3.ipynb"
     path.write_text(json.dumps(V3))
