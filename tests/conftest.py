@@ -41,6 +41,20 @@ def _no_outside_database(request: pytest.FixtureRequest, monkeypatch: pytest.Mon
         monkeypatch.setenv("KILN_DATABASE_URL", request.getfixturevalue("postgres_url"))
 
 
+@pytest.fixture(autouse=True)
+def _cli_globals_stay_in_their_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_main`` called in-process sets what the command sets for its whole process
+    (``--color`` writes ``FORCE_COLOR``/``NO_COLOR`` for rich too, ``--home`` writes
+    ``KILN_HOME``): each test leaves them as it found them, so a ``--color always`` in one
+    test does not colour the next test's ``--color auto`` on the same worker."""
+    for name in ("FORCE_COLOR", "NO_COLOR", "KILN_HOME"):
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])  # restored to this value afterwards
+        else:
+            monkeypatch.setenv(name, "")  # recorded as unset: deleted again afterwards
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One throwaway PostgreSQL cluster per test session (per xdist worker), stopped at the
