@@ -170,10 +170,6 @@ class RunStore:
                 engine = self._alchemy
         return engine
 
-    @_engine.setter
-    def _engine(self, engine: sa.Engine) -> None:
-        self._alchemy = engine
-
     @property
     def backend(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""

@@ -169,7 +169,7 @@ def test_an_unreachable_server_is_a_store_error_that_the_writes_wait_out(
     with RunStore(home, url=postgres_url) as store:
         (run,) = _submit(store, 1)
         store._engine.dispose()
-        store._engine = sa.create_engine(url, connect_args={"connect_timeout": 2})
+        store._alchemy = sa.create_engine(url, connect_args={"connect_timeout": 2})
         store.patience = 0.5
         with pytest.raises(StoreError, match="runs database") as raised:
             store.update_run(run.id, reason="x")
