@@ -31,7 +31,6 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     Read through the descriptor (open, fstat, read, close: every run reads its notebook): a
     file object adds five system calls (a terminal check, two seeks, a second fstat, a
     read at the end) and its two layers of objects."""
-    p = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -47,16 +46,16 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
             return b"".join(parts)
         finally:
             os.close(fd)
-    except FileNotFoundError:
-        raise NotebookNotFound(f"notebook not found: {p}", path=str(p)) from None
-    except IsADirectoryError:
-        raise NotebookReadError(
-            f"{p} is a directory, not a notebook file (.ipynb)", path=str(p)
-        ) from None
-    except PermissionError:
-        raise NotebookReadError(f"cannot read {p}: permission denied", path=str(p)) from None
     except OSError as exc:
-        raise NotebookReadError(f"cannot read {p}: {exc.strerror}", path=str(p)) from None
+        p = Path(path)  # the path as the messages show it: made only for them
+        if isinstance(exc, FileNotFoundError):
+            raise NotebookNotFound(f"notebook not found: {p}", path=str(p)) from None
+        if isinstance(exc, IsADirectoryError):
+            raise NotebookReadError(
+                f"{p} is a directory, not a notebook file (.ipynb)", path=str(p)
+            ) from None
+        why = "permission denied" if isinstance(exc, PermissionError) else exc.strerror
+        raise NotebookReadError(f"cannot read {p}: {why}", path=str(p)) from None
 
 
 def sha256_bytes(data: bytes) -> str:
