@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kiln.provenance import Environment, environment_of, git_fingerprint, git_state, hash_file
 from kiln.recording import ARTIFACTS_FOLDER, tracking_from_output
@@ -35,9 +35,21 @@ CAPTURE_WAIT = 10.0
 #: file are, no declared inputs): back-to-back runs (a sweep, an endpoint's calls) skip those
 #: ~15 calls. A commit, or a change of the index, is still seen at once (two ``stat`` calls).
 KNOWN_TTL = 1.0
-#: what :meth:`RunCapture.known` found, by run: (when, environment, repository root and its
-#: fingerprint then, the run's context)
-_recent: dict[tuple[Any, ...], tuple[float, Environment, str | None, Any, dict[str, Any]]] = {}
+
+
+class _Found(NamedTuple):
+    """What :meth:`RunCapture.known` found for a run, and when."""
+
+    at: float
+    environment: Environment
+    #: the notebook's repository, and its HEAD and index then (None: outside one)
+    root: str | None
+    fingerprint: Any
+    context: dict[str, Any]
+
+
+#: :class:`_Found` by run (its Python, language, notebook, working directory and history)
+_recent: dict[tuple[Any, ...], _Found] = {}
 #: entries kept at most (a server with many notebooks): all are dropped past it
 _RECENT_MAX = 256
 
@@ -87,11 +99,11 @@ class RunCapture:
         recent = _recent.get(key)
         if (
             recent is not None
-            and now - recent[0] < KNOWN_TTL
-            and (recent[2] is None or git_fingerprint(recent[2]) == recent[3])
+            and now - recent.at < KNOWN_TTL
+            and (recent.root is None or git_fingerprint(recent.root) == recent.fingerprint)
         ):
-            self.environment = recent[1]
-            return dict(recent[4])
+            self.environment = recent.environment
+            return dict(recent.context)
         env = known_environment(executable, language=prepared.language)
         if env is None or not environment_saved(self.store, env):
             return None
@@ -108,7 +120,7 @@ class RunCapture:
         root = state.root if state is not None else None
         if len(_recent) >= _RECENT_MAX:
             _recent.clear()
-        _recent[key] = (now, env, root, git_fingerprint(root) if root else None, found)
+        _recent[key] = _Found(now, env, root, git_fingerprint(root) if root else None, found)
         return dict(found)
 
     def _lookup(self) -> dict[str, Any]:

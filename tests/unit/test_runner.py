@@ -368,7 +368,7 @@ def test_back_to_back_runs_reuse_their_provenance_lookups_but_see_a_commit_at_on
     assert fourth.git["commit"] != first.git["commit"] and not fourth.git["dirty"]
     # past the time to live, everything is looked up again
     for key, entry in capture._recent.items():
-        capture._recent[key] = (entry[0] - capture.KNOWN_TTL - 1, *entry[1:])
+        capture._recent[key] = entry._replace(at=entry.at - capture.KNOWN_TTL - 1)
     walks.clear()
     fifth = runner.run(RunRequest(notebook=nb))
     assert walks and fifth.git == fourth.git
