@@ -14,6 +14,9 @@ Scenarios (figures quoted in the README come from this script):
   http         the HTTP side alone: the same call through Kiln's ASGI app (gate, middleware,
                route, audit, metrics) with the run replaced by a finished one, in this
                process, no socket: CPU per call (what the API process spends besides the run)
+  fresh        the floor of a fresh process per request: a process set up as the warm parent
+               forks children that exit at once, or run the notebook's 3 cells through
+               IPython, or through plain exec (CPU of the fork and the child, no Kiln around)
   kg           the same notebook as a Kernel Gateway notebook-http service (one kernel, shared
                state): the same figures (CPU split: the gateway, the kernel); KG runs from
                its own venv under ~/.cache/kiln/bench-venvs (made here on first use)
@@ -540,6 +543,62 @@ def summary(rounds: list[dict[str, float]], times: list[float]) -> dict[str, Any
     return found
 
 
+#: the fresh-process floor, measured in a process set up as the fork engine's warm parent
+#: (IPython shell made, gc frozen): CPU of its fork and of each child, reaped with wait4
+FRESH_FLOOR = """
+import gc, json, os, resource, sys
+from kiln.engines import forkchild  # what the warm parent imports
+from kiln.engines.forkshell import make_shell
+shell = make_shell()
+gc.freeze()
+cells = ["x = 1", "# Parameters\\nx = 3\\n", "import kiln\\ny = x * 2\\nkiln.record('y', y)"]
+codes = [compile(c, "<cell>", "exec") for c in cells]
+def child(how):
+    if how == "ipython":
+        for cell in cells:
+            shell.run_cell(cell, store_history=True)
+    elif how == "exec":
+        for code in codes:
+            exec(code, shell.user_ns)
+    os._exit(0)
+out = {}
+count = int(sys.argv[1])
+for _round in range(3):
+    for how in ("exit", "ipython", "exec"):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        child_cpu = 0.0
+        for _ in range(count):
+            pid = os.fork()
+            if pid == 0:
+                child(how)
+            _, _, used = os.wait4(pid, 0)
+            child_cpu += used.ru_utime + used.ru_stime
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        parent = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        out.setdefault(how, []).append((parent + child_cpu) * 1000 / count)
+print(json.dumps(out))
+"""
+
+
+def fresh_process_floor(count: int = 200) -> dict[str, float]:
+    """CPU of one fresh process per request, forked from a parent set up as the fork engine's
+    warm parent, with nothing of Kiln's run around it (no supervisor, channel, output capture,
+    record): ``exit`` forks and exits at once, ``ipython`` runs the endpoint notebook's three
+    cells (its parameters cell, the injected one, its code) through the IPython shell, ``exec``
+    runs them with plain ``exec``. Fork and child together, median of 3 rounds."""
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_FLOOR, str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    rounds = json.loads(done.stdout.strip().splitlines()[-1])
+    found = {how: statistics.median(values) for how, values in rounds.items()}
+    found["load"] = os.getloadavg()[0]
+    return found
+
+
 def http_side(project: Path, home: Path, calls: int) -> dict[str, float]:
     """CPU per endpoint call of Kiln's ASGI app alone (see ``http`` at the top)."""
     import types
@@ -748,6 +807,7 @@ def main() -> int:
         )
         results["floor_ms"] = statistics.median(seen["floor"]) * 1000
         results["http"] = http_side(project, work / "home-http", args.http_calls)
+        results["fresh"] = fresh_process_floor()
         results["kiln_endpoint"] = summary(seen["kiln"], seen["kiln_times"])
         results["split_p50_ms"] = {
             name: pct(seen[f"{name}_split"], 0.5)
@@ -810,6 +870,20 @@ def main() -> int:
             f"kiln/kg calls/s: {statistics.median(results['ratios']):.2f}x (median of the rounds "
             f"{results['ratios']}); client CPU {kiln['client_cpu_ms']:.2f} ms a call"
         )
+        cores = os.cpu_count() or 1
+        budget = cores * 1000 / (3 * kg["rps"]) - kiln["client_cpu_ms"]
+        print(
+            f"3x kg's calls/s on {cores} cores leaves at most {budget:.1f} ms of CPU a call "
+            f"(all cores busy, the clients' CPU taken out); kiln spends "
+            f"{kiln['server_cpu_ms']:.1f}"
+        )
+    fresh = results["fresh"]
+    print(
+        "a fresh process per request, nothing else (forked from a parent set up as the warm "
+        f"parent, fork and child CPU): fork and exit {fresh['exit']:.1f} ms; the notebook's 3 "
+        f"cells through IPython {fresh['ipython']:.1f} ms, through plain exec "
+        f"{fresh['exec']:.1f} ms (load {fresh['load']:.1f})"
+    )
     queue = results.get("queue")
     if queue:
         print(
