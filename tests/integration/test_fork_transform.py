@@ -137,7 +137,7 @@ def test_every_corpus_cell_transforms_as_ipython_would():
         if source[:1] not in (" ", "\t", "\n") and not _MAY_TRANSFORM.search(source):
             shortcut += 1
     # the point of it: most real cells take the shortcut
-    assert shortcut > len(cells) * 0.6, (shortcut, len(cells))
+    assert shortcut > len(cells) * 0.8, (shortcut, len(cells))
 
 
 def test_the_fork_shell_transforms_single_lines_dynamically_as_ipython_does():
