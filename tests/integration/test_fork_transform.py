@@ -76,16 +76,32 @@ def test_the_shortcut_gives_what_ipython_gives(cell):
         assert static_transform(mgr, cell, transforms_of(mgr)) == mgr.transform_cell(cell)
 
 
+def _refuse(self: TransformerManager, raw: str) -> str:
+    raise AssertionError(f"ran IPython's transformations on {raw!r}")
+
+
 @pytest.mark.parametrize("cell", PLAIN)
-def test_plain_cells_do_not_run_the_transformations(cell):
+def test_plain_cells_do_not_run_the_transformations(cell, monkeypatch):
+    monkeypatch.setattr(TransformerManager, "transform_cell", _refuse)
     mgr = manager()
     defaults = transforms_of(mgr)
-
-    def refuse(raw: str) -> str:
-        raise AssertionError(f"ran IPython's transformations on {raw!r}")
-
-    mgr.transform_cell = refuse  # type: ignore[method-assign]
     assert static_transform(mgr, cell, defaults) == (cell if cell.endswith("\n") else cell + "\n")
+
+
+def test_a_replaced_manager_or_method_is_obeyed():
+    mgr = manager()
+    defaults = transforms_of(mgr)
+    mgr.transform_cell = lambda raw: "replaced\n"  # type: ignore[method-assign]
+    assert static_transform(mgr, "x = 1", defaults) == "replaced\n"
+
+    class Shouting(TransformerManager):
+        def transform_cell(self, cell: str) -> str:
+            return cell.upper()
+
+    assert static_transform(Shouting(), "x = 1", defaults) == "X = 1"
+    other = manager()  # the same transformations, but not the manager the shell was made with
+    other.cleanup_transforms.append(lambda lines: [line.replace("1", "3") for line in lines])
+    assert static_transform(other, "x = 1", defaults) == "x = 3\n"
 
 
 @pytest.mark.parametrize("cell", [c for c in TRICKY if "!" in c or "%" in c or "?" in c])

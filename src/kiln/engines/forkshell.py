@@ -330,12 +330,13 @@ def static_transform(manager: Any, raw: str, defaults: tuple[Any, ...] | None) -
     """``manager.transform_cell(raw)``, without running it where it can only add the final
     newline: a cell that starts at column 0 of its first line and has none of the text
     IPython's static transformations act on (:data:`_MAY_TRANSFORM`), while the manager's
-    transformations are still ``defaults`` (a cell may register its own). The test compares
-    both on every cell of the peers' notebooks.
+    manager and its transformations are still ``defaults`` (:func:`transforms_of`: a cell may
+    register a transformation, or replace the manager or its method). The tests compare both
+    on every cell of the peers' notebooks.
 
     Why: in a freshly forked run, the first use of the transformations' machinery (tokenizer,
-    ~20 transformer objects and their regular expressions) copies ~90 pages on write, ~1 ms
-    of CPU per run, for cells that almost always come out unchanged."""
+    ~20 transformer objects and their regular expressions) copies ~65 pages on write, ~1 ms
+    of CPU per run on a quiet machine, for cells that almost always come out unchanged."""
     if (
         defaults is None
         or raw[:1] in (" ", "\t", "\n")
@@ -347,8 +348,14 @@ def static_transform(manager: Any, raw: str, defaults: tuple[Any, ...] | None) -
 
 
 def transforms_of(manager: Any) -> tuple[Any, ...]:
-    """The transformations a static transformer manager applies, in order."""
+    """A static transformer manager as :func:`static_transform` relies on it: the manager
+    itself, its ``transform_cell`` (its class's, and any set on the instance) and the
+    transformations it applies, in order."""
     return (
+        manager,
+        type(manager).transform_cell,
+        vars(manager).get("transform_cell"),
+        None,
         *manager.cleanup_transforms,
         None,
         *manager.line_transforms,
