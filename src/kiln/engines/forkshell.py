@@ -329,8 +329,8 @@ _MAY_TRANSFORM = re.compile(
 def static_transform(manager: Any, raw: str, defaults: tuple[Any, ...] | None) -> str:
     """``manager.transform_cell(raw)``, without running it where it can only add the final
     newline: a cell that starts at column 0 of its first line and has none of the text
-    IPython's static transformations act on (:data:`_MAY_TRANSFORM`), while the manager's
-    manager and its transformations are still ``defaults`` (:func:`transforms_of`: a cell may
+    IPython's static transformations act on (:data:`_MAY_TRANSFORM`), while the manager and
+    its transformations are still ``defaults`` (:func:`transforms_of`: a cell may
     register a transformation, or replace the manager or its method). The tests compare both
     on every cell of the peers' notebooks.
 
