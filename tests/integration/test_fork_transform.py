@@ -99,7 +99,7 @@ def test_a_replaced_manager_or_method_is_obeyed():
             return cell.upper()
 
     assert static_transform(Shouting(), "x = 1", defaults) == "X = 1"
-    other = manager()  # the same transformations, but not the manager the shell was made with
+    other = manager()  # another manager (the shell's replaced), with a transformation of its own
     other.cleanup_transforms.append(lambda lines: [line.replace("1", "3") for line in lines])
     assert static_transform(other, "x = 1", defaults) == "x = 3\n"
 
