@@ -15,7 +15,7 @@ import pytest
 from corpus_util import CORPUS, corpus_path
 from IPython.core.inputtransformer2 import TransformerManager
 
-from kiln.engines.forkshell import _MAY_TRANSFORM, static_transform, transforms_of
+from kiln.engines.forkshell import _MAY_TRANSFORM, KilnTransformerManager
 
 #: cells that IPython transforms, or that look as if it might: each goes through IPython
 TRICKY = [
@@ -70,10 +70,9 @@ def manager() -> TransformerManager:
 
 @pytest.mark.parametrize("cell", TRICKY + PLAIN)
 def test_the_shortcut_gives_what_ipython_gives(cell):
-    mgr = manager()
     with warnings.catch_warnings():  # IPython warns of some of these line breaks itself
         warnings.simplefilter("ignore")
-        assert static_transform(mgr, cell, transforms_of(mgr)) == mgr.transform_cell(cell)
+        assert KilnTransformerManager().transform_cell(cell) == manager().transform_cell(cell)
 
 
 def _refuse(self: TransformerManager, raw: str) -> str:
@@ -83,25 +82,8 @@ def _refuse(self: TransformerManager, raw: str) -> str:
 @pytest.mark.parametrize("cell", PLAIN)
 def test_plain_cells_do_not_run_the_transformations(cell, monkeypatch):
     monkeypatch.setattr(TransformerManager, "transform_cell", _refuse)
-    mgr = manager()
-    defaults = transforms_of(mgr)
-    assert static_transform(mgr, cell, defaults) == (cell if cell.endswith("\n") else cell + "\n")
-
-
-def test_a_replaced_manager_or_method_is_obeyed():
-    mgr = manager()
-    defaults = transforms_of(mgr)
-    mgr.transform_cell = lambda raw: "replaced\n"  # type: ignore[method-assign]
-    assert static_transform(mgr, "x = 1", defaults) == "replaced\n"
-
-    class Shouting(TransformerManager):
-        def transform_cell(self, cell: str) -> str:
-            return cell.upper()
-
-    assert static_transform(Shouting(), "x = 1", defaults) == "X = 1"
-    other = manager()  # another manager (the shell's replaced), with a transformation of its own
-    other.cleanup_transforms.append(lambda lines: [line.replace("1", "3") for line in lines])
-    assert static_transform(other, "x = 1", defaults) == "x = 3\n"
+    ours = KilnTransformerManager()
+    assert ours.transform_cell(cell) == (cell if cell.endswith("\n") else cell + "\n")
 
 
 @pytest.mark.parametrize("cell", [c for c in TRICKY if "!" in c or "%" in c or "?" in c])
@@ -118,11 +100,9 @@ def test_cells_ipython_would_change_are_not_shortcut(cell):
 
 def test_a_cell_that_registers_a_transformation_is_obeyed():
     # get_ipython().input_transformers_cleanup.append(...) in one cell changes the next
-    mgr = manager()
-    defaults = transforms_of(mgr)
-    mgr.cleanup_transforms.append(lambda lines: [line.replace("1", "2") for line in lines])
-    assert static_transform(mgr, "x = 1", defaults) == "x = 2\n"
-    assert static_transform(mgr, "x = 1", None) == "x = 2\n"  # no defaults known: IPython's
+    ours = KilnTransformerManager()
+    ours.cleanup_transforms.append(lambda lines: [line.replace("1", "2") for line in lines])
+    assert ours.transform_cell("x = 1") == "x = 2\n"
 
 
 def _corpus_cells() -> list[tuple[str, str]]:
@@ -142,14 +122,13 @@ def _corpus_cells() -> list[tuple[str, str]]:
 def test_every_corpus_cell_transforms_as_ipython_would():
     cells = _corpus_cells()
     assert len(cells) > 300
-    mgr = manager()
-    defaults = transforms_of(mgr)
+    ours, ipythons = KilnTransformerManager(), manager()
     shortcut = 0
     for where, source in cells:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            expected = mgr.transform_cell(source)
-            assert static_transform(mgr, source, defaults) == expected, (where, source)
+            expected = ipythons.transform_cell(source)
+            assert ours.transform_cell(source) == expected, (where, source)
         if source[:1] not in (" ", "\t", "\n") and not _MAY_TRANSFORM.search(source):
             shortcut += 1
     # the point of it: most real cells take the shortcut
@@ -157,18 +136,22 @@ def test_every_corpus_cell_transforms_as_ipython_would():
 
 
 def test_the_fork_shell_transforms_single_lines_dynamically_as_ipython_does():
-    # automagic and autocall apply to single lines and depend on the namespace: the shell's
-    # own transform_cell runs them after the shortcut, as InteractiveShell's does (in a
-    # child process: an IPython shell takes over the process's __main__)
+    # automagic and autocall apply to single lines and depend on the namespace: the shell
+    # runs them after the shortcut, as with IPython's own manager (in a child process: an
+    # IPython shell takes over the process's __main__)
     probe = (
         "import json, sys\n"
-        "from IPython.core.interactiveshell import InteractiveShell\n"
-        "from kiln.engines.forkshell import make_shell\n"
+        "from IPython.core.inputtransformer2 import TransformerManager\n"
+        "from kiln.engines.forkshell import KilnTransformerManager, make_shell\n"
         "shell = make_shell()\n"
+        "ours = shell.input_transformer_manager\n"
+        "assert isinstance(ours, KilnTransformerManager)\n"
         "cells = json.loads(sys.stdin.read())\n"
         "out = []\n"
         "for cell in cells:\n"
-        "    theirs = InteractiveShell.transform_cell(shell, cell)\n"
+        "    shell.input_transformer_manager = TransformerManager()\n"
+        "    theirs = shell.transform_cell(cell)\n"
+        "    shell.input_transformer_manager = ours\n"
         "    out.append([shell.transform_cell(cell), theirs])\n"
         "    shell.user_ns['pwd'] = 1 if cell == 'pwd = 1' else shell.user_ns.get('pwd')\n"
         "print(json.dumps(out))\n"

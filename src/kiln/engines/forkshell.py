@@ -21,6 +21,7 @@ from typing import Any
 from IPython.core.compilerop import CachingCompiler
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.inputtransformer2 import TransformerManager
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import Type
 
@@ -326,49 +327,42 @@ _MAY_TRANSFORM = re.compile(
 )
 
 
-def static_transform(manager: Any, raw: str, defaults: tuple[Any, ...] | None) -> str:
-    """``manager.transform_cell(raw)``, without running it where it can only add the final
-    newline: a cell that starts at column 0 of its first line and has none of the text
-    IPython's static transformations act on (:data:`_MAY_TRANSFORM`), while the manager and
-    its transformations are still ``defaults`` (:func:`transforms_of`: a cell may
-    register a transformation, or replace the manager or its method). The tests compare both
-    on every cell of the peers' notebooks.
+class KilnTransformerManager(TransformerManager):
+    """IPython's static input transformations, not run where they cannot change the cell: a
+    cell that starts at column 0 of its first line and has none of the text they act on
+    (:data:`_MAY_TRANSFORM`), while the transformations are still the ones this manager was
+    made with (a cell may register its own), is returned as IPython would return it, with
+    its final newline. The tests compare both on every cell of the peers' notebooks.
 
     Why: in a freshly forked run, the first use of the transformations' machinery (tokenizer,
     ~20 transformer objects and their regular expressions) copies ~65 pages on write, ~1 ms
     of CPU per run on a quiet machine, for cells that almost always come out unchanged."""
-    if (
-        defaults is None
-        or raw[:1] in (" ", "\t", "\n")
-        or _MAY_TRANSFORM.search(raw) is not None
-        or transforms_of(manager) != defaults
-    ):
-        return str(manager.transform_cell(raw))
-    return raw if raw.endswith("\n") else raw + "\n"
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._defaults = self._transforms()
 
-def transforms_of(manager: Any) -> tuple[Any, ...]:
-    """A static transformer manager as :func:`static_transform` relies on it: the manager
-    itself, its ``transform_cell`` (its class's, and any set on the instance) and the
-    transformations it applies, in order."""
-    return (
-        manager,
-        type(manager).transform_cell,
-        vars(manager).get("transform_cell"),
-        None,
-        *manager.cleanup_transforms,
-        None,
-        *manager.line_transforms,
-        None,
-        *manager.token_transformers,
-    )
+    def _transforms(self) -> tuple[Any, ...]:
+        return (
+            *self.cleanup_transforms,
+            None,
+            *self.line_transforms,
+            None,
+            *self.token_transformers,
+        )
+
+    def transform_cell(self, cell: str) -> str:
+        if (
+            cell[:1] in (" ", "\t", "\n")
+            or _MAY_TRANSFORM.search(cell) is not None
+            or self._transforms() != self._defaults
+        ):
+            return str(super().transform_cell(cell))
+        return cell if cell.endswith("\n") else cell + "\n"
 
 
 class KilnShell(InteractiveShell):
     """An InteractiveShell whose outputs are reported like a Jupyter kernel's."""
-
-    #: the static input transformations the shell was made with (see :func:`static_transform`)
-    default_transforms: tuple[Any, ...] | None = None
 
     compiler_class = Type(KilnCompiler)
 
@@ -400,21 +394,6 @@ class KilnShell(InteractiveShell):
                 preprocessing_exc_tuple=preprocessing_exc_tuple,
             )
         )
-
-    def transform_cell(self, raw_cell: str) -> str:
-        """IPython's ``transform_cell``, its static step through :func:`static_transform`."""
-        prefilter = self.prefilter_manager
-        if prefilter is None:  # not made yet: IPython's own way
-            return str(super().transform_cell(raw_cell))
-        cell = static_transform(self.input_transformer_manager, raw_cell, self.default_transforms)
-        if len(cell.splitlines()) == 1:
-            # IPython's dynamic step (automagic, autocall...), for single lines only
-            with self.builtin_trap:
-                cell = prefilter.prefilter_lines(cell) + "\n"
-        lines = cell.splitlines(keepends=True)
-        for transform in self.input_transformers_post:
-            lines = transform(lines)
-        return "".join(lines)
 
     def _showtraceback(self, etype: Any, evalue: Any, stb: list[str]) -> None:
         name = getattr(etype, "__name__", str(etype))
@@ -467,7 +446,8 @@ def make_shell() -> KilnShell:
     config.HistoryManager.hist_file = ":memory:"  # no history thread, nothing on disk
     shell: KilnShell = KilnShell.instance(config=config)
     shell.last_error = None
-    shell.default_transforms = transforms_of(shell.input_transformer_manager)
+    # the static input transformations, shortcut where they cannot change a cell
+    shell.input_transformer_manager = KilnTransformerManager()
     _warm(shell)
     return shell
 
@@ -479,8 +459,8 @@ def _warm(shell: KilnShell) -> None:
     before = dict(shell.user_ns)
     count = shell.execution_count
     shell.run_cell("pass", store_history=False, silent=True)
-    # the static transformations' own first use (their fast path skipped them just now)
-    shell.input_transformer_manager.transform_cell("pass")
+    # the static transformations' own first use (their shortcut skipped them just now)
+    TransformerManager.transform_cell(shell.input_transformer_manager, "pass")
     # built on first use by a cell stored in the history (~1 ms of import in every child)
     _ = shell.logger
     shell.execution_count = count
