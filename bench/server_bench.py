@@ -78,11 +78,15 @@ def free_port() -> int:
         return port
 
 
+#: the endpoint notebook's cells: its parameters cell, and its code
+DOUBLE_CELLS = ("x = 1", "import kiln\ny = x * 2\nkiln.record('y', y)")
+
+
 def write_project(folder: Path) -> None:
     trivial = new_notebook(
         cells=[
-            new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
-            new_code_cell("import kiln\ny = x * 2\nkiln.record('y', y)"),
+            new_code_cell(DOUBLE_CELLS[0], metadata={"tags": ["parameters"]}),
+            new_code_cell(DOUBLE_CELLS[1]),
         ],
         metadata=META,
     )
@@ -551,7 +555,7 @@ from kiln.engines import forkchild  # what the warm parent imports
 from kiln.engines.forkshell import make_shell
 shell = make_shell()
 gc.freeze()
-cells = ["x = 1", "# Parameters\\nx = 3\\n", "import kiln\\ny = x * 2\\nkiln.record('y', y)"]
+cells = json.loads(sys.argv[2])
 codes = [compile(c, "<cell>", "exec") for c in cells]
 def child(how):
     if how == "ipython":
@@ -586,8 +590,9 @@ def fresh_process_floor(count: int = 200) -> dict[str, float]:
     record): ``exit`` forks and exits at once, ``ipython`` runs the endpoint notebook's three
     cells (its parameters cell, the injected one, its code) through the IPython shell, ``exec``
     runs them with plain ``exec``. Fork and child together, median of 3 rounds."""
+    cells = [DOUBLE_CELLS[0], "# Parameters\nx = 3\n", DOUBLE_CELLS[1]]
     done = subprocess.run(
-        [sys.executable, "-c", FRESH_FLOOR, str(count)],
+        [sys.executable, "-c", FRESH_FLOOR, str(count), json.dumps(cells)],
         capture_output=True,
         text=True,
         check=True,
